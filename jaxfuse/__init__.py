@@ -1,0 +1,58 @@
+"""jaxfuse: JAX-accelerated template fusion of overlapping temporal action instances.
+
+Instead of non-maximum suppression, each group of overlapping scored segments is
+fused into one instance by fitting a template distribution to the group under
+softmax(score / T) sampling probabilities (Zhou et al., CVPR 2023).
+"""
+
+from jaxfuse._densities import (
+    TemplateDensity,
+    exponential_density,
+    gaussian_density,
+    laplace_density,
+    student_t_density,
+    uniform_density,
+)
+from jaxfuse._fit import FitResult, fit_template
+from jaxfuse._fuse import (
+    FusionResult,
+    compile_count,
+    fuse_exponential,
+    fuse_gaussian,
+    fuse_groups,
+    fuse_laplace,
+    fuse_student_t,
+    fuse_uniform,
+)
+from jaxfuse._result import ResultCode
+from jaxfuse._student_t import StudentTParameters
+from jaxfuse._templates import ExponentialParameters, GaussianParameters, LaplaceParameters, UniformParameters
+from jaxfuse._weights import member_probabilities
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ExponentialParameters",
+    "FitResult",
+    "FusionResult",
+    "GaussianParameters",
+    "LaplaceParameters",
+    "ResultCode",
+    "StudentTParameters",
+    "TemplateDensity",
+    "UniformParameters",
+    "compile_count",
+    "exponential_density",
+    "fit_template",
+    "fuse_exponential",
+    "fuse_gaussian",
+    "fuse_groups",
+    "fuse_laplace",
+    "fuse_student_t",
+    "fuse_uniform",
+    "gaussian_density",
+    "laplace_density",
+    "member_probabilities",
+    "student_t_density",
+    "uniform_density",
+]

@@ -1,0 +1,45 @@
+"""The ``jaxfuse`` console command.
+
+Each subcommand lives in its own module exposing ``configure(parser)`` and
+``run(args) -> int``; they are imported only when used, so ``jaxfuse --help``
+stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+_SUBCOMMANDS = {
+    "demo": ("jaxfuse._demo", "fuse a built-in THUMOS-like set of groups with every template, checked against numpy"),
+    "fuse": ("jaxfuse._detection_file", "fuse detections of an ActivityNet-format JSON file"),
+    "bench": ("jaxfuse._bench", "run the benchmark suite and write a report"),
+    "study": ("jaxfuse._study", "compare templates, NMS and Soft-NMS by detection mAP on synthetic videos"),
+}
+
+
+def _available_subcommands():
+    for name, (module, help_text) in _SUBCOMMANDS.items():
+        if importlib.util.find_spec(module) is not None:
+            yield name, module, help_text
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="jaxfuse", description="JAX-accelerated instance fusion for temporal action localization.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    modules = {}
+    for name, module, help_text in _available_subcommands():
+        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        # Only the chosen subcommand's module is imported, for its arguments too.
+        if argv and argv[0] == name:
+            modules[name] = importlib.import_module(module)
+            modules[name].configure(subparser)
+    args = parser.parse_args(argv)
+    return int(modules[args.command].run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

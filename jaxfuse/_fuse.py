@@ -1,0 +1,256 @@
+"""The public fusion entry points: padded groups in, one fused instance per group out."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxfuse import _templates
+from jaxfuse._interop import array_kind, from_jax
+from jaxfuse._result import RESULT_DTYPE, ResultCode, raise_for_results
+from jaxfuse._student_t import StudentTOptions, student_t_fit
+from jaxfuse._validation import bool_array, choice, float_array, positive_int, positive_scalar
+from jaxfuse._weights import member_probabilities
+
+
+class FusionResult(NamedTuple):
+    """One fused instance per group.
+
+    Attributes:
+        location: ``[..., K]`` the fused value of each coordinate: the fitted
+            template's location. Zero for groups whose ``result`` is
+            ``EMPTY_GROUP`` or ``NONFINITE_INPUT``.
+        parameters: the fitted template parameters, a template-specific
+            NamedTuple (:class:`GaussianParameters`, :class:`UniformParameters`,
+            :class:`ExponentialParameters`, :class:`LaplaceParameters`,
+            :class:`StudentTParameters`) whose fields are ``[..., K]`` arrays.
+        probabilities: ``[..., M]`` the sampling probabilities g_k
+            (softmax of weights / T over each group's real members; zero in padding).
+        result: ``[...]`` int32 :class:`ResultCode` of each group (the worst over
+            its coordinates).
+        steps: ``[...]`` int32 iterations taken (the most over coordinates; zero for
+            closed forms).
+    """
+
+    location: jax.Array
+    parameters: Any
+    probabilities: jax.Array
+    result: jax.Array
+    steps: jax.Array
+
+
+class _Template(NamedTuple):
+    fit: Callable  # (values [M, K], probabilities [M], mask [M], options) -> (parameters, result, steps)
+    location: Callable  # parameters -> [K]
+    options_type: type | None = None
+
+
+def _closed_form(fit):
+    def fit_with_codes(values, probabilities, mask, options):
+        del options
+        return fit(values, probabilities, mask), jnp.asarray(ResultCode.SUCCESSFUL, RESULT_DTYPE), jnp.zeros((), jnp.int32)
+
+    return fit_with_codes
+
+
+TEMPLATES: dict[str, _Template] = {
+    "gaussian": _Template(_closed_form(_templates.gaussian_fit), lambda p: p.location),
+    "uniform": _Template(_closed_form(_templates.uniform_fit), _templates.uniform_location),
+    "exponential": _Template(_closed_form(_templates.exponential_fit), _templates.exponential_location),
+    "laplace": _Template(_closed_form(_templates.laplace_fit), lambda p: p.location),
+    "student_t": _Template(student_t_fit, lambda p: p.location, StudentTOptions),
+}
+
+
+def _fuse_one_group(values, weights, mask, temperature, template: str, options):
+    """Fuse one padded group: ``values [M, K]``, ``weights [M]``, ``mask [M]``."""
+    finite = jnp.all(jnp.where(mask[:, None], jnp.isfinite(values), True)) & jnp.all(
+        jnp.where(mask, jnp.isfinite(weights), True)
+    )
+    nonempty = jnp.any(mask)
+    usable = finite & nonempty
+    # A failed group is fitted as a harmless one-member group, then zeroed: no NaN
+    # is ever computed, so none can leak into values or gradients.
+    fit_mask = jnp.where(usable, mask, jnp.arange(mask.shape[0]) == 0)
+    clean_values = jnp.where(fit_mask[:, None] & usable, values, 0)
+    clean_weights = jnp.where(fit_mask & usable, weights, 0)
+    probabilities = member_probabilities(clean_weights, fit_mask, temperature)
+
+    kernel = TEMPLATES[template]
+    parameters, result, steps = kernel.fit(clean_values, probabilities, fit_mask, options)
+    location = kernel.location(parameters)
+
+    zero_if_failed = lambda x: jnp.where(usable, x, jnp.zeros_like(x))  # noqa: E731
+    result = jnp.where(
+        nonempty, jnp.where(finite, result, ResultCode.NONFINITE_INPUT), ResultCode.EMPTY_GROUP
+    ).astype(RESULT_DTYPE)
+    return FusionResult(
+        location=zero_if_failed(location),
+        parameters=jax.tree_util.tree_map(zero_if_failed, parameters),
+        probabilities=zero_if_failed(probabilities),
+        result=result,
+        steps=zero_if_failed(steps),
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("template", "options"))
+def _fuse_flat(values, weights, mask, temperature, template: str, options) -> FusionResult:
+    """``[B, M, K]`` groups, batched with vmap; one compile per (template, options, shapes, dtype)."""
+    fuse = functools.partial(_fuse_one_group, temperature=temperature, template=template, options=options)
+    return jax.vmap(fuse)(values, weights, mask)
+
+
+def compile_count() -> int:
+    """How many executables the fusion kernel has compiled in this process (shapes x templates x dtypes)."""
+    return _fuse_flat._cache_size()
+
+
+def _template_options(template: str, options: dict[str, Any]):
+    options_type = TEMPLATES[template].options_type
+    if options_type is None:
+        if options:
+            raise TypeError(f"template {template!r} takes no options, got {sorted(options)}")
+        return None
+    unknown = set(options) - set(options_type._fields)
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {sorted(unknown)} for template {template!r}; expected some of {list(options_type._fields)}"
+        )
+    parsed = options_type(**options)
+    if template == "student_t":
+        positive_scalar(parsed.df, "df")
+        low, high = (positive_scalar(b, "df_bounds") for b in parsed.df_bounds)
+        if not low < high:
+            raise ValueError(f"`df_bounds` must be (low, high) with low < high, got {parsed.df_bounds}")
+        if parsed.fit_df and not low <= parsed.df <= high:
+            raise ValueError(f"`df` ({parsed.df}) must lie within `df_bounds` {parsed.df_bounds} when fit_df=True")
+        positive_int(parsed.max_steps, "max_steps")
+        for name in ("rtol", "atol"):
+            if getattr(parsed, name) is not None:
+                positive_scalar(getattr(parsed, name), name)
+        parsed = parsed._replace(
+            df=float(parsed.df), fit_df=bool(parsed.fit_df), df_bounds=(float(low), float(high))
+        )
+    return parsed
+
+
+def _raise_if_failed(result) -> None:
+    raise_for_results(jnp.where(result == ResultCode.EMPTY_GROUP, ResultCode.SUCCESSFUL, result))
+
+
+def fuse_groups(
+    values,
+    weights,
+    mask=None,
+    *,
+    template: str = "gaussian",
+    temperature=1.0,
+    throw: bool = False,
+    **template_options,
+) -> FusionResult:
+    r"""Fuse each padded group of instances into one by fitting a template.
+
+    Each coordinate of the members (start, end, score, ...) is fused separately
+    with the same sampling probabilities :math:`g_k = \mathrm{softmax}(w / T)_k`,
+    by minimising the cross-entropy :math:`-\sum_k g_k \log p(x_k; \theta)`
+    (Zhou et al., CVPR 2023, supplement section 1.1). Templates:
+
+    ======================  =========================================================
+    ``"gaussian"``          :math:`\mu = \sum g_k x_k`, :math:`\sigma^2 = \sum g_k (x_k - \mu)^2`
+    ``"uniform"``           :math:`a = \min x_k`, :math:`b = \max x_k`, location (a + b) / 2
+    ``"exponential"``       on :math:`x - \min x`; location equals the Gaussian one (erratum 3)
+    ``"laplace"``           weighted median (not in the paper)
+    ``"student_t"``         safeguarded Newton on the location-scale t (erratum 4)
+    ======================  =========================================================
+
+    Args:
+        values: ``[..., M, K]`` float, K coordinates of M (padded) members per group;
+            any number of leading batch dimensions.
+        weights: ``[..., M]`` float softmax logits, often the members' scores.
+        mask: ``[..., M]`` bool, which members are real; ``None`` means all.
+        template: one of ``"gaussian"``, ``"uniform"``, ``"exponential"``,
+            ``"laplace"``, ``"student_t"``.
+        temperature: positive scalar T. Changing it does not recompile.
+        throw: raise ``RuntimeError`` if a non-empty group failed (non-finite
+            input, or a Newton solve that reached ``max_steps``). Otherwise read
+            the per-group ``result`` codes.
+        **template_options: for ``"student_t"``: ``df`` (default 3.0),
+            ``fit_df`` (estimate df too, within ``df_bounds``, default (1, 100)),
+            ``max_steps`` (64), ``rtol`` and ``atol`` (default sqrt of the
+            dtype's epsilon, on standardised coordinates).
+
+    Returns:
+        A :class:`FusionResult`; numpy arrays for numpy input, JAX arrays for
+        JAX input, torch tensors for torch input. The computation follows the
+        dtype of ``values`` and ``weights`` (promoted together).
+
+    Raises:
+        TypeError: non-floating ``values``/``weights``, a non-bool ``mask``, or
+            unknown template options.
+        ValueError: wrong shapes, ``temperature <= 0``, an unknown ``template``.
+
+    Example:
+        >>> import numpy as np, jaxfuse
+        >>> values = np.array([[[10., 20.], [12., 22.], [0., 0.]]], np.float32)
+        >>> fused = jaxfuse.fuse_groups(values, np.array([[1., 1., 0.]], np.float32),
+        ...                             np.array([[True, True, False]]), temperature=0.2)
+        >>> fused.location
+        array([[11., 21.]], dtype=float32)
+    """
+    kind = array_kind(values, weights)
+    values = float_array(values, "values", min_ndim=2)
+    weights = float_array(weights, "weights", min_ndim=1)
+    batch_shape, (members, coordinates) = values.shape[:-2], values.shape[-2:]
+    if members == 0 or coordinates == 0:
+        raise ValueError(f"`values` must have at least one member slot and one coordinate, got shape {values.shape}")
+    if weights.shape != values.shape[:-1]:
+        raise ValueError(
+            f"`weights` must have shape {values.shape[:-1]} (the batch and member dimensions of `values` "
+            f"{values.shape}), got {weights.shape}"
+        )
+    mask = jnp.ones(weights.shape, bool) if mask is None else bool_array(mask, "mask", weights.shape)
+    choice(template, "template", TEMPLATES)
+    temperature = positive_scalar(temperature, "temperature")
+    options = _template_options(template, template_options)
+
+    dtype = jnp.result_type(values.dtype, weights.dtype)
+    flat = _fuse_flat(
+        values.astype(dtype).reshape(-1, members, coordinates),
+        weights.astype(dtype).reshape(-1, members),
+        mask.reshape(-1, members),
+        jnp.asarray(temperature, dtype),
+        template=template,
+        options=options,
+    )
+    fused = jax.tree_util.tree_map(lambda x: x.reshape(batch_shape + x.shape[1:]), flat)
+    if throw:
+        if isinstance(fused.result, jax.core.Tracer):
+            jax.debug.callback(_raise_if_failed, fused.result)
+        else:
+            _raise_if_failed(fused.result)
+    return from_jax(fused, kind)
+
+
+def _template_function(template: str, extra_doc: str = ""):
+    def fuse(values, weights, mask=None, *, temperature=1.0, throw: bool = False, **template_options) -> FusionResult:
+        return fuse_groups(
+            values, weights, mask, template=template, temperature=temperature, throw=throw, **template_options
+        )
+
+    fuse.__name__ = fuse.__qualname__ = f"fuse_{template}"
+    fuse.__doc__ = (
+        f"``fuse_groups(..., template={template!r})``: see :func:`fuse_groups` for arguments and results.{extra_doc}"
+    )
+    return fuse
+
+
+fuse_gaussian = _template_function("gaussian")
+fuse_uniform = _template_function("uniform")
+fuse_exponential = _template_function("exponential")
+fuse_laplace = _template_function("laplace")
+fuse_student_t = _template_function(
+    "student_t", "\n\n    Options: ``df``, ``fit_df``, ``df_bounds``, ``max_steps``, ``rtol``, ``atol``."
+)
