@@ -1,0 +1,595 @@
+"""Detection mAP under the ActivityNet protocol, vectorised over videos and thresholds.
+
+The protocol, per class and per tIoU threshold:
+
+1. Predictions are taken in descending score order (ties keep input order).
+2. Each takes, among the not yet matched ground-truth segments of the same video
+   and class, the one with the highest tIoU (ties: the earliest in input order).
+3. It is a true positive iff that tIoU is ``>= threshold``; the ground truth is then
+   locked for this threshold. Otherwise it is a false positive.
+4. AP is the all-point interpolated precision of ActivityNet's
+   ``interpolated_prec_rec``: the precision envelope made monotone from the right,
+   summed over the recall steps.
+
+tIoU uses continuous lengths: ``intersection / union`` with ``length = end - start``
+(0 when the union is empty).
+
+Why the fast path is fast: a false positive changes no state, so for one
+(class, video, threshold) the only events are the true positives, at most one per
+ground truth. Each ground truth keeps a cursor into its score-ordered list of
+*eligible* predictions (tIoU >= threshold). The next true positive of a
+(class, video, threshold) is the earliest cursor among its unlocked ground truths;
+it locks its best-tIoU eligible ground truth, and every unlocked ground truth that was
+waiting on it moves its cursor on. One round does this for every
+(threshold, class, video) at once with numpy, and there are at most as many rounds as
+the largest number of ground truths in one (class, video). Everything is plain numpy in
+float64: the loop is over rounds of small arrays, where XLA would add compile time and
+dispatch cost without saving any work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from jaxfuse._interop import _is_torch_tensor
+
+THUMOS14_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+"""tIoU thresholds reported on THUMOS14 (0.1:0.1:0.7)."""
+
+ACTIVITYNET_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+"""tIoU thresholds reported on ActivityNet 1.3 (0.5:0.05:0.95, 10 values)."""
+
+# Pairs of (ground truth, prediction) are scored in chunks of about this many, so the
+# memory stays bounded when one (class, video) holds very many of both.
+_PAIR_CHUNK = 1 << 16
+_NO_RANK = np.iinfo(np.int64).max
+
+
+class Detections(NamedTuple):
+    """Predicted segments, one entry per prediction (P of them).
+
+    Attributes:
+        video: ``[P]`` integer video ids.
+        label: ``[P]`` integer class labels.
+        score: ``[P]`` finite confidence scores; higher ranks first.
+        segments: ``[P, 2]`` ``(start, end)`` with ``start <= end``.
+    """
+
+    video: Any
+    label: Any
+    score: Any
+    segments: Any
+
+
+class GroundTruth(NamedTuple):
+    """Annotated segments, one entry per instance (G of them).
+
+    Attributes:
+        video: ``[G]`` integer video ids (the same id space as the predictions).
+        label: ``[G]`` integer class labels.
+        segments: ``[G, 2]`` ``(start, end)`` with ``start <= end``.
+    """
+
+    video: Any
+    label: Any
+    segments: Any
+
+
+class DetectionMAP(NamedTuple):
+    """Detection average precision per threshold and class.
+
+    Attributes:
+        average_precision: ``[num_thresholds, num_classes]`` AP in ``[0, 1]``; NaN for
+            a class that has no ground truth (it only has predictions).
+        mean_average_precision: ``[num_thresholds]`` mean AP over the classes that
+            have ground truth.
+        average: scalar, the mean of ``mean_average_precision`` over thresholds (the
+            "Avg" column of papers).
+        thresholds: ``[num_thresholds]`` the tIoU thresholds.
+        classes: ``[num_classes]`` the column labels, sorted: the integer labels
+            found in predictions or ground truth (``evaluate_detections``), or the
+            class names (``evaluate_json``).
+    """
+
+    average_precision: np.ndarray
+    mean_average_precision: np.ndarray
+    average: np.ndarray
+    thresholds: np.ndarray
+    classes: np.ndarray
+
+
+class ActivityNetData(NamedTuple):
+    """ActivityNet JSON read into integer-coded arrays.
+
+    Attributes:
+        predictions: the ``Detections``.
+        ground_truth: the ``GroundTruth``.
+        video_names: ``video_names[i]`` is the JSON video id coded as ``i``.
+        class_names: ``class_names[i]`` is the label coded as ``i``.
+    """
+
+    predictions: Detections
+    ground_truth: GroundTruth
+    video_names: tuple[str, ...]
+    class_names: tuple[str, ...]
+
+
+# --------------------------------------------------------------------------- input
+
+
+def _host_array(x: Any) -> np.ndarray:
+    """``x`` as a numpy array (torch tensors are detached and copied to the host)."""
+    if _is_torch_tensor(x):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _field(container: Any, container_name: str, field: str) -> np.ndarray:
+    """One named array of a NamedTuple, object or mapping, as numpy."""
+    if isinstance(container, Mapping):
+        if field not in container:
+            raise ValueError(f"`{container_name}` has no field {field!r}")
+        value = container[field]
+    elif hasattr(container, field):
+        value = getattr(container, field)
+    else:
+        raise ValueError(f"`{container_name}` has no field {field!r}")
+    if value is None:
+        raise ValueError(f"`{container_name}.{field}` is required, got None")
+    return _host_array(value)
+
+
+def _integer_ids(array: np.ndarray, name: str, length: int | None) -> np.ndarray:
+    if array.ndim != 1 or (length is not None and array.shape[0] != length):
+        expected = "[N]" if length is None else f"[{length}]"
+        raise ValueError(f"`{name}` must have shape {expected}, got {array.shape}")
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+        if array.size:
+            raise TypeError(f"`{name}` must hold integer ids, got dtype {array.dtype}")
+        return array.astype(np.int64)  # an empty list arrives as float64
+    if array.dtype == np.uint64 and array.size and array.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"`{name}` ids must fit in int64")
+    return array.astype(np.int64)
+
+
+def _segments(array: np.ndarray, name: str, length: int) -> np.ndarray:
+    if array.size == 0 and length == 0:
+        return np.zeros((0, 2), np.float64)
+    if array.shape != (length, 2):
+        raise ValueError(f"`{name}` must have shape [{length}, 2] (start, end), got {array.shape}")
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise TypeError(f"`{name}` must be real numbers, got dtype {array.dtype}")
+    segments = array.astype(np.float64)
+    bad = ~np.isfinite(segments).all(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"`{name}` must be finite; row {row} is {segments[row].tolist()}")
+    reversed_rows = segments[:, 0] > segments[:, 1]
+    if reversed_rows.any():
+        row = int(np.flatnonzero(reversed_rows)[0])
+        raise ValueError(f"`{name}` must have start <= end; row {row} is {segments[row].tolist()}")
+    return segments
+
+
+def _scores(array: np.ndarray, name: str, length: int) -> np.ndarray:
+    if array.shape != (length,):
+        raise ValueError(f"`{name}` must have shape [{length}], got {array.shape}")
+    if array.size and (not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating)):
+        raise TypeError(f"`{name}` must be real numbers, got dtype {array.dtype}")
+    scores = array.astype(np.float64)
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"`{name}` must be finite; entry {row} is {scores[row]}")
+    return scores
+
+
+def _checked_thresholds(thresholds: Any) -> np.ndarray:
+    values = np.asarray(thresholds, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"`thresholds` must be a non-empty 1-D sequence, got shape {values.shape}")
+    if not np.all((values > 0) & (values <= 1)):
+        raise ValueError(f"`thresholds` must lie in (0, 1], got {values.tolist()}")
+    return values
+
+
+def _checked_detections(predictions: Any) -> Detections:
+    video = _integer_ids(_field(predictions, "predictions", "video"), "predictions.video", None)
+    count = video.shape[0]
+    return Detections(
+        video=video,
+        label=_integer_ids(_field(predictions, "predictions", "label"), "predictions.label", count),
+        score=_scores(_field(predictions, "predictions", "score"), "predictions.score", count),
+        segments=_segments(_field(predictions, "predictions", "segments"), "predictions.segments", count),
+    )
+
+
+def _checked_ground_truth(ground_truth: Any) -> GroundTruth:
+    video = _integer_ids(_field(ground_truth, "ground_truth", "video"), "ground_truth.video", None)
+    count = video.shape[0]
+    if count == 0:
+        raise ValueError("`ground_truth` is empty; mAP is undefined without ground truth")
+    return GroundTruth(
+        video=video,
+        label=_integer_ids(_field(ground_truth, "ground_truth", "label"), "ground_truth.label", count),
+        segments=_segments(_field(ground_truth, "ground_truth", "segments"), "ground_truth.segments", count),
+    )
+
+
+# ---------------------------------------------------------------------- ordering
+
+
+def _dense_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct values and each value's index among them.
+
+    The same as ``np.unique(values, return_inverse=True)``, in O(n) for the usual case
+    of small non-negative ids (a sort of 200,000 ids costs more than the matching).
+    """
+    if values.size and values.min() >= 0 and values.max() < 4 * values.size + 1024:
+        present = np.bincount(values.astype(np.intp)) > 0
+        code_of_value = np.cumsum(present) - 1
+        return np.flatnonzero(present).astype(values.dtype), code_of_value[values]
+    return np.unique(values, return_inverse=True)
+
+
+def _stable_argsort(keys: np.ndarray, num_keys: int) -> np.ndarray:
+    """Stable argsort of integer keys in ``[0, num_keys)``; 16-bit keys get numpy's radix sort."""
+    if num_keys <= 1 << 16:
+        keys = keys.astype(np.uint16)
+    return np.argsort(keys, kind="stable")
+
+
+# ------------------------------------------------------------------------ matching
+
+
+def _tiou(pred_start, pred_end, gt_start, gt_end) -> np.ndarray:
+    """Element-wise tIoU with continuous lengths (0 where the union is empty)."""
+    intersection = np.maximum(np.minimum(pred_end, gt_end) - np.maximum(pred_start, gt_start), 0.0)
+    union = (pred_end - pred_start) + (gt_end - gt_start) - intersection
+    return np.divide(intersection, union, out=np.zeros_like(union), where=union > 0)
+
+
+def _overlapping_pairs(
+    gt_segments: np.ndarray,
+    gt_group_size: np.ndarray,
+    grouped_segments: np.ndarray,
+    pred_group_start: np.ndarray,
+    pred_group_size: np.ndarray,
+    min_tiou: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (ground truth, prediction) pair of the same group with tIoU >= ``min_tiou``.
+
+    Ground truths and predictions (``grouped_segments``) are both sorted by group, the
+    predictions by rank inside a group, so the pairs come out sorted by
+    (ground truth, rank): the order the matcher walks them in.
+
+    Returns:
+        ``(gt_index, grouped_prediction_index, tiou)`` of the kept pairs.
+    """
+    gt_start, gt_end = gt_segments[:, 0].copy(), gt_segments[:, 1].copy()
+    pred_start, pred_end = grouped_segments[:, 0].copy(), grouped_segments[:, 1].copy()
+    pairs_per_gt = np.repeat(pred_group_size, gt_group_size)
+    first_prediction = np.repeat(pred_group_start, gt_group_size)
+    pair_end = np.cumsum(pairs_per_gt)
+    kept_gt, kept_prediction, kept_tiou = [], [], []
+    first_gt = 0
+    while first_gt < pairs_per_gt.size:
+        # The longest run of ground truths whose pairs fit in one chunk (at least one).
+        done = pair_end[first_gt - 1] if first_gt else 0
+        last_gt = max(int(np.searchsorted(pair_end, done + _PAIR_CHUNK, side="right")), first_gt + 1)
+        gts = slice(first_gt, last_gt)
+        counts = pairs_per_gt[gts]
+        pair_prediction = np.arange(pair_end[last_gt - 1] - done) + np.repeat(
+            first_prediction[gts] - (pair_end[gts] - counts - done), counts
+        )
+        # A tIoU >= min_tiou > 0 needs a positive overlap: a cheap filter first, then
+        # the exact tIoU (the same floating-point steps as the reference formula).
+        overlap = np.minimum(pred_end[pair_prediction], np.repeat(gt_end[gts], counts)) - np.maximum(
+            pred_start[pair_prediction], np.repeat(gt_start[gts], counts)
+        )
+        overlapping = np.flatnonzero(overlap > 0)
+        pair_gt = np.searchsorted(pair_end[gts] - done, overlapping, side="right") + first_gt
+        pair_prediction = pair_prediction[overlapping]
+        tiou = _tiou(pred_start[pair_prediction], pred_end[pair_prediction], gt_start[pair_gt], gt_end[pair_gt])
+        keep = np.flatnonzero(tiou >= min_tiou)
+        kept_gt.append(pair_gt[keep])
+        kept_prediction.append(pair_prediction[keep])
+        kept_tiou.append(tiou[keep])
+        first_gt = last_gt
+    return np.concatenate(kept_gt), np.concatenate(kept_prediction), np.concatenate(kept_tiou)
+
+
+def _match(
+    thresholds: np.ndarray,
+    num_predictions: int,
+    gt_group_size: np.ndarray,
+    pair_gt: np.ndarray,
+    pair_rank: np.ndarray,
+    pair_tiou: np.ndarray,
+) -> np.ndarray:
+    """``[num_thresholds, num_predictions]`` true-positive flags, indexed by class rank.
+
+    A "slot" is one (threshold, ground truth). Its entries are its eligible pairs in
+    rank order, and its cursor points at the first one not yet passed. Slots of one
+    (threshold, group) are contiguous, so per-group reductions are ``reduceat`` over
+    ``segment_starts``. Each round finds the next true positive of every
+    (threshold, group) at once.
+    """
+    num_thresholds, num_gt = thresholds.size, int(gt_group_size.sum())
+    eligible = [np.flatnonzero(pair_tiou >= t) for t in thresholds]
+    entry_pair = np.concatenate(eligible + [np.zeros(1, np.intp)])  # + a dummy for idle slots
+    entry_count = np.concatenate([np.bincount(pair_gt[e], minlength=num_gt) for e in eligible])
+    entry_start = np.cumsum(entry_count) - entry_count
+
+    gt_group_start = np.cumsum(gt_group_size) - gt_group_size
+    segment_starts = (np.arange(num_thresholds)[:, None] * num_gt + gt_group_start).ravel()
+    segment_threshold = np.repeat(np.arange(num_thresholds), gt_group_size.size)
+    segment_of_slot = np.repeat(np.arange(segment_starts.size), np.tile(gt_group_size, num_thresholds))
+    slot_index = np.arange(num_thresholds * num_gt)
+
+    cursor = np.zeros_like(entry_count)
+    locked = np.zeros(slot_index.size, bool)
+    true_positive = np.zeros((num_thresholds, num_predictions), bool)
+    while True:
+        waiting = ~locked & (cursor < entry_count)
+        if not waiting.any():
+            return true_positive
+        pair = entry_pair[np.where(waiting, entry_start + cursor, -1)]
+        candidate = np.where(waiting, pair_rank[pair], _NO_RANK)
+        next_tp = np.minimum.reduceat(candidate, segment_starts)
+        # The unlocked ground truths eligible for the next true positive all wait on it;
+        # it takes the one with the highest tIoU, the first listed among equals.
+        claims = waiting & (candidate == next_tp[segment_of_slot])
+        claim_tiou = np.where(claims, pair_tiou[pair], -1.0)
+        best_tiou = np.maximum.reduceat(claim_tiou, segment_starts)
+        best = claims & (claim_tiou == best_tiou[segment_of_slot])
+        winner = np.minimum.reduceat(np.where(best, slot_index, _NO_RANK), segment_starts)
+        found = next_tp != _NO_RANK
+        locked[winner[found]] = True
+        cursor[claims] += 1
+        true_positive[segment_threshold[found], next_tp[found]] = True
+
+
+def _true_positives(
+    predictions: Detections,
+    ground_truth: GroundTruth,
+    pred_class: np.ndarray,
+    gt_class: np.ndarray,
+    num_classes: int,
+    thresholds: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """True-positive flags ``[num_thresholds, P]`` in class-rank order, and each rank's class.
+
+    The class rank orders predictions by class, then descending score, then input order.
+    A group is one (class, video): matching never crosses groups.
+    """
+    num_predictions = pred_class.size
+    _, video_code = _dense_codes(np.concatenate([predictions.video, ground_truth.video]))
+    num_videos = int(video_code.max()) + 1
+    num_groups = num_classes * num_videos
+    pred_group = pred_class * num_videos + video_code[:num_predictions]
+    gt_group = gt_class * num_videos + video_code[num_predictions:]
+
+    # Two stable argsorts beat one three-key lexsort.
+    by_score = np.argsort(-predictions.score, kind="stable")
+    by_rank = by_score[_stable_argsort(pred_class[by_score], num_classes)]
+    # Predictions by group, rank order inside a group: grouped[i] is a class rank.
+    grouped = _stable_argsort(pred_group[by_rank], num_groups)
+    grouped_input_index = by_rank[grouped]
+    # Ground truth by group, input order inside a group (the tie-break of equal tIoU).
+    gt_order = _stable_argsort(gt_group, num_groups)
+    group_keys, gt_group_size = np.unique(gt_group[gt_order], return_counts=True)
+    grouped_keys = pred_group[grouped_input_index]
+    pred_group_start = np.searchsorted(grouped_keys, group_keys, side="left")
+    pred_group_size = np.searchsorted(grouped_keys, group_keys, side="right") - pred_group_start
+
+    pair_gt, pair_prediction, pair_tiou = _overlapping_pairs(
+        ground_truth.segments[gt_order],
+        gt_group_size,
+        predictions.segments[grouped_input_index],
+        pred_group_start,
+        pred_group_size,
+        float(thresholds.min()),
+    )
+    true_positive = _match(thresholds, num_predictions, gt_group_size, pair_gt, grouped[pair_prediction], pair_tiou)
+    return true_positive, pred_class[by_rank]
+
+
+# ------------------------------------------------------------------------------ AP
+
+
+def _average_precision(true_positive: np.ndarray, num_positives: int) -> np.ndarray:
+    """All-point interpolated AP of ``[num_thresholds, n]`` rank-ordered TP flags.
+
+    Recall rises by ``1 / num_positives`` at each true positive, so ActivityNet's sum
+    over recall steps is the mean, over the ground truths, of the precision envelope
+    at the true positives (a ground truth never found contributes 0).
+    """
+    if true_positive.shape[1] == 0:
+        return np.zeros(true_positive.shape[0])
+    precision = np.cumsum(true_positive, axis=1) / np.arange(1, true_positive.shape[1] + 1)
+    envelope = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
+    return np.where(true_positive, envelope, 0.0).sum(axis=1) / num_positives
+
+
+def _class_average_precision(true_positive: np.ndarray, class_of_rank: np.ndarray, positives: np.ndarray):
+    """``[num_thresholds, num_classes]`` AP; NaN for classes without ground truth."""
+    class_start = np.searchsorted(class_of_rank, np.arange(positives.size + 1))
+    average_precision = np.full((true_positive.shape[0], positives.size), np.nan)
+    for c in np.flatnonzero(positives):
+        ranks = slice(class_start[c], class_start[c + 1])
+        average_precision[:, c] = _average_precision(true_positive[:, ranks], positives[c])
+    return average_precision
+
+
+# ----------------------------------------------------------------------------- API
+
+
+def evaluate_detections(predictions: Any, ground_truth: Any, *, thresholds=THUMOS14_THRESHOLDS) -> DetectionMAP:
+    """Detection mAP of predicted segments under the ActivityNet protocol.
+
+    Args:
+        predictions: a ``Detections`` (or any object or mapping with the fields
+            ``video``, ``label``, ``score``, ``segments``): numpy, JAX or torch arrays.
+        ground_truth: a ``GroundTruth`` (fields ``video``, ``label``, ``segments``).
+        thresholds: tIoU thresholds in ``(0, 1]``; ``THUMOS14_THRESHOLDS`` by default,
+            ``ACTIVITYNET_THRESHOLDS`` for ActivityNet.
+
+    Returns:
+        A ``DetectionMAP`` of numpy float64 arrays. Classes are the sorted union of
+        the labels in both inputs; a class with ground truth but no predictions has AP
+        0, a class without ground truth has AP NaN and is left out of the mean.
+
+    Raises:
+        ValueError: a field is missing or has the wrong shape, a segment is not finite
+            or has ``start > end``, a score is not finite, a threshold is outside
+            ``(0, 1]``, or the ground truth is empty. The message names the argument.
+        TypeError: ids or labels are not integers, or scores/segments are not real.
+
+    Example:
+        >>> gt = GroundTruth(video=[0], label=[3], segments=[[0.0, 10.0]])
+        >>> pred = Detections(video=[0, 0], label=[3, 3], score=[0.9, 0.8],
+        ...                   segments=[[0.0, 10.0], [1.0, 9.0]])
+        >>> result = evaluate_detections(pred, gt, thresholds=(0.5,))
+        >>> float(result.average)
+        1.0
+    """
+    predictions = _checked_detections(predictions)
+    ground_truth = _checked_ground_truth(ground_truth)
+    thresholds = _checked_thresholds(thresholds)
+
+    classes, class_code = _dense_codes(np.concatenate([predictions.label, ground_truth.label]))
+    num_predictions = predictions.label.size
+    pred_class, gt_class = class_code[:num_predictions], class_code[num_predictions:]
+    true_positive, class_of_rank = _true_positives(
+        predictions, ground_truth, pred_class, gt_class, classes.size, thresholds
+    )
+    positives = np.bincount(gt_class, minlength=classes.size)
+    average_precision = _class_average_precision(true_positive, class_of_rank, positives)
+    mean_ap = average_precision[:, positives > 0].mean(axis=1)
+    return DetectionMAP(
+        average_precision=average_precision,
+        mean_average_precision=mean_ap,
+        average=np.asarray(mean_ap.mean()),
+        thresholds=thresholds,
+        classes=classes,
+    )
+
+
+# ---------------------------------------------------------------------------- JSON
+
+
+def _json_dict(source: Any, name: str, key: str) -> Mapping:
+    """A parsed JSON object from a path or an already parsed dict, checked for ``key``."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, encoding="utf-8") as handle:
+            source = json.load(handle)
+    if not isinstance(source, Mapping) or not isinstance(source.get(key), Mapping):
+        raise ValueError(f"`{name}` must be ActivityNet JSON with a {key!r} object")
+    return source[key]
+
+
+def load_activitynet_json(predictions_json: Any, ground_truth_json: Any, *, subset: str | None = None) -> ActivityNetData:
+    """Read ActivityNet-format predictions and ground truth into integer-coded arrays.
+
+    Video ids and labels are coded together, so the two files share one code space:
+    ``i`` is the ``i``-th name in sorted order of the union of both files.
+
+    Args:
+        predictions_json: a path, or the parsed dict
+            ``{"results": {video_id: [{"label", "score", "segment": [s, e]}]}}``.
+        ground_truth_json: a path, or the parsed dict
+            ``{"database": {video_id: {"annotations": [{"label", "segment"}]}}}``.
+        subset: if given, keep only ground-truth videos whose ``"subset"`` equals it
+            (e.g. ``"validation"``). Predictions are all kept: a prediction for a
+            video without ground truth is a false positive, as in ActivityNet's code.
+
+    Returns:
+        An ``ActivityNetData`` with the arrays and the name tables.
+
+    Raises:
+        ValueError: an input lacks its top-level object or an entry lacks a field.
+
+    Example:
+        >>> data = load_activitynet_json(
+        ...     {"results": {"v1": [{"label": "Jump", "score": 0.9, "segment": [1, 4]}]}},
+        ...     {"database": {"v1": {"annotations": [{"label": "Jump", "segment": [1, 5]}]}}})
+        >>> data.class_names, data.predictions.label.tolist()
+        (('Jump',), [0])
+    """
+    results = _json_dict(predictions_json, "predictions_json", "results")
+    database = _json_dict(ground_truth_json, "ground_truth_json", "database")
+    try:
+        pred_rows = [
+            (str(video), str(p["label"]), float(p["score"]), p["segment"])
+            for video, items in results.items()
+            for p in items
+        ]
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"`predictions_json` entries need 'label', 'score' and 'segment': {error!r}") from None
+    try:
+        gt_rows = [
+            (str(video), str(a["label"]), a["segment"])
+            for video, entry in database.items()
+            if subset is None or entry.get("subset") == subset
+            for a in entry["annotations"]
+        ]
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"`ground_truth_json` entries need 'annotations' with 'label' and 'segment': {error!r}") from None
+
+    video_names = tuple(sorted({row[0] for row in pred_rows} | {row[0] for row in gt_rows}))
+    class_names = tuple(sorted({row[1] for row in pred_rows} | {row[1] for row in gt_rows}))
+    video_code = {name: i for i, name in enumerate(video_names)}
+    class_code = {name: i for i, name in enumerate(class_names)}
+
+    def segments(rows, column):
+        return np.asarray([row[column] for row in rows], np.float64).reshape(-1, 2)
+
+    predictions = Detections(
+        video=np.asarray([video_code[row[0]] for row in pred_rows], np.int64),
+        label=np.asarray([class_code[row[1]] for row in pred_rows], np.int64),
+        score=np.asarray([row[2] for row in pred_rows], np.float64),
+        segments=segments(pred_rows, 3),
+    )
+    ground_truth = GroundTruth(
+        video=np.asarray([video_code[row[0]] for row in gt_rows], np.int64),
+        label=np.asarray([class_code[row[1]] for row in gt_rows], np.int64),
+        segments=segments(gt_rows, 2),
+    )
+    return ActivityNetData(predictions, ground_truth, video_names, class_names)
+
+
+def evaluate_json(
+    predictions_json: Any,
+    ground_truth_json: Any,
+    *,
+    thresholds=THUMOS14_THRESHOLDS,
+    subset: str | None = None,
+) -> DetectionMAP:
+    """Detection mAP of ActivityNet-format JSON files (or parsed dicts).
+
+    Args:
+        predictions_json: path or dict, see ``load_activitynet_json``.
+        ground_truth_json: path or dict, see ``load_activitynet_json``.
+        thresholds: tIoU thresholds; pass ``ACTIVITYNET_THRESHOLDS`` for ActivityNet.
+        subset: keep only ground-truth videos of this subset (e.g. ``"validation"``).
+
+    Returns:
+        A ``DetectionMAP`` whose ``classes`` are the class names.
+
+    Raises:
+        ValueError: as ``load_activitynet_json`` and ``evaluate_detections``.
+
+    Example:
+        >>> result = evaluate_json("results.json", "activity_net.v1-3.min.json",
+        ...                        thresholds=ACTIVITYNET_THRESHOLDS, subset="validation")  # doctest: +SKIP
+    """
+    data = load_activitynet_json(predictions_json, ground_truth_json, subset=subset)
+    result = evaluate_detections(data.predictions, data.ground_truth, thresholds=thresholds)
+    names = np.asarray(data.class_names, dtype=object)
+    return result._replace(classes=names[result.classes])

@@ -1,0 +1,406 @@
+"""Detection mAP: the vectorised evaluator against a plain loop written from the protocol."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jaxfuse._evaluate import (
+    ACTIVITYNET_THRESHOLDS,
+    THUMOS14_THRESHOLDS,
+    DetectionMAP,
+    Detections,
+    GroundTruth,
+    evaluate_detections,
+    evaluate_json,
+    load_activitynet_json,
+)
+
+# ---------------------------------------------------------------- reference loop
+
+
+def reference_tiou(a, b):
+    intersection = max(min(a[1], b[1]) - max(a[0], b[0]), 0.0)
+    union = (a[1] - a[0]) + (b[1] - b[0]) - intersection
+    return intersection / union if union > 0 else 0.0
+
+
+def reference_interpolated_ap(true_positive, num_positives):
+    """ActivityNet's ``interpolated_prec_rec`` on cumulative precision and recall."""
+    tp_sum, precision, recall = 0, [], []
+    for i, hit in enumerate(true_positive):
+        tp_sum += hit
+        precision.append(tp_sum / (i + 1))
+        recall.append(tp_sum / num_positives)
+    mprec = [0.0] + precision + [0.0]
+    mrec = [0.0] + recall + [1.0]
+    for i in range(len(mprec) - 2, -1, -1):
+        mprec[i] = max(mprec[i], mprec[i + 1])
+    return sum((mrec[i] - mrec[i - 1]) * mprec[i] for i in range(1, len(mrec)) if mrec[i] != mrec[i - 1])
+
+
+def reference_map(predictions, ground_truth, thresholds):
+    """Straightforward per-prediction loop: ``[num_thresholds, num_classes]`` AP, classes."""
+    p_video, p_label = [int(v) for v in predictions.video], [int(c) for c in predictions.label]
+    p_score = [float(s) for s in predictions.score]
+    p_segment = [(float(s), float(e)) for s, e in np.asarray(predictions.segments).reshape(-1, 2)]
+    g_video, g_label = [int(v) for v in ground_truth.video], [int(c) for c in ground_truth.label]
+    g_segment = [(float(s), float(e)) for s, e in np.asarray(ground_truth.segments).reshape(-1, 2)]
+    gt_of = {}  # (class, video) -> ground-truth indices in input order
+    for j in range(len(g_label)):
+        gt_of.setdefault((g_label[j], g_video[j]), []).append(j)
+    classes = sorted(set(p_label) | set(g_label))
+    ap = [[math.nan] * len(classes) for _ in thresholds]
+    for c_index, c in enumerate(classes):
+        num_positives = g_label.count(c)
+        if num_positives == 0:
+            continue
+        preds = sorted((i for i in range(len(p_label)) if p_label[i] == c), key=lambda i: -p_score[i])
+        locked = [set() for _ in thresholds]
+        true_positive = [[] for _ in thresholds]
+        for i in preds:
+            tious = [(reference_tiou(p_segment[i], g_segment[j]), j) for j in gt_of.get((c, p_video[i]), [])]
+            for t_index, threshold in enumerate(thresholds):
+                best_tiou, best_gt = -1.0, None
+                for tiou, j in tious:
+                    if j not in locked[t_index] and tiou > best_tiou:
+                        best_tiou, best_gt = tiou, j
+                hit = best_gt is not None and best_tiou >= threshold
+                if hit:
+                    locked[t_index].add(best_gt)
+                true_positive[t_index].append(int(hit))
+        for t_index in range(len(thresholds)):
+            ap[t_index][c_index] = reference_interpolated_ap(true_positive[t_index], num_positives)
+    return np.asarray(ap, dtype=np.float64).reshape(len(thresholds), len(classes)), np.asarray(classes)
+
+
+# ----------------------------------------------------------------- random cases
+
+
+def random_case(rng, num_videos, num_classes, num_gt, num_predictions, *, quantise=False):
+    """Random ground truth and predictions that mostly jitter around it, with duplicates."""
+    gt_video = rng.integers(0, num_videos, num_gt)
+    gt_label = rng.integers(0, num_classes, num_gt)
+    gt_start = rng.uniform(0, 100, num_gt)
+    gt_segments = np.stack([gt_start, gt_start + rng.uniform(0, 20, num_gt)], axis=1)
+    near = rng.integers(0, num_gt, num_predictions)  # the ground truth each prediction imitates
+    pred_segments = gt_segments[near] + rng.normal(0, 3, (num_predictions, 2))
+    random_rows = rng.random(num_predictions) < 0.3
+    pred_segments[random_rows] = rng.uniform(0, 120, (random_rows.sum(), 2))
+    pred_segments.sort(axis=1)
+    pred_video = np.where(rng.random(num_predictions) < 0.9, gt_video[near], rng.integers(0, num_videos, num_predictions))
+    pred_label = np.where(rng.random(num_predictions) < 0.8, gt_label[near], rng.integers(0, num_classes + 2, num_predictions))
+    score = rng.random(num_predictions)
+    duplicates = rng.random(num_predictions) < 0.15
+    if num_predictions > 1:
+        source = rng.integers(0, num_predictions, num_predictions)
+        pred_segments[duplicates] = pred_segments[source[duplicates]]
+        pred_video[duplicates] = pred_video[source[duplicates]]
+        pred_label[duplicates] = pred_label[source[duplicates]]
+    if quantise:  # exact ties in tIoU and score, and tIoU landing on thresholds
+        pred_segments, gt_segments, score = np.round(pred_segments), np.round(gt_segments), np.round(score, 1)
+        pred_segments[:, 1] = np.maximum(pred_segments[:, 1], pred_segments[:, 0])
+    return (
+        Detections(pred_video, pred_label, score, pred_segments),
+        GroundTruth(gt_video, gt_label, gt_segments),
+    )
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_matches_reference_loop_on_random_cases(seed):
+    rng = np.random.default_rng(seed)
+    thresholds = THUMOS14_THRESHOLDS if seed % 2 else ACTIVITYNET_THRESHOLDS
+    predictions, ground_truth = random_case(
+        rng,
+        num_videos=int(rng.integers(1, 6)),
+        num_classes=int(rng.integers(1, 5)),
+        num_gt=int(rng.integers(1, 30)),
+        num_predictions=int(rng.integers(0, 150)),
+        quantise=seed % 3 == 0,
+    )
+    expected, classes = reference_map(predictions, ground_truth, thresholds)
+    result = evaluate_detections(predictions, ground_truth, thresholds=thresholds)
+    np.testing.assert_array_equal(result.classes, classes)
+    np.testing.assert_allclose(result.average_precision, expected, atol=1e-9, rtol=0)
+    has_gt = np.isin(classes, np.asarray(ground_truth.label))
+    np.testing.assert_allclose(result.mean_average_precision, expected[:, has_gt].mean(axis=1), atol=1e-9, rtol=0)
+    np.testing.assert_allclose(result.average, expected[:, has_gt].mean(), atol=1e-9, rtol=0)
+
+
+def test_many_ground_truths_in_one_video_and_class():
+    """Dense groups: many rounds of the vectorised matcher, many competing claims."""
+    rng = np.random.default_rng(123)
+    predictions, ground_truth = random_case(rng, num_videos=1, num_classes=1, num_gt=60, num_predictions=400)
+    expected, _ = reference_map(predictions, ground_truth, THUMOS14_THRESHOLDS)
+    result = evaluate_detections(predictions, ground_truth)
+    np.testing.assert_allclose(result.average_precision, expected, atol=1e-9, rtol=0)
+
+
+# -------------------------------------------------------------- hand-checked cases
+
+
+def one_class(segments, scores, gt_segments, videos=None, gt_videos=None):
+    n, g = len(segments), len(gt_segments)
+    predictions = Detections(
+        video=np.zeros(n, int) if videos is None else np.asarray(videos),
+        label=np.zeros(n, int),
+        score=np.asarray(scores, float),
+        segments=np.asarray(segments, float).reshape(n, 2),
+    )
+    ground_truth = GroundTruth(
+        video=np.zeros(g, int) if gt_videos is None else np.asarray(gt_videos),
+        label=np.zeros(g, int),
+        segments=np.asarray(gt_segments, float),
+    )
+    return predictions, ground_truth
+
+
+def test_perfect_predictions_score_one():
+    gt = [[0, 10], [20, 25], [30, 60]]
+    result = evaluate_detections(*one_class(gt, [0.9, 0.8, 0.7], gt), thresholds=ACTIVITYNET_THRESHOLDS)
+    np.testing.assert_array_equal(result.average_precision, 1.0)
+    assert result.average == 1.0
+
+
+def test_no_predictions_score_zero():
+    result = evaluate_detections(*one_class([], [], [[0, 10], [20, 30]]))
+    np.testing.assert_array_equal(result.average_precision, 0.0)
+    assert result.average == 0.0
+
+
+def test_duplicate_prediction_is_a_false_positive():
+    # TP, duplicate of the same ground truth (FP), TP. Precision 1, 1/2, 2/3 at recall
+    # 1/2, 1/2, 1; the envelope at the second TP is 2/3: AP = 1/2 * 1 + 1/2 * 2/3.
+    predictions, ground_truth = one_class([[0, 10], [0, 10], [20, 30]], [0.9, 0.8, 0.7], [[0, 10], [20, 30]])
+    result = evaluate_detections(predictions, ground_truth, thresholds=(0.5,))
+    assert result.average_precision[0, 0] == pytest.approx(5 / 6, abs=1e-12)
+
+
+def test_prediction_below_threshold_is_a_false_positive():
+    # The first prediction has tIoU exactly 0.5: a TP at 0.5 (>=), a FP at 0.6, where
+    # the second one is the only TP: precision 1/2 at recall 1.
+    predictions, ground_truth = one_class([[0, 5], [0, 10]], [0.9, 0.5], [[0, 10]])
+    result = evaluate_detections(predictions, ground_truth, thresholds=(0.5, 0.6))
+    np.testing.assert_allclose(result.average_precision[:, 0], [1.0, 0.5], atol=1e-12)
+
+
+def test_prediction_takes_the_best_unmatched_ground_truth():
+    # The first prediction overlaps both ground truths; it takes [0, 10] (tIoU 0.8 > 0.6),
+    # so the second prediction can still match [4, 14]. Same video only: the third
+    # prediction sits on a ground truth of another video and is a FP.
+    predictions, ground_truth = one_class(
+        [[1, 9], [4, 14], [0, 10]], [0.9, 0.8, 0.7], [[0, 10], [4, 14]], videos=[0, 0, 1], gt_videos=[0, 0]
+    )
+    result = evaluate_detections(predictions, ground_truth, thresholds=(0.5,))
+    assert result.average_precision[0, 0] == 1.0
+
+
+def test_ties_in_tiou_take_the_earliest_ground_truth():
+    # [5, 15] has tIoU 1/3 with both ground truths and takes the first listed, [0, 10];
+    # then [0, 10] finds only [10, 20] left (tIoU 0): TP, FP, AP = 1/2 * 1.
+    predictions, ground_truth = one_class([[5, 15], [0, 10]], [0.9, 0.8], [[0, 10], [10, 20]])
+    assert evaluate_detections(predictions, ground_truth, thresholds=(0.3,)).average == 0.5
+    predictions, ground_truth = one_class([[5, 15], [0, 10]], [0.9, 0.8], [[10, 20], [0, 10]])
+    assert evaluate_detections(predictions, ground_truth, thresholds=(0.3,)).average == 1.0
+
+
+def test_ties_in_score_keep_input_order():
+    # Equal scores: the FP listed first ranks first, so precision is 0 then 1/2: AP 1/2.
+    predictions, ground_truth = one_class([[50, 60], [0, 10]], [0.5, 0.5], [[0, 10]])
+    assert evaluate_detections(predictions, ground_truth, thresholds=(0.5,)).average == 0.5
+    predictions, ground_truth = one_class([[0, 10], [50, 60]], [0.5, 0.5], [[0, 10]])
+    assert evaluate_detections(predictions, ground_truth, thresholds=(0.5,)).average == 1.0
+
+
+def test_classes_without_ground_truth_are_left_out_of_the_mean():
+    predictions = Detections(video=[0, 0, 0], label=[7, 2, 5], score=[0.9, 0.8, 0.7],
+                             segments=[[0, 10], [0, 10], [0, 10]])
+    ground_truth = GroundTruth(video=[0, 0], label=[2, 9], segments=[[0, 10], [20, 30]])
+    result = evaluate_detections(predictions, ground_truth, thresholds=(0.5, 0.7))
+    assert isinstance(result, DetectionMAP)
+    np.testing.assert_array_equal(result.classes, [2, 5, 7, 9])
+    # Class 2 found (1), class 9 has no predictions (0), 5 and 7 have no ground truth.
+    np.testing.assert_array_equal(result.average_precision, [[1, np.nan, np.nan, 0]] * 2)
+    np.testing.assert_array_equal(result.mean_average_precision, [0.5, 0.5])
+    assert result.average == 0.5
+    np.testing.assert_array_equal(result.thresholds, [0.5, 0.7])
+
+
+def test_accepts_dicts_and_any_integer_ids():
+    predictions, ground_truth = one_class([[0, 10]], [1.0], [[0, 10]], videos=[10**12], gt_videos=[10**12])
+    result = evaluate_detections(predictions._asdict(), ground_truth._asdict())
+    assert result.average == 1.0
+
+
+def test_presets():
+    assert THUMOS14_THRESHOLDS == (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+    np.testing.assert_allclose(ACTIVITYNET_THRESHOLDS, np.linspace(0.5, 0.95, 10), atol=1e-12)
+    assert len(ACTIVITYNET_THRESHOLDS) == 10
+
+
+# ------------------------------------------------------------------------- errors
+
+
+def good_inputs():
+    return one_class([[0, 10], [5, 8]], [0.9, 0.8], [[0, 10]])
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("segments", [[0, 10], [8, 5]], "predictions.segments"),
+        ("segments", [[0, 10], [5, np.inf]], "predictions.segments"),
+        ("segments", [0, 10, 5, 8], "predictions.segments"),
+        ("score", [0.9, np.nan], "predictions.score"),
+        ("score", [0.9], "predictions.score"),
+        ("label", [0, 0, 0], "predictions.label"),
+        ("video", [[0, 0]], "predictions.video"),
+    ],
+)
+def test_bad_predictions_raise_value_error_naming_them(field, value, message):
+    predictions, ground_truth = good_inputs()
+    with pytest.raises(ValueError, match=message):
+        evaluate_detections(predictions._replace(**{field: np.asarray(value)}), ground_truth)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("segments", [[3, 1]], "ground_truth.segments"),
+        ("segments", [[0, np.nan]], "ground_truth.segments"),
+        ("label", [0, 1], "ground_truth.label"),
+    ],
+)
+def test_bad_ground_truth_raises_value_error_naming_it(field, value, message):
+    predictions, ground_truth = good_inputs()
+    with pytest.raises(ValueError, match=message):
+        evaluate_detections(predictions, ground_truth._replace(**{field: np.asarray(value)}))
+
+
+def test_other_bad_inputs():
+    predictions, ground_truth = good_inputs()
+    with pytest.raises(ValueError, match="ground_truth"):
+        evaluate_detections(predictions, GroundTruth([], [], np.zeros((0, 2))))
+    with pytest.raises(ValueError, match="thresholds"):
+        evaluate_detections(predictions, ground_truth, thresholds=(0.0, 0.5))
+    with pytest.raises(ValueError, match="thresholds"):
+        evaluate_detections(predictions, ground_truth, thresholds=())
+    with pytest.raises(ValueError, match="predictions"):
+        evaluate_detections({"video": [0], "label": [0], "segments": [[0, 1]]}, ground_truth)
+    with pytest.raises(TypeError, match="predictions.video"):
+        evaluate_detections(predictions._replace(video=np.asarray([0.0, 1.0])), ground_truth)
+
+
+# ---------------------------------------------------------------------------- JSON
+
+
+def to_activitynet_json(predictions, ground_truth):
+    results, database = {}, {}
+    for v, c, s, seg in zip(predictions.video, predictions.label, predictions.score, predictions.segments):
+        results.setdefault(f"video_{v}", []).append(
+            {"label": f"class_{c}", "score": float(s), "segment": [float(seg[0]), float(seg[1])]}
+        )
+    for v, c, seg in zip(ground_truth.video, ground_truth.label, ground_truth.segments):
+        entry = database.setdefault(f"video_{v}", {"subset": "validation", "annotations": []})
+        entry["annotations"].append({"label": f"class_{c}", "segment": [float(seg[0]), float(seg[1])]})
+    return {"version": "VERSION 1.3", "results": results}, {"database": database}
+
+
+def test_json_round_trip(tmp_path):
+    predictions, ground_truth = random_case(np.random.default_rng(7), 4, 3, 20, 80)
+    prediction_dict, ground_truth_dict = to_activitynet_json(predictions, ground_truth)
+    # A test-subset video with ground truth, dropped by `subset`.
+    ground_truth_dict["database"]["extra"] = {"subset": "testing", "annotations": [{"label": "class_0", "segment": [0, 5]}]}
+    prediction_path, ground_truth_path = tmp_path / "pred.json", tmp_path / "gt.json"
+    prediction_path.write_text(json.dumps(prediction_dict))
+    ground_truth_path.write_text(json.dumps(ground_truth_dict))
+
+    data = load_activitynet_json(prediction_path, str(ground_truth_path), subset="validation")
+    # The codes decode to the original names (JSON groups rows by video, so compare sets).
+    def decoded(video, label, segments):
+        return sorted((data.video_names[v], data.class_names[c], *seg) for v, c, seg in zip(video, label, segments))
+
+    def original(video, label, segments):
+        return sorted((f"video_{v}", f"class_{c}", *seg) for v, c, seg in zip(video, label, segments))
+
+    assert decoded(*data.ground_truth) == original(*ground_truth)
+    assert decoded(data.predictions.video, data.predictions.label, data.predictions.segments) == original(
+        predictions.video, predictions.label, predictions.segments
+    )
+
+    result = evaluate_json(prediction_path, ground_truth_path, subset="validation")
+    direct = evaluate_detections(predictions, ground_truth)
+    np.testing.assert_array_equal(result.classes, [f"class_{c}" for c in direct.classes])
+    np.testing.assert_allclose(result.average_precision, direct.average_precision, atol=1e-12)
+    assert result.average == pytest.approx(float(direct.average), abs=1e-12)
+
+    with_extra = evaluate_json(prediction_dict, ground_truth_dict)
+    assert with_extra.average < result.average + 1e-12  # the extra ground truth is never found
+
+
+def test_json_string_ids_shared_between_files():
+    predictions = {"results": {"b": [{"label": "Run", "score": 0.9, "segment": [0, 10]}],
+                               "only_predicted": [{"label": "Jump", "score": 0.5, "segment": [0, 1]}]}}
+    ground_truth = {"database": {"b": {"annotations": [{"label": "Run", "segment": [0, 10]}]},
+                                 "a": {"annotations": [{"label": "Swim", "segment": [0, 3]}]}}}
+    data = load_activitynet_json(predictions, ground_truth)
+    assert data.video_names == ("a", "b", "only_predicted")
+    assert data.class_names == ("Jump", "Run", "Swim")
+    assert data.predictions.video.tolist() == [1, 2] and data.predictions.label.tolist() == [1, 0]
+    result = evaluate_json(predictions, ground_truth, thresholds=(0.5,))
+    np.testing.assert_array_equal(result.classes, ["Jump", "Run", "Swim"])
+    np.testing.assert_array_equal(result.average_precision, [[np.nan, 1.0, 0.0]])
+
+
+def test_bad_json_raises_value_error():
+    with pytest.raises(ValueError, match="predictions_json"):
+        load_activitynet_json({"database": {}}, {"database": {}})
+    with pytest.raises(ValueError, match="ground_truth_json"):
+        load_activitynet_json({"results": {}}, {"database": {"a": {"annotations": [{"label": "x"}]}}})
+
+
+# ---------------------------------------------------------------------- properties
+
+segment_strategy = st.tuples(st.integers(0, 30), st.integers(0, 10)).map(lambda se: [se[0], se[0] + se[1]])
+
+
+@st.composite
+def small_cases(draw):
+    num_gt = draw(st.integers(1, 8))
+    num_predictions = draw(st.integers(0, 20))
+    gt = GroundTruth(
+        video=draw(st.lists(st.integers(0, 2), min_size=num_gt, max_size=num_gt)),
+        label=draw(st.lists(st.integers(0, 2), min_size=num_gt, max_size=num_gt)),
+        segments=np.asarray(draw(st.lists(segment_strategy, min_size=num_gt, max_size=num_gt)), float),
+    )
+    scores = draw(st.lists(st.integers(0, 10**6), min_size=num_predictions, max_size=num_predictions, unique=True))
+    predictions = Detections(
+        video=np.asarray(draw(st.lists(st.integers(0, 2), min_size=num_predictions, max_size=num_predictions)), int),
+        label=np.asarray(draw(st.lists(st.integers(0, 2), min_size=num_predictions, max_size=num_predictions)), int),
+        score=np.asarray(scores, float),
+        segments=np.asarray(draw(st.lists(segment_strategy, min_size=num_predictions, max_size=num_predictions)), float).reshape(-1, 2),
+    )
+    return predictions, gt
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=small_cases(), seed=st.integers(0, 2**32 - 1))
+def test_property_ap_in_unit_interval_and_order_invariant(case, seed):
+    predictions, ground_truth = case
+    result = evaluate_detections(predictions, ground_truth, thresholds=(0.1, 0.5, 0.9))
+    has_gt = ~np.isnan(result.average_precision)
+    assert np.all((result.average_precision[has_gt] >= 0) & (result.average_precision[has_gt] <= 1))
+    np.testing.assert_array_equal(has_gt[0], np.isin(result.classes, ground_truth.label))
+
+    permutation = np.random.default_rng(seed).permutation(len(predictions.score))
+    shuffled = Detections(*(np.asarray(field)[permutation] for field in predictions))
+    permuted = evaluate_detections(shuffled, ground_truth, thresholds=(0.1, 0.5, 0.9))
+    np.testing.assert_allclose(permuted.average_precision, result.average_precision, atol=1e-12)
+
+    expected, _ = reference_map(predictions, ground_truth, (0.1, 0.5, 0.9))
+    np.testing.assert_allclose(result.average_precision, expected, atol=1e-9, rtol=0)
