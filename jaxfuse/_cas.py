@@ -1,0 +1,552 @@
+"""Temporal action proposals from class activation sequences (CAS), on device.
+
+Weakly supervised TAL turns a CAS (one activation per snippet and class) into
+proposals by thresholding it at many levels: every maximal run of consecutive
+snippets above a level is a proposal, scored by the contrast between the mean
+activation inside the run and in a margin around it (SPEC, "Where proposals
+come from in weakly supervised TAL"). The usual implementation is a Python loop
+per (video, class, threshold, run); here every run of every threshold of every
+sequence is found and scored at once:
+
+* run starts and ends come from comparing each snippet with its neighbours;
+* the last snippet of the run through each position comes from a reverse
+  running minimum, so run lengths need no loop;
+* proposals are compacted into a static number of slots by cumsum-indexing
+  (their rank among all proposals of the sequence) and one scatter;
+* inner and outer sums are differences of prefix sums, O(1) per proposal. The
+  prefix sums carry a running correction for their own rounding errors
+  (hi + lo), so a short run's sum far into a long float32 sequence keeps
+  float32 accuracy instead of losing it to the size of the running total.
+
+Conventions, as checked against the published GauFuse_WSTAL code
+(``utils/utils.py``, ``generate_segs_eval``):
+
+* A snippet is above a threshold when ``cas > threshold`` (strict). This is
+  the published comparison, and with ``>=`` a threshold of 0 would turn every
+  zero-activation snippet into an action.
+* The published loop finds runs with ``diff([0, cas > thr, 0])``, whose ``-1``
+  entries sit one past the last snippet of a run. It then uses that exclusive
+  end ``e`` as if it were the last snippet: the inner mean covers
+  ``cas[s:e + 1]`` (one snippet past the run, except at the end of the video),
+  the proposal is ``[s, e + 1)``, the right margin starts at ``e + 1`` (one
+  snippet after the run is skipped) and ends at ``len(cas) - 1`` at the latest
+  (the last snippet of the video is never in a margin). Its margins are
+  ``max(0, int(s - m))`` and ``int(e + m + 1)``, which give ``ceil(m)``
+  snippets on the left and ``floor(m)`` on the right. ``convention="spec"``
+  (default) computes what the SPEC and the paper describe instead: the
+  proposal is the run itself and the margins are symmetric;
+  ``convention="published"`` reproduces the published loop exactly, for
+  comparing with published numbers.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxfuse._interop import array_kind, from_jax
+from jaxfuse._validation import choice, float_array, positive_int
+
+CONVENTIONS = ("spec", "published")
+MARGIN_ROUNDINGS = ("ceil", "floor")
+
+
+class CasProposals(NamedTuple):
+    """Proposals of a batch of class activation sequences, padded to a static count.
+
+    ``[...]`` is the batch shape: the leading dimensions of ``cas`` (with
+    ``classes_last=True``, the video dimensions followed by the class). ``P``
+    is the number of proposal slots (``max_proposals``). Slots are filled in
+    order of threshold index, then start snippet; the first ``count`` slots of
+    each sequence are real proposals and the rest are padding (zeros, and
+    ``threshold_index == -1``).
+
+    Attributes:
+        segments: ``[..., P, 2]`` float, ``(start, end)`` in snippets, end
+            exclusive: the run covers snippets ``start .. end - 1``. (With
+            ``convention="published"`` the end is one snippet further, as in
+            the published code.) Same dtype as ``inner``.
+        inner: ``[..., P]`` mean of the CAS over the proposal.
+        outer: ``[..., P]`` mean of the CAS over the margins on both sides of
+            the proposal, clipped to the video; 0 where both margins are empty.
+        contrast: ``[..., P]`` ``inner - outer``, the ranking score.
+        threshold_index: ``[..., P]`` int32 index into ``thresholds`` of the
+            level that produced the proposal; -1 in padding.
+        valid: ``[..., P]`` bool, which slots hold real proposals.
+        count: ``[...]`` int32, number of proposals returned
+            (``valid.sum(-1)``).
+        num_found: ``[...]`` int32, number of proposals found. It exceeds
+            ``count`` when ``max_proposals`` was too small and the proposals
+            after the first ``P`` (in slot order) were dropped.
+    """
+
+    segments: Any
+    inner: Any
+    outer: Any
+    contrast: Any
+    threshold_index: Any
+    valid: Any
+    count: Any
+    num_found: Any
+
+    @property
+    def truncated(self):
+        """``[...]`` bool: whether proposals were dropped for lack of slots."""
+        return self.num_found > self.count
+
+
+def max_runs_per_threshold(num_snippets: int, min_length: int) -> int:
+    """Most runs of at least ``min_length`` snippets that fit in ``num_snippets``.
+
+    ``n`` runs need ``n * min_length`` snippets plus ``n - 1`` separating ones,
+    so ``n <= (num_snippets + 1) / (min_length + 1)``; the pattern
+    ``XX.XX.XX`` (``min_length=2``) reaches the bound.
+
+    Args:
+        num_snippets: sequence length ``L``.
+        min_length: shortest run that counts as a proposal.
+
+    Returns:
+        ``(num_snippets + 1) // (min_length + 1)``.
+
+    Example:
+        >>> max_runs_per_threshold(8, 2)
+        3
+    """
+    return (num_snippets + 1) // (min_length + 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _margin_widths(num_snippets: int, scale: float, power: float, rounding: str) -> np.ndarray:
+    """Margin width in whole snippets for every run length ``0 .. num_snippets``.
+
+    Computed on the host with Python floats, i.e. in float64 exactly as the
+    published ``0.0785 * (len ** 0.9)``, so the rounding of a margin that is
+    nearly a whole number never depends on the CAS dtype. Widths are capped at
+    ``num_snippets``: a margin is clipped to the video anyway.
+    """
+    widths = np.zeros(num_snippets + 1, dtype=np.int32)
+    round_to_int = math.ceil if rounding == "ceil" else math.floor
+    for run_length in range(1, num_snippets + 1):
+        margin = min(scale * run_length**power, float(num_snippets))
+        widths[run_length] = round_to_int(margin)
+    return widths
+
+
+def _prefix_sums(values):
+    """Prefix sums ``[0, v0, v0 + v1, ...]`` of ``values [L]`` as ``[L + 1, 2]`` pairs (hi, lo).
+
+    ``hi + lo`` is the exact prefix sum to within ~eps**2 of the running total.
+
+    ``hi`` is the plain running sum, whose rounding errors grow with the running
+    total. Each step's error is recovered without knowing how XLA ordered the
+    additions: ``v_i - (hi_i - hi_(i-1))`` is computed exactly (Sterbenz: the
+    two running sums are within a factor two once the total dominates ``v_i``),
+    and its running sum ``lo`` is the correction, so ``(hi + lo)[i]`` is the
+    sum to within rounding of the tiny ``lo`` itself.
+    """
+    zero = jnp.zeros((1,), values.dtype)
+    hi = jnp.concatenate([zero, jnp.cumsum(values)])
+    step_error = values - (hi[1:] - hi[:-1])
+    lo = jnp.concatenate([zero, jnp.cumsum(step_error)])
+    return jnp.stack([hi, lo], axis=-1)
+
+
+def _window_sums(prefix, bounds):
+    """Sums of the values in windows ``[bounds[..., 2k], bounds[..., 2k + 1])``.
+
+    One gather for all windows: each gather is a loop of its own for XLA, and
+    compile time grows with their number.
+    """
+    at_bounds = prefix[bounds]  # [..., 2W, 2]: (hi, lo) at every bound
+    hi, lo = at_bounds[..., 0], at_bounds[..., 1]
+    # hi and lo are differenced separately: their sum would round lo away.
+    return (hi[..., 1::2] - hi[..., 0::2]) + (lo[..., 1::2] - lo[..., 0::2])
+
+
+def _sequence_proposals(
+    cas,
+    length,
+    thresholds,
+    *,
+    min_length: int,
+    margin_widths: np.ndarray,
+    published_left_widths: np.ndarray,
+    convention: str,
+    num_slots: int,
+):
+    """Proposals of one sequence ``cas [L]`` of ``length`` real snippets."""
+    num_snippets = cas.shape[0]
+    num_thresholds = thresholds.shape[0]
+    positions = jnp.arange(num_snippets, dtype=jnp.int32)
+    inside = positions < length
+    # Padding may hold anything (NaN included); it must not reach a prefix sum.
+    values = jnp.where(inside, cas, 0)
+
+    above = (values[None, :] > thresholds[:, None]) & inside[None, :]  # [T, L]
+    no_snippet = jnp.zeros((num_thresholds, 1), dtype=bool)
+    above_before = jnp.concatenate([no_snippet, above[:, :-1]], axis=1)
+    above_after = jnp.concatenate([above[:, 1:], no_snippet], axis=1)
+    run_starts = above & ~above_before
+    run_ends = above & ~above_after  # last snippet of each run
+    # The last snippet of the run through position i is the first run end at or
+    # after i: a running minimum from the right replaces the per-run loop.
+    last_of_run = lax.cummin(jnp.where(run_ends, positions, num_snippets), axis=1, reverse=True)
+    is_proposal = run_starts & (last_of_run - positions + 1 >= min_length)
+
+    # Compaction: each proposal goes to the slot given by its rank in
+    # (threshold, start) order; ranks past the last slot are dropped.
+    flat_is_proposal = is_proposal.reshape(-1)
+    rank = jnp.cumsum(flat_is_proposal, dtype=jnp.int32) - 1
+    num_found = jnp.sum(flat_is_proposal, dtype=jnp.int32)
+    target_slot = jnp.where(flat_is_proposal, rank, num_slots)
+    flat_source = (
+        jnp.zeros((num_slots,), jnp.int32)
+        .at[target_slot]
+        .set(jnp.arange(flat_is_proposal.shape[0], dtype=jnp.int32), mode="drop")
+    )
+    count = jnp.minimum(num_found, num_slots)
+    valid = jnp.arange(num_slots, dtype=jnp.int32) < count
+
+    threshold_index = flat_source // num_snippets
+    start = jnp.where(valid, flat_source % num_snippets, 0)
+    last = jnp.where(valid, last_of_run.reshape(-1)[flat_source], 0)
+    run_length = last - start + 1
+    prefix = _prefix_sums(values)
+
+    if convention == "spec":
+        end = last + 1
+        inner_begin, inner_end = start, end
+        segment_end = end
+        width = jnp.asarray(margin_widths)[run_length]
+        left_begin = jnp.maximum(start - width, 0)
+        right_begin = end
+        right_end = jnp.minimum(end + width, length)
+    else:
+        # Published: e = last + 1 is treated as the last snippet (see module doc).
+        exclusive_end = last + 1
+        inner_begin, inner_end = start, jnp.minimum(exclusive_end + 1, length)
+        segment_end = exclusive_end + 1
+        left_begin = jnp.maximum(start - jnp.asarray(published_left_widths)[run_length], 0)
+        right_begin = jnp.minimum(exclusive_end + 1, length)
+        right_end = jnp.maximum(
+            right_begin,
+            jnp.minimum(length - 1, exclusive_end + 1 + jnp.asarray(margin_widths)[run_length]),
+        )
+
+    dtype = cas.dtype
+    inner_count = jnp.maximum(inner_end - inner_begin, 1).astype(dtype)
+    bounds = jnp.stack([inner_begin, inner_end, left_begin, start, right_begin, right_end], axis=-1)
+    inner_sum, left_sum, right_sum = jnp.moveaxis(_window_sums(prefix, bounds), -1, 0)
+    inner = inner_sum / inner_count
+    outer_count = (start - left_begin) + (right_end - right_begin)
+    outer_sum = left_sum + right_sum
+    outer = jnp.where(outer_count > 0, outer_sum / jnp.maximum(outer_count, 1).astype(dtype), 0)
+
+    zero = jnp.zeros((), dtype)
+    inner = jnp.where(valid, inner, zero)
+    outer = jnp.where(valid, outer, zero)
+    segments = jnp.where(valid[:, None], jnp.stack([start, segment_end], axis=-1).astype(dtype), zero)
+    return CasProposals(
+        segments=segments,
+        inner=inner,
+        outer=outer,
+        contrast=inner - outer,
+        threshold_index=jnp.where(valid, threshold_index, -1),
+        valid=valid,
+        count=count,
+        num_found=num_found,
+    )
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "classes_last",
+        "min_length",
+        "margin_scale",
+        "margin_power",
+        "margin_rounding",
+        "convention",
+        "num_slots",
+    ),
+)
+def _batch_proposals(
+    cas,
+    video_length,
+    thresholds,
+    *,
+    classes_last,
+    min_length,
+    margin_scale,
+    margin_power,
+    margin_rounding,
+    convention,
+    num_slots,
+):
+    """``_sequence_proposals`` over every sequence of ``cas`` (layout handled here).
+
+    Everything shape-related happens inside this one compiled function: eager
+    reshapes and casts would each compile a kernel of their own per shape.
+    """
+    if cas.dtype in (jnp.float16, jnp.bfloat16):
+        cas = cas.astype(jnp.float32)
+    if classes_last:
+        cas = jnp.moveaxis(cas, -1, -2)
+        video_length = video_length[..., None]
+    batch_shape, num_snippets = cas.shape[:-1], cas.shape[-1]
+    sequence_length = jnp.broadcast_to(video_length, batch_shape).astype(jnp.int32)
+    if convention == "spec":
+        margin_widths = _margin_widths(num_snippets, margin_scale, margin_power, margin_rounding)
+        published_left_widths = margin_widths
+    else:
+        # int(e + m + 1) floors the right margin, int(s - m) ceils the left one.
+        margin_widths = _margin_widths(num_snippets, margin_scale, margin_power, "floor")
+        published_left_widths = _margin_widths(num_snippets, margin_scale, margin_power, "ceil")
+    one_sequence = functools.partial(
+        _sequence_proposals,
+        min_length=min_length,
+        margin_widths=margin_widths,
+        published_left_widths=published_left_widths,
+        convention=convention,
+        num_slots=num_slots,
+    )
+    flat = jax.vmap(one_sequence, in_axes=(0, 0, None))(
+        cas.reshape(-1, num_snippets), sequence_length.reshape(-1), thresholds.astype(cas.dtype)
+    )
+    return CasProposals(*(field.reshape(batch_shape + field.shape[1:]) for field in flat))
+
+
+@functools.partial(jax.jit, static_argnames=("classes_last",))
+def _first_nonfinite_inside(cas, video_length, *, classes_last):
+    """Flat index (in the layout of ``cas``) of its first non-finite value inside a video, or -1."""
+    snippet_axis = -2 if classes_last else -1
+    positions = jnp.arange(cas.shape[snippet_axis])
+    if classes_last:
+        inside = positions[:, None] < video_length[..., None, None]
+    else:
+        inside = positions < video_length[..., None]
+    bad = (inside & ~jnp.isfinite(cas)).reshape(-1)
+    return jnp.where(jnp.any(bad), jnp.argmax(bad), -1)
+
+
+def _is_traced(x) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+def _checked_thresholds(thresholds, dtype) -> Any:
+    """Thresholds in ``dtype`` that compare with ``>`` exactly as the given values do.
+
+    A float64 level such as 0.001 lies between two float32 numbers. Rounding it
+    down (toward -inf) to the float32 just below keeps ``cas > level`` exact
+    for every float32 ``cas``: no float32 lies strictly between the two.
+    Rounding to nearest could turn a CAS value equal to the rounded level from
+    above-threshold into not-above.
+    """
+    if thresholds is None:
+        raise TypeError("`thresholds` is required, got None")
+    if _is_traced(thresholds):
+        if thresholds.ndim != 1:
+            raise ValueError(f"`thresholds` must be 1-D, got shape {thresholds.shape}")
+        return thresholds.astype(dtype)
+    host = np.asarray(thresholds)
+    if host.ndim != 1:
+        raise ValueError(f"`thresholds` must be a 1-D array of levels, got shape {host.shape}")
+    if host.size == 0:
+        raise ValueError("`thresholds` must hold at least one level, got an empty array")
+    if host.dtype == np.bool_ or not (
+        np.issubdtype(host.dtype, np.integer) or np.issubdtype(host.dtype, np.floating)
+    ):
+        raise TypeError(f"`thresholds` must be real numbers, got dtype {host.dtype}")
+    levels = host.astype(np.float64)
+    if np.isnan(levels).any():
+        raise ValueError(f"`thresholds` must not contain NaN, got {host.tolist()}")
+    narrow = levels.astype(dtype)
+    return np.where(narrow > levels, np.nextafter(narrow, np.array(-np.inf, dtype)), narrow)
+
+
+def _checked_length(length, video_shape: tuple[int, ...], num_snippets: int):
+    """``length`` as int32 of ``video_shape``; range checked when it is concrete.
+
+    Concrete lengths stay NumPy arrays: the compiled kernel takes them as they
+    are, while an eager JAX operation would compile a kernel of its own.
+    """
+    if length is None:
+        return np.full(video_shape, num_snippets, np.int32)
+    if _is_traced(length):
+        if not jnp.issubdtype(length.dtype, jnp.integer):
+            raise TypeError(f"`length` must be an integer array, got dtype {length.dtype}")
+        # Cannot be checked here; clipping keeps every index in range.
+        clipped = jnp.clip(length, 0, num_snippets).astype(jnp.int32)
+        return jnp.broadcast_to(clipped, video_shape)
+    host = np.asarray(length)
+    if host.dtype == np.bool_ or not np.issubdtype(host.dtype, np.integer):
+        raise TypeError(f"`length` must be an integer array (snippets per video), got dtype {host.dtype}")
+    if host.size and (host.min() < 0 or host.max() > num_snippets):
+        raise ValueError(
+            f"`length` must lie in [0, {num_snippets}] (the padded CAS has {num_snippets} snippets), "
+            f"got values from {host.min()} to {host.max()}"
+        )
+    try:
+        host = np.broadcast_to(host, video_shape)
+    except ValueError:
+        raise ValueError(
+            f"`length` of shape {host.shape} does not broadcast to the video shape {video_shape}"
+        ) from None
+    return host.astype(np.int32)
+
+
+def proposals_from_cas(
+    cas,
+    thresholds,
+    *,
+    min_length: int = 2,
+    margin_scale: float = 0.0785,
+    margin_power: float = 0.9,
+    margin_rounding: str | None = None,
+    convention: str = "spec",
+    classes_last: bool = False,
+    length=None,
+    max_proposals: int | None = None,
+) -> CasProposals:
+    """Multi-threshold proposals of class activation sequences, scored by contrast.
+
+    For every threshold, every maximal run of consecutive snippets ``s .. e``
+    with ``cas > threshold`` (strict) and ``e - s + 1 >= min_length`` is a
+    proposal ``[s, e + 1)``. With ``n = e - s + 1`` snippets:
+
+    * ``inner`` is the mean of ``cas[s : e + 1]``;
+    * the margin is ``m = margin_scale * n ** margin_power`` snippets,
+      rounded to whole snippets by ``margin_rounding`` (default ``"ceil"``:
+      every snippet that overlaps the real-valued margin ``[s - m, s)`` or
+      ``[e + 1, e + 1 + m)``; with ``"floor"`` runs shorter than 17 snippets
+      get no margin at all under the default constants, so their contrast is
+      just their inner score);
+    * ``outer`` is the mean of ``cas`` over ``[s - w, s)`` and
+      ``[e + 1, e + 1 + w)`` (``w`` the rounded margin), clipped to
+      ``[0, length)``, and 0 when both are empty;
+    * ``contrast = inner - outer``.
+
+    ``convention="published"`` instead reproduces the published GauFuse_WSTAL
+    loop, off-by-one included (see the module docstring): ``inner`` over
+    ``cas[s : e + 2]``, segment ``[s, e + 2)``, left margin ``ceil(m)``
+    snippets, right margin ``[e + 2, min(e + 2 + floor(m), length - 1))``.
+
+    Comparisons are exact as written: a float64 threshold is compared with a
+    float32 CAS as NumPy would compare them, in float64. Means are accurate to
+    a few ulps of the CAS dtype (prefix sums are error-corrected).
+
+    Args:
+        cas: ``[..., L]`` floating CAS of one class per sequence, or
+            ``[..., L, C]`` with ``classes_last=True`` (the layout of most WSTAL
+            models). float16/bfloat16 are computed and returned in float32.
+            Must be finite within each video's ``length``; padding may hold
+            anything.
+        thresholds: ``[T]`` levels (published: ``np.arange(0.001, 0.04,
+            0.002)``, 20 levels).
+        min_length: shortest run, in snippets, that makes a proposal.
+        margin_scale: ``0.0785`` in the published code.
+        margin_power: ``0.9`` in the published code.
+        margin_rounding: ``"ceil"`` (default) or ``"floor"``; must be left
+            ``None`` with ``convention="published"``, which has its own.
+        convention: ``"spec"`` (default) or ``"published"``.
+        classes_last: read ``cas`` as ``[..., L, C]``; the outputs' batch shape
+            is then ``[..., C]``.
+        length: optional int ``[...]`` (video shape: without the class axis
+            when ``classes_last``; broadcastable), the number of real snippets
+            of each padded sequence, in ``[0, L]``. Snippets at or after it are
+            outside the video: never in a run, never in a margin.
+        max_proposals: number of slots ``P`` per sequence. Default: the
+            static bound ``T * ((L + 1) // (min_length + 1))``, which never
+            drops a proposal. A smaller value saves memory; proposals past
+            slot ``P`` (in threshold, start order) are dropped and counted in
+            ``num_found``.
+
+    Returns:
+        A :class:`CasProposals` of the same array kind as ``cas`` (NumPy in,
+        NumPy out; JAX in, JAX out), batch shape ``cas.shape[:-1]`` (or
+        ``cas.shape[:-2] + (C,)`` with ``classes_last``).
+
+    Raises:
+        TypeError: ``cas`` is not floating point, ``thresholds`` or ``length``
+            hold the wrong kind of numbers.
+        ValueError: ``cas`` has no snippet axis or no snippets or non-finite
+            values inside a video, ``thresholds`` is not 1-D, empty or has NaN,
+            ``min_length`` or ``max_proposals`` is not a positive integer,
+            ``length`` is out of ``[0, L]`` or does not broadcast, an option is
+            unknown.
+
+    Example:
+        >>> import numpy as np
+        >>> cas = np.array([0.0, 0.3, 0.5, 0.4, 0.0, 0.2, 0.0], np.float32)
+        >>> found = proposals_from_cas(cas, np.array([0.1, 0.35]))
+        >>> found.segments[: found.count].tolist()
+        [[1.0, 4.0], [2.0, 4.0]]
+        >>> found.threshold_index[: found.count].tolist()
+        [0, 1]
+    """
+    kind = array_kind(cas)
+    cas = float_array(cas, "cas", min_ndim=2 if classes_last else 1)
+    classes_last = bool(classes_last)
+    video_shape = cas.shape[:-2] if classes_last else cas.shape[:-1]
+    num_snippets = cas.shape[-2] if classes_last else cas.shape[-1]
+    if num_snippets == 0:
+        raise ValueError(f"`cas` must have at least one snippet, got shape {cas.shape}")
+
+    min_length = positive_int(min_length, "min_length")
+    convention = choice(convention, "convention", CONVENTIONS)
+    if convention == "published":
+        if margin_rounding is not None:
+            raise ValueError(
+                "`margin_rounding` must be None with convention='published', whose rounding is fixed "
+                "(ceil on the left, floor on the right)"
+            )
+        margin_rounding = "floor"
+    elif margin_rounding is None:
+        margin_rounding = "ceil"
+    margin_rounding = choice(margin_rounding, "margin_rounding", MARGIN_ROUNDINGS)
+    margin_scale = _finite_float(margin_scale, "margin_scale", nonnegative=True)
+    margin_power = _finite_float(margin_power, "margin_power")
+
+    compute_dtype = np.dtype(np.float32) if cas.dtype in (jnp.float16, jnp.bfloat16) else np.dtype(cas.dtype)
+    levels = _checked_thresholds(thresholds, compute_dtype)
+    video_length = _checked_length(length, video_shape, num_snippets)
+
+    if cas.size and not _is_traced(cas) and not _is_traced(video_length):
+        first_bad = int(_first_nonfinite_inside(cas, video_length, classes_last=classes_last))
+        if first_bad >= 0:
+            where = tuple(int(i) for i in np.unravel_index(first_bad, cas.shape))
+            raise ValueError(f"`cas` must be finite inside each video; first non-finite value at index {where}")
+
+    bound = levels.shape[0] * max_runs_per_threshold(num_snippets, min_length)
+    num_slots = bound if max_proposals is None else positive_int(max_proposals, "max_proposals")
+
+    result = _batch_proposals(
+        cas,
+        video_length,
+        levels,
+        classes_last=classes_last,
+        min_length=min_length,
+        margin_scale=margin_scale,
+        margin_power=margin_power,
+        margin_rounding=margin_rounding,
+        convention=convention,
+        num_slots=num_slots,
+    )
+    return from_jax(result, kind)
+
+
+def _finite_float(value, name: str, *, nonnegative: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"`{name}` must be a Python or NumPy real number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or (nonnegative and number < 0):
+        bound = "non-negative and finite" if nonnegative else "finite"
+        raise ValueError(f"`{name}` must be {bound}, got {number}")
+    return number
