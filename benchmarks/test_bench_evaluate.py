@@ -1,0 +1,166 @@
+"""Detection mAP at THUMOS14-like scale: the vectorised evaluator against a per-prediction loop.
+
+Run: ``python -m pytest benchmarks/test_bench_evaluate.py``
+
+The baseline is the straightforward loop users write today (the one in
+``tests/test_evaluate.py``, copied here so benchmarks do not import tests). The copy
+cannot drift unnoticed: ``test_bench_reference_loop`` also checks that both agree on the
+benchmark data to 1e-9.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from jaxfuse._evaluate import THUMOS14_THRESHOLDS, Detections, GroundTruth, evaluate_detections
+
+NUM_VIDEOS = 200
+NUM_CLASSES = 20
+CLASSES_PER_VIDEO = 2
+GT_PER_VIDEO_CLASS = 10  # 200 * 2 * 10 = 4,000 ground-truth segments
+PREDICTIONS_PER_VIDEO = 1_000  # 200,000 predictions
+SPEEDUP_TARGET = 20
+
+_timings: dict[str, float] = {}
+
+
+# ------------------------------------------------------------- reference loop
+
+
+def reference_tiou(a, b):
+    intersection = max(min(a[1], b[1]) - max(a[0], b[0]), 0.0)
+    union = (a[1] - a[0]) + (b[1] - b[0]) - intersection
+    return intersection / union if union > 0 else 0.0
+
+
+def reference_interpolated_ap(true_positive, num_positives):
+    tp_sum, precision, recall = 0, [], []
+    for i, hit in enumerate(true_positive):
+        tp_sum += hit
+        precision.append(tp_sum / (i + 1))
+        recall.append(tp_sum / num_positives)
+    mprec = [0.0] + precision + [0.0]
+    mrec = [0.0] + recall + [1.0]
+    for i in range(len(mprec) - 2, -1, -1):
+        mprec[i] = max(mprec[i], mprec[i + 1])
+    return sum((mrec[i] - mrec[i - 1]) * mprec[i] for i in range(1, len(mrec)) if mrec[i] != mrec[i - 1])
+
+
+def reference_map(predictions, ground_truth, thresholds):
+    """Per-prediction loop: ``[num_thresholds, num_classes]`` AP (NaN for no ground truth)."""
+    p_video, p_label = [int(v) for v in predictions.video], [int(c) for c in predictions.label]
+    p_score = [float(s) for s in predictions.score]
+    p_segment = [(float(s), float(e)) for s, e in np.asarray(predictions.segments).reshape(-1, 2)]
+    g_video, g_label = [int(v) for v in ground_truth.video], [int(c) for c in ground_truth.label]
+    g_segment = [(float(s), float(e)) for s, e in np.asarray(ground_truth.segments).reshape(-1, 2)]
+    gt_of = {}  # (class, video) -> ground-truth indices in input order
+    for j in range(len(g_label)):
+        gt_of.setdefault((g_label[j], g_video[j]), []).append(j)
+    classes = sorted(set(p_label) | set(g_label))
+    ap = [[math.nan] * len(classes) for _ in thresholds]
+    for c_index, c in enumerate(classes):
+        num_positives = g_label.count(c)
+        if num_positives == 0:
+            continue
+        preds = sorted((i for i in range(len(p_label)) if p_label[i] == c), key=lambda i: -p_score[i])
+        locked = [set() for _ in thresholds]
+        true_positive = [[] for _ in thresholds]
+        for i in preds:
+            tious = [(reference_tiou(p_segment[i], g_segment[j]), j) for j in gt_of.get((c, p_video[i]), [])]
+            for t_index, threshold in enumerate(thresholds):
+                best_tiou, best_gt = -1.0, None
+                for tiou, j in tious:
+                    if j not in locked[t_index] and tiou > best_tiou:
+                        best_tiou, best_gt = tiou, j
+                hit = best_gt is not None and best_tiou >= threshold
+                if hit:
+                    locked[t_index].add(best_gt)
+                true_positive[t_index].append(int(hit))
+        for t_index in range(len(thresholds)):
+            ap[t_index][c_index] = reference_interpolated_ap(true_positive[t_index], num_positives)
+    return np.asarray(ap, dtype=np.float64).reshape(len(thresholds), len(classes))
+
+
+# ------------------------------------------------------------------------ data
+
+
+@pytest.fixture(scope="module")
+def thumos_like():
+    """Seeded THUMOS14-like detections: a few classes per video, proposals near the truth."""
+    rng = np.random.default_rng(0)
+    duration = rng.uniform(60, 600, NUM_VIDEOS)
+    video_classes = np.stack([rng.choice(NUM_CLASSES, CLASSES_PER_VIDEO, replace=False) for _ in range(NUM_VIDEOS)])
+
+    gt_video = np.repeat(np.arange(NUM_VIDEOS), CLASSES_PER_VIDEO * GT_PER_VIDEO_CLASS)
+    gt_label = np.repeat(video_classes.ravel(), GT_PER_VIDEO_CLASS)
+    gt_length = rng.uniform(2, 30, gt_video.size)
+    gt_start = rng.uniform(0, 1, gt_video.size) * (duration[gt_video] - gt_length)
+    gt_segments = np.stack([gt_start, gt_start + gt_length], axis=1)
+
+    # 80% of the predictions jitter around a ground truth of their video; the rest are
+    # anywhere, with any class.
+    pred_video = np.repeat(np.arange(NUM_VIDEOS), PREDICTIONS_PER_VIDEO)
+    per_video = CLASSES_PER_VIDEO * GT_PER_VIDEO_CLASS
+    source = pred_video * per_video + rng.integers(0, per_video, pred_video.size)
+    centre = gt_segments[source].mean(axis=1) + rng.normal(0, 0.3, pred_video.size) * gt_length[source]
+    length = gt_length[source] * rng.lognormal(0, 0.4, pred_video.size)
+    pred_label = gt_label[source].copy()
+    anywhere = rng.random(pred_video.size) < 0.2
+    centre[anywhere] = rng.uniform(0, 1, anywhere.sum()) * duration[pred_video[anywhere]]
+    pred_label[anywhere] = rng.integers(0, NUM_CLASSES, anywhere.sum())
+    pred_segments = np.stack([centre - length / 2, centre + length / 2], axis=1).clip(0, None)
+    score = rng.random(pred_video.size) + np.where(anywhere, 0.0, 0.3)
+
+    predictions = Detections(pred_video, pred_label, score, pred_segments)
+    ground_truth = GroundTruth(gt_video, gt_label, gt_segments)
+    sizes = {
+        "predictions": int(pred_video.size),
+        "ground_truth": int(gt_video.size),
+        "videos": NUM_VIDEOS,
+        "classes": NUM_CLASSES,
+        "thresholds": len(THUMOS14_THRESHOLDS),
+    }
+    return predictions, ground_truth, sizes
+
+
+# ------------------------------------------------------------------ benchmarks
+
+
+def _min_seconds(benchmark) -> float | None:
+    """The fastest round, or None when pytest-benchmark is disabled."""
+    stats = getattr(benchmark, "stats", None)
+    return None if stats is None else stats.stats.min
+
+
+def test_bench_evaluate_detections(benchmark, thumos_like):
+    predictions, ground_truth, sizes = thumos_like
+    result = benchmark.pedantic(
+        evaluate_detections, args=(predictions, ground_truth), rounds=5, iterations=1, warmup_rounds=1
+    )
+    benchmark.extra_info.update(sizes)
+    benchmark.extra_info["mAP@0.5"] = float(result.mean_average_precision[4])
+    benchmark.extra_info["average_mAP"] = float(result.average)
+    if (seconds := _min_seconds(benchmark)) is not None:
+        _timings["vectorised"] = seconds
+    assert np.all(np.isfinite(result.mean_average_precision))
+
+
+def test_bench_reference_loop(benchmark, thumos_like):
+    predictions, ground_truth, sizes = thumos_like
+    expected = benchmark.pedantic(
+        reference_map, args=(predictions, ground_truth, THUMOS14_THRESHOLDS), rounds=1, iterations=1
+    )
+    benchmark.extra_info.update(sizes)
+    np.testing.assert_allclose(
+        evaluate_detections(predictions, ground_truth).average_precision, expected, atol=1e-9, rtol=0
+    )
+    seconds = _min_seconds(benchmark)
+    if seconds is None or "vectorised" not in _timings:
+        pytest.skip("speed-up needs both benchmarks to run with timing enabled")
+    speedup = seconds / _timings["vectorised"]
+    benchmark.extra_info["speedup_vs_reference"] = speedup
+    print(f"\nevaluate_detections is {speedup:.1f}x faster than the per-prediction loop ({sizes})")
+    assert speedup >= SPEEDUP_TARGET
