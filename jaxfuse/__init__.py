@@ -24,6 +24,7 @@ from jaxfuse._fuse import (
     fuse_student_t,
     fuse_uniform,
 )
+from jaxfuse._ragged import PackedGroups, bucket_size, pack_groups, unpack_groups, unpack_members
 from jaxfuse._result import ResultCode
 from jaxfuse._student_t import StudentTParameters
 from jaxfuse._templates import ExponentialParameters, GaussianParameters, LaplaceParameters, UniformParameters
@@ -37,10 +38,12 @@ __all__ = [
     "FusionResult",
     "GaussianParameters",
     "LaplaceParameters",
+    "PackedGroups",
     "ResultCode",
     "StudentTParameters",
     "TemplateDensity",
     "UniformParameters",
+    "bucket_size",
     "compile_count",
     "exponential_density",
     "fit_template",
@@ -53,6 +56,9 @@ __all__ = [
     "gaussian_density",
     "laplace_density",
     "member_probabilities",
+    "pack_groups",
     "student_t_density",
     "uniform_density",
+    "unpack_groups",
+    "unpack_members",
 ]

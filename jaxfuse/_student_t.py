@@ -183,7 +183,8 @@ def _heaviest_value(values, probabilities, mask):
     """Index of a member holding the most probability among equal values, and that probability."""
     _, high = masked_extremes(values[:, None], mask)
     sort_keys = jnp.where(mask, values, high[0])
-    order = jnp.argsort(sort_keys, stable=True)
+    # Real members first among equal keys, so a run's first member is a real one.
+    order = jnp.lexsort((~mask, sort_keys))
     sorted_values = sort_keys[order]
     starts_run = jnp.concatenate([jnp.ones((1,), bool), sorted_values[1:] != sorted_values[:-1]])
     run_index = jnp.cumsum(starts_run) - 1

@@ -1,0 +1,35 @@
+"""Shared fixtures: dtypes (float64 runs under jax.enable_x64), jit or not, random groups."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+
+@pytest.fixture(params=[np.float32, np.float64], ids=["float32", "float64"])
+def dtype(request):
+    """The dtype under test; float64 tests run with x64 enabled for their duration only."""
+    if request.param == np.float64:
+        with jax.enable_x64(True):
+            yield request.param
+    else:
+        yield request.param
+
+
+def tolerance(dtype) -> float:
+    """Relative tolerance for comparing a kernel against an independent float64 reference."""
+    return 2e-5 if np.dtype(dtype) == np.float32 else 1e-11
+
+
+def random_groups(rng, groups: int, members: int, coordinates: int = 3, dtype=np.float64, min_size: int = 1):
+    """Random padded groups: values [G, M, K], weights [G, M], mask [G, M] with random sizes."""
+    sizes = rng.integers(min_size, members + 1, size=groups)
+    mask = np.arange(members)[None, :] < sizes[:, None]
+    # Shuffle the real slots so that padding is not always at the end.
+    for row in mask:
+        rng.shuffle(row)
+    centres = rng.uniform(-50, 500, size=(groups, 1, coordinates))
+    values = (centres + rng.normal(scale=rng.uniform(0.5, 20, size=(groups, 1, 1)), size=(groups, members, coordinates)))
+    weights = rng.uniform(0, 1, size=(groups, members))
+    return values.astype(dtype), weights.astype(dtype), mask
