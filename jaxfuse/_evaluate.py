@@ -14,6 +14,12 @@ The protocol, per class and per tIoU threshold:
 tIoU uses continuous lengths: ``intersection / union`` with ``length = end - start``
 (0 when the union is empty).
 
+Differences from ActivityNet's reference code, all at exact ties or degenerate input:
+equal tIoU goes to the first listed ground truth and equal scores keep input order
+(the reference's quicksorts leave both unspecified), a zero-length union gives tIoU 0
+(not NaN), and ``ACTIVITYNET_THRESHOLDS`` are the rounded decimals, not
+``np.linspace(0.5, 0.95, 10)``'s last-bit neighbours.
+
 Why the fast path is fast: a false positive changes no state, so for one
 (class, video, threshold) the only events are the true positives, at most one per
 ground truth. Each ground truth keeps a cursor into its score-ordered list of
@@ -22,9 +28,13 @@ ground truth. Each ground truth keeps a cursor into its score-ordered list of
 it locks its best-tIoU eligible ground truth, and every unlocked ground truth that was
 waiting on it moves its cursor on. One round does this for every
 (threshold, class, video) at once with numpy, and there are at most as many rounds as
-the largest number of ground truths in one (class, video). Everything is plain numpy in
-float64: the loop is over rounds of small arrays, where XLA would add compile time and
-dispatch cost without saving any work.
+the largest number of ground truths in one (class, video).
+
+Everything is plain numpy in float64. A JAX version (``lax.scan`` over the
+score-ordered predictions of every (class, video), padded, with a vmapped lock state)
+was measured on the benchmark's 200,000 predictions / 4,000 ground truths: about 1.5x
+slower once compiled, plus about 1 s of compilation for every new input shape, and it
+would need float64 for tIoU to agree exactly at the thresholds.
 """
 
 from __future__ import annotations
@@ -44,7 +54,8 @@ THUMOS14_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 ACTIVITYNET_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 """tIoU thresholds reported on ActivityNet 1.3 (0.5:0.05:0.95, 10 values)."""
 
-# Pairs of (ground truth, prediction) are scored in chunks of about this many, so the
+# (ground truth, prediction) pairs are scored about this many at a time: the
+# temporaries stay in cache (about 1.5x faster than one pass over all pairs) and the
 # memory stays bounded when one (class, video) holds very many of both.
 _PAIR_CHUNK = 1 << 16
 _NO_RANK = np.iinfo(np.int64).max
@@ -331,31 +342,33 @@ def _match(
     """``[num_thresholds, num_predictions]`` true-positive flags, indexed by class rank.
 
     A "slot" is one (threshold, ground truth). Its entries are its eligible pairs in
-    rank order, and its cursor points at the first one not yet passed. Slots of one
-    (threshold, group) are contiguous, so per-group reductions are ``reduceat`` over
-    ``segment_starts``. Each round finds the next true positive of every
-    (threshold, group) at once.
+    rank order; ``next_entry`` is the first one not yet passed, and a locked slot skips
+    to its end. Slots of one (threshold, group) are contiguous, so per-group
+    reductions are ``reduceat`` over the segment starts. Each round finds the next true
+    positive of every (threshold, group) at once; one that has none is finished and
+    dropped, so late rounds only touch the few groups with many ground truths.
     """
     num_thresholds, num_gt = thresholds.size, int(gt_group_size.sum())
+    true_positive = np.zeros((num_thresholds, num_predictions), bool)
+    if pair_gt.size == 0:
+        return true_positive
     eligible = [np.flatnonzero(pair_tiou >= t) for t in thresholds]
     entry_pair = np.concatenate(eligible + [np.zeros(1, np.intp)])  # + a dummy for idle slots
-    entry_count = np.concatenate([np.bincount(pair_gt[e], minlength=num_gt) for e in eligible])
-    entry_start = np.cumsum(entry_count) - entry_count
+    # Pairs are sorted by ground truth, so each slot's entries are a contiguous run:
+    # entry_pair[next_entry:end_entry].
+    gt_pairs = np.searchsorted(pair_gt, np.arange(num_gt + 1))
+    offsets = np.cumsum([0] + [e.size for e in eligible])
+    bounds = [offset + np.searchsorted(e, gt_pairs) for e, offset in zip(eligible, offsets)]
+    next_entry = np.concatenate([b[:-1] for b in bounds])
+    end_entry = np.concatenate([b[1:] for b in bounds])
 
-    gt_group_start = np.cumsum(gt_group_size) - gt_group_size
-    segment_starts = (np.arange(num_thresholds)[:, None] * num_gt + gt_group_start).ravel()
+    segment_size = np.tile(gt_group_size, num_thresholds)
     segment_threshold = np.repeat(np.arange(num_thresholds), gt_group_size.size)
-    segment_of_slot = np.repeat(np.arange(segment_starts.size), np.tile(gt_group_size, num_thresholds))
-    slot_index = np.arange(num_thresholds * num_gt)
-
-    cursor = np.zeros_like(entry_count)
-    locked = np.zeros(slot_index.size, bool)
-    true_positive = np.zeros((num_thresholds, num_predictions), bool)
-    while True:
-        waiting = ~locked & (cursor < entry_count)
-        if not waiting.any():
-            return true_positive
-        pair = entry_pair[np.where(waiting, entry_start + cursor, -1)]
+    while segment_size.size:
+        segment_starts = np.cumsum(segment_size) - segment_size
+        segment_of_slot = np.repeat(np.arange(segment_size.size), segment_size)
+        waiting = next_entry < end_entry
+        pair = entry_pair[np.where(waiting, next_entry, -1)]
         candidate = np.where(waiting, pair_rank[pair], _NO_RANK)
         next_tp = np.minimum.reduceat(candidate, segment_starts)
         # The unlocked ground truths eligible for the next true positive all wait on it;
@@ -364,11 +377,16 @@ def _match(
         claim_tiou = np.where(claims, pair_tiou[pair], -1.0)
         best_tiou = np.maximum.reduceat(claim_tiou, segment_starts)
         best = claims & (claim_tiou == best_tiou[segment_of_slot])
-        winner = np.minimum.reduceat(np.where(best, slot_index, _NO_RANK), segment_starts)
+        winner = np.minimum.reduceat(np.where(best, np.arange(best.size), _NO_RANK), segment_starts)
         found = next_tp != _NO_RANK
-        locked[winner[found]] = True
-        cursor[claims] += 1
+        next_entry[claims] += 1
+        next_entry[winner[found]] = end_entry[winner[found]]  # locked
         true_positive[segment_threshold[found], next_tp[found]] = True
+        # A (threshold, group) without a true positive this round has none left.
+        keep = found[segment_of_slot]
+        next_entry, end_entry = next_entry[keep], end_entry[keep]
+        segment_size, segment_threshold = segment_size[found], segment_threshold[found]
+    return true_positive
 
 
 def _true_positives(

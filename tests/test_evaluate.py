@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import math
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jaxfuse import _evaluate
 from jaxfuse._evaluate import (
     ACTIVITYNET_THRESHOLDS,
     THUMOS14_THRESHOLDS,
@@ -46,11 +48,11 @@ def reference_interpolated_ap(true_positive, num_positives):
 
 def reference_map(predictions, ground_truth, thresholds):
     """Straightforward per-prediction loop: ``[num_thresholds, num_classes]`` AP, classes."""
-    p_video, p_label = [int(v) for v in predictions.video], [int(c) for c in predictions.label]
-    p_score = [float(s) for s in predictions.score]
-    p_segment = [(float(s), float(e)) for s, e in np.asarray(predictions.segments).reshape(-1, 2)]
-    g_video, g_label = [int(v) for v in ground_truth.video], [int(c) for c in ground_truth.label]
-    g_segment = [(float(s), float(e)) for s, e in np.asarray(ground_truth.segments).reshape(-1, 2)]
+    p_video, p_label = np.asarray(predictions.video).tolist(), np.asarray(predictions.label).tolist()
+    p_score = np.asarray(predictions.score).tolist()
+    p_segment = np.asarray(predictions.segments, np.float64).reshape(-1, 2).tolist()
+    g_video, g_label = np.asarray(ground_truth.video).tolist(), np.asarray(ground_truth.label).tolist()
+    g_segment = np.asarray(ground_truth.segments, np.float64).reshape(-1, 2).tolist()
     gt_of = {}  # (class, video) -> ground-truth indices in input order
     for j in range(len(g_label)):
         gt_of.setdefault((g_label[j], g_video[j]), []).append(j)
@@ -138,6 +140,27 @@ def test_many_ground_truths_in_one_video_and_class():
     predictions, ground_truth = random_case(rng, num_videos=1, num_classes=1, num_gt=60, num_predictions=400)
     expected, _ = reference_map(predictions, ground_truth, THUMOS14_THRESHOLDS)
     result = evaluate_detections(predictions, ground_truth)
+    np.testing.assert_allclose(result.average_precision, expected, atol=1e-9, rtol=0)
+
+
+def test_pairs_split_across_chunks(monkeypatch):
+    """Chunk boundaries of the pair scoring (a few pairs per chunk) change nothing."""
+    predictions, ground_truth = random_case(np.random.default_rng(11), 3, 2, 25, 120, quantise=True)
+    expected = evaluate_detections(predictions, ground_truth).average_precision
+    monkeypatch.setattr(_evaluate, "_PAIR_CHUNK", 7)
+    np.testing.assert_array_equal(evaluate_detections(predictions, ground_truth).average_precision, expected)
+    reference, _ = reference_map(predictions, ground_truth, THUMOS14_THRESHOLDS)
+    np.testing.assert_allclose(expected, reference, atol=1e-9, rtol=0)
+
+
+def test_larger_case_and_other_array_kinds():
+    rng = np.random.default_rng(99)
+    predictions, ground_truth = random_case(rng, num_videos=30, num_classes=8, num_gt=300, num_predictions=3000)
+    # float32 scores tie often; JAX arrays and unsorted thresholds are accepted.
+    predictions = predictions._replace(score=jnp.asarray(np.round(predictions.score, 3), jnp.float32))
+    thresholds = (0.7, 0.3, 0.55)
+    expected, _ = reference_map(predictions, ground_truth, thresholds)
+    result = evaluate_detections(predictions, ground_truth, thresholds=thresholds)
     np.testing.assert_allclose(result.average_precision, expected, atol=1e-9, rtol=0)
 
 
