@@ -95,7 +95,9 @@ def thumos_like():
     """Seeded THUMOS14-like detections: a few classes per video, proposals near the truth."""
     rng = np.random.default_rng(0)
     duration = rng.uniform(60, 600, NUM_VIDEOS)
-    video_classes = np.stack([rng.choice(NUM_CLASSES, CLASSES_PER_VIDEO, replace=False) for _ in range(NUM_VIDEOS)])
+    video_classes = np.stack(
+        [rng.choice(NUM_CLASSES, CLASSES_PER_VIDEO, replace=False) for _ in range(NUM_VIDEOS)]
+    )
 
     gt_video = np.repeat(np.arange(NUM_VIDEOS), CLASSES_PER_VIDEO * GT_PER_VIDEO_CLASS)
     gt_label = np.repeat(video_classes.ravel(), GT_PER_VIDEO_CLASS)

@@ -190,7 +190,8 @@ def _segments(array: np.ndarray, name: str, length: int) -> np.ndarray:
 def _scores(array: np.ndarray, name: str, length: int) -> np.ndarray:
     if array.shape != (length,):
         raise ValueError(f"`{name}` must have shape [{length}], got {array.shape}")
-    if array.size and (not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating)):
+    real = np.issubdtype(array.dtype, np.number) and not np.issubdtype(array.dtype, np.complexfloating)
+    if array.size and not real:
         raise TypeError(f"`{name}` must be real numbers, got dtype {array.dtype}")
     scores = array.astype(np.float64)
     bad = ~np.isfinite(scores)
@@ -322,7 +323,9 @@ def _overlapping_pairs(
         overlapping = np.flatnonzero(overlap > 0)
         pair_gt = np.searchsorted(pair_end[gts] - done, overlapping, side="right") + first_gt
         pair_prediction = pair_prediction[overlapping]
-        tiou = _tiou(pred_start[pair_prediction], pred_end[pair_prediction], gt_start[pair_gt], gt_end[pair_gt])
+        tiou = _tiou(
+            pred_start[pair_prediction], pred_end[pair_prediction], gt_start[pair_gt], gt_end[pair_gt]
+        )
         keep = np.flatnonzero(tiou >= min_tiou)
         kept_gt.append(pair_gt[keep])
         kept_prediction.append(pair_prediction[keep])
@@ -432,7 +435,8 @@ def _true_positives(
         pred_group_size,
         float(thresholds.min()),
     )
-    true_positive = _match(thresholds, num_predictions, gt_group_size, pair_gt, grouped[pair_prediction], pair_tiou)
+    pair_rank = grouped[pair_prediction]
+    true_positive = _match(thresholds, num_predictions, gt_group_size, pair_gt, pair_rank, pair_tiou)
     return true_positive, pred_class[by_rank]
 
 
@@ -470,7 +474,9 @@ def _class_average_precision(true_positive: np.ndarray, class_of_rank: np.ndarra
 # ----------------------------------------------------------------------------- API
 
 
-def evaluate_detections(predictions: Any, ground_truth: Any, *, thresholds=THUMOS14_THRESHOLDS) -> DetectionMAP:
+def evaluate_detections(
+    predictions: Any, ground_truth: Any, *, thresholds=THUMOS14_THRESHOLDS
+) -> DetectionMAP:
     """Detection mAP of predicted segments under the ActivityNet protocol.
 
     Args:
@@ -534,7 +540,9 @@ def _json_dict(source: Any, name: str, key: str) -> Mapping:
     return source[key]
 
 
-def load_activitynet_json(predictions_json: Any, ground_truth_json: Any, *, subset: str | None = None) -> ActivityNetData:
+def load_activitynet_json(
+    predictions_json: Any, ground_truth_json: Any, *, subset: str | None = None
+) -> ActivityNetData:
     """Read ActivityNet-format predictions and ground truth into integer-coded arrays.
 
     Video ids and labels are coded together, so the two files share one code space:
@@ -571,7 +579,9 @@ def load_activitynet_json(predictions_json: Any, ground_truth_json: Any, *, subs
             for p in items
         ]
     except (KeyError, TypeError) as error:
-        raise ValueError(f"`predictions_json` entries need 'label', 'score' and 'segment': {error!r}") from None
+        raise ValueError(
+            f"`predictions_json` entries need 'label', 'score' and 'segment': {error!r}"
+        ) from None
     try:
         gt_rows = [
             (str(video), str(a["label"]), a["segment"])
@@ -580,7 +590,9 @@ def load_activitynet_json(predictions_json: Any, ground_truth_json: Any, *, subs
             for a in entry["annotations"]
         ]
     except (KeyError, TypeError) as error:
-        raise ValueError(f"`ground_truth_json` entries need 'annotations' with 'label' and 'segment': {error!r}") from None
+        raise ValueError(
+            f"`ground_truth_json` entries need 'annotations' with 'label' and 'segment': {error!r}"
+        ) from None
 
     video_names = tuple(sorted({row[0] for row in pred_rows} | {row[0] for row in gt_rows}))
     class_names = tuple(sorted({row[1] for row in pred_rows} | {row[1] for row in gt_rows}))

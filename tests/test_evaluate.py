@@ -95,8 +95,10 @@ def random_case(rng, num_videos, num_classes, num_gt, num_predictions, *, quanti
     random_rows = rng.random(num_predictions) < 0.3
     pred_segments[random_rows] = rng.uniform(0, 120, (random_rows.sum(), 2))
     pred_segments.sort(axis=1)
-    pred_video = np.where(rng.random(num_predictions) < 0.9, gt_video[near], rng.integers(0, num_videos, num_predictions))
-    pred_label = np.where(rng.random(num_predictions) < 0.8, gt_label[near], rng.integers(0, num_classes + 2, num_predictions))
+    other_video = rng.integers(0, num_videos, num_predictions)
+    other_label = rng.integers(0, num_classes + 2, num_predictions)  # some classes without ground truth
+    pred_video = np.where(rng.random(num_predictions) < 0.9, gt_video[near], other_video)
+    pred_label = np.where(rng.random(num_predictions) < 0.8, gt_label[near], other_label)
     score = rng.random(num_predictions)
     duplicates = rng.random(num_predictions) < 0.15
     if num_predictions > 1:
@@ -130,7 +132,8 @@ def test_matches_reference_loop_on_random_cases(seed):
     np.testing.assert_array_equal(result.classes, classes)
     np.testing.assert_allclose(result.average_precision, expected, atol=1e-9, rtol=0)
     has_gt = np.isin(classes, np.asarray(ground_truth.label))
-    np.testing.assert_allclose(result.mean_average_precision, expected[:, has_gt].mean(axis=1), atol=1e-9, rtol=0)
+    expected_mean = expected[:, has_gt].mean(axis=1)
+    np.testing.assert_allclose(result.mean_average_precision, expected_mean, atol=1e-9, rtol=0)
     np.testing.assert_allclose(result.average, expected[:, has_gt].mean(), atol=1e-9, rtol=0)
 
 
@@ -155,7 +158,9 @@ def test_pairs_split_across_chunks(monkeypatch):
 
 def test_larger_case_and_other_array_kinds():
     rng = np.random.default_rng(99)
-    predictions, ground_truth = random_case(rng, num_videos=30, num_classes=8, num_gt=300, num_predictions=3000)
+    predictions, ground_truth = random_case(
+        rng, num_videos=30, num_classes=8, num_gt=300, num_predictions=3000
+    )
     # float32 scores tie often; JAX arrays and unsorted thresholds are accepted.
     predictions = predictions._replace(score=jnp.asarray(np.round(predictions.score, 3), jnp.float32))
     thresholds = (0.7, 0.3, 0.55)
@@ -338,7 +343,10 @@ def test_json_round_trip(tmp_path):
     predictions, ground_truth = random_case(np.random.default_rng(7), 4, 3, 20, 80)
     prediction_dict, ground_truth_dict = to_activitynet_json(predictions, ground_truth)
     # A test-subset video with ground truth, dropped by `subset`.
-    ground_truth_dict["database"]["extra"] = {"subset": "testing", "annotations": [{"label": "class_0", "segment": [0, 5]}]}
+    ground_truth_dict["database"]["extra"] = {
+        "subset": "testing",
+        "annotations": [{"label": "class_0", "segment": [0, 5]}],
+    }
     prediction_path, ground_truth_path = tmp_path / "pred.json", tmp_path / "gt.json"
     prediction_path.write_text(json.dumps(prediction_dict))
     ground_truth_path.write_text(json.dumps(ground_truth_dict))
@@ -346,7 +354,8 @@ def test_json_round_trip(tmp_path):
     data = load_activitynet_json(prediction_path, str(ground_truth_path), subset="validation")
     # The codes decode to the original names (JSON groups rows by video, so compare sets).
     def decoded(video, label, segments):
-        return sorted((data.video_names[v], data.class_names[c], *seg) for v, c, seg in zip(video, label, segments))
+        rows = zip(video, label, segments)
+        return sorted((data.video_names[v], data.class_names[c], *seg) for v, c, seg in rows)
 
     def original(video, label, segments):
         return sorted((f"video_{v}", f"class_{c}", *seg) for v, c, seg in zip(video, label, segments))
@@ -396,19 +405,19 @@ segment_strategy = st.tuples(st.integers(0, 30), st.integers(0, 10)).map(lambda 
 def small_cases(draw):
     num_gt = draw(st.integers(1, 8))
     num_predictions = draw(st.integers(0, 20))
-    gt = GroundTruth(
-        video=draw(st.lists(st.integers(0, 2), min_size=num_gt, max_size=num_gt)),
-        label=draw(st.lists(st.integers(0, 2), min_size=num_gt, max_size=num_gt)),
-        segments=np.asarray(draw(st.lists(segment_strategy, min_size=num_gt, max_size=num_gt)), float),
-    )
-    scores = draw(st.lists(st.integers(0, 10**6), min_size=num_predictions, max_size=num_predictions, unique=True))
+
+    def ids(count):
+        return np.asarray(draw(st.lists(st.integers(0, 2), min_size=count, max_size=count)), int)
+
+    def segments(count):
+        drawn = draw(st.lists(segment_strategy, min_size=count, max_size=count))
+        return np.asarray(drawn, float).reshape(-1, 2)
+
+    scores = st.lists(st.integers(0, 10**6), min_size=num_predictions, max_size=num_predictions, unique=True)
     predictions = Detections(
-        video=np.asarray(draw(st.lists(st.integers(0, 2), min_size=num_predictions, max_size=num_predictions)), int),
-        label=np.asarray(draw(st.lists(st.integers(0, 2), min_size=num_predictions, max_size=num_predictions)), int),
-        score=np.asarray(scores, float),
-        segments=np.asarray(draw(st.lists(segment_strategy, min_size=num_predictions, max_size=num_predictions)), float).reshape(-1, 2),
+        ids(num_predictions), ids(num_predictions), np.asarray(draw(scores), float), segments(num_predictions)
     )
-    return predictions, gt
+    return predictions, GroundTruth(ids(num_gt), ids(num_gt), segments(num_gt))
 
 
 @settings(max_examples=150, deadline=None)
