@@ -170,6 +170,49 @@ def _window_sums(prefix, bounds):
     return (hi[..., 1::2] - hi[..., 0::2]) + (lo[..., 1::2] - lo[..., 0::2])
 
 
+def _shift_values(levels, offset: int):
+    """``levels [L]`` moved ``offset`` positions (right if positive), -inf filled."""
+    if abs(offset) >= levels.shape[0]:
+        return jnp.full_like(levels, -jnp.inf)
+    fill = jnp.full((abs(offset),), -jnp.inf, levels.dtype)
+    if offset > 0:
+        return jnp.concatenate([fill, levels[:-offset]])
+    return jnp.concatenate([levels[-offset:], fill])
+
+
+def _window_min(levels, window: int, *, forward: bool):
+    """Minimum of ``levels`` over ``i .. i + window - 1`` (or ``i - window + 1 .. i``); -inf past the ends."""
+    padding = (0, window - 1) if forward else (window - 1, 0)
+    padded = jnp.pad(levels, padding, constant_values=-jnp.inf)
+    return lax.reduce_window(padded, jnp.inf, lax.min, (window,), (1,), "VALID")
+
+
+def _compact_flags(flags, spacing: int, num_slots: int):
+    """Flat indices into ``flags [T, L]`` of its set entries, in row-major order, in ``num_slots`` slots.
+
+    Two set flags of a row are at least ``spacing`` apart, so each chunk of
+    ``spacing`` positions holds at most one: compacting chunks instead of
+    positions divides the cumsum and the scatter (the costly part on CPU) by
+    ``spacing``. Ranks past the last slot are dropped.
+
+    Returns:
+        ``([num_slots] int32 flat indices, 0 in unused slots; number of set flags)``.
+    """
+    num_rows, length = flags.shape
+    num_chunks = -(-length // spacing)
+    padded = jnp.pad(flags, ((0, 0), (0, num_chunks * spacing - length)))
+    chunks = padded.reshape(num_rows, num_chunks, spacing)
+    chunk_has_flag = chunks.any(axis=-1).reshape(-1)
+    offset_in_chunk = jnp.argmax(chunks, axis=-1)
+    row = jnp.arange(num_rows, dtype=jnp.int32)[:, None]
+    chunk_start = jnp.arange(num_chunks, dtype=jnp.int32)[None, :] * spacing
+    flat_index = (row * length + chunk_start + offset_in_chunk.astype(jnp.int32)).reshape(-1)
+    rank = jnp.cumsum(chunk_has_flag, dtype=jnp.int32) - 1
+    target_slot = jnp.where(chunk_has_flag, rank, num_slots)
+    slots = jnp.zeros((num_slots,), jnp.int32).at[target_slot].set(flat_index, mode="drop")
+    return slots, jnp.sum(chunk_has_flag, dtype=jnp.int32)
+
+
 def _sequence_proposals(
     cas,
     length,
@@ -183,40 +226,36 @@ def _sequence_proposals(
 ):
     """Proposals of one sequence ``cas [L]`` of ``length`` real snippets."""
     num_snippets = cas.shape[0]
-    num_thresholds = thresholds.shape[0]
     positions = jnp.arange(num_snippets, dtype=jnp.int32)
     inside = positions < length
     # Padding may hold anything (NaN included); it must not reach a prefix sum.
+    # Padding may hold anything (NaN included); it must not reach a prefix sum.
     values = jnp.where(inside, cas, 0)
+    # Snippets outside the video are -inf: never above any threshold.
+    levels = jnp.where(inside, cas, -jnp.inf)
+    # A run of at least min_length snippets starts at i when snippet i - 1 is
+    # not above the threshold and the smallest of snippets i .. i + min_length - 1
+    # is; it ends at i when i + 1 is not above and the smallest of
+    # i - min_length + 1 .. i is. Window minima are computed once per sequence
+    # ([L]), so the [T, L] work is two comparisons per flag.
+    window_min_ahead = _window_min(levels, min_length, forward=True)
+    window_min_behind = _window_min(levels, min_length, forward=False)
+    before = _shift_values(levels, 1)
+    after = _shift_values(levels, -1)
+    level = thresholds[:, None]
+    long_run_starts = (window_min_ahead > level) & ~(before > level)  # [T, L]
+    long_run_ends = (window_min_behind > level) & ~(after > level)
 
-    above = (values[None, :] > thresholds[:, None]) & inside[None, :]  # [T, L]
-    no_snippet = jnp.zeros((num_thresholds, 1), dtype=bool)
-    above_before = jnp.concatenate([no_snippet, above[:, :-1]], axis=1)
-    above_after = jnp.concatenate([above[:, 1:], no_snippet], axis=1)
-    run_starts = above & ~above_before
-    run_ends = above & ~above_after  # last snippet of each run
-    # The last snippet of the run through position i is the first run end at or
-    # after i: a running minimum from the right replaces the per-run loop.
-    last_of_run = lax.cummin(jnp.where(run_ends, positions, num_snippets), axis=1, reverse=True)
-    is_proposal = run_starts & (last_of_run - positions + 1 >= min_length)
-
-    # Compaction: each proposal goes to the slot given by its rank in
-    # (threshold, start) order; ranks past the last slot are dropped.
-    flat_is_proposal = is_proposal.reshape(-1)
-    rank = jnp.cumsum(flat_is_proposal, dtype=jnp.int32) - 1
-    num_found = jnp.sum(flat_is_proposal, dtype=jnp.int32)
-    target_slot = jnp.where(flat_is_proposal, rank, num_slots)
-    flat_source = (
-        jnp.zeros((num_slots,), jnp.int32)
-        .at[target_slot]
-        .set(jnp.arange(flat_is_proposal.shape[0], dtype=jnp.int32), mode="drop")
-    )
+    # Compaction: the k-th long-run start and the k-th long-run end (in
+    # threshold, then position, order) belong to the same proposal.
+    flat_start, num_found = _compact_flags(long_run_starts, min_length + 1, num_slots)
+    flat_last, _ = _compact_flags(long_run_ends, min_length + 1, num_slots)
     count = jnp.minimum(num_found, num_slots)
     valid = jnp.arange(num_slots, dtype=jnp.int32) < count
 
-    threshold_index = flat_source // num_snippets
-    start = jnp.where(valid, flat_source % num_snippets, 0)
-    last = jnp.where(valid, last_of_run.reshape(-1)[flat_source], 0)
+    threshold_index = flat_start // num_snippets
+    start = jnp.where(valid, flat_start % num_snippets, 0)
+    last = jnp.where(valid, flat_last % num_snippets, 0)
     run_length = last - start + 1
     prefix = _prefix_sums(values)
 
@@ -445,9 +484,10 @@ def proposals_from_cas(
     Args:
         cas: ``[..., L]`` floating CAS of one class per sequence, or
             ``[..., L, C]`` with ``classes_last=True`` (the layout of most WSTAL
-            models). float16/bfloat16 are computed and returned in float32.
-            Must be finite within each video's ``length``; padding may hold
-            anything.
+            models). float16/bfloat16 are computed and returned in float32;
+            float64 needs ``jax_enable_x64`` (without it JAX computes, and
+            compares, the float32 rounding of the CAS). Must be finite
+            within each video's ``length``; padding may hold anything.
         thresholds: ``[T]`` levels (published: ``np.arange(0.001, 0.04,
             0.002)``, 20 levels).
         min_length: shortest run, in snippets, that makes a proposal.
