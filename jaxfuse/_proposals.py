@@ -1,0 +1,649 @@
+"""Raw proposals in, fused detections out: grouping and fusion for a whole dataset at once.
+
+:func:`fuse_proposals` runs the published post-processing of Zhou et al. (CVPR
+2023) on a padded batch of items ((video, class) pairs): greedy grouping (see
+:mod:`jaxfuse._grouping`), then one fused instance per group. NMS and Soft-NMS
+are available through the same call for comparison.
+
+How each method fuses a group (``g_k = softmax(w / T)`` over the group):
+
+* ``"gaussian"`` and ``"exponential"``: start and end are ``sum g_k x_k``
+  (both templates have the same location, erratum 3 of the spec; they differ
+  in their spread parameter).
+* ``"uniform"``: ``(min + max) / 2`` of the members' starts and ends.
+* ``"laplace"`` and ``"student_t"``: :func:`jaxfuse.fuse_groups` on the
+  groups packed into a padded ``[items, G, M, 2]`` batch.
+* ``"nms"``: the leader's segment and score.
+* ``"soft_nms"``: no groups; see :mod:`jaxfuse._soft_nms`.
+
+For every fusion template the fused score is ``sum g_k q_k``, the weighted
+average of the ordering scores, as in the published code.
+
+The closed-form templates are computed in segment form: every member carries
+its group id and segment reductions (``jax.ops.segment_*``) give the per-group
+sums, so memory stays O(items x N) whatever the group sizes.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxfuse._grouping import (
+    ProposalGroups,
+    _group_batch_jit,
+    overlap_settings,
+    validate_overlap,
+    validate_proposals,
+    validate_threshold,
+)
+from jaxfuse._interop import ArrayKind, array_kind, from_jax
+from jaxfuse._result import RESULT_DTYPE, ResultCode
+from jaxfuse._soft_nms import DECAYS, DEFAULT_SCORE_FLOOR, DEFAULT_SIGMA, soft_nms_batch_jit
+from jaxfuse._student_t import StudentTParameters
+from jaxfuse._templates import (
+    ExponentialParameters,
+    GaussianParameters,
+    LaplaceParameters,
+    UniformParameters,
+    safe_reciprocal,
+    safe_sqrt,
+)
+from jaxfuse._validation import choice, positive_scalar
+
+CLOSED_FORM_TEMPLATES = ("gaussian", "uniform", "exponential")
+PADDED_TEMPLATES = ("laplace", "student_t")
+METHODS = CLOSED_FORM_TEMPLATES + PADDED_TEMPLATES + ("nms", "soft_nms")
+
+
+class FusedProposals(NamedTuple):
+    """Fused detections of each item, in leader order (padded to N).
+
+    Attributes:
+        segments: ``[..., N, 2]`` fused (start, end) of the ``j``-th group for
+            ``j < count``; zeros beyond.
+        scores: ``[..., N]`` fused scores (the weighted average of the members'
+            ordering scores; the leader's score for NMS; the decayed score at
+            selection for Soft-NMS); zeros beyond ``count``.
+        valid: ``[..., N]`` bool, ``j < count``.
+        count: ``[...]`` int32, the number of fused instances of each item.
+        group: ``[..., N]`` int32, for each *input* proposal the index of the
+            fused instance it went into; ``-1`` for invalid input (and, for
+            Soft-NMS, for dropped proposals).
+        leader: ``[..., N]`` int32, the input index of the ``j``-th leader (for
+            Soft-NMS, of the ``j``-th kept proposal); ``-1`` beyond ``count``.
+        spread: ``[..., N, 2]`` the template's spread of the members' starts and
+            ends: the standard deviation (gaussian), the mean offset from the
+            minimum ``1 / rate`` (exponential), the half-width (uniform), the
+            scale (laplace, student_t); zero for NMS and Soft-NMS.
+        parameters: the template's parameter NamedTuple
+            (:class:`jaxfuse.GaussianParameters`, ...) with ``[..., N, 2]``
+            fields over (start, end); ``None`` for NMS and Soft-NMS.
+        result: ``[..., N]`` int32 :class:`jaxfuse.ResultCode` per fused
+            instance: ``SUCCESSFUL``, ``MAX_STEPS_REACHED`` (student_t), and
+            ``EMPTY_GROUP`` beyond ``count``.
+    """
+
+    segments: Any
+    scores: Any
+    valid: Any
+    count: Any
+    group: Any
+    leader: Any
+    spread: Any
+    parameters: Any
+    result: Any
+
+
+# ------------------------------------------------------------------ segment form
+
+
+class _GroupMeans(NamedTuple):
+    ids: jax.Array  # [B*N] flat group id of each member, B*N for non-members
+    probabilities: jax.Array  # [B*N] g_k within its group, 0 for non-members
+    reference: jax.Array  # [B*N, K] values of each group's most probable member
+    offsets: jax.Array  # [B*N, K] member value - its group's reference (0 for non-members)
+    mean_offset: jax.Array  # [B*N, K] per group: sum g_k * offset
+    mean: jax.Array  # [B*N, K] per group: sum g_k x_k
+
+
+def _gather(per_group: jax.Array, ids: jax.Array) -> jax.Array:
+    """Each member's row of a per-group array (non-members read the last row)."""
+    return per_group[jnp.minimum(ids, per_group.shape[0] - 1)]
+
+
+def _group_means(values, weights, group, temperature) -> _GroupMeans:
+    """Softmax-weighted means of ``values [B, N, K]`` within each group.
+
+    The softmax is ``exp((w - group max) / T)``, exact and free of overflow for
+    tiny T (0.0016 in float32). Sums are taken as offsets from each group's most
+    probable member, as in :mod:`jaxfuse._templates`, so that large frame
+    indices lose no precision and T -> 0 returns that member's value exactly.
+    """
+    items, size, coordinates = values.shape
+    num = items * size
+    ids = jnp.where(group >= 0, group + size * jnp.arange(items)[:, None], num).reshape(-1)
+    member = ids < num
+    w = weights.reshape(-1)
+    x = values.reshape(num, coordinates)
+    member_max = _gather(jax.ops.segment_max(w, ids, num_segments=num), ids)
+    # Non-members would compute exp(w + inf): keep them out of the arithmetic.
+    unnormalised = jnp.where(member, jnp.exp(jnp.where(member, w - member_max, 0) / temperature), 0)
+    local = jnp.tile(jnp.arange(size, dtype=jnp.int32), items)
+    most_probable = jax.ops.segment_min(
+        jnp.where(member & (w == member_max), local, size), ids, num_segments=num
+    )
+    reference_index = (jnp.arange(num) // size) * size + jnp.minimum(most_probable, size - 1)
+    reference = x[reference_index]
+    offsets = jnp.where(member[:, None], x - _gather(reference, ids), 0)
+    sums = jax.ops.segment_sum(
+        jnp.concatenate([unnormalised[:, None], unnormalised[:, None] * offsets], axis=1), ids, num_segments=num
+    )
+    total = sums[:, 0]
+    mean_offset = sums[:, 1:] / jnp.where(total > 0, total, 1)[:, None]
+    probabilities = unnormalised / jnp.where(member, _gather(total, ids), 1)
+    return _GroupMeans(ids, probabilities, reference, offsets, mean_offset, reference + mean_offset)
+
+
+def _extremes(x, ids, num):
+    member = (ids < num)[:, None]
+    low = jax.ops.segment_min(jnp.where(member, x, jnp.inf), ids, num_segments=num)
+    high = jax.ops.segment_max(jnp.where(member, x, -jnp.inf), ids, num_segments=num)
+    return low, high
+
+
+def _closed_form_fit(method: str, means: _GroupMeans, x, num):
+    """Per-group (location, spread, parameters) of the segment coordinates ``x [B*N, 2]``."""
+    if method == "gaussian":
+        deviation = means.offsets[:, :2] - _gather(means.mean_offset[:, :2], means.ids)
+        variance = jax.ops.segment_sum(
+            means.probabilities[:, None] * jnp.square(deviation), means.ids, num_segments=num
+        )
+        scale = safe_sqrt(variance)
+        location = means.mean[:, :2]
+        return location, scale, GaussianParameters(location, scale)
+    low, high = _extremes(x, means.ids, num)
+    if method == "uniform":
+        half_width = (high - low) / 2
+        return low + half_width, half_width, UniformParameters(low, high)
+    # exponential: same location as the Gaussian (erratum 3), rate from the mean excess.
+    member = (means.ids < num)[:, None]
+    excess = jnp.where(member, x - _gather(low, means.ids), 0)
+    mean_excess = jax.ops.segment_sum(means.probabilities[:, None] * excess, means.ids, num_segments=num)
+    return means.mean[:, :2], mean_excess, ExponentialParameters(low, safe_reciprocal(mean_excess))
+
+
+def _finish(location, score, spread, parameters, result, groups: ProposalGroups) -> FusedProposals:
+    """Reshape per-group ``[B*N, ...]`` arrays to ``[B, N, ...]`` and blank the padding."""
+    items, size = groups.group.shape
+    valid = jnp.arange(size) < groups.count[:, None]
+
+    def blank(x):
+        x = x.reshape((items, size) + x.shape[1:])
+        mask = valid.reshape(valid.shape + (1,) * (x.ndim - 2))
+        return jnp.where(mask, x, jnp.zeros_like(x))
+
+    result = jnp.where(valid, result.reshape(items, size), ResultCode.EMPTY_GROUP).astype(RESULT_DTYPE)
+    return FusedProposals(
+        segments=blank(location),
+        scores=blank(score),
+        valid=valid,
+        count=groups.count,
+        group=groups.group,
+        leader=groups.leader,
+        spread=blank(spread),
+        parameters=None if parameters is None else jax.tree.map(blank, parameters),
+        result=result,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("method",))
+def _fuse_closed_form(segments, scores, weights, groups: ProposalGroups, temperature, *, method: str):
+    items, size = scores.shape
+    num = items * size
+    values = jnp.concatenate([segments, scores[..., None]], axis=-1)
+    means = _group_means(values, weights, groups.group, jnp.asarray(temperature, scores.dtype))
+    location, spread, parameters = _closed_form_fit(method, means, values.reshape(num, 3)[:, :2], num)
+    success = jnp.full((num,), ResultCode.SUCCESSFUL, RESULT_DTYPE)
+    return _finish(location, means.mean[:, 2], spread, parameters, success, groups)
+
+
+@jax.jit
+def _fuse_nms(segments, scores, groups: ProposalGroups):
+    leader = jnp.maximum(groups.leader, 0)
+    kept_segments = jnp.take_along_axis(segments, leader[..., None], axis=1)
+    kept_scores = jnp.take_along_axis(scores, leader, axis=1)
+    num = scores.size
+    success = jnp.full((num,), ResultCode.SUCCESSFUL, RESULT_DTYPE)
+    return _finish(
+        kept_segments.reshape(num, 2), kept_scores.reshape(num), jnp.zeros((num, 2), scores.dtype), None, success, groups
+    )
+
+
+@jax.jit
+def _fused_scores(scores, weights, groups: ProposalGroups, temperature):
+    """Per-group weighted average of the ordering scores, ``[B*N]``."""
+    means = _group_means(scores[..., None], weights, groups.group, jnp.asarray(temperature, scores.dtype))
+    return means.mean[:, 0]
+
+
+# ------------------------------------------------------------------ padded templates
+
+
+def _bucket(n: int) -> int:
+    """The smallest power of two >= n (and >= 1)."""
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+@jax.jit
+def _largest_group(groups: ProposalGroups):
+    items, size = groups.group.shape
+    ids = jnp.where(groups.group >= 0, groups.group + size * jnp.arange(items)[:, None], items * size)
+    sizes = jax.ops.segment_sum(jnp.ones(ids.size, jnp.int32), ids.reshape(-1), num_segments=items * size)
+    return jnp.max(groups.count, initial=0), jnp.max(sizes, initial=0)
+
+
+@functools.partial(jax.jit, static_argnames=("max_groups", "max_members"))
+def _pack_groups(segments, weights, groups: ProposalGroups, *, max_groups: int, max_members: int):
+    """Members into ``[B * max_groups, max_members]`` slots, in input order within each group."""
+    items, size = weights.shape
+    num = items * max_groups
+    ids = jnp.where(groups.group >= 0, groups.group + max_groups * jnp.arange(items)[:, None], num).reshape(-1)
+    order = jnp.argsort(ids, stable=True)
+    sorted_ids = ids[order]
+    position = jnp.arange(ids.size)
+    first = jax.ops.segment_min(position, sorted_ids, num_segments=num)
+    rank = position - _gather(first, sorted_ids)
+    slot = jnp.where(sorted_ids < num, sorted_ids * max_members + rank, num * max_members)
+    scatter = lambda source, fill: (  # noqa: E731
+        jnp.full((num * max_members,) + source.shape[1:], fill, source.dtype).at[slot].set(source[order], mode="drop")
+    )
+    values = scatter(segments.reshape(-1, 2), 0).reshape(num, max_members, 2)
+    packed_weights = scatter(weights.reshape(-1), 0).reshape(num, max_members)
+    mask = scatter(jnp.ones(ids.size, bool), False).reshape(num, max_members)
+    return values, packed_weights, mask
+
+
+def _no_groups(method: str, scores, groups: ProposalGroups) -> FusedProposals:
+    """The result of a batch without a single group (no template to compile)."""
+    num = scores.size
+    zeros = jnp.zeros((num, 2), scores.dtype)
+    parameters = LaplaceParameters(zeros, zeros) if method == "laplace" else StudentTParameters(zeros, zeros, zeros)
+    empty = jnp.full((num,), ResultCode.EMPTY_GROUP, RESULT_DTYPE)
+    return _finish(zeros, jnp.zeros((num,), scores.dtype), zeros, parameters, empty, groups)
+
+
+def _fuse_padded(segments, scores, weights, groups: ProposalGroups, temperature, method: str, options: dict):
+    """Laplace / Student-t through :func:`jaxfuse.fuse_groups` on packed groups.
+
+    Memory: ``items x G x M x 2`` values, G the bucketed (power of two) largest
+    group count of any item and M the bucketed largest group size, both capped
+    at N. Typical THUMOS items (N <= 1024, a few dozen groups of a few dozen
+    members) take well under a megabyte each; the worst case (half the
+    proposals in one group, half alone) approaches N^2 / 2 per item. Reading
+    G and M makes one host round trip; under ``jit`` both are N.
+    """
+    from jaxfuse._fuse import fuse_groups  # the core module; imported late to keep import order free
+
+    items, size = scores.shape
+    if isinstance(groups.count, jax.core.Tracer):
+        max_groups = max_members = max(size, 1)
+    else:
+        largest_count, largest_size = (int(v) for v in _largest_group(groups))
+        if largest_count == 0:
+            return _no_groups(method, scores, groups)
+        max_groups, max_members = (min(_bucket(n), size) for n in (largest_count, largest_size))
+    values, packed_weights, mask = _pack_groups(
+        segments, weights, groups, max_groups=max_groups, max_members=max_members
+    )
+    fused = fuse_groups(values, packed_weights, mask, template=method, temperature=temperature, **options)
+
+    def pad(x):
+        """``[items * max_groups, ...]`` to ``[items * size, ...]``."""
+        x = x.reshape((items, max_groups) + x.shape[1:])[:, :size]
+        x = jnp.pad(x, [(0, 0), (0, size - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+        return x.reshape((items * size,) + x.shape[2:])
+
+    parameters = jax.tree.map(pad, fused.parameters)
+    return _finish(
+        pad(fused.location), _fused_scores(scores, weights, groups, temperature), parameters.scale,
+        parameters, pad(fused.result), groups,
+    )
+
+
+# ------------------------------------------------------------------ Soft-NMS
+
+
+@jax.jit
+def _soft_nms_output(segments, kept, groups: ProposalGroups):
+    items, size = kept.shape
+    num = items * size
+    leader = jnp.maximum(groups.leader, 0)
+    kept_segments = jnp.take_along_axis(segments, leader[..., None], axis=1)
+    success = jnp.full((num,), ResultCode.SUCCESSFUL, RESULT_DTYPE)
+    return _finish(kept_segments.reshape(num, 2), kept.reshape(num), jnp.zeros((num, 2), kept.dtype), None, success, groups)
+
+
+def _soft_nms_options(options: dict) -> tuple[bool, float, float]:
+    unknown = set(options) - {"decay", "sigma", "score_floor"}
+    if unknown:
+        raise TypeError(f"unknown option(s) {sorted(unknown)} for method 'soft_nms'; expected decay, sigma, score_floor")
+    decay = choice(options.get("decay", "gaussian"), "decay", DECAYS)
+    sigma = positive_scalar(options.get("sigma", DEFAULT_SIGMA), "sigma")
+    floor = options.get("score_floor", DEFAULT_SCORE_FLOOR)
+    if not isinstance(floor, jax.core.Tracer):
+        if np.ndim(floor) != 0 or not np.isfinite(floor):
+            raise ValueError(f"`score_floor` must be a finite scalar, got {floor!r}")
+        floor = float(floor)
+    return decay == "linear", sigma, floor
+
+
+def _check_options(method: str, options: dict):
+    if method == "soft_nms":
+        return _soft_nms_options(options)
+    if method == "student_t":
+        from jaxfuse._fuse import _template_options
+
+        _template_options(method, dict(options))  # raises on unknown or bad options
+        return options
+    if options:
+        raise TypeError(f"method {method!r} takes no options, got {sorted(options)}")
+    return options
+
+
+# ------------------------------------------------------------------ public API
+
+
+def fuse_proposals(
+    segments,
+    scores,
+    weights=None,
+    valid=None,
+    *,
+    overlap_threshold: float = 0.25,
+    overlap: str = "candidate",
+    discrete: bool = True,
+    method: str = "gaussian",
+    temperature: float = 0.1,
+    **options,
+) -> FusedProposals:
+    """Group raw proposals and fuse each group, for a whole padded batch of items.
+
+    The published rule (Zhou et al., CVPR 2023), per item: the highest-scoring
+    remaining proposal leads a group and absorbs every remaining proposal whose
+    overlap with it is strictly greater than ``overlap_threshold``; each group
+    is fused into one instance by the template ``method`` under softmax
+    weights ``softmax(weights / temperature)``; fused instances come out in
+    leader order. Score ties go to the lower input index.
+
+    Args:
+        segments: ``[..., N, 2]`` (start, end) floats; leading dims are items,
+            e.g. ``[videos, classes, N, 2]``.
+        scores: ``[..., N]`` ordering scores (the published outer-inner
+            contrast); also fused, as a weighted average, into the fused score.
+        weights: ``[..., N]`` softmax logits of the members (the published inner
+            score); default: ``scores``.
+        valid: ``[..., N]`` bool marking real proposals of ragged items;
+            default all. Invalid rows may hold anything and change nothing.
+        overlap_threshold: membership is ``overlap > overlap_threshold``.
+        overlap: ``"candidate"``: intersection / the candidate's length (the
+            published measure); ``"iou"``: intersection over union.
+        discrete: the published ``+1`` frame convention (``length = end -
+            start + 1``) if True; continuous lengths if False.
+        method: ``"gaussian"``, ``"uniform"``, ``"exponential"``,
+            ``"laplace"``, ``"student_t"`` (templates), ``"nms"`` (keep each
+            leader) or ``"soft_nms"`` (Bodla et al.; uses ``overlap`` and
+            ``discrete`` too: pass ``overlap="iou", discrete=False`` for the
+            usual tIoU).
+        temperature: softmax temperature T > 0 (0.2 at evaluation in the
+            published code; 0.02 down to 0.0016 for pseudo labels). Changing it
+            does not recompile.
+        **options: ``"student_t"``: the options of :func:`jaxfuse.fuse_groups`
+            (``df``, ``fit_df``, ``df_bounds``, ``max_steps``, ``rtol``,
+            ``atol``). ``"soft_nms"``: ``decay`` (``"gaussian"``, default, or
+            ``"linear"``), ``sigma`` (0.5; Gaussian decay
+            ``exp(-overlap**2 / sigma)``), ``score_floor`` (0.001; lower scores
+            are dropped, so negative scores never survive). Linear decay
+            multiplies by ``1 - overlap`` where ``overlap > overlap_threshold``.
+
+    Returns:
+        A :class:`FusedProposals`: numpy arrays for numpy input, JAX arrays for
+        JAX input (torch tensors for torch input).
+
+    Raises:
+        TypeError: non-float arrays, a non-bool ``valid``, unknown options.
+        ValueError: wrong shapes, ``start > end`` or non-finite values in a
+            valid proposal, a bad threshold, temperature or method; the
+            message names the argument.
+
+    Example:
+        >>> import numpy as np
+        >>> fused = fuse_proposals(np.array([[0., 10.], [2., 12.], [40., 50.]], np.float32),
+        ...                        np.array([0.9, 0.8, 0.5], np.float32), temperature=1.0)
+        >>> int(fused.count), fused.group.tolist()
+        (2, [0, 0, 1])
+        >>> fused.segments[:2].round(2).tolist()
+        [[0.95, 10.95], [40.0, 50.0]]
+    """
+    kind = array_kind(segments, scores, weights, valid)
+    choice(method, "method", METHODS)
+    threshold = validate_threshold(overlap_threshold)
+    overlap, discrete = validate_overlap(overlap, discrete)
+    temperature = positive_scalar(temperature, "temperature")
+    options = _check_options(method, options)
+    segments, scores, valid, (weights,) = validate_proposals(segments, scores, valid, extra=[("weights", weights)])
+    weights = scores if weights is None else weights
+
+    batch_shape, size = scores.shape[:-1], scores.shape[-1]
+    items = math.prod(batch_shape)
+    segments = segments.reshape(items, size, 2)
+    scores, weights, valid = (x.reshape(items, size) for x in (scores, weights, valid))
+    use_iou, offset = overlap_settings(overlap, discrete, scores.dtype)
+    temperature = jnp.asarray(temperature, scores.dtype)
+
+    if method == "soft_nms":
+        linear, sigma, floor = options
+        kept = soft_nms_batch_jit(segments, scores, valid, threshold, sigma, floor, use_iou, offset, linear=linear)
+        groups = ProposalGroups(kept.slot, kept.order, kept.count)
+        fused = _soft_nms_output(segments, kept.scores, groups)
+    else:
+        groups = _group_batch_jit(segments, scores, valid, threshold, use_iou, offset)
+        if method == "nms":
+            fused = _fuse_nms(segments, scores, groups)
+        elif method in CLOSED_FORM_TEMPLATES:
+            fused = _fuse_closed_form(segments, scores, weights, groups, temperature, method=method)
+        else:
+            fused = _fuse_padded(segments, scores, weights, groups, temperature, method, options)
+
+    def unflatten(x):
+        return x.reshape(batch_shape + x.shape[1:])
+
+    fused = jax.tree.map(unflatten, fused)
+    return from_jax(fused, kind)
+
+
+# ------------------------------------------------------------------ ragged lists
+
+
+class PaddedProposals(NamedTuple):
+    """Items of one size bucket, padded to a common N (numpy arrays).
+
+    Attributes:
+        segments: ``[B, N, 2]``.
+        scores: ``[B, N]``.
+        weights: ``[B, N]``, or None when no weights were given.
+        valid: ``[B, N]`` bool.
+        items: ``[B]`` int, each row's index in the caller's list.
+        sizes: ``[B]`` int, each row's number of real proposals.
+    """
+
+    segments: np.ndarray
+    scores: np.ndarray
+    weights: np.ndarray | None
+    valid: np.ndarray
+    items: np.ndarray
+    sizes: np.ndarray
+
+
+def bucket_size(n: int, min_size: int = 16) -> int:
+    """The padded length of an item with ``n`` proposals: a power of two >= ``min_size``."""
+    return _bucket(max(int(n), int(min_size), 1))
+
+
+def pack_proposals(
+    segments_list: Sequence[Any],
+    scores_list: Sequence[Any],
+    weights_list: Sequence[Any] | None = None,
+    *,
+    min_size: int = 16,
+    max_items: int | None = None,
+) -> list[PaddedProposals]:
+    """Pad ragged per-item proposals into a few batches of power-of-two sizes.
+
+    Compiled kernels are specialised to shapes; bucketing item sizes to powers
+    of two means a dataset compiles a handful of shapes (one per bucket, e.g.
+    16 ... 1024 for THUMOS14), not one per item. Items keep their list order
+    within a bucket; buckets come out from small to large N.
+
+    Args:
+        segments_list: per item, ``[n_i, 2]`` (numpy, JAX or lists).
+        scores_list: per item, ``[n_i]``.
+        weights_list: per item, ``[n_i]``, or None.
+        min_size: the smallest padded N.
+        max_items: split buckets into batches of at most this many items
+            (bounds memory; each distinct batch height is one more compile).
+
+    Returns:
+        A list of :class:`PaddedProposals`.
+
+    Raises:
+        ValueError: lists of different lengths, or an item whose arrays have
+            the wrong shapes.
+
+    Example:
+        >>> import numpy as np
+        >>> batches = pack_proposals([np.zeros((3, 2)), np.zeros((40, 2))], [np.zeros(3), np.zeros(40)])
+        >>> [(b.segments.shape, b.items.tolist()) for b in batches]
+        [((1, 16, 2), [0]), ((1, 64, 2), [1])]
+    """
+    count = len(segments_list)
+    if len(scores_list) != count or (weights_list is not None and len(weights_list) != count):
+        raise ValueError(
+            f"`segments_list`, `scores_list` and `weights_list` must have one entry per item; got "
+            f"{count}, {len(scores_list)}, {None if weights_list is None else len(weights_list)}"
+        )
+    segments_list = [np.asarray(s).reshape(-1, 2) if np.size(s) == 0 else np.asarray(s) for s in segments_list]
+    scores_list = [np.asarray(q) for q in scores_list]
+    weights_list = None if weights_list is None else [np.asarray(w) for w in weights_list]
+    for i, (s, q) in enumerate(zip(segments_list, scores_list)):
+        if s.ndim != 2 or s.shape[1] != 2:
+            raise ValueError(f"`segments_list[{i}]` must have shape [n, 2], got {s.shape}")
+        if q.shape != s.shape[:1]:
+            raise ValueError(f"`scores_list[{i}]` must have shape {s.shape[:1]}, got {q.shape}")
+        if weights_list is not None and weights_list[i].shape != s.shape[:1]:
+            raise ValueError(f"`weights_list[{i}]` must have shape {s.shape[:1]}, got {weights_list[i].shape}")
+    arrays = segments_list + scores_list + (weights_list or [])
+    dtype = np.result_type(*(a.dtype for a in arrays)) if arrays else np.float32
+    sizes = np.array([len(q) for q in scores_list], dtype=np.int64)
+    padded = np.array([bucket_size(n, min_size) for n in sizes], dtype=np.int64)
+    batches = []
+    for size in np.unique(padded):
+        members = np.flatnonzero(padded == size)
+        step = len(members) if max_items is None else int(max_items)
+        for start in range(0, len(members), step):
+            chunk = members[start : start + step]
+            batch_segments = np.zeros((len(chunk), size, 2), dtype)
+            batch_scores = np.zeros((len(chunk), size), dtype)
+            batch_weights = None if weights_list is None else np.zeros((len(chunk), size), dtype)
+            valid = np.arange(size)[None, :] < sizes[chunk][:, None]
+            for row, item in enumerate(chunk):
+                n = sizes[item]
+                batch_segments[row, :n] = segments_list[item]
+                batch_scores[row, :n] = scores_list[item]
+                if batch_weights is not None:
+                    batch_weights[row, :n] = weights_list[item]
+            batches.append(PaddedProposals(batch_segments, batch_scores, batch_weights, valid, chunk, sizes[chunk]))
+    return batches
+
+
+def unpack_proposals(batches: Sequence[PaddedProposals], results: Sequence[FusedProposals]) -> list[FusedProposals]:
+    """Per-item results, in the caller's item order, trimmed to each item's size.
+
+    Args:
+        batches: the output of :func:`pack_proposals`.
+        results: one :func:`fuse_proposals` result per batch.
+
+    Returns:
+        One :class:`FusedProposals` of numpy arrays per item: ``segments
+        [count, 2]``, ``scores``, ``valid``, ``leader``, ``result [count]``,
+        ``spread [count, 2]``, parameters with ``[count, 2]`` fields,
+        ``group [n]`` (the item's own proposals), ``count`` an int.
+    """
+    per_item: dict[int, FusedProposals] = {}
+    for batch, fused in zip(batches, results):
+        fused = jax.tree.map(np.asarray, fused)
+        for row, (item, n) in enumerate(zip(batch.items, batch.sizes)):
+            count = int(fused.count[row])
+            trim = lambda x, row=row, count=count: x[row, :count]  # noqa: E731
+            per_item[int(item)] = FusedProposals(
+                segments=trim(fused.segments),
+                scores=trim(fused.scores),
+                valid=trim(fused.valid),
+                count=count,
+                group=fused.group[row, :n],
+                leader=trim(fused.leader),
+                spread=trim(fused.spread),
+                parameters=None if fused.parameters is None else jax.tree.map(trim, fused.parameters),
+                result=trim(fused.result),
+            )
+    return [per_item[i] for i in range(len(per_item))]
+
+
+def fuse_proposal_lists(
+    segments_list: Sequence[Any],
+    scores_list: Sequence[Any],
+    weights_list: Sequence[Any] | None = None,
+    *,
+    min_size: int = 16,
+    max_items: int | None = None,
+    **fuse_options,
+) -> list[FusedProposals]:
+    """:func:`fuse_proposals` for a list of ragged items (one per (video, class)).
+
+    Packs the items into power-of-two buckets (:func:`pack_proposals`), fuses
+    each bucket in one call, and maps the results back per item
+    (:func:`unpack_proposals`).
+
+    Args:
+        segments_list: per item, ``[n_i, 2]``.
+        scores_list: per item, ``[n_i]``.
+        weights_list: per item, ``[n_i]``, or None (the scores).
+        min_size: the smallest padded N.
+        max_items: the most items per batch.
+        **fuse_options: keyword arguments of :func:`fuse_proposals`.
+
+    Returns:
+        One :class:`FusedProposals` per item (see :func:`unpack_proposals`), of
+        numpy arrays, or of JAX arrays when the items are JAX arrays.
+
+    Example:
+        >>> import numpy as np
+        >>> out = fuse_proposal_lists([np.array([[0., 9.], [1., 9.]]), np.zeros((0, 2))],
+        ...                           [np.array([0.9, 0.1]), np.zeros(0)], temperature=0.2)
+        >>> [item.count for item in out]
+        [1, 0]
+    """
+    kind = array_kind(*segments_list) if len(segments_list) else ArrayKind.NUMPY
+    batches = pack_proposals(segments_list, scores_list, weights_list, min_size=min_size, max_items=max_items)
+    results = [
+        fuse_proposals(batch.segments, batch.scores, batch.weights, batch.valid, **fuse_options) for batch in batches
+    ]
+    per_item = unpack_proposals(batches, results)
+    if kind is ArrayKind.NUMPY:
+        return per_item
+    return [from_jax(jax.tree.map(jnp.asarray, item), kind) for item in per_item]
