@@ -8,11 +8,14 @@ come from in weakly supervised TAL"). The usual implementation is a Python loop
 per (video, class, threshold, run); here every run of every threshold of every
 sequence is found and scored at once:
 
-* run starts and ends come from comparing each snippet with its neighbours;
-* the last snippet of the run through each position comes from a reverse
-  running minimum, so run lengths need no loop;
-* proposals are compacted into a static number of slots by cumsum-indexing
-  (their rank among all proposals of the sequence) and one scatter;
+* a run of at least ``min_length`` snippets starts where the previous snippet
+  is not above the level and the minimum of the next ``min_length`` is; it
+  ends symmetrically. Window minima and neighbours are computed once per
+  sequence, so each (threshold, snippet) costs two comparisons;
+* starts and ends are compacted, separately and in the same (threshold,
+  position) order, into a static number of slots by cumsum-indexing (their
+  rank among the sequence's proposals) and one flat scatter, so the k-th
+  start and the k-th end delimit the k-th proposal;
 * inner and outer sums are differences of prefix sums, O(1) per proposal. The
   prefix sums carry a running correction for their own rounding errors
   (hi + lo), so a short run's sum far into a long float32 sequence keeps
@@ -140,124 +143,124 @@ def _margin_widths(num_snippets: int, scale: float, power: float, rounding: str)
 
 
 def _prefix_sums(values):
-    """Prefix sums ``[0, v0, v0 + v1, ...]`` of ``values [L]`` as ``[L + 1, 2]`` pairs (hi, lo).
+    """Prefix sums ``[0, v0, v0 + v1, ...]`` along the last axis of ``values [B, L]``, as (hi, lo).
 
     ``hi + lo`` is the exact prefix sum to within ~eps**2 of the running total.
-
     ``hi`` is the plain running sum, whose rounding errors grow with the running
     total. Each step's error is recovered without knowing how XLA ordered the
     additions: ``v_i - (hi_i - hi_(i-1))`` is computed exactly (Sterbenz: the
     two running sums are within a factor two once the total dominates ``v_i``),
-    and its running sum ``lo`` is the correction, so ``(hi + lo)[i]`` is the
-    sum to within rounding of the tiny ``lo`` itself.
+    and its running sum ``lo`` is the correction.
     """
-    zero = jnp.zeros((1,), values.dtype)
-    hi = jnp.concatenate([zero, jnp.cumsum(values)])
-    step_error = values - (hi[1:] - hi[:-1])
-    lo = jnp.concatenate([zero, jnp.cumsum(step_error)])
-    return jnp.stack([hi, lo], axis=-1)
-
-
-def _window_sums(prefix, bounds):
-    """Sums of the values in windows ``[bounds[..., 2k], bounds[..., 2k + 1])``.
-
-    One gather for all windows: each gather is a loop of its own for XLA, and
-    compile time grows with their number.
-    """
-    at_bounds = prefix[bounds]  # [..., 2W, 2]: (hi, lo) at every bound
-    hi, lo = at_bounds[..., 0], at_bounds[..., 1]
-    # hi and lo are differenced separately: their sum would round lo away.
-    return (hi[..., 1::2] - hi[..., 0::2]) + (lo[..., 1::2] - lo[..., 0::2])
+    zero = jnp.zeros(values.shape[:-1] + (1,), values.dtype)
+    hi = jnp.concatenate([zero, jnp.cumsum(values, axis=-1)], axis=-1)
+    step_error = values - (hi[..., 1:] - hi[..., :-1])
+    lo = jnp.concatenate([zero, jnp.cumsum(step_error, axis=-1)], axis=-1)
+    return hi, lo
 
 
 def _shift_values(levels, offset: int):
-    """``levels [L]`` moved ``offset`` positions (right if positive), -inf filled."""
-    if abs(offset) >= levels.shape[0]:
+    """``levels [..., L]`` moved ``offset`` positions along L (right if positive), -inf filled."""
+    length = levels.shape[-1]
+    if abs(offset) >= length:
         return jnp.full_like(levels, -jnp.inf)
-    fill = jnp.full((abs(offset),), -jnp.inf, levels.dtype)
+    fill = jnp.full(levels.shape[:-1] + (abs(offset),), -jnp.inf, levels.dtype)
     if offset > 0:
-        return jnp.concatenate([fill, levels[:-offset]])
-    return jnp.concatenate([levels[-offset:], fill])
+        return jnp.concatenate([fill, levels[..., :-offset]], axis=-1)
+    return jnp.concatenate([levels[..., -offset:], fill], axis=-1)
 
 
 def _window_min(levels, window: int, *, forward: bool):
-    """Minimum of ``levels`` over ``i .. i + window - 1`` (or ``i - window + 1 .. i``); -inf past the ends."""
-    padding = (0, window - 1) if forward else (window - 1, 0)
+    """Minimum of ``levels [..., L]`` over ``i .. i + window - 1`` (or ``i - window + 1 .. i``).
+
+    Positions past either end count as -inf, so a window that leaves the
+    sequence is never above a threshold.
+    """
+    padding = [(0, 0)] * (levels.ndim - 1) + [(0, window - 1) if forward else (window - 1, 0)]
     padded = jnp.pad(levels, padding, constant_values=-jnp.inf)
-    return lax.reduce_window(padded, jnp.inf, lax.min, (window,), (1,), "VALID")
+    dims = (1,) * (levels.ndim - 1) + (window,)
+    return lax.reduce_window(padded, jnp.inf, lax.min, dims, (1,) * levels.ndim, "VALID")
 
 
 def _compact_flags(flags, spacing: int, num_slots: int):
-    """Flat indices into ``flags [T, L]`` of its set entries, in row-major order, in ``num_slots`` slots.
+    """Where the set entries of ``flags [B, T, L]`` are, in (threshold, position) order.
 
     Two set flags of a row are at least ``spacing`` apart, so each chunk of
     ``spacing`` positions holds at most one: compacting chunks instead of
-    positions divides the cumsum and the scatter (the costly part on CPU) by
-    ``spacing``. Ranks past the last slot are dropped.
+    positions divides the cumsum and the scatter (the costly parts) by
+    ``spacing``. Each flag's slot is its rank among the set flags of its
+    sequence; ranks past the last slot are dropped.
 
     Returns:
-        ``([num_slots] int32 flat indices, 0 in unused slots; number of set flags)``.
+        ``[B, num_slots]`` int32 indices ``t * L + position`` (0 in unused
+        slots) and ``[B]`` int32 numbers of set flags.
     """
-    num_rows, length = flags.shape
+    batch, num_rows, length = flags.shape
     num_chunks = -(-length // spacing)
-    padded = jnp.pad(flags, ((0, 0), (0, num_chunks * spacing - length)))
-    chunks = padded.reshape(num_rows, num_chunks, spacing)
-    chunk_has_flag = chunks.any(axis=-1).reshape(-1)
-    offset_in_chunk = jnp.argmax(chunks, axis=-1)
-    row = jnp.arange(num_rows, dtype=jnp.int32)[:, None]
+    padded = jnp.pad(flags, ((0, 0), (0, 0), (0, num_chunks * spacing - length)))
+    chunks = padded.reshape(batch, num_rows, num_chunks, spacing)
+    chunk_has_flag = chunks.any(axis=-1).reshape(batch, num_rows * num_chunks)
+    # At most one flag per chunk: the weighted sum is its offset (argmax is slower).
+    offset_in_chunk = jnp.sum(chunks * jnp.arange(spacing, dtype=jnp.int32), axis=-1, dtype=jnp.int32)
+    row = jnp.arange(num_rows, dtype=jnp.int32)[:, None] * length
     chunk_start = jnp.arange(num_chunks, dtype=jnp.int32)[None, :] * spacing
-    flat_index = (row * length + chunk_start + offset_in_chunk.astype(jnp.int32)).reshape(-1)
-    rank = jnp.cumsum(chunk_has_flag, dtype=jnp.int32) - 1
-    target_slot = jnp.where(chunk_has_flag, rank, num_slots)
-    slots = jnp.zeros((num_slots,), jnp.int32).at[target_slot].set(flat_index, mode="drop")
-    return slots, jnp.sum(chunk_has_flag, dtype=jnp.int32)
+    index_in_sequence = (row + chunk_start + offset_in_chunk).reshape(batch, num_rows * num_chunks)
+    rank = jnp.cumsum(chunk_has_flag, axis=-1, dtype=jnp.int32) - 1
+    # One flat scatter for the whole batch: a batched (vmapped) scatter is
+    # several times slower on CPU.
+    keep = chunk_has_flag & (rank < num_slots)
+    sequence_offset = jnp.arange(batch, dtype=jnp.int32)[:, None] * num_slots
+    target = jnp.where(keep, rank + sequence_offset, batch * num_slots).reshape(-1)
+    slots = jnp.zeros((batch * num_slots,), jnp.int32).at[target].set(index_in_sequence.reshape(-1), mode="drop")
+    return slots.reshape(batch, num_slots), jnp.sum(chunk_has_flag, axis=-1, dtype=jnp.int32)
 
 
-def _sequence_proposals(
-    cas,
-    length,
-    thresholds,
-    *,
-    min_length: int,
-    margin_widths: np.ndarray,
-    published_left_widths: np.ndarray,
-    convention: str,
-    num_slots: int,
-):
-    """Proposals of one sequence ``cas [L]`` of ``length`` real snippets."""
-    num_snippets = cas.shape[0]
-    positions = jnp.arange(num_snippets, dtype=jnp.int32)
-    inside = positions < length
-    # Padding may hold anything (NaN included); it must not reach a prefix sum.
+def _gather_rows(table, index):
+    """``table[b, index[b, p]]`` for ``table [B, N]``, ``index [B, P]``, as one flat gather.
+
+    A batched gather (what vmap or take_along_axis produce) is several times
+    slower on CPU than a gather from a flat table with flat indices.
+    """
+    batch, size = table.shape
+    flat_index = index + jnp.arange(batch, dtype=index.dtype)[:, None] * size
+    return table.reshape(-1)[flat_index.reshape(-1)].reshape(index.shape)
+
+
+def _proposals(cas, length, thresholds, *, min_length, margin_widths, published_left_widths, convention, num_slots):
+    """Proposals of ``cas [B, L]`` with ``length [B]`` real snippets each (see ``proposals_from_cas``)."""
+    batch, num_snippets = cas.shape
+    inside = jnp.arange(num_snippets, dtype=jnp.int32) < length[:, None]
     # Padding may hold anything (NaN included); it must not reach a prefix sum.
     values = jnp.where(inside, cas, 0)
     # Snippets outside the video are -inf: never above any threshold.
     levels = jnp.where(inside, cas, -jnp.inf)
+
     # A run of at least min_length snippets starts at i when snippet i - 1 is
     # not above the threshold and the smallest of snippets i .. i + min_length - 1
     # is; it ends at i when i + 1 is not above and the smallest of
     # i - min_length + 1 .. i is. Window minima are computed once per sequence
-    # ([L]), so the [T, L] work is two comparisons per flag.
-    window_min_ahead = _window_min(levels, min_length, forward=True)
-    window_min_behind = _window_min(levels, min_length, forward=False)
-    before = _shift_values(levels, 1)
-    after = _shift_values(levels, -1)
-    level = thresholds[:, None]
-    long_run_starts = (window_min_ahead > level) & ~(before > level)  # [T, L]
-    long_run_ends = (window_min_behind > level) & ~(after > level)
+    # ([B, L]), so the [B, T, L] work is two comparisons per flag.
+    level = thresholds[None, :, None]
+    ahead = _window_min(levels, min_length, forward=True)[:, None, :]
+    behind = _window_min(levels, min_length, forward=False)[:, None, :]
+    before = _shift_values(levels, 1)[:, None, :]
+    after = _shift_values(levels, -1)[:, None, :]
+    long_run_starts = (ahead > level) & ~(before > level)  # [B, T, L]
+    long_run_ends = (behind > level) & ~(after > level)
 
-    # Compaction: the k-th long-run start and the k-th long-run end (in
-    # threshold, then position, order) belong to the same proposal.
-    flat_start, num_found = _compact_flags(long_run_starts, min_length + 1, num_slots)
-    flat_last, _ = _compact_flags(long_run_ends, min_length + 1, num_slots)
+    # The k-th long-run start and the k-th long-run end (in threshold, then
+    # position, order) belong to the same proposal.
+    spacing = min_length + 1  # a run and at least one snippet below the level
+    start_index, num_found = _compact_flags(long_run_starts, spacing, num_slots)
+    last_index, _ = _compact_flags(long_run_ends, spacing, num_slots)
     count = jnp.minimum(num_found, num_slots)
-    valid = jnp.arange(num_slots, dtype=jnp.int32) < count
+    valid = jnp.arange(num_slots, dtype=jnp.int32)[None, :] < count[:, None]
 
-    threshold_index = flat_start // num_snippets
-    start = jnp.where(valid, flat_start % num_snippets, 0)
-    last = jnp.where(valid, flat_last % num_snippets, 0)
+    threshold_index = start_index // num_snippets
+    start = jnp.where(valid, start_index % num_snippets, 0)
+    last = jnp.where(valid, last_index % num_snippets, 0)
     run_length = last - start + 1
-    prefix = _prefix_sums(values)
+    length = length[:, None]
 
     if convention == "spec":
         end = last + 1
@@ -279,19 +282,22 @@ def _sequence_proposals(
             jnp.minimum(length - 1, exclusive_end + 1 + jnp.asarray(margin_widths)[run_length]),
         )
 
+    hi, lo = _prefix_sums(values)
+
+    def window_sum(begin, end):
+        # hi and lo are differenced separately: adding them first would round lo away.
+        return (_gather_rows(hi, end) - _gather_rows(hi, begin)) + (_gather_rows(lo, end) - _gather_rows(lo, begin))
+
     dtype = cas.dtype
-    inner_count = jnp.maximum(inner_end - inner_begin, 1).astype(dtype)
-    bounds = jnp.stack([inner_begin, inner_end, left_begin, start, right_begin, right_end], axis=-1)
-    inner_sum, left_sum, right_sum = jnp.moveaxis(_window_sums(prefix, bounds), -1, 0)
-    inner = inner_sum / inner_count
+    inner = window_sum(inner_begin, inner_end) / jnp.maximum(inner_end - inner_begin, 1).astype(dtype)
     outer_count = (start - left_begin) + (right_end - right_begin)
-    outer_sum = left_sum + right_sum
+    outer_sum = window_sum(left_begin, start) + window_sum(right_begin, right_end)
     outer = jnp.where(outer_count > 0, outer_sum / jnp.maximum(outer_count, 1).astype(dtype), 0)
 
     zero = jnp.zeros((), dtype)
     inner = jnp.where(valid, inner, zero)
     outer = jnp.where(valid, outer, zero)
-    segments = jnp.where(valid[:, None], jnp.stack([start, segment_end], axis=-1).astype(dtype), zero)
+    segments = jnp.where(valid[..., None], jnp.stack([start, segment_end], axis=-1).astype(dtype), zero)
     return CasProposals(
         segments=segments,
         inner=inner,
@@ -329,7 +335,7 @@ def _batch_proposals(
     convention,
     num_slots,
 ):
-    """``_sequence_proposals`` over every sequence of ``cas`` (layout handled here).
+    """``_proposals`` over every sequence of ``cas`` (layout handled here).
 
     Everything shape-related happens inside this one compiled function: eager
     reshapes and casts would each compile a kernel of their own per shape.
@@ -348,16 +354,15 @@ def _batch_proposals(
         # int(e + m + 1) floors the right margin, int(s - m) ceils the left one.
         margin_widths = _margin_widths(num_snippets, margin_scale, margin_power, "floor")
         published_left_widths = _margin_widths(num_snippets, margin_scale, margin_power, "ceil")
-    one_sequence = functools.partial(
-        _sequence_proposals,
+    flat = _proposals(
+        cas.reshape(-1, num_snippets),
+        sequence_length.reshape(-1),
+        thresholds.astype(cas.dtype),
         min_length=min_length,
         margin_widths=margin_widths,
         published_left_widths=published_left_widths,
         convention=convention,
         num_slots=num_slots,
-    )
-    flat = jax.vmap(one_sequence, in_axes=(0, 0, None))(
-        cas.reshape(-1, num_snippets), sequence_length.reshape(-1), thresholds.astype(cas.dtype)
     )
     return CasProposals(*(field.reshape(batch_shape + field.shape[1:]) for field in flat))
 
