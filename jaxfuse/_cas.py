@@ -145,12 +145,15 @@ def _margin_widths(num_snippets: int, scale: float, power: float, rounding: str)
 def _prefix_sums(values):
     """Prefix sums ``[0, v0, v0 + v1, ...]`` along the last axis of ``values [B, L]``, as (hi, lo).
 
-    ``hi + lo`` is the exact prefix sum to within ~eps**2 of the running total.
-    ``hi`` is the plain running sum, whose rounding errors grow with the running
-    total. Each step's error is recovered without knowing how XLA ordered the
-    additions: ``v_i - (hi_i - hi_(i-1))`` is computed exactly (Sterbenz: the
-    two running sums are within a factor two once the total dominates ``v_i``),
-    and its running sum ``lo`` is the correction.
+    ``hi`` is the plain running sum, whose rounding errors grow with the
+    running total: a short window far into a long float32 sequence would lose
+    digits to it. ``lo`` is the running sum of each step's error
+    ``v_i - (hi_i - hi_(i-1))``, whatever order XLA added in. Once the total
+    dominates ``v_i`` the two running sums are within a factor two of each
+    other, so their difference, and the error, are computed exactly
+    (Sterbenz); while it does not, the error is rounded at the scale of
+    ``v_i`` itself. So ``(hi[b] - hi[a]) + (lo[b] - lo[a])`` is the window
+    sum to a few ulps of the window's own values.
     """
     zero = jnp.zeros(values.shape[:-1] + (1,), values.dtype)
     hi = jnp.concatenate([zero, jnp.cumsum(values, axis=-1)], axis=-1)
