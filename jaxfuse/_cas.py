@@ -229,7 +229,7 @@ def _gather_rows(table, index):
     return table.reshape(-1)[flat_index.reshape(-1)].reshape(index.shape)
 
 
-def _proposals(cas, length, thresholds, *, min_length, margin_widths, published_left_widths, convention, num_slots):
+def _proposals(cas, length, thresholds, *, min_length, left_widths, right_widths, convention, num_slots):
     """Proposals of ``cas [B, L]`` with ``length [B]`` real snippets each (see ``proposals_from_cas``)."""
     batch, num_snippets = cas.shape
     inside = jnp.arange(num_snippets, dtype=jnp.int32) < length[:, None]
@@ -263,27 +263,25 @@ def _proposals(cas, length, thresholds, *, min_length, margin_widths, published_
     start = jnp.where(valid, start_index % num_snippets, 0)
     last = jnp.where(valid, last_index % num_snippets, 0)
     run_length = last - start + 1
+    left_width = jnp.asarray(left_widths)[run_length]
+    right_width = jnp.asarray(right_widths)[run_length]
     length = length[:, None]
 
     if convention == "spec":
         end = last + 1
         inner_begin, inner_end = start, end
         segment_end = end
-        width = jnp.asarray(margin_widths)[run_length]
-        left_begin = jnp.maximum(start - width, 0)
+        left_begin = jnp.maximum(start - left_width, 0)
         right_begin = end
-        right_end = jnp.minimum(end + width, length)
+        right_end = jnp.minimum(end + right_width, length)
     else:
         # Published: e = last + 1 is treated as the last snippet (see module doc).
         exclusive_end = last + 1
         inner_begin, inner_end = start, jnp.minimum(exclusive_end + 1, length)
         segment_end = exclusive_end + 1
-        left_begin = jnp.maximum(start - jnp.asarray(published_left_widths)[run_length], 0)
+        left_begin = jnp.maximum(start - left_width, 0)
         right_begin = jnp.minimum(exclusive_end + 1, length)
-        right_end = jnp.maximum(
-            right_begin,
-            jnp.minimum(length - 1, exclusive_end + 1 + jnp.asarray(margin_widths)[run_length]),
-        )
+        right_end = jnp.maximum(right_begin, jnp.minimum(length - 1, exclusive_end + 1 + right_width))
 
     hi, lo = _prefix_sums(values)
 
@@ -351,19 +349,18 @@ def _batch_proposals(
     batch_shape, num_snippets = cas.shape[:-1], cas.shape[-1]
     sequence_length = jnp.broadcast_to(video_length, batch_shape).astype(jnp.int32)
     if convention == "spec":
-        margin_widths = _margin_widths(num_snippets, margin_scale, margin_power, margin_rounding)
-        published_left_widths = margin_widths
+        left_widths = right_widths = _margin_widths(num_snippets, margin_scale, margin_power, margin_rounding)
     else:
-        # int(e + m + 1) floors the right margin, int(s - m) ceils the left one.
-        margin_widths = _margin_widths(num_snippets, margin_scale, margin_power, "floor")
-        published_left_widths = _margin_widths(num_snippets, margin_scale, margin_power, "ceil")
+        # The published int(s - m) ceils the left margin, int(e + m + 1) floors the right one.
+        left_widths = _margin_widths(num_snippets, margin_scale, margin_power, "ceil")
+        right_widths = _margin_widths(num_snippets, margin_scale, margin_power, "floor")
     flat = _proposals(
         cas.reshape(-1, num_snippets),
         sequence_length.reshape(-1),
         thresholds.astype(cas.dtype),
         min_length=min_length,
-        margin_widths=margin_widths,
-        published_left_widths=published_left_widths,
+        left_widths=left_widths,
+        right_widths=right_widths,
         convention=convention,
         num_slots=num_slots,
     )
@@ -528,7 +525,7 @@ def proposals_from_cas(
             values inside a video, ``thresholds`` is not 1-D, empty or has NaN,
             ``min_length`` or ``max_proposals`` is not a positive integer,
             ``length`` is out of ``[0, L]`` or does not broadcast, an option is
-            unknown.
+            unknown, or the batch needs flat indices past int32 (split it).
 
     Example:
         >>> import numpy as np
@@ -574,6 +571,14 @@ def proposals_from_cas(
 
     bound = levels.shape[0] * max_runs_per_threshold(num_snippets, min_length)
     num_slots = bound if max_proposals is None else positive_int(max_proposals, "max_proposals")
+    # The kernel scatters and gathers with flat int32 indices over the whole batch.
+    num_sequences = math.prod(cas.shape[:-2] + cas.shape[-1:]) if classes_last else math.prod(cas.shape[:-1])
+    largest_flat_index = num_sequences * max(num_slots, num_snippets + 1)
+    if largest_flat_index >= 2**31:
+        raise ValueError(
+            f"{num_sequences} sequences x {max(num_slots, num_snippets + 1)} slots exceed int32 indexing; "
+            "split `cas` into smaller batches or lower `max_proposals`"
+        )
 
     result = _batch_proposals(
         cas,

@@ -344,6 +344,7 @@ def test_half_precision_is_computed_in_float32():
         (dict(length=np.array([1.0])), TypeError, "length"),
         (dict(length=np.array([1, 2])), ValueError, "length"),
         (dict(max_proposals=0), ValueError, "max_proposals"),
+        (dict(cas=np.zeros((3, 4), np.float32), max_proposals=2**30), ValueError, "max_proposals"),
         (dict(margin_scale=-1.0), ValueError, "margin_scale"),
         (dict(margin_power=float("nan")), ValueError, "margin_power"),
         (dict(margin_rounding="round"), ValueError, "margin_rounding"),
