@@ -165,7 +165,8 @@ def test_bench_reference_loop(benchmark, thumos_like_cas):
         keys = np.array([row[:3] for row in rows])
         np.testing.assert_array_equal(threshold_index[sequence, : len(rows)], keys[:, 0])
         np.testing.assert_array_equal(segments[sequence, : len(rows)], keys[:, 1:])
-        np.testing.assert_allclose(scores[sequence, : len(rows)], np.array([row[3:] for row in rows]), atol=1e-6, rtol=0)
+        expected_scores = np.array([row[3:] for row in rows])
+        np.testing.assert_allclose(scores[sequence, : len(rows)], expected_scores, atol=1e-6, rtol=0)
 
     seconds = _min_seconds(benchmark)
     if seconds is None or not _timings:

@@ -287,7 +287,8 @@ def _proposals(cas, length, thresholds, *, min_length, left_widths, right_widths
 
     def window_sum(begin, end):
         # hi and lo are differenced separately: adding them first would round lo away.
-        return (_gather_rows(hi, end) - _gather_rows(hi, begin)) + (_gather_rows(lo, end) - _gather_rows(lo, begin))
+        hi_sum = _gather_rows(hi, end) - _gather_rows(hi, begin)
+        return hi_sum + (_gather_rows(lo, end) - _gather_rows(lo, begin))
 
     dtype = cas.dtype
     inner = window_sum(inner_begin, inner_end) / jnp.maximum(inner_end - inner_begin, 1).astype(dtype)

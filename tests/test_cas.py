@@ -88,9 +88,9 @@ def assert_same_proposals(result, expected, index=(), atol=1e-6):
     got = as_rows(result, index)
     assert [row[:3] for row in got] == [row[:3] for row in expected], f"at {index}"
     if expected:
-        np.testing.assert_allclose(
-            np.array([row[3:] for row in got]), np.array([row[3:] for row in expected], np.float64), rtol=0, atol=atol
-        )
+        got_scores = np.array([row[3:] for row in got])
+        expected_scores = np.array([row[3:] for row in expected], np.float64)
+        np.testing.assert_allclose(got_scores, expected_scores, rtol=0, atol=atol)
     valid = np.asarray(result.valid)[index]
     assert valid.sum() == len(expected) and valid[: len(expected)].all()
     assert int(np.asarray(result.num_found)[index]) == len(expected)
@@ -251,7 +251,9 @@ def test_classes_last_batch_of_videos():
     rng = np.random.default_rng(5)
     cas = smooth_cas(rng, (3, 3, 64))  # [video, class, L]
     length = np.array([64, 50, 9])
-    videos_first = proposals_from_cas(np.moveaxis(cas, -1, -2), PUBLISHED_THRESHOLDS, classes_last=True, length=length)
+    videos_first = proposals_from_cas(
+        np.moveaxis(cas, -1, -2), PUBLISHED_THRESHOLDS, classes_last=True, length=length
+    )
     assert videos_first.inner.shape[:2] == (3, 3)
     for video, klass in np.ndindex(3, 3):
         expected = spec_reference(cas[video, klass], PUBLISHED_THRESHOLDS, length[video])
