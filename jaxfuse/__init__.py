@@ -5,6 +5,7 @@ fused into one instance by fitting a template distribution to the group under
 softmax(score / T) sampling probabilities (Zhou et al., CVPR 2023).
 """
 
+from jaxfuse._cas import CasProposals, max_runs_per_threshold, proposals_from_cas
 from jaxfuse._densities import (
     TemplateDensity,
     exponential_density,
@@ -12,6 +13,17 @@ from jaxfuse._densities import (
     laplace_density,
     student_t_density,
     uniform_density,
+)
+from jaxfuse._evaluate import (
+    ACTIVITYNET_THRESHOLDS,
+    THUMOS14_THRESHOLDS,
+    ActivityNetData,
+    DetectionMAP,
+    Detections,
+    GroundTruth,
+    evaluate_detections,
+    evaluate_json,
+    load_activitynet_json,
 )
 from jaxfuse._fit import FitResult, fit_template
 from jaxfuse._fuse import (
@@ -33,18 +45,27 @@ from jaxfuse._weights import member_probabilities
 __version__ = "0.1.0"
 
 __all__ = [
+    "ACTIVITYNET_THRESHOLDS",
+    "ActivityNetData",
+    "CasProposals",
+    "DetectionMAP",
+    "Detections",
     "ExponentialParameters",
     "FitResult",
     "FusionResult",
     "GaussianParameters",
+    "GroundTruth",
     "LaplaceParameters",
     "PackedGroups",
     "ResultCode",
     "StudentTParameters",
+    "THUMOS14_THRESHOLDS",
     "TemplateDensity",
     "UniformParameters",
     "bucket_size",
     "compile_count",
+    "evaluate_detections",
+    "evaluate_json",
     "exponential_density",
     "fit_template",
     "fuse_exponential",
@@ -55,8 +76,11 @@ __all__ = [
     "fuse_uniform",
     "gaussian_density",
     "laplace_density",
+    "load_activitynet_json",
+    "max_runs_per_threshold",
     "member_probabilities",
     "pack_groups",
+    "proposals_from_cas",
     "student_t_density",
     "uniform_density",
     "unpack_groups",

@@ -19,7 +19,8 @@ The likelihood in :math:`\mu` is not concave and can be multimodal for small
   positive definite, otherwise a diagonally scaled gradient step, with Armijo
   backtracking; when no step length decreases the loss it falls back to the EM
   (iteratively reweighted least squares) step, which never increases it;
-* stops on the Cauchy criterion :math:`|\Delta y| < atol + rtol |y|`.
+* stops on the Cauchy criterion :math:`|\Delta y| < atol + rtol |y|` on
+  :math:`(\mu, \sigma[, \log\nu])` in standardised units.
 
 When one value carries weight :math:`\ge \nu / (\nu + 1)`, the loss is unbounded
 below as :math:`\sigma \to 0` at that value: the fit is that point mass
@@ -74,7 +75,7 @@ class NewtonState(NamedTuple):
         y: ``[P]`` the iterate: (mu, log sigma) and, when df is fitted, log df.
         loss: the loss at ``y``.
         step: number of steps taken.
-        diff: ``[P]`` the last change of ``y``, for the Cauchy criterion.
+        diff: ``[P]`` the last change of (mu, sigma[, log df]), for the Cauchy criterion.
         converged: whether the Cauchy criterion holds.
     """
 
@@ -109,6 +110,10 @@ def _lower_upper(y, options: StudentTOptions):
         return -infinite, infinite
     low, high = (jnp.log(jnp.asarray(b, y.dtype))[None] for b in options.df_bounds)
     return jnp.concatenate([-infinite, low]), jnp.concatenate([infinite, high])
+
+
+def _with_scale(y):
+    return y.at[1].set(jnp.exp(y[1]))
 
 
 def loss(y, z, probabilities, mask, options: StudentTOptions):
@@ -174,8 +179,12 @@ def _newton_step(state: NewtonState, z, probabilities, mask, options, rtol, atol
     use_newton = jnp.any(sufficient)
     y = jnp.where(use_newton, backtracked, jnp.where(fallback_improves, fallback, state.y))
     new_loss = jnp.where(use_newton, backtracked_loss, jnp.where(fallback_improves, fallback_loss, state.loss))
-    diff = y - state.y
-    converged = jnp.all(jnp.abs(diff) < atol + rtol * jnp.abs(y))
+    # Cauchy criterion on (mu, sigma) in units of the group's spread, not on
+    # log sigma: near a point mass the optimum's log sigma creeps towards -inf
+    # while location and scale no longer move.
+    converged_y = _with_scale(y)
+    diff = converged_y - _with_scale(state.y)
+    converged = jnp.all(jnp.abs(diff) < atol + rtol * jnp.abs(converged_y))
     return state._replace(y=y, loss=new_loss, step=state.step + 1, diff=diff, converged=converged)
 
 
