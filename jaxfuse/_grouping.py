@@ -58,13 +58,13 @@ class ProposalGroups(NamedTuple):
     count: jax.Array
 
 
-def overlap_settings(overlap: str, discrete: bool, dtype) -> tuple[jax.Array, jax.Array]:
-    """The measure and length convention as runtime values ``(use_iou, offset)``.
+def overlap_settings(overlap: str, discrete: bool) -> tuple[bool, int]:
+    """The measure and length convention as kernel arguments ``(use_iou, offset)``.
 
-    Passing them as arrays rather than compile-time constants means one
-    compiled kernel per shape serves all four conventions.
+    They are passed as traced values rather than compile-time constants, so
+    one compiled kernel per shape serves all four conventions.
     """
-    return jnp.asarray(overlap == "iou"), jnp.asarray(1 if discrete else 0, dtype)
+    return overlap == "iou", 1 if discrete else 0
 
 
 def segment_overlap(leader_start, leader_end, starts, ends, use_iou, offset):
@@ -243,6 +243,12 @@ def group_batch(segments, scores, valid, threshold, use_iou, offset) -> Proposal
 _group_batch_jit = jax.jit(group_batch)
 
 
+@jax.jit
+def _group_batch_checked(segments, scores, valid, threshold, use_iou, offset, extra=()):
+    """:func:`group_batch` and :func:`value_problems` in one program (one dispatch, no extra round trip)."""
+    return group_batch(segments, scores, valid, threshold, use_iou, offset), value_problems(segments, scores, valid, extra)
+
+
 # --------------------------------------------------------------------- validation
 
 
@@ -250,42 +256,27 @@ def _is_traced(*arrays) -> bool:
     return any(isinstance(a, jax.core.Tracer) for a in arrays)
 
 
-def _first_bad(bad) -> tuple[int, ...]:
-    return tuple(int(i) for i in np.argwhere(np.asarray(bad))[0])
-
-
-@jax.jit
-def _problems_on_device(segments, scores, valid, extra):
+def _problem_masks(xp, segments, scores, valid, extra):
+    """Per check, where a valid proposal fails it: non-finite segment, start > end, non-finite scores/extra."""
     starts, ends = segments[..., 0], segments[..., 1]
-    finite_segments = jnp.isfinite(starts) & jnp.isfinite(ends)
-    masks = [
+    finite_segments = xp.isfinite(starts) & xp.isfinite(ends)
+    return [
         valid & ~finite_segments,
         valid & finite_segments & (starts > ends),
-        valid & ~jnp.isfinite(scores),
-    ] + [valid & ~jnp.isfinite(array) for array in extra]
-    return jnp.stack(masks)
+        valid & ~xp.isfinite(scores),
+    ] + [valid & ~xp.isfinite(array) for array in extra]
 
 
-def _problems_on_host(segments, scores, valid, extra):
-    starts, ends = segments[..., 0], segments[..., 1]
-    with np.errstate(invalid="ignore"):
-        finite_segments = np.isfinite(starts) & np.isfinite(ends)
-        masks = [
-            valid & ~finite_segments,
-            valid & finite_segments & (starts > ends),
-            valid & ~np.isfinite(scores),
-        ] + [valid & ~np.isfinite(array) for array in extra]
-    return np.stack(masks)
+def value_problems(segments, scores, valid, extra=()) -> jax.Array:
+    """``[3 + len(extra)]`` bool: which value checks fail anywhere (traceable, for device-side checks)."""
+    return jnp.stack([jnp.any(mask) for mask in _problem_masks(jnp, segments, scores, valid, extra)])
 
 
-def check_values(segments, scores, valid, extra=()) -> None:
-    """Value checks of a proposal batch, on concrete inputs (skipped under tracing).
-
-    Only valid entries are checked, so padding may hold anything. numpy inputs
-    are checked on the host; JAX inputs on their device, with one small
-    transfer of the verdict.
+def raise_for_value_problems(found, segments, scores, valid, extra=()) -> None:
+    """Raise the ``ValueError`` that :func:`value_problems` flags, naming the argument and an index.
 
     Args:
+        found: the concrete flags of :func:`value_problems` (or None to compute them here).
         segments: ``[..., N, 2]``.
         scores: ``[..., N]``.
         valid: ``[..., N]`` bool.
@@ -293,32 +284,29 @@ def check_values(segments, scores, valid, extra=()) -> None:
             must be finite where valid (e.g. the weights).
 
     Raises:
-        ValueError: naming the argument and the first offending index.
+        ValueError: for the first failed check.
     """
-    arrays = (segments, scores, valid, *(array for _, array in extra))
-    if _is_traced(*arrays) or scores.size == 0:
+    if found is not None and not np.asarray(found).any():
         return
-    on_host = all(isinstance(a, np.ndarray) for a in arrays)
-    problems = (_problems_on_host if on_host else _problems_on_device)(
-        segments, scores, valid, tuple(array for _, array in extra)
-    )
-    if on_host:
-        found = problems.reshape(len(problems), -1).any(axis=1)
-    else:
-        found = np.asarray(jnp.any(problems.reshape(len(problems), -1), axis=1))
-    if not found.any():
-        return
-    kind = int(np.argmax(found))
-    index = _first_bad(problems[kind])
-    if kind == 0:
-        raise ValueError(f"`segments` must be finite; the proposal at index {index} is {np.asarray(segments[index]).tolist()}")
-    if kind == 1:
-        raise ValueError(
-            f"`segments` must have start <= end; the proposal at index {index} is "
-            f"{np.asarray(segments[index]).tolist()} (swap the columns or mark it invalid)"
-        )
-    name, array = ("scores", scores) if kind == 2 else extra[kind - 3]
-    raise ValueError(f"`{name}` must be finite where valid; got {float(array[index])} at index {index}")
+    # The error path only: everything to the host.
+    host = lambda x: np.asarray(x)  # noqa: E731
+    segments, scores, valid = host(segments), host(scores), host(valid)
+    extra = [(name, host(array)) for name, array in extra]
+    with np.errstate(invalid="ignore"):
+        masks = _problem_masks(np, segments, scores, valid, [array for _, array in extra])
+    for kind, mask in enumerate(masks):
+        if not mask.any():
+            continue
+        index = tuple(int(i) for i in np.argwhere(mask)[0])
+        if kind == 0:
+            raise ValueError(f"`segments` must be finite; the proposal at index {index} is {segments[index].tolist()}")
+        if kind == 1:
+            raise ValueError(
+                f"`segments` must have start <= end; the proposal at index {index} is "
+                f"{segments[index].tolist()} (swap the columns or mark it invalid)"
+            )
+        name, array = ("scores", scores) if kind == 2 else extra[kind - 3]
+        raise ValueError(f"`{name}` must be finite where valid; got {float(array[index])} at index {index}")
 
 
 def _float_input(x: Any, name: str, min_ndim: int):
@@ -330,8 +318,28 @@ def _float_input(x: Any, name: str, min_ndim: int):
     return float_array(x, name, min_ndim=min_ndim)
 
 
-def validate_proposals(segments: Any, scores: Any, valid: Any = None, extra=()):
-    """Shapes, dtypes and values of a proposal batch, checked before tracing.
+class ProposalInputs(NamedTuple):
+    """Validated proposal arrays.
+
+    Attributes:
+        segments: ``[..., N, 2]`` JAX array.
+        scores: ``[..., N]``, same float dtype.
+        valid: ``[..., N]`` bool.
+        extra: the ``extra`` arrays of :func:`validate_proposals`, same dtype (None kept).
+        check_on_device: True when the value checks are still to be done:
+            the input lives on a device, so they run inside the kernel (see
+            :func:`value_problems`) rather than as a separate round trip.
+    """
+
+    segments: jax.Array
+    scores: jax.Array
+    valid: jax.Array
+    extra: tuple
+    check_on_device: bool
+
+
+def validate_proposals(segments: Any, scores: Any, valid: Any = None, extra=()) -> ProposalInputs:
+    """Shapes and dtypes of a proposal batch, checked before tracing; values too for numpy input.
 
     Args:
         segments: ``[..., N, 2]`` floats (start, end).
@@ -341,13 +349,12 @@ def validate_proposals(segments: Any, scores: Any, valid: Any = None, extra=()):
             arrays (None allowed), checked like ``scores``.
 
     Returns:
-        ``(segments, scores, valid, extra_arrays)`` as JAX arrays of one float
-        dtype (``extra_arrays`` a tuple, None kept).
+        :class:`ProposalInputs`.
 
     Raises:
         TypeError: a non-float array, or a non-bool ``valid``.
-        ValueError: a wrong shape, a non-finite value or ``start > end`` in a
-            valid proposal; the message names the argument.
+        ValueError: a wrong shape; for numpy input also a non-finite value or
+            ``start > end`` in a valid proposal. The message names the argument.
     """
     segments = _float_input(segments, "segments", 2)
     if segments.shape[-1] != 2:
@@ -366,12 +373,26 @@ def validate_proposals(segments: Any, scores: Any, valid: Any = None, extra=()):
             raise ValueError(f"`valid` must have shape {segments.shape[:-1]}, got {valid.shape}")
     else:
         valid = bool_array(valid, "valid", segments.shape[:-1])
-    scores = checked[0][1]
-    check_values(segments, scores, valid, [(n, a) for n, a in checked[1:] if a is not None])
+    present = [(name, array) for name, array in checked[1:] if array is not None]
+    arrays = [segments, valid, checked[0][1]] + [array for _, array in present]
+    on_host = all(isinstance(array, np.ndarray) for array in arrays)
+    if on_host and valid.any():
+        raise_for_value_problems(None, segments, checked[0][1], valid, present)
     # Canonical, so float64 input without x64 quietly becomes float32 as jnp.asarray does.
     dtype = jax.dtypes.canonicalize_dtype(np.result_type(*(a.dtype for _, a in checked if a is not None), segments.dtype))
-    convert = lambda x: None if x is None else jnp.asarray(x, dtype)  # noqa: E731
-    return convert(segments), convert(scores), jnp.asarray(valid), tuple(convert(a) for _, a in checked[1:])
+
+    def convert(x):
+        if x is None or (isinstance(x, jax.Array) and x.dtype == dtype):
+            return x  # no conversion op: each one is a dispatch
+        return jnp.asarray(x, dtype)
+
+    return ProposalInputs(
+        convert(segments),
+        convert(checked[0][1]),
+        valid if isinstance(valid, jax.Array) else jnp.asarray(valid),
+        tuple(convert(array) for _, array in checked[1:]),
+        check_on_device=not on_host and not _is_traced(*arrays),
+    )
 
 
 def validate_threshold(value: Any) -> Any:
@@ -431,15 +452,15 @@ def group_proposals(
     """
     threshold = validate_threshold(overlap_threshold)
     overlap, discrete = validate_overlap(overlap, discrete)
-    segments, scores, valid, _ = validate_proposals(segments, scores, valid)
-    batch_shape, size = scores.shape[:-1], scores.shape[-1]
+    inputs = validate_proposals(segments, scores, valid)
+    batch_shape, size = inputs.scores.shape[:-1], inputs.scores.shape[-1]
     items = math.prod(batch_shape)
-    result = _group_batch_jit(
-        segments.reshape(items, size, 2), scores.reshape(items, size), valid.reshape(items, size),
-        threshold, *overlap_settings(overlap, discrete, segments.dtype),
-    )
+    flat = (inputs.segments.reshape(items, size, 2), inputs.scores.reshape(items, size), inputs.valid.reshape(items, size))
+    groups, problems = _group_batch_checked(*flat, threshold, *overlap_settings(overlap, discrete))
+    if inputs.check_on_device:
+        raise_for_value_problems(problems, *flat)
     return ProposalGroups(
-        result.group.reshape(*batch_shape, size),
-        result.leader.reshape(*batch_shape, size),
-        result.count.reshape(batch_shape),
+        groups.group.reshape(*batch_shape, size),
+        groups.leader.reshape(*batch_shape, size),
+        groups.count.reshape(batch_shape),
     )

@@ -36,15 +36,17 @@ import numpy as np
 
 from jaxfuse._grouping import (
     ProposalGroups,
-    _group_batch_jit,
+    _group_batch_checked,
     overlap_settings,
+    raise_for_value_problems,
     validate_overlap,
     validate_proposals,
     validate_threshold,
+    value_problems,
 )
 from jaxfuse._interop import ArrayKind, array_kind, from_jax
 from jaxfuse._result import RESULT_DTYPE, ResultCode
-from jaxfuse._soft_nms import DECAYS, DEFAULT_SCORE_FLOOR, DEFAULT_SIGMA, soft_nms_batch_jit
+from jaxfuse._soft_nms import DECAYS, DEFAULT_SCORE_FLOOR, DEFAULT_SIGMA, soft_nms_batch
 from jaxfuse._student_t import StudentTParameters
 from jaxfuse._templates import (
     ExponentialParameters,
@@ -105,76 +107,99 @@ class FusedProposals(NamedTuple):
 
 class _GroupMeans(NamedTuple):
     ids: jax.Array  # [B*N] flat group id of each member, B*N for non-members
-    probabilities: jax.Array  # [B*N] g_k within its group, 0 for non-members
-    reference: jax.Array  # [B*N, K] values of each group's most probable member
-    offsets: jax.Array  # [B*N, K] member value - its group's reference (0 for non-members)
+    weights: jax.Array  # [B*N] unnormalised softmax weight of each member, 0 for non-members
+    total: jax.Array  # [B*N] per group: sum of ``weights``
+    offsets: jax.Array  # [B*N, K] member value - its leader's value (0 for non-members)
     mean_offset: jax.Array  # [B*N, K] per group: sum g_k * offset
+    reference: jax.Array  # [B*N, K] per group: its leader's values
     mean: jax.Array  # [B*N, K] per group: sum g_k x_k
 
 
-def _gather(per_group: jax.Array, ids: jax.Array) -> jax.Array:
-    """Each member's row of a per-group array (non-members read the last row)."""
-    return per_group[jnp.minimum(ids, per_group.shape[0] - 1)]
+# exp(80) times any group size stays far below the float32 maximum (3.4e38).
+_LARGEST_EXPONENT = 80.0
 
 
-def _group_means(values, weights, group, temperature) -> _GroupMeans:
-    """Softmax-weighted means of ``values [B, N, K]`` within each group.
+def _per_member(per_group: jax.Array, group: jax.Array) -> jax.Array:
+    """``[B, N, ...]`` per-group rows read at each member's group (non-members read group 0)."""
+    index = jnp.maximum(group, 0).reshape(group.shape + (1,) * (per_group.ndim - 2))
+    return jnp.take_along_axis(per_group, index, axis=1)
 
-    The softmax is ``exp((w - group max) / T)``, exact and free of overflow for
-    tiny T (0.0016 in float32). Sums are taken as offsets from each group's most
-    probable member, as in :mod:`jaxfuse._templates`, so that large frame
-    indices lose no precision and T -> 0 returns that member's value exactly.
+
+def _group_means(values, weights, groups: ProposalGroups, temperature) -> _GroupMeans:
+    """Softmax-weighted means of ``values [B, N, K]`` within each group, in segment form.
+
+    Every member's value and weight is taken relative to its group's leader:
+
+    * offsets from the leader keep sums small, so that large frame indices
+      lose no precision to cancellation (as :mod:`jaxfuse._templates` does
+      with the most probable member);
+    * ``exp((w - w_leader) / T)`` is the softmax up to a per-group factor.
+      With the default weights (the scores) the leader has the group's largest
+      weight, so this is exactly ``exp((w - group max) / T)``: free of overflow
+      for tiny T (0.0016 in float32). Other weights may exceed the leader's;
+      when any does by more than 80 T, the shift falls back to the true group
+      maximum (one more segment reduction and gather). Members that underflow
+      weigh less than 1e-35 relative to the leader.
+
+    Using the leader, whose index the grouping returns, replaces a segment
+    reduction and two gathers per call, the dearest operations here on CPU.
     """
     items, size, coordinates = values.shape
     num = items * size
-    ids = jnp.where(group >= 0, group + size * jnp.arange(items)[:, None], num).reshape(-1)
-    member = ids < num
-    w = weights.reshape(-1)
-    x = values.reshape(num, coordinates)
-    member_max = _gather(jax.ops.segment_max(w, ids, num_segments=num), ids)
-    # Non-members would compute exp(w + inf): keep them out of the arithmetic.
-    unnormalised = jnp.where(member, jnp.exp(jnp.where(member, w - member_max, 0) / temperature), 0)
-    local = jnp.tile(jnp.arange(size, dtype=jnp.int32), items)
-    most_probable = jax.ops.segment_min(
-        jnp.where(member & (w == member_max), local, size), ids, num_segments=num
-    )
-    reference_index = (jnp.arange(num) // size) * size + jnp.minimum(most_probable, size - 1)
-    reference = x[reference_index]
-    offsets = jnp.where(member[:, None], x - _gather(reference, ids), 0)
+    group = groups.group
+    member = group >= 0
+    ids = jnp.where(member, group + size * jnp.arange(items)[:, None], num).reshape(-1)
+    columns = jnp.concatenate([values, weights[..., None]], axis=-1)
+    leader_columns = jnp.take_along_axis(columns, jnp.maximum(groups.leader, 0)[..., None], axis=1)
+    reference = _per_member(leader_columns, group)
+    scaled = (weights - reference[..., coordinates]) / temperature
+
+    def group_maximum_shift():
+        largest = jax.ops.segment_max(jnp.where(member, weights, -jnp.inf).reshape(-1), ids, num_segments=num)
+        return (weights - _per_member(largest.reshape(items, size), group)) / temperature
+
+    overflows = jnp.any(member & (scaled > _LARGEST_EXPONENT))
+    scaled = jax.lax.cond(overflows, group_maximum_shift, lambda: scaled)
+    # Non-members (and their possibly infinite shifts) stay out of the arithmetic.
+    unnormalised = jnp.where(member, jnp.exp(jnp.where(member, scaled, 0)), 0)
+    offsets = jnp.where(member[..., None], values - reference[..., :coordinates], 0)
     sums = jax.ops.segment_sum(
-        jnp.concatenate([unnormalised[:, None], unnormalised[:, None] * offsets], axis=1), ids, num_segments=num
+        jnp.concatenate([unnormalised[..., None], unnormalised[..., None] * offsets], axis=-1).reshape(num, coordinates + 1),
+        ids,
+        num_segments=num,
     )
     total = sums[:, 0]
     mean_offset = sums[:, 1:] / jnp.where(total > 0, total, 1)[:, None]
-    probabilities = unnormalised / jnp.where(member, _gather(total, ids), 1)
-    return _GroupMeans(ids, probabilities, reference, offsets, mean_offset, reference + mean_offset)
+    leader_values = leader_columns[..., :coordinates].reshape(num, coordinates)
+    return _GroupMeans(
+        ids, unnormalised.reshape(-1), total, offsets.reshape(num, coordinates), mean_offset,
+        leader_values, leader_values + mean_offset,
+    )
 
 
 def _extremes(x, ids, num):
+    """Per-group minimum and maximum of ``x [B*N, K]``, in one segment reduction."""
     member = (ids < num)[:, None]
-    low = jax.ops.segment_min(jnp.where(member, x, jnp.inf), ids, num_segments=num)
-    high = jax.ops.segment_max(jnp.where(member, x, -jnp.inf), ids, num_segments=num)
-    return low, high
+    both = jax.ops.segment_max(jnp.where(member, jnp.concatenate([-x, x], axis=1), -jnp.inf), ids, num_segments=num)
+    coordinates = x.shape[1]
+    return -both[:, :coordinates], both[:, coordinates:]
 
 
 def _closed_form_fit(method: str, means: _GroupMeans, x, num):
     """Per-group (location, spread, parameters) of the segment coordinates ``x [B*N, 2]``."""
     if method == "gaussian":
-        deviation = means.offsets[:, :2] - _gather(means.mean_offset[:, :2], means.ids)
-        variance = jax.ops.segment_sum(
-            means.probabilities[:, None] * jnp.square(deviation), means.ids, num_segments=num
-        )
-        scale = safe_sqrt(variance)
+        deviation = means.offsets[:, :2] - means.mean_offset[jnp.minimum(means.ids, num - 1), :2]
+        squares = jax.ops.segment_sum(means.weights[:, None] * jnp.square(deviation), means.ids, num_segments=num)
+        scale = safe_sqrt(squares / jnp.where(means.total > 0, means.total, 1)[:, None])
         location = means.mean[:, :2]
         return location, scale, GaussianParameters(location, scale)
     low, high = _extremes(x, means.ids, num)
     if method == "uniform":
         half_width = (high - low) / 2
         return low + half_width, half_width, UniformParameters(low, high)
-    # exponential: same location as the Gaussian (erratum 3), rate from the mean excess.
-    member = (means.ids < num)[:, None]
-    excess = jnp.where(member, x - _gather(low, means.ids), 0)
-    mean_excess = jax.ops.segment_sum(means.probabilities[:, None] * excess, means.ids, num_segments=num)
+    # exponential: same location as the Gaussian (erratum 3). Its mean excess
+    # sum g_k (x_k - min x) is taken as offsets: (leader - min) + mean offset.
+    mean_excess = (means.reference[:, :2] - jnp.where(means.total[:, None] > 0, low, 0)) + means.mean_offset[:, :2]
     return means.mean[:, :2], mean_excess, ExponentialParameters(low, safe_reciprocal(mean_excess))
 
 
@@ -207,7 +232,7 @@ def _fuse_closed_form(segments, scores, weights, groups: ProposalGroups, tempera
     items, size = scores.shape
     num = items * size
     values = jnp.concatenate([segments, scores[..., None]], axis=-1)
-    means = _group_means(values, weights, groups.group, jnp.asarray(temperature, scores.dtype))
+    means = _group_means(values, weights, groups, jnp.asarray(temperature, scores.dtype))
     location, spread, parameters = _closed_form_fit(method, means, values.reshape(num, 3)[:, :2], num)
     success = jnp.full((num,), ResultCode.SUCCESSFUL, RESULT_DTYPE)
     return _finish(location, means.mean[:, 2], spread, parameters, success, groups)
@@ -228,7 +253,7 @@ def _fuse_nms(segments, scores, groups: ProposalGroups):
 @jax.jit
 def _fused_scores(scores, weights, groups: ProposalGroups, temperature):
     """Per-group weighted average of the ordering scores, ``[B*N]``."""
-    means = _group_means(scores[..., None], weights, groups.group, jnp.asarray(temperature, scores.dtype))
+    means = _group_means(scores[..., None], weights, groups, jnp.asarray(temperature, scores.dtype))
     return means.mean[:, 0]
 
 
@@ -258,7 +283,7 @@ def _pack_groups(segments, weights, groups: ProposalGroups, *, max_groups: int, 
     sorted_ids = ids[order]
     position = jnp.arange(ids.size)
     first = jax.ops.segment_min(position, sorted_ids, num_segments=num)
-    rank = position - _gather(first, sorted_ids)
+    rank = position - first[jnp.minimum(sorted_ids, num - 1)]
     slot = jnp.where(sorted_ids < num, sorted_ids * max_members + rank, num * max_members)
     scatter = lambda source, fill: (  # noqa: E731
         jnp.full((num * max_members,) + source.shape[1:], fill, source.dtype).at[slot].set(source[order], mode="drop")
@@ -317,6 +342,12 @@ def _fuse_padded(segments, scores, weights, groups: ProposalGroups, temperature,
 
 
 # ------------------------------------------------------------------ Soft-NMS
+
+
+@functools.partial(jax.jit, static_argnames=("linear",))
+def _soft_nms_checked(segments, scores, valid, threshold, sigma, floor, use_iou, offset, extra, *, linear):
+    kept = soft_nms_batch(segments, scores, valid, threshold, sigma, floor, use_iou, offset, linear=linear)
+    return kept, value_problems(segments, scores, valid, extra)
 
 
 @jax.jit
@@ -436,34 +467,38 @@ def fuse_proposals(
     overlap, discrete = validate_overlap(overlap, discrete)
     temperature = positive_scalar(temperature, "temperature")
     options = _check_options(method, options)
-    segments, scores, valid, (weights,) = validate_proposals(segments, scores, valid, extra=[("weights", weights)])
-    weights = scores if weights is None else weights
-
-    batch_shape, size = scores.shape[:-1], scores.shape[-1]
+    inputs = validate_proposals(segments, scores, valid, extra=[("weights", weights)])
+    batch_shape, size = inputs.scores.shape[:-1], inputs.scores.shape[-1]
     items = math.prod(batch_shape)
-    segments = segments.reshape(items, size, 2)
-    scores, weights, valid = (x.reshape(items, size) for x in (scores, weights, valid))
-    use_iou, offset = overlap_settings(overlap, discrete, scores.dtype)
-    temperature = jnp.asarray(temperature, scores.dtype)
+    # Reshape only when needed: on already-flat input each no-op would still be a dispatch.
+    flat = lambda x, *tail: x if x.shape == (items, size, *tail) else x.reshape(items, size, *tail)  # noqa: E731
+    segments, scores, valid = flat(inputs.segments, 2), flat(inputs.scores), flat(inputs.valid)
+    weights = None if inputs.extra[0] is None else flat(inputs.extra[0])
+    checked = () if weights is None else (weights,)
+    use_iou, offset = overlap_settings(overlap, discrete)
 
     if method == "soft_nms":
         linear, sigma, floor = options
-        kept = soft_nms_batch_jit(segments, scores, valid, threshold, sigma, floor, use_iou, offset, linear=linear)
+        kept, problems = _soft_nms_checked(
+            segments, scores, valid, threshold, sigma, floor, use_iou, offset, checked, linear=linear
+        )
         groups = ProposalGroups(kept.slot, kept.order, kept.count)
         fused = _soft_nms_output(segments, kept.scores, groups)
     else:
-        groups = _group_batch_jit(segments, scores, valid, threshold, use_iou, offset)
+        groups, problems = _group_batch_checked(segments, scores, valid, threshold, use_iou, offset, checked)
+        weights = scores if weights is None else weights
         if method == "nms":
             fused = _fuse_nms(segments, scores, groups)
         elif method in CLOSED_FORM_TEMPLATES:
             fused = _fuse_closed_form(segments, scores, weights, groups, temperature, method=method)
         else:
             fused = _fuse_padded(segments, scores, weights, groups, temperature, method, options)
+    if inputs.check_on_device:
+        # Checked after the kernels are queued: one small transfer, no extra round trip.
+        raise_for_value_problems(problems, segments, scores, valid, [("weights", w) for w in checked])
 
-    def unflatten(x):
-        return x.reshape(batch_shape + x.shape[1:])
-
-    fused = jax.tree.map(unflatten, fused)
+    if batch_shape != (items,):
+        fused = jax.tree.map(lambda x: x.reshape(batch_shape + x.shape[1:]), fused)
     return from_jax(fused, kind)
 
 

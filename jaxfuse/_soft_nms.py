@@ -121,6 +121,3 @@ def soft_nms_batch(
     order = unset.at[rows, target].set(inputs_index, mode="drop")
     kept = jnp.zeros_like(scores).at[rows, target].set(final.kept_score, mode="drop")
     return SoftNMSResult(order, kept, final.slot, final.count)
-
-
-soft_nms_batch_jit = jax.jit(soft_nms_batch, static_argnames=("linear",))

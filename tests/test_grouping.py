@@ -200,7 +200,7 @@ def test_memory_is_linear_in_n():
     size = 10_000
     args = (
         jnp.zeros((1, size, 2), jnp.float32), jnp.zeros((1, size), jnp.float32), jnp.ones((1, size), bool),
-        0.25, *overlap_settings("candidate", True, jnp.float32),
+        0.25, *overlap_settings("candidate", True),
     )
     memory = _group_batch_jit.lower(*args).compile().memory_analysis()
     if memory is None:
@@ -213,7 +213,7 @@ def test_overlap_measures():
     leader = jnp.float32(0), jnp.float32(9)
     starts = jnp.array([0, 5, 9, 20], jnp.float32)
     ends = jnp.array([9, 14, 9, 30], jnp.float32)
-    candidate = segment_overlap(*leader, starts, ends, *overlap_settings("candidate", True, jnp.float32))
+    candidate = segment_overlap(*leader, starts, ends, *overlap_settings("candidate", True))
     np.testing.assert_allclose(candidate, [1, 5 / 10, 1, 0])
-    iou = segment_overlap(*leader, starts, ends, *overlap_settings("iou", False, jnp.float32))
+    iou = segment_overlap(*leader, starts, ends, *overlap_settings("iou", False))
     np.testing.assert_allclose(iou, [1, 4 / 14, 0, 0])
