@@ -73,10 +73,22 @@ class LaplaceParameters(NamedTuple):
     scale: jax.Array
 
 
+@jax.custom_jvp
 def safe_sqrt(x: jax.Array) -> jax.Array:
-    """``sqrt(max(x, 0))`` with a finite (zero) gradient at zero."""
-    positive = x > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1)), 0)
+    """``sqrt(max(x, 0))`` with a finite (zero) derivative at zero.
+
+    A custom JVP rather than ``where(x > 0, sqrt(where(x > 0, x, 1)), 0)``: with
+    ``x`` used twice, XLA recomputes the reduction producing it for each use.
+    """
+    return jnp.sqrt(jnp.maximum(x, 0))
+
+
+@safe_sqrt.defjvp
+def _safe_sqrt_jvp(primals, tangents):
+    (x,), (tangent,) = primals, tangents
+    root = safe_sqrt(x)
+    positive = root > 0
+    return root, jnp.where(positive, tangent / (2 * jnp.where(positive, root, 1)), 0)
 
 
 def safe_reciprocal(x: jax.Array) -> jax.Array:
@@ -110,6 +122,18 @@ def gaussian_fit(values, probabilities, mask) -> GaussianParameters:
     mean_offset = probabilities @ offsets
     variance = probabilities @ jnp.square(offsets - mean_offset)
     return GaussianParameters(location=reference + mean_offset, scale=safe_sqrt(variance))
+
+
+def gaussian_fit_batched(values, probabilities) -> GaussianParameters:
+    """Gaussian fit of a batch ``values [B, M, K]``, ``probabilities [B, M]`` (zero in padding).
+
+    The mean is a batched contraction; the variance is taken about that mean,
+    not as E[x^2] - E[x]^2, which would cancel catastrophically for frame
+    indices in float32. Padding must be finite: it enters with weight zero.
+    """
+    location = jnp.einsum("bm,bmk->bk", probabilities, values)
+    variance = jnp.sum(probabilities[..., None] * jnp.square(values - location[:, None, :]), axis=1)
+    return GaussianParameters(location=location, scale=safe_sqrt(variance))
 
 
 def uniform_fit(values, probabilities, mask) -> UniformParameters:

@@ -30,10 +30,11 @@ def member_probabilities(weights: jax.Array, mask: jax.Array, temperature) -> ja
     if temperature.ndim:
         temperature = temperature[..., None]
     finite_mask = mask & jnp.isfinite(weights)
-    # Padding takes the group's own maximum, so it never creates an inf - inf.
-    largest = jnp.max(jnp.where(finite_mask, weights, -jnp.inf), axis=-1, keepdims=True)
-    largest = jnp.where(jnp.isfinite(largest), largest, 0)
-    shifted = jnp.where(finite_mask, weights - largest, 0) / temperature
-    unnormalised = jnp.where(finite_mask, jnp.exp(shifted), 0)
+    # Each reduction below has a single consumer: XLA recomputes a reduction
+    # for every consumer it fuses into, which doubled the cost of this function.
+    # The floor for an empty group is the dtype's lowest value (never -inf), and
+    # a zero total divides zeros by the smallest normal number.
+    largest = jnp.max(jnp.where(finite_mask, weights, jnp.finfo(weights.dtype).min), axis=-1, keepdims=True)
+    unnormalised = jnp.where(finite_mask, jnp.exp(jnp.where(finite_mask, weights - largest, 0) / temperature), 0)
     total = jnp.sum(unnormalised, axis=-1, keepdims=True)
-    return unnormalised / jnp.where(total > 0, total, 1)
+    return unnormalised / jnp.maximum(total, jnp.finfo(weights.dtype).tiny)

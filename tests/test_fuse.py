@@ -180,7 +180,8 @@ def test_empty_and_nonfinite_groups_get_codes_and_do_not_leak(dtype):
         for group in (1, 2, 3):
             assert (fused.location[group] == 0).all() and (fused.probabilities[group] == 0).all()
         keep = [0, 4, 5]
-        np.testing.assert_array_equal(fused.location[keep], clean[template].location[keep])
+        # The Gaussian's fast path and its careful fallback may round differently.
+        np.testing.assert_allclose(fused.location[keep], clean[template].location[keep], rtol=tolerance(dtype))
 
 
 @pytest.mark.parametrize("template", TEMPLATES)
