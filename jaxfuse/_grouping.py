@@ -22,6 +22,12 @@ Why it is built this way (measured on a 2-core CPU, THUMOS-like data):
   the rows are still active, they are gathered into a batch half as tall and
   the loop continues there (log2(B) stages, all in one program). This halves
   the work on real data.
+
+Tried and not kept (no gain, or slower, on the same data): integer score keys
+as the only loop state, an item-minor ``[N, B]`` layout, reductions split into
+small blocks, and narrowing each row to its unassigned columns under a
+``lax.switch`` of widths (the conditional's buffer copies cost more than the
+narrower loop saved).
 """
 
 from __future__ import annotations

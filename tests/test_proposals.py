@@ -256,7 +256,7 @@ def items_with_distinct_scores(draw):
     return segments, np.float32(scores) / 10_000, np.float32(weights) / 100
 
 
-FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @FAST
@@ -352,9 +352,9 @@ def test_empty_one_proposal_and_all_invalid_items():
         empty = fuse_proposals(np.zeros((2, 0, 2), np.float32), np.zeros((2, 0), np.float32), method=method)
         assert empty.segments.shape == (2, 0, 2) and empty.count.tolist() == [0, 0]
         none_valid = fuse_proposals(
-            np.zeros((1, 5, 2), np.float32), np.zeros((1, 5), np.float32), valid=np.zeros((1, 5), bool), method=method
+            np.zeros((SIZE, 2), np.float32), np.zeros(SIZE, np.float32), valid=np.zeros(SIZE, bool), method=method
         )
-        assert none_valid.count.tolist() == [0] and (none_valid.result == ResultCode.EMPTY_GROUP).all()
+        assert int(none_valid.count) == 0 and (none_valid.result == ResultCode.EMPTY_GROUP).all()
     one = fuse_proposals(np.array([[3.0, 7.0]], np.float32), np.array([0.4], np.float32), method="uniform")
     assert one.segments.tolist() == [[3.0, 7.0]] and one.scores.tolist() == [pytest.approx(0.4)]
 
@@ -392,6 +392,24 @@ def test_bad_input_is_rejected_with_the_argument_named():
         fuse_proposals(segments[:1], scores[:1], method="soft_nms", decay="cubic")
     with pytest.raises(TypeError, match="unknown option"):
         fuse_proposals(segments[:1], scores[:1], method="student_t", sigma=0.5)
+
+
+def test_device_input_is_checked_too():
+    rng = np.random.default_rng(13)
+    segments, scores, weights, valid = random_batch(rng, ITEMS, SIZE, np.float32)
+    weights[1, 3], valid[1, 3] = np.nan, True
+    with pytest.raises(ValueError, match=r"`weights` must be finite where valid; got nan at index \(1, 3\)"):
+        fuse_proposals(*(jnp.asarray(x) for x in (segments, scores, weights, valid)))
+    segments[2, 5], valid[2, 5] = [9.0, 1.0], True
+    with pytest.raises(ValueError, match="`segments` must have start <= end"):
+        fuse_proposals(jnp.asarray(segments), jnp.asarray(scores), None, jnp.asarray(valid), method="soft_nms")
+
+
+def test_works_inside_a_callers_jit():
+    rng = np.random.default_rng(14)
+    segments, scores, weights, valid = random_batch(rng, ITEMS, SIZE, np.float32)
+    traced = jax.jit(lambda *args: fuse_proposals(*args, temperature=0.2).segments)(segments, scores, weights, valid)
+    np.testing.assert_allclose(traced, fuse_proposals(segments, scores, weights, valid, temperature=0.2).segments, rtol=1e-6)
 
 
 def test_pack_fuse_unpack_equals_per_item_calls():
