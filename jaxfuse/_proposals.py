@@ -458,7 +458,7 @@ def fuse_proposals(
         ...                        np.array([0.9, 0.8, 0.5], np.float32), temperature=1.0)
         >>> int(fused.count), fused.group.tolist()
         (2, [0, 0, 1])
-        >>> fused.segments[:2].round(2).tolist()
+        >>> fused.segments[:2].astype(float).round(2).tolist()
         [[0.95, 10.95], [40.0, 50.0]]
     """
     kind = array_kind(segments, scores, weights, valid)

@@ -422,6 +422,10 @@ def test_pack_fuse_unpack_equals_per_item_calls():
     assert sorted(np.concatenate([b.items for b in batches]).tolist()) == list(range(len(sizes)))
     per_item = fuse_proposal_lists(segments_list, scores_list, weights_list, min_size=8, method="uniform")
     assert len(per_item) == len(sizes)
+    by_hand = unpack_proposals(
+        batches, [fuse_proposals(b.segments, b.scores, b.weights, b.valid, method="uniform") for b in batches]
+    )
+    assert [item.count for item in by_hand] == [item.count for item in per_item]
     for (segments, scores, weights), result in zip(items, per_item):
         # Each item alone, padded to the common test size (one compiled shape for all).
         n = len(scores)
