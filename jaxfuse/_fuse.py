@@ -43,17 +43,21 @@ class FusionResult(NamedTuple):
 
 
 class _Template(NamedTuple):
-    fit: Callable  # (values [M, K], probabilities [M], mask [M], options) -> (parameters, result, steps)
-    location: Callable  # parameters -> [K]
+    fit: Callable  # (values [B, M, K], probabilities [B, M], mask [B, M], options) -> (parameters, result [B], steps [B])
+    location: Callable  # parameters -> [B, K]
     options_type: type | None = None
 
 
-def _closed_form(fit):
-    def fit_with_codes(values, probabilities, mask, options):
-        del options
-        return fit(values, probabilities, mask), jnp.asarray(ResultCode.SUCCESSFUL, RESULT_DTYPE), jnp.zeros((), jnp.int32)
+def _closed_form(fit_one_group):
+    """Batch a per-group closed form with vmap; it always succeeds in zero steps."""
 
-    return fit_with_codes
+    def fit(values, probabilities, mask, options):
+        del options
+        parameters = jax.vmap(fit_one_group)(values, probabilities, mask)
+        groups = values.shape[0]
+        return parameters, jnp.full((groups,), ResultCode.SUCCESSFUL, RESULT_DTYPE), jnp.zeros((groups,), jnp.int32)
+
+    return fit
 
 
 TEMPLATES: dict[str, _Template] = {
@@ -65,25 +69,26 @@ TEMPLATES: dict[str, _Template] = {
 }
 
 
-def _fuse_one_group(values, weights, mask, temperature, template: str, options):
-    """Fuse one padded group: ``values [M, K]``, ``weights [M]``, ``mask [M]``."""
-    finite = jnp.all(jnp.where(mask[:, None], jnp.isfinite(values), True)) & jnp.all(
-        jnp.where(mask, jnp.isfinite(weights), True)
-    )
-    nonempty = jnp.any(mask)
+@functools.partial(jax.jit, static_argnames=("template", "options"))
+def _fuse_flat(values, weights, mask, temperature, template: str, options) -> FusionResult:
+    """Fuse ``[B, M, K]`` padded groups with per-group result codes; one compile per (template, options, shapes, dtype)."""
+    finite = jnp.all(jnp.isfinite(values) | ~mask[..., None], axis=(1, 2)) & jnp.all(jnp.isfinite(weights) | ~mask, axis=1)
+    nonempty = jnp.any(mask, axis=1)
     usable = finite & nonempty
     # A failed group is fitted as a harmless one-member group, then zeroed: no NaN
     # is ever computed, so none can leak into values or gradients.
-    fit_mask = jnp.where(usable, mask, jnp.arange(mask.shape[0]) == 0)
-    clean_values = jnp.where(fit_mask[:, None] & usable, values, 0)
-    clean_weights = jnp.where(fit_mask & usable, weights, 0)
-    probabilities = member_probabilities(clean_weights, fit_mask, temperature)
+    fit_mask = jnp.where(usable[:, None], mask, jnp.arange(mask.shape[1]) == 0)
+    keep = fit_mask & usable[:, None]
+    clean_values = jnp.where(keep[..., None], values, 0)
+    probabilities = member_probabilities(jnp.where(keep, weights, 0), fit_mask, temperature)
 
     kernel = TEMPLATES[template]
     parameters, result, steps = kernel.fit(clean_values, probabilities, fit_mask, options)
     location = kernel.location(parameters)
 
-    zero_if_failed = lambda x: jnp.where(usable, x, jnp.zeros_like(x))  # noqa: E731
+    def zero_if_failed(x):
+        return jnp.where(usable.reshape(usable.shape + (1,) * (x.ndim - 1)), x, jnp.zeros_like(x))
+
     result = jnp.where(
         nonempty, jnp.where(finite, result, ResultCode.NONFINITE_INPUT), ResultCode.EMPTY_GROUP
     ).astype(RESULT_DTYPE)
@@ -96,13 +101,6 @@ def _fuse_one_group(values, weights, mask, temperature, template: str, options):
     )
 
 
-@functools.partial(jax.jit, static_argnames=("template", "options"))
-def _fuse_flat(values, weights, mask, temperature, template: str, options) -> FusionResult:
-    """``[B, M, K]`` groups, batched with vmap; one compile per (template, options, shapes, dtype)."""
-    fuse = functools.partial(_fuse_one_group, temperature=temperature, template=template, options=options)
-    return jax.vmap(fuse)(values, weights, mask)
-
-
 @jax.jit
 def _fuse_gaussian_fast(values, weights, mask, temperature) -> tuple[FusionResult, jax.Array]:
     """The Gaussian fit of a whole batch in two passes over ``values``, and whether it is valid.
@@ -110,7 +108,7 @@ def _fuse_gaussian_fast(values, weights, mask, temperature) -> tuple[FusionResul
     On CPU, XLA runs the weighted sum as a batched contraction several times
     faster than an element-wise loop over ``[B, M, K]`` with its short minor
     axis, and every extra pass over the values costs a pass of memory traffic.
-    So this path skips the per-group sanitising of :func:`_fuse_one_group`: any
+    So this path skips the per-group sanitising of :func:`_fuse_flat`: any
     non-finite value, padding included, makes its group's moments non-finite,
     and the returned flag is False; the caller then recomputes the batch with
     the careful per-group kernel, which gives the documented result codes.
