@@ -414,11 +414,11 @@ def test_works_inside_a_callers_jit():
 
 def test_pack_fuse_unpack_equals_per_item_calls():
     rng = np.random.default_rng(8)
-    sizes = [0, 1, 5, 17, 40, 3, 33]
+    sizes = [0, 1, 5, 17, 3, 30]
     items = [random_item(rng, n) for n in sizes]
     segments_list, scores_list, weights_list = (list(parts) for parts in zip(*items))
     batches = pack_proposals(segments_list, scores_list, weights_list, min_size=8)
-    assert sorted(b.segments.shape[1] for b in batches) == [8, 32, 64]
+    assert sorted(b.segments.shape[1] for b in batches) == [8, 32]
     assert sorted(np.concatenate([b.items for b in batches]).tolist()) == list(range(len(sizes)))
     per_item = fuse_proposal_lists(segments_list, scores_list, weights_list, min_size=8, method="uniform")
     assert len(per_item) == len(sizes)
