@@ -36,6 +36,15 @@ from jaxfuse._fuse import (
     fuse_student_t,
     fuse_uniform,
 )
+from jaxfuse._grouping import ProposalGroups, group_proposals
+from jaxfuse._proposals import (
+    FusedProposals,
+    PaddedProposals,
+    fuse_proposal_lists,
+    fuse_proposals,
+    pack_proposals,
+    unpack_proposals,
+)
 from jaxfuse._ragged import PackedGroups, bucket_size, pack_groups, unpack_groups, unpack_members
 from jaxfuse._result import ResultCode
 from jaxfuse._student_t import StudentTParameters
@@ -52,11 +61,14 @@ __all__ = [
     "Detections",
     "ExponentialParameters",
     "FitResult",
+    "FusedProposals",
     "FusionResult",
     "GaussianParameters",
     "GroundTruth",
     "LaplaceParameters",
     "PackedGroups",
+    "PaddedProposals",
+    "ProposalGroups",
     "ResultCode",
     "StudentTParameters",
     "THUMOS14_THRESHOLDS",
@@ -72,17 +84,22 @@ __all__ = [
     "fuse_gaussian",
     "fuse_groups",
     "fuse_laplace",
+    "fuse_proposal_lists",
+    "fuse_proposals",
     "fuse_student_t",
     "fuse_uniform",
     "gaussian_density",
+    "group_proposals",
     "laplace_density",
     "load_activitynet_json",
     "max_runs_per_threshold",
     "member_probabilities",
     "pack_groups",
+    "pack_proposals",
     "proposals_from_cas",
     "student_t_density",
     "uniform_density",
     "unpack_groups",
     "unpack_members",
+    "unpack_proposals",
 ]
