@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# One command on a GPU machine: the full `jaxfuse bench` report, then the pytest
+# benchmark suite as JSON, in under 10 minutes on one H100/H200.
+#
+#   bash benchmarks/gpu.sh
+#
+# Optional: PYTHON=/path/to/python (the interpreter), BENCH_ARGS (instead of
+# "--full --memory-gb 32"), PYTEST_FILTER (a pytest -k expression).
+#
+# Needs a Python whose jax sees the GPU (jax[cuda12]) and the bench extra
+# (pytest-benchmark, matplotlib, scipy) already installed: the GPU machines
+# cannot reach a package index. Writes, under benchmarks/results/:
+#   <gpu>.md, <gpu>.json, <gpu>-*.png   the report (kept up to date section by section)
+#   <gpu>.log                           the command's output
+#   <gpu>-pytest.json                   pytest-benchmark's statistics
+# where <gpu> is the device name, e.g. nvidia-h100-80gb-hbm3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# Let measurements allocate what they need instead of 75% of the GPU up front.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+PYTHON="${PYTHON:-python3}"
+
+"$PYTHON" - <<'EOF'
+import os
+import sys
+
+import jax
+
+device = jax.devices()[0]
+print(f"jax {jax.__version__} on {device.platform}: {device.device_kind} (x{len(jax.devices())})", flush=True)
+if device.platform != "gpu" and not os.environ.get("JAXFUSE_BENCH_ALLOW_CPU"):
+    sys.exit("gpu.sh: JAX sees no GPU (install jax[cuda12]); JAXFUSE_BENCH_ALLOW_CPU=1 runs it on CPU anyway")
+EOF
+
+machine="$("$PYTHON" -c 'from jaxfuse._bench import machine_name; print(machine_name())')"
+results=benchmarks/results
+mkdir -p "$results"
+start=$SECONDS
+status=0
+
+# About 5 minutes: the numpy and scipy baselines run on the host and dominate.
+# G = 10^7 needs about 21 GB of host memory for the baseline's data and chunks.
+# A run cut short by the timeout keeps the sections it finished.
+# shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
+timeout 360 "$PYTHON" -m jaxfuse._cli bench ${BENCH_ARGS:---full --memory-gb 32} 2>&1 | tee "$results/$machine.log" \
+    || { status=$?; echo "gpu.sh: jaxfuse bench exited with status $status"; }
+
+# The same measurements under pytest-benchmark (G = 10^7 left to the command above).
+JAXFUSE_BENCH_MEMORY_GB=4 timeout 200 "$PYTHON" -m pytest -q -p no:cacheprovider \
+    benchmarks/test_bench_floors.py benchmarks/test_bench_fusion.py \
+    benchmarks/test_bench_student_t.py benchmarks/test_bench_compile.py ${PYTEST_FILTER:+-k "$PYTEST_FILTER"} \
+    --benchmark-only --benchmark-json "$results/$machine-pytest.json" 2>&1 | tail -n 25 \
+    || { status=$?; echo "gpu.sh: pytest exited with status $status"; }
+
+echo "gpu.sh: done in $((SECONDS - start)) s; report: $results/$machine.md"
+exit "$status"
