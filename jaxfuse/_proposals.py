@@ -45,6 +45,7 @@ from jaxfuse._grouping import (
     value_problems,
 )
 from jaxfuse._interop import ArrayKind, array_kind, from_jax
+from jaxfuse._ragged import bucket_size
 from jaxfuse._result import RESULT_DTYPE, ResultCode
 from jaxfuse._soft_nms import DECAYS, DEFAULT_SCORE_FLOOR, DEFAULT_SIGMA, soft_nms_batch
 from jaxfuse._student_t import StudentTParameters
@@ -260,11 +261,6 @@ def _fused_scores(scores, weights, groups: ProposalGroups, temperature):
 # ------------------------------------------------------------------ padded templates
 
 
-def _bucket(n: int) -> int:
-    """The smallest power of two >= n (and >= 1)."""
-    return 1 << max(int(n) - 1, 0).bit_length()
-
-
 @jax.jit
 def _largest_group(groups: ProposalGroups):
     items, size = groups.group.shape
@@ -322,7 +318,7 @@ def _fuse_padded(segments, scores, weights, groups: ProposalGroups, temperature,
         largest_count, largest_size = (int(v) for v in _largest_group(groups))
         if largest_count == 0:
             return _no_groups(method, scores, groups)
-        max_groups, max_members = (min(_bucket(n), size) for n in (largest_count, largest_size))
+        max_groups, max_members = (min(bucket_size(n), size) for n in (largest_count, largest_size))
     values, packed_weights, mask = _pack_groups(
         segments, weights, groups, max_groups=max_groups, max_members=max_members
     )
@@ -523,11 +519,6 @@ class PaddedProposals(NamedTuple):
     valid: np.ndarray
     items: np.ndarray
     sizes: np.ndarray
-
-
-def bucket_size(n: int, min_size: int = 16) -> int:
-    """The padded length of an item with ``n`` proposals: a power of two >= ``min_size``."""
-    return _bucket(max(int(n), int(min_size), 1))
 
 
 def pack_proposals(
