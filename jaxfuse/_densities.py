@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import gammaln
 
+from jaxfuse._templates import weighted_median
+
 Parameters = Any  # a pytree of scalars for one group
 
 
@@ -143,8 +145,6 @@ def student_t_density(df: float) -> TemplateDensity:
 
     def initial_parameters(values, probabilities, mask):
         # The likelihood is not concave: start near the robust centre, as the Newton solver does.
-        from jaxfuse._templates import weighted_median
-
         centre = weighted_median(values[:, None], probabilities, mask)[0]
         start = _location_scale_start(values, probabilities, mask)
         return {"location": centre, "log_scale": start["log_scale"]}

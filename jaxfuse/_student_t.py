@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from jax.scipy.special import gammaln
 
 from jaxfuse._result import RESULT_DTYPE, ResultCode
-from jaxfuse._templates import masked_extremes
+from jaxfuse._templates import masked_extremes, weighted_median
 
 DEFAULT_DF = 3.0
 """Default degrees of freedom: heavy tails, yet a finite variance."""
@@ -221,8 +221,6 @@ def _heaviest_value(values, probabilities, mask):
 
 def _robust_start(values, probabilities, mask):
     """Weighted median and a positive spread around it (mean absolute deviation, else std)."""
-    from jaxfuse._templates import weighted_median  # local: keep the module's imports minimal
-
     median = weighted_median(values[:, None], probabilities, mask)[0]
     deviation = jnp.where(mask, values - median, 0)
     mean_absolute = probabilities @ jnp.abs(deviation)
