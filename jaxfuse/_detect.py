@@ -15,21 +15,23 @@ batch of videos:
    the inner score as the softmax logit, as published;
 4. the fused instances are written back per (video, class), padded.
 
-How it maps onto compiled programs. The work is three compiled programs per
-batch, whatever the number of videos, classes or proposals: (a) gather the
-items' sequences and find their proposals, (b) group and fuse
-(``fuse_proposals``; Laplace and Student-t size their padded groups with one
-more host read), (c) scatter the fused instances to ``[V, C, N]``. Between them
-the host reads two integers (the largest proposal count, the largest fused
-count) to size the next program, so that grouping works on as many slots as
-the busiest item needs (a few hundred) rather than the static bound (about
-3,400 for 512 snippets), which would cost several times more.
+How it maps onto compiled programs. Per batch, whatever the number of videos,
+classes or proposals, the work is four compiled programs: (a) gather the
+items' sequences and count the proposals each will have, from the number of
+levels below each snippet (O(L) per item); (b) the proposals
+(``proposals_from_cas``) in as many slots as the busiest item needs; (c) the
+grouping and fusion (``fuse_proposals``; Laplace and Student-t size their
+padded groups with one more host read); (d) the scatter to ``[V, C, N]``. The
+host reads two integers on the way (the largest proposal count, after (a); the
+largest fused count, after (c)) to size the next program: grouping then works
+on a few hundred slots per item instead of the static bound (3,420 for 512
+snippets), several times less work.
 
-Shapes are bucketed to powers of two, so a dataset compiles a handful of
-programs: the snippet axis ``L`` is padded to a power of two (>= 16), the
-number of items and the proposal and detection slots likewise.
-:func:`detect_videos` takes a list of videos of any lengths and groups them
-into such buckets.
+Shapes are bucketed, so a dataset compiles a handful of programs: the snippet
+axis ``L`` is padded to a power of two (>= 16), and the numbers of items,
+proposal slots and detection slots to 16 x 1, 1.5, 2, 3, 4, 6, ... (two sizes
+per octave: padding is at most a third of the work). :func:`detect_videos`
+takes a list of videos of any lengths and groups them into such buckets.
 
 Convention choices (all documented in the SPEC or the published code):
 
@@ -60,7 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfuse._cas import CONVENTIONS, proposals_from_cas
+from jaxfuse._cas import CONVENTIONS, max_runs_per_threshold, proposals_from_cas
 from jaxfuse._evaluate import Detections
 from jaxfuse._grouping import validate_overlap, validate_threshold
 from jaxfuse._interop import _is_torch_tensor, array_kind, from_jax
@@ -185,16 +187,35 @@ class VideoDetections(NamedTuple):
 # ------------------------------------------------------------------ kernels
 
 
-@functools.partial(
-    jax.jit, static_argnames=("thresholds", "padded_length", "convention", "min_length", "max_proposals")
-)
-def _item_proposals(cas, length, video_index, class_index, item_valid, *, thresholds, padded_length, convention,
-                    min_length, max_proposals):
-    """Gather each item's sequence ``[I, padded_length]`` and find its proposals.
+def _slots(n: int, minimum: int = _MIN_BUCKET) -> int:
+    """The padded size of an axis holding ``n``: ``minimum`` times 1, 1.5, 2, 3, 4, 6, 8, ...
 
-    Returns the proposals, the largest proposal count (to size the fusion) and
-    the flat ``[I, padded_length]`` index of the first non-finite CAS value
-    inside a video (-1 if none), all in one program.
+    Two sizes per octave: at most a third of the work is padding (a quarter on
+    average), for one more compiled shape per octave than powers of two.
+    """
+    size = minimum
+    while size < n:
+        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+    return size
+
+
+@functools.partial(jax.jit, static_argnames=("padded_length", "min_length"))
+def _item_sequences(cas, length, video_index, class_index, item_valid, levels, *, padded_length, min_length):
+    """Each item's CAS ``[I, padded_length]`` (zero outside its video), and how many proposal slots it needs.
+
+    The levels are sorted, so a snippet is above level ``t`` exactly when ``t <
+    k``, ``k`` the number of levels below it. A run of at least ``min_length``
+    snippets at level ``t`` starts at ``i`` when ``t`` is below the smallest ``k``
+    of snippets ``i .. i + min_length - 1`` but not below ``k[i - 1]``: every
+    start of every level is counted from ``k`` in O(L) per item instead of
+    O(T x L). Sizing the proposal kernel from the largest count (a few hundred
+    on THUMOS-like data) instead of its static bound (3,420 slots for 512
+    snippets) divides the scoring and the grouping work several times.
+
+    Returns:
+        The sequences, each item's length, the largest proposal count of any
+        item, and the flat ``[I, padded_length]`` index of the first non-finite
+        value inside a video (-1 if none).
     """
     if cas.dtype in (jnp.float16, jnp.bfloat16):
         cas = cas.astype(jnp.float32)
@@ -204,21 +225,36 @@ def _item_proposals(cas, length, video_index, class_index, item_valid, *, thresh
     inside = jnp.arange(padded_length, dtype=jnp.int32) < item_length[:, None]
     bad = (inside & ~jnp.isfinite(sequences)).reshape(-1)
     first_bad = jnp.where(jnp.any(bad), jnp.argmax(bad), -1)
-    found = proposals_from_cas(
-        jnp.where(inside, sequences, 0),
-        np.asarray(thresholds),
-        length=item_length,
-        convention=convention,
-        min_length=min_length,
+    sequences = jnp.where(inside, sequences, 0)
+
+    levels_below = jnp.sum(sequences[:, :, None] > levels.astype(sequences.dtype), axis=-1, dtype=jnp.int32)
+    levels_below = jnp.where(inside, levels_below, 0)
+    window = jnp.pad(levels_below, ((0, 0), (0, min_length - 1)))
+    smallest_ahead = jax.lax.reduce_window(window, jnp.iinfo(jnp.int32).max, jax.lax.min, (1, min_length), (1, 1), "VALID")
+    before = jnp.pad(levels_below, ((0, 0), (1, 0)))[:, :-1]
+    starts = jnp.maximum(smallest_ahead - before, 0)
+    largest_count = jnp.max(jnp.sum(starts, axis=-1), initial=0)
+    return sequences, item_length, largest_count, first_bad
+
+
+@functools.partial(jax.jit, static_argnames=("thresholds", "convention", "min_length", "max_proposals"))
+def _item_proposals(sequences, item_length, *, thresholds, convention, min_length, max_proposals):
+    """:func:`jaxfuse.proposals_from_cas` of the items, with ``max_proposals`` slots each."""
+    return proposals_from_cas(
+        sequences, np.asarray(thresholds), length=item_length, convention=convention, min_length=min_length,
         max_proposals=max_proposals,
     )
-    return found, jnp.max(found.count, initial=0), first_bad
 
 
-@functools.partial(jax.jit, static_argnames=("size",))
-def _first_slots(found, *, size):
-    """The first ``size`` proposal slots (all the real ones) as fusion input."""
-    return found.segments[:, :size], found.contrast[:, :size], found.inner[:, :size], found.valid[:, :size]
+def _comparable_levels(levels: tuple[float, ...], dtype) -> np.ndarray:
+    """The levels in ``dtype``, rounded toward -inf as ``proposals_from_cas`` compares them.
+
+    ``cas > level`` in ``dtype`` then agrees with the float64 comparison for
+    every ``cas`` of that dtype (no value lies between a level and its rounding).
+    """
+    exact = np.asarray(levels, np.float64)
+    narrow = exact.astype(dtype)
+    return np.where(narrow > exact, np.nextafter(narrow, np.array(-np.inf, dtype)), narrow)
 
 
 @functools.partial(jax.jit, static_argnames=("num_videos", "num_classes", "size"))
@@ -376,6 +412,13 @@ def detect(
             (``student_t``: ``df``, ...; ``soft_nms``: ``sigma``, ``decay``,
             ``score_floor``).
 
+    ``detect`` itself is not traceable (it sizes its programs from the data,
+    on the host): call it outside ``jax.jit``. ``"laplace"`` and
+    ``"student_t"`` fit padded groups sized by the largest group count and
+    size in the batch (see :func:`jaxfuse.fuse_proposals`), which costs far more
+    than the closed forms on noisy CAS (tens of seconds for 200 videos on 2
+    CPU cores with Student-t); smaller batches pad less.
+
     Returns:
         A :class:`VideoDetections` of the array kind of ``cas`` (numpy in,
         numpy out). ``to_predictions()`` gives the flat arrays of
@@ -420,38 +463,45 @@ def detect(
     if max_proposals is not None:
         max_proposals = positive_int(max_proposals, "max_proposals")
 
-    # Items: the selected (video, class) pairs, video-major, padded to a power of two.
+    # Items: the selected (video, class) pairs, video-major, padded to a bucketed count.
     video_index, class_index = np.nonzero(scores >= class_threshold)
     num_items = video_index.size
-    item_slots = bucket_size(num_items, _MIN_BUCKET)
+    item_slots = _slots(num_items)
     pad = lambda x: np.pad(x.astype(np.int32), (0, item_slots - num_items))  # noqa: E731
     video_index, class_index = pad(video_index), pad(class_index)
     item_valid = np.arange(item_slots) < num_items
     padded_length = bucket_size(num_snippets, _MIN_BUCKET)
+    compute_dtype = np.float32 if cas.dtype in (jnp.float16, jnp.bfloat16) else np.dtype(cas.dtype)
 
-    found, largest_count, first_bad = _item_proposals(
-        cas, video_length, video_index, class_index, item_valid,
-        thresholds=levels, padded_length=padded_length, convention=convention,
-        min_length=min_length, max_proposals=max_proposals,
+    sequences, item_length, largest_count, first_bad = _item_sequences(
+        cas, video_length, video_index, class_index, item_valid, _comparable_levels(levels, compute_dtype),
+        padded_length=padded_length, min_length=min_length,
     )
     largest_count, first_bad = (int(x) for x in jax.device_get((largest_count, first_bad)))
     if first_bad >= 0:
         item, snippet = divmod(first_bad, padded_length)
         index = (int(video_index[item]), snippet, int(class_index[item]))
         raise ValueError(f"`cas` must be finite inside each video; first non-finite value at index {index}")
+    sound_bound = len(levels) * max_runs_per_threshold(padded_length, min_length)
+    proposal_slots = min(_slots(largest_count), sound_bound) if max_proposals is None else max_proposals
 
-    proposal_slots = min(bucket_size(largest_count, _MIN_BUCKET), found.valid.shape[-1])
-    segments, contrast, inner, valid = _first_slots(found, size=proposal_slots)
-    fused = fuse_proposals(
-        segments, contrast, inner, valid,
-        overlap_threshold=overlap_threshold, overlap=overlap, discrete=discrete,
-        method=method, temperature=temperature, **options,
-    )
-    if max_detections is None:
-        # A host read of [items] counts: no extra compiled program.
-        detection_slots = bucket_size(int(np.max(np.asarray(fused.count), initial=0)), _MIN_BUCKET)
-    else:
-        detection_slots = max_detections
+    def proposals_and_fusion(slots):
+        found = _item_proposals(
+            sequences, item_length, thresholds=levels, convention=convention, min_length=min_length, max_proposals=slots
+        )
+        fused = fuse_proposals(
+            found.segments, found.contrast, found.inner, found.valid,
+            overlap_threshold=overlap_threshold, overlap=overlap, discrete=discrete,
+            method=method, temperature=temperature, **options,
+        )
+        # One host read of [items] counts: no extra compiled program.
+        return found, fused, *(int(np.max(np.asarray(x), initial=0)) for x in (found.num_found, fused.count))
+
+    found, fused, most_found, most_fused = proposals_and_fusion(proposal_slots)
+    if max_proposals is None and most_found > proposal_slots:
+        # The count above and proposals_from_cas disagree: never seen, but never drop proposals for it.
+        found, fused, most_found, most_fused = proposals_and_fusion(sound_bound)
+    detection_slots = _slots(most_fused) if max_detections is None else max_detections
     result = _dense_detections(
         fused.segments, fused.scores, fused.spread, fused.count, found.num_found, found.count,
         video_index, class_index, item_valid,
