@@ -99,6 +99,7 @@ class Sizes:
     floor_elements: int  # float32 elements of the floors' arrays
     memory_gb: float  # default cap on the memory one measurement may use
     min_seconds: float = 0.2  # keep timing short calls until this much was timed
+    max_seconds: float = 2.0  # stop timing slow calls once this much was timed (twice that for baselines)
 
 
 QUICK = Sizes(
@@ -135,6 +136,7 @@ FULL = dataclasses.replace(
     baseline_repeats=3,
     floor_elements=1 << 26,
     memory_gb=8.0,
+    max_seconds=5.0,
 )
 SMOKE = Sizes(
     name="smoke",
@@ -622,8 +624,10 @@ def measure_floors(sizes: Sizes) -> Section:
     elements = sizes.floor_elements if jax.devices()[0].platform == "cpu" else max(sizes.floor_elements, 1 << 28)
     x = jax.device_put(jnp.linspace(-10.0, 0.0, elements, dtype=jnp.float32))
     copy, exp = jax.jit(lambda a: a + 0), jax.jit(jnp.exp)
-    copy_time = time_call(lambda: copy(x), repeats=sizes.repeats, min_seconds=sizes.min_seconds)
-    exp_time = time_call(lambda: exp(x), repeats=sizes.repeats, min_seconds=sizes.min_seconds)
+    copy_time = time_call(lambda: copy(x), repeats=sizes.repeats, min_seconds=sizes.min_seconds,
+                          max_seconds=sizes.max_seconds)
+    exp_time = time_call(lambda: exp(x), repeats=sizes.repeats, min_seconds=sizes.min_seconds,
+                         max_seconds=sizes.max_seconds)
     copy_gbps = 2 * x.nbytes / copy_time.best / 1e9
     exp_rate = x.size / exp_time.best
     array = f"{x.size:,} float32 ({x.nbytes / 1e6:.0f} MB)"
@@ -659,14 +663,16 @@ def measure_closed_form(template: str, data: SyntheticGroups, sizes: Sizes, *, h
         return jaxfuse.fuse_groups(values, weights, mask, template=template, temperature=TEMPERATURE)
 
     fused = jax.block_until_ready(fuse())  # compile outside the timing
-    jax_time = time_call(fuse, repeats=sizes.repeats, warmup=0, min_seconds=sizes.min_seconds)
+    jax_time = time_call(fuse, repeats=sizes.repeats, warmup=0, min_seconds=sizes.min_seconds,
+                         max_seconds=sizes.max_seconds)
     host_seconds = math.nan
     if host:
         host_seconds = time_call(lambda: jaxfuse.fuse_groups(*data, template=template, temperature=TEMPERATURE),
-                                 repeats=sizes.repeats, min_seconds=sizes.min_seconds).median
+                                 repeats=sizes.repeats, min_seconds=sizes.min_seconds,
+                                 max_seconds=sizes.max_seconds).median
     # The baseline pays for fresh float64 temporaries (page faults) in every call, like a user's loop would.
     numpy_time = time_call(lambda: numpy_closed_form(template, *data), repeats=sizes.baseline_repeats, warmup=0,
-                           min_seconds=min(0.05, sizes.min_seconds), max_seconds=8.0, max_rounds=20)
+                           min_seconds=min(0.05, sizes.min_seconds), max_seconds=2 * sizes.max_seconds, max_rounds=20)
     difference = math.nan
     if check:
         reference = numpy_time.result
@@ -843,12 +849,14 @@ def measure_ragged(sizes: Sizes) -> Section:
         packed_list = pack()
         slots = sum(p.mask.size for p in packed_list)
         _fuse_packed(packed_list)  # compile every bucket outside the timing
-        pack_time = time_call(pack, repeats=sizes.repeats, warmup=0, min_seconds=sizes.min_seconds)
+        pack_time = time_call(pack, repeats=sizes.repeats, warmup=0, min_seconds=sizes.min_seconds,
+                              max_seconds=sizes.max_seconds)
         fuse_time = time_call(lambda: _fuse_packed(packed_list), repeats=sizes.repeats, warmup=0,
-                              min_seconds=sizes.min_seconds)
+                              min_seconds=sizes.min_seconds,
+                              max_seconds=sizes.max_seconds)
         baseline = time_call(lambda: [numpy_closed_form("gaussian", p.values, p.weights, p.mask) for p in packed_list],
                              repeats=sizes.baseline_repeats, warmup=0, min_seconds=min(0.05, sizes.min_seconds),
-                             max_seconds=8.0, max_rounds=20)
+                             max_seconds=2 * sizes.max_seconds, max_rounds=20)
         speedup = baseline.median / fuse_time.median
         with_packing = (baseline.median + pack_time.median) / (fuse_time.median + pack_time.median)
         section.rows.append([name, f"{slots:,}", _fraction(lengths.sum() / slots), _seconds(pack_time.median),
@@ -889,7 +897,8 @@ def measure_student_t(sizes: Sizes) -> Section:
         return jaxfuse.fuse_student_t(values, weights, mask, temperature=TEMPERATURE, df=STUDENT_T_DF)
 
     compile_seconds, fused = first_call_seconds(fuse)
-    jax_time = time_call(fuse, repeats=max(3, sizes.repeats // 2), warmup=0, min_seconds=sizes.min_seconds)
+    jax_time = time_call(fuse, repeats=max(3, sizes.repeats // 2), warmup=0, min_seconds=sizes.min_seconds,
+                         max_seconds=sizes.max_seconds)
     steps, codes = np.asarray(fused.steps), np.asarray(fused.result)
     iterated = steps[steps > 0]
     code_counts = {ResultCode(c).name: int(n) for c, n in zip(*np.unique(codes, return_counts=True))}
@@ -1084,10 +1093,13 @@ def measure_pipeline(sizes: Sizes) -> Section:
     cas_device, length_device = _device_arrays(cas.cas, cas.length)
     stage_cas = time_call(lambda: proposals_from_cas(cas_device, CAS_THRESHOLDS, classes_last=True,
                                                      length=length_device),
-                          repeats=sizes.repeats, min_seconds=sizes.min_seconds)
-    stage_fuse = time_call(fuse_only, repeats=sizes.repeats, min_seconds=sizes.min_seconds)
+                          repeats=sizes.repeats, min_seconds=sizes.min_seconds,
+                          max_seconds=sizes.max_seconds)
+    stage_fuse = time_call(fuse_only, repeats=sizes.repeats, min_seconds=sizes.min_seconds,
+                           max_seconds=sizes.max_seconds)
     whole = time_call(lambda: _jaxfuse_pipeline(cas), repeats=max(2, sizes.repeats // 2), warmup=0,
-                      min_seconds=sizes.min_seconds)
+                      min_seconds=sizes.min_seconds,
+                      max_seconds=sizes.max_seconds)
 
     loop_cas = time_call(lambda: [reference_cas_proposals(cas.cas[v, :, c], int(cas.length[v]))
                                   for v in range(videos) for c in range(classes)], repeats=1, warmup=0, min_seconds=0)
@@ -1099,7 +1111,8 @@ def measure_pipeline(sizes: Sizes) -> Section:
     truth = GroundTruth(cas.truth_video, cas.truth_label, cas.truth_segments)
     detections = _detections(fused_items, classes)
     evaluate = time_call(lambda: evaluate_detections(detections, truth), repeats=max(2, sizes.repeats // 2),
-                         min_seconds=sizes.min_seconds)
+                         min_seconds=sizes.min_seconds,
+                         max_seconds=sizes.max_seconds)
     result = evaluate_detections(detections, truth)
 
     proposal_count = int(proposals.count.sum())
@@ -1232,6 +1245,15 @@ def _figure(width: float = 6.4, height: float = 3.6):
     return figure, figure.add_subplot(1, 1, 1)
 
 
+def _plain_log_ticks(axis) -> None:
+    """Ticks at 1, 2 and 5 times powers of ten, written as plain numbers (not 3 x 10^0)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _save(figure, path: Path, title: str) -> Path:
     figure.axes[0].set_title(title, fontsize=9)
     figure.tight_layout()
@@ -1245,7 +1267,8 @@ def write_plots(sections: dict[str, Section], info: dict[str, Any], directory: P
         import matplotlib  # noqa: F401
     except ImportError:
         return []
-    stem, subtitle = info["machine"], f"{info['machine']}, jax {info['jax']}, {info['date'][:10]}"
+    # The subtitle goes on a second line, so long machine names are not cut off.
+    stem, subtitle = info["machine"], f"\n{info['machine']}, jax {info['jax']}, {info['date'][:10]}"
     paths = []
     if points := sections.get("groups", Section("", "", "", [])).data.get("points"):
         figure, axes = _figure()
@@ -1254,18 +1277,19 @@ def write_plots(sections: dict[str, Section], info: dict[str, Any], directory: P
         axes.loglog(groups, [p["numpy_gbps"] for p in points], "s--", label="numpy (vectorized)")
         if "floors" in sections:
             axes.axhline(sections["floors"].data["copy_gbps"], color="gray", linestyle=":", label="copy bandwidth")
-        axes.set(xlabel="groups G (M = 32, K = 3, float32)", ylabel="GB/s moved")
+        axes.set(xlabel="groups G (M = 32, K = 3, float32)", ylabel="GB/s moved (best times)")
+        _plain_log_ticks(axes.yaxis)
         axes.legend(fontsize=8)
-        paths.append(_save(figure, directory / f"{stem}-throughput-vs-groups.png", f"Gaussian fusion vs G: {subtitle}"))
+        paths.append(_save(figure, directory / f"{stem}-throughput-vs-groups.png", f"Gaussian fusion vs G{subtitle}"))
     if points := sections.get("members", Section("", "", "", [])).data.get("points"):
         figure, axes = _figure()
         members = [p["members"] for p in points]
         axes.loglog(members, [p["slots_per_second"] for p in points], "o-", label="jaxfuse", base=2)
         axes.loglog(members, [p["numpy_slots_per_second"] for p in points], "s--", label="numpy (vectorized)", base=2)
-        axes.set(xlabel="padded group size M (G x M constant)", ylabel="padded members / s")
+        axes.set(xlabel="padded group size M (G x M constant)", ylabel="padded members / s (best times)")
         axes.legend(fontsize=8)
         paths.append(_save(figure, directory / f"{stem}-throughput-vs-members.png",
-                           f"Gaussian fusion vs M: {subtitle}"))
+                           f"Gaussian fusion vs M{subtitle}"))
     speedups = _speedups(sections)
     if speedups:
         figure, axes = _figure(height=0.35 * len(speedups) + 1.2)
@@ -1279,7 +1303,7 @@ def write_plots(sections: dict[str, Section], info: dict[str, Any], directory: P
         axes.set(xlabel="speed-up of jaxfuse over the baseline (log)")
         axes.invert_yaxis()
         paths.append(_save(figure, directory / f"{stem}-speedup.png",
-                           f"Speed-up over each baseline (median times): {subtitle}"))
+                           f"Speed-up over each baseline (median times){subtitle}"))
     if "templates" in sections:
         data = sections["templates"].data
         figure, axes = _figure()
@@ -1291,7 +1315,7 @@ def write_plots(sections: dict[str, Section], info: dict[str, Any], directory: P
         axes.set(ylabel="fraction of the floor", ylim=(0, max(1.0, *(data[t]["floor_fraction"] for t in names))))
         axes.legend(fontsize=8)
         paths.append(_save(figure, directory / f"{stem}-floor-fraction.png",
-                           f"Closed forms at {data['groups']:,} x {data['members']} x 3: {subtitle}"))
+                           f"Closed forms at {data['groups']:,} x {data['members']} x 3{subtitle}"))
     return paths
 
 
