@@ -1,0 +1,391 @@
+"""``jaxfuse fuse``: ActivityNet-format detection files in, fused detections out.
+
+Every fused detection is checked against a plain numpy copy of the published
+rule, run item by item. Compiles dominate the run time of these tests, so the
+batch height is pinned (one program per padded item size) and the files are
+built so that a handful of shapes cover every test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import jaxfuse._detection_file as detection_file
+from jaxfuse import _cli
+from jaxfuse._detection_file import (
+    DetectionFileError,
+    batch_rows,
+    detection_table,
+    fuse_detection_file,
+    fuse_detections_json,
+    merged_buckets,
+    pack_items,
+)
+from jaxfuse._proposals import pack_proposals
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def pinned_batch_height(monkeypatch):
+    """Batches of 16 items whatever the file size: every test file reuses the same few programs."""
+    monkeypatch.setattr(detection_file, "batch_rows", lambda size, num_items: 16)
+
+
+# ------------------------------------------------------------------ reference
+
+
+def reference_item(segments, scores, weights, *, temperature, threshold=0.25, overlap="candidate", discrete=False):
+    """The published rule on one (video, label), Gaussian template: ``[groups, 3]`` (start, end, score)."""
+    offset = 1.0 if discrete else 0.0
+    remaining = np.argsort(-scores, kind="stable")
+    starts, ends = segments[:, 0], segments[:, 1]
+    fused = []
+    while remaining.size:
+        leader = remaining[0]
+        intersection = np.maximum(
+            0, np.minimum(ends[leader], ends[remaining]) - np.maximum(starts[leader], starts[remaining]) + offset
+        )
+        length = ends[remaining] - starts[remaining] + offset
+        if overlap == "iou":
+            length = length + (ends[leader] - starts[leader] + offset) - intersection
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = np.where(length > 0, intersection / np.where(length > 0, length, 1), 0)
+        absorbed = ratio > threshold
+        absorbed[0] = True
+        members = remaining[absorbed]
+        remaining = remaining[~absorbed]
+        logits = weights[members] / temperature
+        g = np.exp(logits - logits.max())
+        g /= g.sum()
+        fused.append([g @ starts[members], g @ ends[members], g @ scores[members]])
+    return np.asarray(fused, np.float64).reshape(-1, 3)
+
+
+def reference_results(data, *, temperature=0.2, weight_field=None, **options):
+    """``{video: [(label, start, end, score), ...]}`` in the output's order (labels by first appearance)."""
+    label_order = {}
+    for entries in data["results"].values():
+        for entry in entries:
+            label_order.setdefault(entry["label"], len(label_order))
+    expected = {}
+    for video, entries in data["results"].items():
+        rows = []
+        for label in sorted({entry["label"] for entry in entries}, key=label_order.get):
+            members = [entry for entry in entries if entry["label"] == label]
+            segments = np.array([entry["segment"] for entry in members], np.float64)
+            scores = np.array([entry["score"] for entry in members], np.float64)
+            weights = scores if weight_field is None else np.array([entry[weight_field] for entry in members], np.float64)
+            for start, end, score in reference_item(segments, scores, weights, temperature=temperature, **options):
+                rows.append((label, start, end, score))
+        expected[video] = rows
+    return expected
+
+
+def assert_matches_reference(output, data, **options):
+    expected = reference_results(data, **options)
+    assert list(output["results"]) == list(data["results"])  # every video, in file order
+    for video, rows in expected.items():
+        got = output["results"][video]
+        assert [entry["label"] for entry in got] == [row[0] for row in rows], video
+        if rows:
+            values = np.array([[entry["segment"][0], entry["segment"][1], entry["score"]] for entry in got])
+            want = np.array([row[1:] for row in rows])
+            np.testing.assert_allclose(values, want, rtol=2e-5, atol=2e-4 * max(1.0, np.abs(want).max()))
+
+
+# ------------------------------------------------------------------ data
+
+
+def random_results(seed=0, videos=12, max_detections=14, labels=("Long Jump", "Run", "Ski", 7)):
+    """Small ActivityNet-style results: a few labels per video, clustered segments in seconds.
+
+    One video holds 40 detections of one label, so that every item is padded to
+    64 (smaller buckets merge into it) and the whole file is one batch shape.
+    """
+    rng = np.random.default_rng(seed)
+    results = {}
+    for video in range(videos):
+        count = 40 if video == 3 else int(rng.integers(0, max_detections + 1))
+        duration = rng.uniform(20, 200)
+        centres = rng.uniform(0, duration, 3)
+        entries = []
+        for _ in range(count):
+            centre = centres[rng.integers(3)] + rng.normal(0, 2)
+            length = rng.uniform(1, 15)
+            start = round(max(0.0, centre - length / 2), 2)
+            end = round(max(start, centre + length / 2), 2)
+            label = labels[0] if video == 3 else labels[int(rng.integers(len(labels)))]
+            entries.append({
+                "label": label,
+                "score": round(float(rng.uniform(0, 1)), 4),
+                "segment": [start, end],
+                "inner": round(float(rng.uniform(-1, 1)), 3),
+            })
+        results[f"v_{video:03d}"] = entries
+    return {"version": "VERSION 1.3", "results": results, "external_data": {"used": True, "details": "none"}}
+
+
+def write(path, data):
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def cli(*argv):
+    return _cli.main(["fuse", *map(str, argv)])
+
+
+# ------------------------------------------------------------------ the command
+
+
+def test_fused_file_matches_the_published_rule_item_by_item(tmp_path):
+    data = random_results()
+    output = tmp_path / "fused.json"
+    assert cli(write(tmp_path / "in.json", data), "-o", output) == 0
+    fused = json.loads(output.read_text())
+    assert fused["version"] == "VERSION 1.3" and fused["external_data"] == data["external_data"]
+    assert list(fused) == list(data)  # top-level key order kept
+    assert_matches_reference(fused, data, temperature=0.2)
+    # Fusion only merges: never more detections than came in, never fewer than one per item.
+    for video, entries in data["results"].items():
+        assert len({e["label"] for e in entries}) <= len(fused["results"][video]) <= len(entries)
+    assert fused["results"]["v_003"] and all(set(e) == {"label", "score", "segment"} for e in fused["results"]["v_003"])
+
+
+def test_options_reach_the_kernels(tmp_path):
+    data = random_results(seed=1)
+    source = write(tmp_path / "in.json", data)
+    output = tmp_path / "out.json"
+    assert cli(source, "-o", output, "--temperature", "0.05", "--overlap", "iou", "--threshold", "0.1", "--discrete") == 0
+    assert_matches_reference(
+        json.loads(output.read_text()), data, temperature=0.05, overlap="iou", threshold=0.1, discrete=True
+    )
+    assert cli(source, "-o", output, "--weight-field", "inner", "--continuous") == 0
+    assert_matches_reference(json.loads(output.read_text()), data, temperature=0.2, weight_field="inner")
+
+
+def test_nms_keeps_each_leader(tmp_path):
+    data = {"results": {"v": [
+        {"label": "a", "score": 0.5, "segment": [1.0, 9.0]},
+        {"label": "a", "score": 0.9, "segment": [0.0, 10.0]},
+        {"label": "b", "score": 0.3, "segment": [0.0, 10.0]},
+        {"label": "a", "score": 0.2, "segment": [50.0, 60.0]},
+    ]}}
+    output = tmp_path / "out.json"
+    assert cli(write(tmp_path / "in.json", data), "-o", output, "--method", "nms") == 0
+    assert json.loads(output.read_text())["results"]["v"] == [
+        {"label": "a", "score": 0.9, "segment": [0.0, 10.0]},
+        {"label": "a", "score": 0.2, "segment": [50.0, 60.0]},
+        {"label": "b", "score": 0.3, "segment": [0.0, 10.0]},
+    ]
+
+
+def test_python_api_gives_the_file_contents(tmp_path):
+    data = random_results(seed=2)
+    output = tmp_path / "out.json"
+    report = fuse_detection_file(write(tmp_path / "in.json", data), output, progress=False)
+    from_file = json.loads(output.read_text())
+    assert fuse_detections_json(data) == from_file
+    assert report.videos == len(data["results"])
+    assert report.detections == sum(len(v) for v in data["results"].values())
+    assert report.fused_detections == sum(len(v) for v in from_file["results"].values())
+    assert set(report.seconds) == {"read", "check", "fuse", "write", "total"}
+
+
+def test_numbers_are_written_as_short_float32_decimals(tmp_path):
+    data = {"results": {"v": [{"label": "a", "score": 0.1, "segment": [0.1, 0.3]}]}}
+    output = tmp_path / "out.json"
+    assert cli(write(tmp_path / "in.json", data), "-o", output) == 0
+    assert output.read_text() == '{"results": {"v": [{"label": "a", "score": 0.1, "segment": [0.1, 0.3]}]}}\n'
+
+
+def test_empty_results_and_empty_videos(tmp_path):
+    output = tmp_path / "out.json"
+    assert cli(write(tmp_path / "in.json", {"results": {}}), "-o", output) == 0
+    assert json.loads(output.read_text()) == {"results": {}}
+    assert cli(write(tmp_path / "in.json", {"results": {"a": [], "b": []}, "x": 1}), "-o", output) == 0
+    assert json.loads(output.read_text()) == {"results": {"a": [], "b": []}, "x": 1}
+
+
+def test_progress_goes_to_stderr_when_asked(tmp_path, capsys):
+    data = random_results(seed=3)
+    source, output = write(tmp_path / "in.json", data), tmp_path / "out.json"
+    assert cli(source, "-o", output, "--progress") == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "fusing batches" in captured.err and "fused" in captured.err and "parse" in captured.err
+    # A small file is quiet by default, and --quiet is always quiet.
+    assert cli(source, "-o", output) == 0 and cli(source, "-o", output, "--quiet") == 0
+    assert capsys.readouterr().err == ""
+
+
+# ------------------------------------------------------------------ malformed input
+
+
+GOOD = {"label": "a", "score": 0.5, "segment": [1.0, 2.0]}
+
+
+@pytest.mark.parametrize(
+    ("bad_entry", "message"),
+    [
+        ({"label": "a", "score": 0.5, "segment": [3.0, 2.0]},
+         "video 'v_abc', entry 3: segment must be [start, end] with start <= end, got [3.0, 2.0]"),
+        ({"label": "a", "score": 0.5}, "video 'v_abc', entry 3: missing 'segment'"),
+        ({"label": "a", "score": "0.5", "segment": [1, 2]}, "video 'v_abc', entry 3: score must be a finite number, got '0.5'"),
+        ({"label": "a", "score": True, "segment": [1, 2]}, "video 'v_abc', entry 3: score must be a finite number"),
+        ({"label": "a", "score": float("nan"), "segment": [1, 2]}, "video 'v_abc', entry 3: score must be a finite number"),
+        ({"label": "a", "score": 10**400, "segment": [1, 2]}, "video 'v_abc', entry 3: score must be a finite number"),
+        ({"label": "a", "score": 0.5, "segment": [1, 2, 3]}, "video 'v_abc', entry 3: segment must be [start, end] with two"),
+        ({"label": "a", "score": 0.5, "segment": [1, float("inf")]}, "video 'v_abc', entry 3: segment must be [start, end]"),
+        ({"label": "a", "score": 0.5, "segment": "1-2"}, "video 'v_abc', entry 3: segment must be [start, end]"),
+        ({"label": None, "score": 0.5, "segment": [1, 2]}, "video 'v_abc', entry 3: label must be a string or an integer"),
+        ([1, 2], "video 'v_abc', entry 3: expected an object with 'label', 'score' and 'segment'"),
+    ],
+)
+def test_malformed_entry_is_named_and_nothing_is_written(tmp_path, capsys, bad_entry, message):
+    data = {"results": {"v_ok": [GOOD] * 2, "v_abc": [GOOD, GOOD, GOOD, bad_entry, {"oops": 1}]}}
+    output = tmp_path / "out.json"
+    output.write_text("previous contents")
+    assert cli(write(tmp_path / "in.json", data), "-o", output) == 2
+    assert message in capsys.readouterr().err
+    assert output.read_text() == "previous contents"
+    assert sorted(os.listdir(tmp_path)) == ["in.json", "out.json"]  # no temporary file left behind
+
+
+def test_the_first_bad_entry_in_file_order_is_named():
+    data = {"results": {"v1": [GOOD, {"label": "a", "score": 0.5, "segment": [5, 4]}], "v2": [{"label": []}]}}
+    with pytest.raises(DetectionFileError, match=r"video 'v1', entry 1: segment must be"):
+        detection_table(data)
+
+
+def test_missing_weight_field_is_named():
+    data = {"results": {"v": [{**GOOD, "w": 1.0}, GOOD]}}
+    with pytest.raises(DetectionFileError, match=r"video 'v', entry 1: missing 'w' \(the --weight-field\)"):
+        detection_table(data, weight_field="w")
+    with pytest.raises(DetectionFileError, match=r"video 'v', entry 0: 'w' \(the --weight-field\) must be a finite"):
+        detection_table({"results": {"v": [{**GOOD, "w": None}]}}, weight_field="w")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"version": 1}', "an object with a 'results' object"),
+        ("[1, 2]", "an object with a 'results' object"),
+        ('{"results": {"v": {"label": "a"}}}', "video 'v': expected a list of detections"),
+    ],
+)
+def test_malformed_file_exits_2(tmp_path, capsys, text, message):
+    source = tmp_path / "in.json"
+    source.write_text(text)
+    assert cli(source, "-o", tmp_path / "out.json") == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_unreadable_input_exits_2(tmp_path, capsys):
+    assert cli(tmp_path / "missing.json", "-o", tmp_path / "out.json") == 2
+    assert "missing.json" in capsys.readouterr().err
+
+
+def test_bad_arguments_exit_2(tmp_path):
+    for argv in (["--temperature", "0"], ["--temperature", "nan"], ["--overlap", "dice"], ["--method", "mean"],
+                 ["--discrete", "--continuous"]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli(tmp_path / "in.json", "-o", tmp_path / "out.json", *argv)
+        assert exit_info.value.code == 2
+
+
+def test_write_failure_leaves_no_file(tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(detection_file.os, "replace", fail)
+    output = tmp_path / "out.json"
+    assert cli(write(tmp_path / "in.json", {"results": {"v": [GOOD]}}), "-o", output) == 2
+    assert sorted(os.listdir(tmp_path)) == ["in.json"]
+
+
+def test_console_entry_point_reports_malformed_input(tmp_path):
+    """The real command line, in a fresh interpreter (no kernel runs: the file is rejected first)."""
+    source = write(tmp_path / "in.json", {"results": {"v_abc": [GOOD, GOOD, GOOD, {**GOOD, "segment": [2, 1]}]}})
+    completed = subprocess.run(
+        [sys.executable, "-m", "jaxfuse._cli", "fuse", source, "-o", str(tmp_path / "out.json")],
+        capture_output=True, text=True, cwd=REPOSITORY, timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPOSITORY},
+    )
+    assert completed.returncode == 2, completed.stderr
+    assert "video 'v_abc', entry 3: segment must be [start, end] with start <= end" in completed.stderr
+    assert not (tmp_path / "out.json").exists()
+
+
+# ------------------------------------------------------------------ packing
+
+
+def test_pack_items_matches_pack_proposals():
+    rng = np.random.default_rng(4)
+    sizes = rng.integers(0, 70, size=30)
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    total = int(sizes.sum())
+    segments = rng.uniform(0, 100, (total, 2)).astype(np.float32)
+    scores = rng.uniform(0, 1, total).astype(np.float32)
+    weights = rng.uniform(0, 1, total).astype(np.float32)
+    split = lambda x: [x[s : s + n] for s, n in zip(starts, sizes)]  # noqa: E731
+    expected = pack_proposals(split(segments), split(scores), split(weights))
+    got = pack_items(segments, scores, weights, starts, sizes, rows=lambda size, n: 1 << 20, merge_budget=0)
+    assert len(got) == len(expected)
+    for ours, theirs in zip(got, expected):
+        real = ours.items >= 0
+        assert real.sum() == len(theirs.items)
+        np.testing.assert_array_equal(ours.items[real], theirs.items)
+        np.testing.assert_array_equal(ours.sizes[real], theirs.sizes)
+        for name in ("segments", "scores", "weights", "valid"):
+            np.testing.assert_array_equal(getattr(ours, name)[real], getattr(theirs, name), err_msg=name)
+        assert not ours.valid[~real].any()
+
+
+def test_pack_items_tops_batches_up_to_one_height():
+    sizes = np.array([3, 20, 5, 1])
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    segments = np.zeros((sizes.sum(), 2), np.float32)
+    scores = np.zeros(sizes.sum(), np.float32)
+    batches = pack_items(segments, scores, None, starts, sizes, rows=lambda size, n: 2, merge_budget=0)
+    assert [(b.segments.shape, b.items.tolist()) for b in batches] == [
+        ((2, 16, 2), [0, 2]), ((2, 16, 2), [3, -1]), ((2, 32, 2), [1, -1])
+    ]
+    merged = pack_items(segments, scores, None, starts, sizes, rows=lambda size, n: 4)
+    assert [(b.segments.shape, b.items.tolist()) for b in merged] == [((4, 32, 2), [0, 1, 2, 3])]
+
+
+def test_merged_buckets_keeps_a_bucket_whose_padding_would_cost_too_much():
+    assert merged_buckets({16: 100, 64: 10, 1024: 5}, budget=10_000) == {1024: 1024, 64: 1024, 16: 16}
+    assert merged_buckets({16: 100}, budget=0) == {16: 16}
+    assert merged_buckets({}, budget=10) == {}
+
+
+def test_batch_rows_are_powers_of_two_within_bounds():
+    # `batch_rows` was imported before the autouse fixture pinned the module's copy: the real one.
+    for size in (16, 64, 512, 1024, 4096, 1 << 16):
+        for items in (1, 3, 100, 10**6):
+            height = batch_rows(size, items)
+            assert height & (height - 1) == 0
+            assert height <= 1 << (items - 1).bit_length()  # no taller than the bucket needs
+    assert batch_rows(1024, 10**6) == 64 and batch_rows(16, 10**6) == 1024 and batch_rows(1 << 16, 10**6) == 16
+
+
+def test_python_dicts_may_hold_numpy_scalars_and_tuples():
+    data = {"results": {"v": [
+        {"label": np.str_("a"), "score": np.float32(0.9), "segment": (np.float32(0.0), 10)},
+        {"label": "a", "score": 0.9, "segment": [2.0, np.int64(12)]},
+        {"label": 3, "score": 0.4, "segment": [0, 1]},
+    ]}}
+    assert fuse_detections_json(data, temperature=1.0)["results"]["v"] == [
+        {"label": "a", "score": 0.9, "segment": [1.0, 11.0]},
+        {"label": 3, "score": 0.4, "segment": [0.0, 1.0]},
+    ]
