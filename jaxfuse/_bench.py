@@ -1123,7 +1123,8 @@ def measure_pipeline(sizes: Sizes) -> Section:
         "arrays; *whole pipeline* from the numpy CAS to per-item numpy detections (`proposals_from_cas`, "
         "`pack_proposals`, `fuse_proposals`, `unpack_proposals`). Baselines: the per-run numpy loop for "
         "proposals and the published per-item grouping + fusion loop (T = 0.2, Gaussian); both checked "
-        "against jaxfuse on this data."),
+        "against jaxfuse on this data. Stage times are medians; the whole pipeline is timed on its own, so on a "
+        "shared machine it need not equal the sum of its stages."),
         ["stage", "jaxfuse", "numpy loop", "speed-up"])
     rows = [("CAS -> proposals", stage_cas.median, loop_cas.median),
             ("grouping + Gaussian fusion", stage_fuse.median, loop_fuse.median),
