@@ -14,8 +14,9 @@ def test_pack_then_fuse_equals_fusing_each_group_alone():
     values = rng.normal(size=(sizes.sum(), 3)).astype(np.float32) * 10
     weights = rng.uniform(size=sizes.sum()).astype(np.float32)
     labels = rng.permutation(np.repeat(rng.choice(1000, size=37, replace=False), sizes))
-    packed = jaxfuse.pack_groups(values, weights, labels)
+    packed = jaxfuse.pack_groups(values, weights, labels, min_groups=1, min_members=1)
     assert packed.values.shape == (64, 32, 3) and packed.num_groups == 37
+    assert jaxfuse.pack_groups(values, weights, labels).values.shape == (256, 32, 3)
     fused = jaxfuse.fuse_gaussian(packed.values, packed.weights, packed.mask, temperature=0.3)
     locations = jaxfuse.unpack_groups(fused.location, packed)
     for row, label in enumerate(packed.group_ids):
@@ -50,7 +51,7 @@ def test_random_sizes_compile_once_per_bucket():
         packed = jaxfuse.pack_groups(values, np.zeros(sizes.sum(), np.float32), lengths=sizes)
         buckets.add(packed.mask.shape)
         jaxfuse.fuse_gaussian(packed.values, packed.weights, packed.mask)
-    assert jaxfuse.compile_count() - before <= len(buckets) <= 8 * 6
+    assert jaxfuse.compile_count() - before <= len(buckets) <= 6
 
 
 def test_bucket_sizes_and_errors():
