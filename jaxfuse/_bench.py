@@ -1163,20 +1163,23 @@ def _headline(sections: dict[str, Section], sizes: Sizes) -> Section:
         intro += " These are the *smoke* preset's tiny sizes, not the headline workloads."
     section = Section("headline", "Headline targets", intro, ["target", "measured", "status"])
 
-    def add(target: str, measured: str, met: bool | None) -> None:
-        status = "n/a" if met is None else ("met" if met else "**missed**")
+    def add(target: str, measured: str, met: bool | None, status: str | None = None) -> None:
+        status = status or ("n/a" if met is None else ("met" if met else "**missed**"))
         section.rows.append([target, measured, status])
-        section.data[target] = {"measured": measured, "met": met}
+        section.data[target] = {"measured": measured, "met": met, "status": status}
 
     if "templates" in sections and "floors" in sections:
         gaussian = sections["templates"].data["gaussian"]
         copy_gbps = sections["floors"].data["copy_gbps"]
-        # Judged on best times: contention from other processes inflates numpy's median far more than jaxfuse's.
+        # Best times are the robust estimate on a shared machine, but a target met only there is borderline.
+        on_best = gaussian["best_speedup"] >= TARGETS["gaussian_speedup"]
+        on_median = gaussian["speedup"] >= TARGETS["gaussian_speedup"]
         add(f"Gaussian G x M x K = {sizes.headline_groups:,} x {sizes.members} x 3: >= 4x vectorized numpy",
             f"{gaussian['best_speedup']:.2f}x best times ({gaussian['speedup']:.2f}x medians) on device arrays, "
             f"{gaussian['host_speedup']:.2f}x numpy in/out; {gaussian['gbps']:.2f} GB/s vs copy {copy_gbps:.2f} GB/s "
             f"({_fraction(gaussian['copy_fraction'])})",
-            gaussian["best_speedup"] >= TARGETS["gaussian_speedup"])
+            on_best and on_median,
+            status="**borderline**: met on best times, missed on medians" if on_best and not on_median else None)
     if "student_t" in sections:
         data = sections["student_t"].data
         if "scipy_speedup" in data:
