@@ -100,6 +100,9 @@ def test_study_command_writes_a_sane_table(tmp_path, capsys):
     report = (tmp_path / "study.md").read_text()
     assert (tmp_path / "study.png").stat().st_size > 1000
     assert "![study](study.png)" in report and "--videos 10" in report
+    # The sensitivity reruns: nms and gaussian (both temperatures) in three settings.
+    sensitivity = [line for line in report.splitlines() if re.match(r"\| (main|easier|harder) \|", line)]
+    assert len(sensitivity) == 3 * (1 + 2)
     rows = [line for line in report.splitlines() if re.match(r"\| (nms|gaussian|exponential|uniform) \|", line)]
     assert len(rows) == 1 + 3 * 2
     table = {}
