@@ -42,8 +42,14 @@ def pinned_batch_height(monkeypatch):
 
 
 def reference_item(segments, scores, weights, *, temperature, threshold=0.25, overlap="candidate", discrete=False):
-    """The published rule on one (video, label), Gaussian template: ``[groups, 3]`` (start, end, score)."""
-    offset = 1.0 if discrete else 0.0
+    """The published rule on one (video, label), Gaussian template: ``[groups, 3]`` (start, end, score).
+
+    Overlaps are computed in float32, as the kernels do: times rounded to 1/100
+    s can give an overlap of exactly the threshold in decimal, which float32
+    and float64 round to opposite sides.
+    """
+    segments, scores, weights = (np.asarray(x, np.float32) for x in (segments, scores, weights))
+    offset = np.float32(1.0 if discrete else 0.0)
     remaining = np.argsort(-scores, kind="stable")
     starts, ends = segments[:, 0], segments[:, 1]
     fused = []
@@ -57,11 +63,11 @@ def reference_item(segments, scores, weights, *, temperature, threshold=0.25, ov
             length = length + (ends[leader] - starts[leader] + offset) - intersection
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio = np.where(length > 0, intersection / np.where(length > 0, length, 1), 0)
-        absorbed = ratio > threshold
+        absorbed = ratio > np.float32(threshold)
         absorbed[0] = True
         members = remaining[absorbed]
         remaining = remaining[~absorbed]
-        logits = weights[members] / temperature
+        logits = weights[members].astype(np.float64) / temperature
         g = np.exp(logits - logits.max())
         g /= g.sum()
         fused.append([g @ starts[members], g @ ends[members], g @ scores[members]])
