@@ -14,6 +14,7 @@ from jaxfuse._densities import (
     student_t_density,
     uniform_density,
 )
+from jaxfuse._detection_file import DetectionFileError, FileFusionReport, fuse_detection_file, fuse_detections_json
 from jaxfuse._evaluate import (
     ACTIVITYNET_THRESHOLDS,
     THUMOS14_THRESHOLDS,
@@ -47,6 +48,7 @@ from jaxfuse._proposals import (
 )
 from jaxfuse._ragged import PackedGroups, bucket_size, pack_groups, unpack_groups, unpack_members
 from jaxfuse._result import ResultCode
+from jaxfuse._sharding import fuse_proposals_sharded, item_mesh
 from jaxfuse._student_t import StudentTParameters
 from jaxfuse._templates import ExponentialParameters, GaussianParameters, LaplaceParameters, UniformParameters
 from jaxfuse._weights import member_probabilities
@@ -57,9 +59,11 @@ __all__ = [
     "ACTIVITYNET_THRESHOLDS",
     "ActivityNetData",
     "CasProposals",
+    "DetectionFileError",
     "DetectionMAP",
     "Detections",
     "ExponentialParameters",
+    "FileFusionReport",
     "FitResult",
     "FusedProposals",
     "FusionResult",
@@ -80,16 +84,20 @@ __all__ = [
     "evaluate_json",
     "exponential_density",
     "fit_template",
+    "fuse_detection_file",
+    "fuse_detections_json",
     "fuse_exponential",
     "fuse_gaussian",
     "fuse_groups",
     "fuse_laplace",
     "fuse_proposal_lists",
     "fuse_proposals",
+    "fuse_proposals_sharded",
     "fuse_student_t",
     "fuse_uniform",
     "gaussian_density",
     "group_proposals",
+    "item_mesh",
     "laplace_density",
     "load_activitynet_json",
     "max_runs_per_threshold",
