@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from jaxfuse._cas import proposals_from_cas
-from jaxfuse._detect import PUBLISHED_THRESHOLDS, VideoDetections, detect, detect_videos
+from jaxfuse._detect import (
+    PUBLISHED_THRESHOLDS,
+    VideoDetections,
+    _comparable_levels,
+    _item_sequences,
+    detect,
+    detect_videos,
+)
 from jaxfuse._evaluate import Detections, GroundTruth, evaluate_detections, evaluate_json, load_activitynet_json
 from jaxfuse._proposals import fuse_proposals
 
@@ -165,6 +172,30 @@ def test_max_proposals_drops_and_flags(batch):
     assert (full.num_proposals > 64).any()
     np.testing.assert_array_equal(capped.num_proposals, full.num_proposals)  # found, before dropping
     np.testing.assert_array_equal(capped.truncated, full.num_proposals > 64)
+
+
+@pytest.mark.parametrize("min_length", [1, 3])
+def test_proposal_count_from_levels_below_is_exact(batch, min_length):
+    """The O(L) count that sizes the proposal slots equals proposals_from_cas's count, ties included."""
+    cas, _, length = batch
+    cas = cas.copy()
+    cas[0, 10:20, 1] = np.float32(PUBLISHED_THRESHOLDS[3])  # exactly at a level: not above it (strict)
+    cas[3, :, 2] = np.float32(0.02)  # one run over the whole video
+    items = np.array(np.nonzero(np.ones((VIDEOS, CLASSES), bool)), np.int32)
+    _, _, largest, _ = _item_sequences(
+        cas, length, items[0], items[1], np.ones(items.shape[1], bool),
+        _comparable_levels(PUBLISHED_THRESHOLDS, np.float32), padded_length=64, min_length=min_length,
+    )
+    found = proposals_from_cas(cas, np.asarray(PUBLISHED_THRESHOLDS), classes_last=True, length=length,
+                               min_length=min_length)
+    assert int(largest) == int(found.num_found.max())
+    # Per item too: the largest over any single item of the batch.
+    for video, klass in zip(*items):
+        _, _, alone, _ = _item_sequences(
+            cas, length, np.array([video]), np.array([klass]), np.array([True]),
+            _comparable_levels(PUBLISHED_THRESHOLDS, np.float32), padded_length=64, min_length=min_length,
+        )
+        assert int(alone) == int(found.num_found[video, klass])
 
 
 def test_clean_rectangular_cas_gives_the_actions_exactly():
