@@ -14,6 +14,7 @@ from jaxfuse._densities import (
     student_t_density,
     uniform_density,
 )
+from jaxfuse._detect import PUBLISHED_CLASS_THRESHOLD, PUBLISHED_THRESHOLDS, VideoDetections, detect, detect_videos
 from jaxfuse._detection_file import DetectionFileError, FileFusionReport, fuse_detection_file, fuse_detections_json
 from jaxfuse._evaluate import (
     ACTIVITYNET_THRESHOLDS,
@@ -51,6 +52,7 @@ from jaxfuse._result import ResultCode
 from jaxfuse._sharding import fuse_proposals_sharded, item_mesh
 from jaxfuse._student_t import StudentTParameters
 from jaxfuse._templates import ExponentialParameters, GaussianParameters, LaplaceParameters, UniformParameters
+from jaxfuse._videos import SyntheticVideos, VideoParameters, synthetic_videos
 from jaxfuse._weights import member_probabilities
 
 __version__ = "0.1.0"
@@ -70,16 +72,23 @@ __all__ = [
     "GaussianParameters",
     "GroundTruth",
     "LaplaceParameters",
+    "PUBLISHED_CLASS_THRESHOLD",
+    "PUBLISHED_THRESHOLDS",
     "PackedGroups",
     "PaddedProposals",
     "ProposalGroups",
     "ResultCode",
     "StudentTParameters",
+    "SyntheticVideos",
     "THUMOS14_THRESHOLDS",
     "TemplateDensity",
     "UniformParameters",
+    "VideoDetections",
+    "VideoParameters",
     "bucket_size",
     "compile_count",
+    "detect",
+    "detect_videos",
     "evaluate_detections",
     "evaluate_json",
     "exponential_density",
@@ -106,6 +115,7 @@ __all__ = [
     "pack_proposals",
     "proposals_from_cas",
     "student_t_density",
+    "synthetic_videos",
     "uniform_density",
     "unpack_groups",
     "unpack_members",
