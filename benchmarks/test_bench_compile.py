@@ -9,11 +9,12 @@ sizes (geometric with a random mean in [2, 12], capped at 64), packed by
 stream runs once from a cold cache (``jax.clear_caches()``), as in a fresh
 process; ``jaxfuse.compile_count()`` counts the executables built.
 
-Two padding policies: the ``pack_groups`` default (every power of two) and one
-with floors on both buckets (G >= 256, M >= 16), which trades padding for
-fewer compiles. The compile count must equal the number of distinct padded
-shapes in the stream (shapes are the only thing that recompiles); the floored
-policy must stay at about a dozen.
+Two padding policies, passed to ``pack_groups`` as explicit sizes: every power
+of two, and buckets floored at G >= 256, M >= 16 (``pack_groups``' default
+since the first run of this benchmark), which trades padding for fewer
+compiles. The compile count must equal the number of distinct padded shapes in
+the stream (shapes are the only thing that recompiles); the floored policy
+must stay at about a dozen.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import inspect
 import json
 import math
 import os
@@ -981,10 +982,22 @@ class PaddingPolicy(NamedTuple):
                 * bucket_size(request.lengths.size, self.min_groups))
 
 
-PADDING_POLICIES = {
-    "pack_groups default (powers of two)": PaddingPolicy(1, 1),
-    "floored buckets (G >= 256, M >= 16)": PaddingPolicy(256, 16),
-}
+def _default_policy() -> PaddingPolicy | None:
+    """The floors ``pack_groups`` applies by default (None when it has no such arguments)."""
+    parameters = inspect.signature(pack_groups).parameters
+    if "min_groups" not in parameters or "min_members" not in parameters:
+        return None
+    return PaddingPolicy(int(parameters["min_groups"].default), int(parameters["min_members"].default))
+
+
+def _policy_name(policy: PaddingPolicy) -> str:
+    name = ("power-of-two buckets, no floors" if policy == PaddingPolicy(1, 1)
+            else f"buckets floored at G >= {policy.min_groups}, M >= {policy.min_members}")
+    return name + (" (the pack_groups default)" if policy == _default_policy() else "")
+
+
+# Streams are packed with explicit sizes, so each policy means the same whatever pack_groups' defaults are.
+PADDING_POLICIES = {_policy_name(policy): policy for policy in (PaddingPolicy(1, 1), PaddingPolicy(256, 16))}
 
 
 def _serve(request: RaggedMembers, policy: PaddingPolicy) -> np.ndarray:
@@ -1192,10 +1205,13 @@ def _headline(sections: dict[str, Section], sizes: Sizes) -> Section:
             f"max {data['max_steps']}",
             data["median_steps"] <= TARGETS["student_t_median_steps"])
     if "compile" in sections:
+        # The target is for what users get by default; the other policy is there for comparison.
         for policy, data in sections["compile"].data.items():
+            is_default = PADDING_POLICIES[policy] == _default_policy()
+            met = data["compiles"] <= TARGETS["compile_count"]
             add(f"Compiles for {sizes.compile_requests:,} random-size requests, {policy}: about a dozen at most",
-                f"{data['compiles']} compiles, first call {_seconds(data['first_call_seconds'])}",
-                data["compiles"] <= TARGETS["compile_count"])
+                f"{data['compiles']} compiles, first call {_seconds(data['first_call_seconds'])}", met,
+                status=None if is_default else f"{'within' if met else 'over'} (for comparison)")
     if "pipeline" in sections:
         data = sections["pipeline"].data
         add("End to end CAS -> fused detections vs the numpy loops (no target)",
