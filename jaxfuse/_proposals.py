@@ -263,30 +263,34 @@ def _fused_scores(scores, weights, groups: ProposalGroups, temperature):
 
 @jax.jit
 def _largest_group(groups: ProposalGroups):
+    """(the number of groups over all items, the size of the largest group)."""
     items, size = groups.group.shape
     ids = jnp.where(groups.group >= 0, groups.group + size * jnp.arange(items)[:, None], items * size)
     sizes = jax.ops.segment_sum(jnp.ones(ids.size, jnp.int32), ids.reshape(-1), num_segments=items * size)
-    return jnp.max(groups.count, initial=0), jnp.max(sizes, initial=0)
+    return jnp.sum(groups.count), jnp.max(sizes, initial=0)
 
 
-@functools.partial(jax.jit, static_argnames=("max_groups", "max_members"))
-def _pack_groups(segments, weights, groups: ProposalGroups, *, max_groups: int, max_members: int):
-    """Members into ``[B * max_groups, max_members]`` slots, in input order within each group."""
-    items, size = weights.shape
-    num = items * max_groups
-    ids = jnp.where(groups.group >= 0, groups.group + max_groups * jnp.arange(items)[:, None], num).reshape(-1)
+def _group_offsets(groups: ProposalGroups):
+    """``[items]`` row of each item's first group in the packed batch: the groups of all items, back to back."""
+    return jnp.cumsum(groups.count) - groups.count
+
+
+@functools.partial(jax.jit, static_argnames=("num_groups", "max_members"))
+def _pack_groups(segments, weights, groups: ProposalGroups, *, num_groups: int, max_members: int):
+    """Members into ``[num_groups, max_members]`` slots (every item's groups back to back), in input order."""
+    ids = jnp.where(groups.group >= 0, groups.group + _group_offsets(groups)[:, None], num_groups).reshape(-1)
     order = jnp.argsort(ids, stable=True)
     sorted_ids = ids[order]
     position = jnp.arange(ids.size)
-    first = jax.ops.segment_min(position, sorted_ids, num_segments=num)
-    rank = position - first[jnp.minimum(sorted_ids, num - 1)]
-    slot = jnp.where(sorted_ids < num, sorted_ids * max_members + rank, num * max_members)
+    first = jax.ops.segment_min(position, sorted_ids, num_segments=num_groups)
+    rank = position - first[jnp.minimum(sorted_ids, num_groups - 1)]
+    slot = jnp.where(sorted_ids < num_groups, sorted_ids * max_members + rank, num_groups * max_members)
     scatter = lambda source, fill: (  # noqa: E731
-        jnp.full((num * max_members,) + source.shape[1:], fill, source.dtype).at[slot].set(source[order], mode="drop")
+        jnp.full((num_groups * max_members,) + source.shape[1:], fill, source.dtype).at[slot].set(source[order], mode="drop")
     )
-    values = scatter(segments.reshape(-1, 2), 0).reshape(num, max_members, 2)
-    packed_weights = scatter(weights.reshape(-1), 0).reshape(num, max_members)
-    mask = scatter(jnp.ones(ids.size, bool), False).reshape(num, max_members)
+    values = scatter(segments.reshape(-1, 2), 0).reshape(num_groups, max_members, 2)
+    packed_weights = scatter(weights.reshape(-1), 0).reshape(num_groups, max_members)
+    mask = scatter(jnp.ones(ids.size, bool), False).reshape(num_groups, max_members)
     return values, packed_weights, mask
 
 
@@ -302,38 +306,42 @@ def _no_groups(method: str, scores, groups: ProposalGroups) -> FusedProposals:
 def _fuse_padded(segments, scores, weights, groups: ProposalGroups, temperature, method: str, options: dict):
     """Laplace / Student-t through :func:`jaxfuse.fuse_groups` on packed groups.
 
-    Memory: ``items x G x M x 2`` values, G the bucketed (power of two) largest
-    group count of any item and M the bucketed largest group size, both capped
-    at N. Typical THUMOS items (N <= 1024, a few dozen groups of a few dozen
-    members) take well under a megabyte each; the worst case (half the
-    proposals in one group, half alone) approaches N^2 / 2 per item. Reading
-    G and M makes one host round trip; under ``jit`` both are N.
+    The groups of all items are packed back to back into ``[G, M]`` slots, G
+    the bucketed (power of two) number of groups over all items and M the
+    bucketed largest group size: memory ``G x M x 2`` values, about
+    ``items x N x M`` at worst and far less for typical items (a few dozen
+    groups of a few dozen members). Reading G and M makes one host round trip;
+    under ``jit`` they are ``items x N`` and N.
     """
     from jaxfuse._fuse import fuse_groups  # the core module; imported late to keep import order free
 
     items, size = scores.shape
     if isinstance(groups.count, jax.core.Tracer):
-        max_groups = max_members = max(size, 1)
+        num_groups, max_members = max(items * size, 1), max(size, 1)
     else:
-        largest_count, largest_size = (int(v) for v in _largest_group(groups))
-        if largest_count == 0:
+        total_groups, largest_size = (int(v) for v in _largest_group(groups))
+        if total_groups == 0:
             return _no_groups(method, scores, groups)
-        max_groups, max_members = (min(bucket_size(n), size) for n in (largest_count, largest_size))
+        num_groups, max_members = bucket_size(total_groups), min(bucket_size(largest_size), size)
     values, packed_weights, mask = _pack_groups(
-        segments, weights, groups, max_groups=max_groups, max_members=max_members
+        segments, weights, groups, num_groups=num_groups, max_members=max_members
     )
     fused = fuse_groups(values, packed_weights, mask, template=method, temperature=temperature, **options)
 
-    def pad(x):
-        """``[items * max_groups, ...]`` to ``[items * size, ...]``."""
-        x = x.reshape((items, max_groups) + x.shape[1:])[:, :size]
-        x = jnp.pad(x, [(0, 0), (0, size - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
-        return x.reshape((items * size,) + x.shape[2:])
+    # Row of each (item, leader-order slot) in the packed batch; slots past an item's count are padding.
+    rows = _group_offsets(groups)[:, None] + jnp.arange(size)[None, :]
+    real = jnp.arange(size)[None, :] < groups.count[:, None]
 
-    parameters = jax.tree.map(pad, fused.parameters)
+    def unpack(x, fill=0):
+        """``[num_groups, ...]`` to ``[items * size, ...]``."""
+        taken = jnp.take(x, jnp.minimum(rows, num_groups - 1).reshape(-1), axis=0)
+        keep = real.reshape((-1,) + (1,) * (x.ndim - 1))
+        return jnp.where(keep, taken, jnp.asarray(fill, x.dtype))
+
+    parameters = jax.tree.map(unpack, fused.parameters)
     return _finish(
-        pad(fused.location), _fused_scores(scores, weights, groups, temperature), parameters.scale,
-        parameters, pad(fused.result), groups,
+        unpack(fused.location), _fused_scores(scores, weights, groups, temperature), parameters.scale,
+        parameters, unpack(fused.result, ResultCode.EMPTY_GROUP), groups,
     )
 
 
