@@ -39,15 +39,15 @@ mkdir -p "$results"
 start=$SECONDS
 status=0
 
-# About 5 minutes: the numpy and scipy baselines run on the host and dominate.
+# About 4-5 minutes: the numpy and scipy baselines run on the host and dominate.
 # G = 10^7 needs about 21 GB of host memory for the baseline's data and chunks.
 # A run cut short by the timeout keeps the sections it finished.
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
-timeout 360 "$PYTHON" -m jaxfuse._cli bench ${BENCH_ARGS:---full --memory-gb 32} 2>&1 | tee "$results/$machine.log" \
+timeout 330 "$PYTHON" -m jaxfuse._cli bench ${BENCH_ARGS:---full --memory-gb 32} 2>&1 | tee "$results/$machine.log" \
     || { status=$?; echo "gpu.sh: jaxfuse bench exited with status $status"; }
 
-# The same measurements under pytest-benchmark (G = 10^7 left to the command above).
-JAXFUSE_BENCH_MEMORY_GB=4 timeout 200 "$PYTHON" -m pytest -q -p no:cacheprovider \
+# The same measurements under pytest-benchmark, about 3 minutes (G = 10^7 left to the command above).
+JAXFUSE_BENCH_MEMORY_GB=4 timeout 230 "$PYTHON" -m pytest -q -p no:cacheprovider \
     benchmarks/test_bench_floors.py benchmarks/test_bench_fusion.py \
     benchmarks/test_bench_student_t.py benchmarks/test_bench_compile.py ${PYTEST_FILTER:+-k "$PYTEST_FILTER"} \
     --benchmark-only --benchmark-json "$results/$machine-pytest.json" 2>&1 | tail -n 25 \

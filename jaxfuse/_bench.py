@@ -139,7 +139,7 @@ FULL = dataclasses.replace(
     baseline_repeats=3,
     floor_elements=1 << 26,
     memory_gb=8.0,
-    max_seconds=5.0,
+    max_seconds=3.0,
 )
 SMOKE = Sizes(
     name="smoke",
