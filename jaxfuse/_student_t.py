@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from jax.scipy.special import gammaln
 
 from jaxfuse._result import RESULT_DTYPE, ResultCode
-from jaxfuse._templates import masked_extremes, weighted_median
+from jaxfuse._templates import PAIRWISE_LIMIT, masked_extremes, weighted_median
 
 DEFAULT_DF = 3.0
 """Default degrees of freedom: heavy tails, yet a finite variance."""
@@ -50,7 +50,7 @@ DEFAULT_DF_BOUNDS = (1.0, 100.0)
 """Range of :math:`\\nu` when it is estimated; below 1 the fit degenerates too easily."""
 
 DEFAULT_MAX_STEPS = 64
-_BACKTRACKING_FACTORS = tuple(0.5**i for i in range(8))
+_BACKTRACKING_FACTORS = (1.0, 0.5, 0.1, 0.01)
 _ARMIJO_SLOPE = 1e-4
 
 
@@ -205,7 +205,12 @@ def _newton_step(state: NewtonState, z, probabilities, mask, options, rtol, atol
 
 
 def _heaviest_value(values, probabilities, mask):
-    """Index of a member holding the most probability among equal values, and that probability."""
+    """Index of a real member holding the most probability among equal values, and that probability."""
+    if values.shape[0] <= PAIRWISE_LIMIT:
+        same = (values[None, :] == values[:, None]) & mask[None, :]
+        aggregated = jnp.where(mask, same.astype(values.dtype) @ probabilities, -1)
+        heaviest = jnp.argmax(aggregated)
+        return heaviest, aggregated[heaviest]
     _, high = masked_extremes(values[:, None], mask)
     sort_keys = jnp.where(mask, values, high[0])
     # Real members first among equal keys, so a run's first member is a real one.
@@ -353,6 +358,20 @@ def _solve_lanes(states: NewtonState, problems: LaneProblem, options: StudentTOp
     return jax.lax.while_loop(lambda state: jnp.any(unfinished(state)), run_chunk, states)
 
 
+def _is_positive_definite(matrix):
+    if matrix.shape[0] == 2:
+        return (matrix[0, 0] > 0) & (matrix[0, 0] * matrix[1, 1] - matrix[0, 1] * matrix[1, 0] > 0)
+    return jnp.all(jnp.isfinite(jnp.linalg.cholesky(matrix)))
+
+
+def _solve_symmetric(matrix, vector):
+    """``matrix^-1 vector`` for a positive definite matrix; 2 x 2 in closed form (no batched LAPACK call)."""
+    if matrix.shape[0] == 2:
+        (a, b), (_, c) = matrix
+        return jnp.stack([c * vector[0] - b * vector[1], a * vector[1] - b * vector[0]]) / (a * c - b * b)
+    return jnp.linalg.solve(matrix, vector)
+
+
 def _finish_lane(problem: LaneProblem, final: NewtonState, options: StudentTOptions):
     """Parameters in the caller's units, with the implicit-differentiation correction, and the result code."""
     dtype = final.y.dtype
@@ -369,11 +388,11 @@ def _finish_lane(problem: LaneProblem, final: NewtonState, options: StudentTOpti
         at_bound = (final.y <= lower) | (final.y >= upper)
         both_free = ~at_bound[:, None] & ~at_bound[None, :]
         hessian = jnp.where(both_free, hessian, jnp.eye(final.y.size, dtype=dtype))
-    cholesky = jnp.linalg.cholesky(hessian)
-    differentiable = final.converged & ~problem.point_mass & jnp.all(jnp.isfinite(cholesky))
-    safe_cholesky = jnp.where(differentiable, cholesky, jnp.eye(final.y.size, dtype=dtype))
+    positive_definite = _is_positive_definite(hessian)
+    differentiable = final.converged & ~problem.point_mass & positive_definite
+    safe_hessian = jnp.where(differentiable, hessian, jnp.eye(final.y.size, dtype=dtype))
     gradient = jnp.where(at_bound, 0, jax.grad(objective)(final.y, problem.standardised, problem.probabilities))
-    correction = -jax.scipy.linalg.cho_solve((safe_cholesky, True), gradient)
+    correction = -_solve_symmetric(safe_hessian, gradient)
     y = final.y + jnp.where(differentiable, correction, 0)
 
     fitted = StudentTParameters(

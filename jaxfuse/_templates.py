@@ -158,25 +158,39 @@ def exponential_location(parameters: ExponentialParameters) -> jax.Array:
     return parameters.origin + mean_offset
 
 
+PAIRWISE_LIMIT = 64
+"""Groups up to this size compare members pairwise instead of sorting them.
+
+XLA's CPU sort of many short rows costs several times numpy's; M^2 comparisons
+reduced by a contraction are cheaper for the group sizes TAL produces."""
+
+
 def weighted_median(values: jax.Array, probabilities: jax.Array, mask: jax.Array) -> jax.Array:
     r"""``[K]`` the lower weighted median of each coordinate.
 
-    The smallest member value :math:`x_{(j)}` with :math:`\sum_{i \le j} g_{(i)} \ge 1/2`
-    in sorted order; padding sorts last and carries no probability.
+    The smallest member value :math:`x_i` whose cumulative weight
+    :math:`\sum_{j: x_j \le x_i} g_j` reaches half the total (half of the
+    actual total, so a sum that rounds to 1 - eps still finds its median).
+    Padding carries no probability and is never chosen.
     """
     _, high = masked_extremes(values, mask)
+    half = jnp.sum(probabilities) / 2
+    if values.shape[0] <= PAIRWISE_LIMIT:
+        at_or_below = (values[None, :, :] <= values[:, None, :]) & mask[None, :, None]
+        cumulative = jnp.einsum("ijk,j->ik", at_or_below.astype(values.dtype), probabilities)
+        reaches_half = mask[:, None] & (cumulative >= half)
+        return jnp.min(jnp.where(reaches_half, values, high), axis=0)
     sort_keys = jnp.where(mask[:, None], values, high)
     order = jnp.argsort(sort_keys, axis=0, stable=True)
     sorted_values = jnp.take_along_axis(sort_keys, order, axis=0)
     cumulative = jnp.cumsum(probabilities[order], axis=0)
-    # Half of the actual total, so a sum that rounds to 1 - eps still finds its median.
-    first_over_half = jnp.argmax(cumulative >= cumulative[-1:] / 2, axis=0)
+    first_over_half = jnp.argmax(cumulative >= half, axis=0)
     return jnp.take_along_axis(sorted_values, first_over_half[None], axis=0)[0]
 
 
 def laplace_fit(values, probabilities, mask) -> LaplaceParameters:
     median = jax.lax.stop_gradient(weighted_median(values, probabilities, mask))
-    # Re-gather the median member's value so gradients flow to it (the argsort does not).
+    # Re-gather the median member's value so gradients flow to it (the selection does not).
     is_median = mask[:, None] & (values == median)
     median_member = jnp.argmax(is_median, axis=0)
     location = jnp.take_along_axis(values, median_member[None], axis=0)[0]
