@@ -39,6 +39,7 @@ import pytest
 
 import _data
 from jaxfuse._detection_file import detection_table, fuse_detection_file
+from jaxfuse._published import published_fusion_loop
 
 VIDEOS = 5_000
 DETECTIONS_PER_VIDEO = 1_000
@@ -148,23 +149,7 @@ def reference_item(segments, scores, temperature=TEMPERATURE, threshold=0.25):
     float32 and float64 round to opposite sides of the threshold.
     """
     segments, scores = np.asarray(segments, np.float32), np.asarray(scores, np.float32)
-    remaining = np.argsort(-scores, kind="stable")
-    starts, ends = segments[:, 0], segments[:, 1]
-    fused = []
-    while remaining.size:
-        leader = remaining[0]
-        intersection = np.maximum(0, np.minimum(ends[leader], ends[remaining]) - np.maximum(starts[leader], starts[remaining]))
-        length = ends[remaining] - starts[remaining]
-        ratio = np.divide(intersection, length, out=np.zeros_like(length), where=length > 0)
-        absorbed = ratio > np.float32(threshold)
-        absorbed[0] = True
-        members = remaining[absorbed]
-        remaining = remaining[~absorbed]
-        logits = scores[members].astype(np.float64) / temperature
-        g = np.exp(logits - logits.max())
-        g /= g.sum()
-        fused.append([g @ starts[members], g @ ends[members], g @ scores[members]])
-    return np.asarray(fused).reshape(-1, 3)
+    return published_fusion_loop(segments, scores, temperature=temperature, threshold=threshold, discrete=False)
 
 
 def _sample_items(path, videos=60):

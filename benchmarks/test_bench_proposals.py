@@ -32,6 +32,7 @@ import pytest
 
 from jaxfuse._grouping import _group_batch_jit, overlap_settings
 from jaxfuse._proposals import _fuse_closed_form, fuse_proposals, pack_proposals
+from jaxfuse._published import published_fusion_loop
 
 NUM_ITEMS = 400
 MIN_PROPOSALS, MAX_PROPOSALS = 20, 800
@@ -47,21 +48,7 @@ _timings: dict[str, float] = {}
 
 def reference_fuse(segments, scores, weights, temperature, threshold=0.25):
     """The published rule on one item, Gaussian template: ``[groups, 3]`` (start, end, score) in leader order."""
-    remaining = np.argsort(-scores, kind="stable")
-    starts, ends = segments[:, 0], segments[:, 1]
-    fused = []
-    while remaining.size:
-        leader = remaining[0]
-        intersection = np.maximum(0, np.minimum(ends[leader], ends[remaining]) - np.maximum(starts[leader], starts[remaining]) + 1)
-        absorbed = intersection / (ends[remaining] - starts[remaining] + 1) > threshold
-        absorbed[0] = True
-        members = remaining[absorbed]
-        remaining = remaining[~absorbed]
-        logits = weights[members].astype(np.float64) / temperature
-        g = np.exp(logits - logits.max())
-        g /= g.sum()
-        fused.append([g @ starts[members], g @ ends[members], g @ scores[members]])
-    return np.asarray(fused, np.float64).reshape(-1, 3)
+    return published_fusion_loop(segments, scores, weights, temperature=temperature, threshold=threshold)
 
 
 def reference_dataset(items):

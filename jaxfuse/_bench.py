@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxfuse
+from jaxfuse._published import published_fusion_loop
 from jaxfuse._ragged import bucket_size, pack_groups, unpack_groups
 from jaxfuse._result import ResultCode
 from jaxfuse._synthetic import SyntheticGroups, numpy_fuse, numpy_probabilities, thumos_like_groups
@@ -548,27 +549,8 @@ def reference_cas_proposals(cas: np.ndarray, length: int, thresholds=CAS_THRESHO
 
 def reference_fuse_proposals(segments, scores, weights, temperature: float = TEMPERATURE,
                              threshold: float = PUBLISHED_OVERLAP) -> np.ndarray:
-    """The published grouping + Gaussian fusion loop on one item: ``[groups, 3]`` (start, end, score).
-
-    A copy of the loop in ``benchmarks/test_bench_proposals.py``: greedy
-    leaders by score, candidate overlap with +1 frames, softmax weights.
-    """
-    remaining = np.argsort(-scores, kind="stable")
-    starts, ends = segments[:, 0], segments[:, 1]
-    fused = []
-    while remaining.size:
-        leader = remaining[0]
-        intersection = np.maximum(
-            0, np.minimum(ends[leader], ends[remaining]) - np.maximum(starts[leader], starts[remaining]) + 1)
-        absorbed = intersection / (ends[remaining] - starts[remaining] + 1) > threshold
-        absorbed[0] = True
-        members = remaining[absorbed]
-        remaining = remaining[~absorbed]
-        logits = weights[members].astype(np.float64) / temperature
-        g = np.exp(logits - logits.max())
-        g /= g.sum()
-        fused.append([g @ starts[members], g @ ends[members], g @ scores[members]])
-    return np.asarray(fused, np.float64).reshape(-1, 3)
+    """The published grouping + Gaussian fusion loop on one item: ``[groups, 3]`` (start, end, score)."""
+    return published_fusion_loop(segments, scores, weights, temperature=temperature, threshold=threshold)
 
 
 # ---------------------------------------------------------------------- measurements
