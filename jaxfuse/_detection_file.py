@@ -51,9 +51,10 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import numpy as np
 
-from jaxfuse._grouping import OVERLAP_MEASURES
+from jaxfuse._grouping import OVERLAP_MEASURES, validate_overlap, validate_threshold
 from jaxfuse._proposals import METHODS, PaddedProposals, fuse_proposals
 from jaxfuse._ragged import bucket_size
+from jaxfuse._validation import choice, positive_scalar
 
 DEFAULT_TEMPERATURE = 0.2
 """The softmax temperature of the published evaluation."""
@@ -608,16 +609,11 @@ def write_atomically(path: str | os.PathLike, text: str) -> None:
 
 
 def _check_options(method, temperature, overlap, overlap_threshold, discrete) -> None:
-    if method not in METHODS:
-        raise ValueError(f"unknown `method` {method!r}; expected one of {sorted(METHODS)}")
-    if overlap not in OVERLAP_MEASURES:
-        raise ValueError(f"unknown `overlap` {overlap!r}; expected one of {sorted(OVERLAP_MEASURES)}")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"`temperature` must be positive and finite, got {temperature!r}")
-    if not (isinstance(overlap_threshold, (int, float)) and math.isfinite(overlap_threshold)):
-        raise ValueError(f"`overlap_threshold` must be a finite number, got {overlap_threshold!r}")
-    if not isinstance(discrete, bool):
-        raise TypeError(f"`discrete` must be a bool, got {discrete!r}")
+    """The same option checks as :func:`jaxfuse.fuse_proposals`, before any file is read."""
+    choice(method, "method", METHODS)
+    positive_scalar(temperature, "temperature")
+    validate_threshold(overlap_threshold)
+    validate_overlap(overlap, discrete)
 
 
 def fuse_detections_json(
