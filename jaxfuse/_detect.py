@@ -66,7 +66,8 @@ from jaxfuse._cas import CONVENTIONS, max_runs_per_threshold, proposals_from_cas
 from jaxfuse._evaluate import Detections
 from jaxfuse._grouping import validate_overlap, validate_threshold
 from jaxfuse._interop import _is_torch_tensor, array_kind, from_jax
-from jaxfuse._proposals import METHODS, _check_options, bucket_size, fuse_proposals
+from jaxfuse._proposals import METHODS, _check_options, fuse_proposals
+from jaxfuse._ragged import bucket_size
 from jaxfuse._validation import choice, float_array, positive_int, positive_scalar
 
 PUBLISHED_THRESHOLDS: tuple[float, ...] = tuple(float(level) for level in np.arange(0.001, 0.04, 0.002))
