@@ -12,7 +12,9 @@ class ResultCode(enum.IntEnum):
     """Why a group's fusion did or did not succeed.
 
     Codes are ordered by severity, so the code of a group fused over several
-    coordinates is the maximum of its per-coordinate codes.
+    coordinates is the maximum of its per-coordinate codes. Codes added after
+    the first release are appended (their values never change), so
+    ``EMPTY_GROUP`` sits below them; a group is never both empty and one of them.
 
     Attributes:
         SUCCESSFUL: the template was fitted; its parameters are the optimum.
@@ -25,6 +27,17 @@ class ResultCode(enum.IntEnum):
         NONFINITE_INPUT: a real member had a non-finite value or weight. The
             outputs of the group are zeros.
         EMPTY_GROUP: the group has no real member. The outputs are zeros.
+        OVERFLOW: every input was finite but the result is not representable in
+            the dtype (e.g. coordinates near the float32 limit of 3.4e38, or a
+            temperature so small that weight / T overflows). The outputs of the
+            group are zeros.
+        INVALID_INPUT: a real member is malformed in a way only its value can
+            show (a segment with start > end passed inside a caller's ``jit``,
+            where it cannot be rejected before tracing). The outputs are zeros.
+        INVALID_OPTION: a traced option is out of its domain (a temperature that
+            is not positive and finite, an overlap threshold outside [0, 1]),
+            which a concrete value would have rejected with an error. Every group
+            of the call carries this code and zeros.
     """
 
     SUCCESSFUL = 0
@@ -32,6 +45,9 @@ class ResultCode(enum.IntEnum):
     DIVERGED = 2
     NONFINITE_INPUT = 3
     EMPTY_GROUP = 4
+    OVERFLOW = 5
+    INVALID_INPUT = 6
+    INVALID_OPTION = 7
 
 
 RESULT_DTYPE = jnp.int32
