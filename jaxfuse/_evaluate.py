@@ -1,24 +1,38 @@
 """Detection mAP under the ActivityNet protocol, vectorised over videos and thresholds.
 
-The protocol, per class and per tIoU threshold:
+The protocol of ActivityNet's reference evaluator (``Evaluation/eval_detection.py``,
+``compute_average_precision_detection``), per class and per tIoU threshold:
 
-1. Predictions are taken in descending score order (ties keep input order).
-2. Each takes, among the not yet matched ground-truth segments of the same video
-   and class, the one with the highest tIoU (ties: the earliest in input order).
-3. It is a true positive iff that tIoU is ``>= threshold``; the ground truth is then
-   locked for this threshold. Otherwise it is a false positive.
-4. AP is the all-point interpolated precision of ActivityNet's
+1. Predictions are taken in descending score order: ``argsort()[::-1]`` of the scores.
+2. Each tries the ground truths of its video and class in descending tIoU order
+   (``argsort()[::-1]`` again), skipping those already matched at this threshold; the
+   first one left is taken if its tIoU is ``>= threshold`` (a true positive, and the
+   ground truth is locked for this threshold). Otherwise, or when its video has no
+   ground truth of the class, the prediction is a false positive.
+3. AP is the all-point interpolated precision of ActivityNet's
    ``interpolated_prec_rec``: the precision envelope made monotone from the right,
-   summed over the recall steps.
+   summed over the recall steps. mAP is the mean over the classes with ground truth;
+   a class with ground truth but no predictions has AP 0.
 
-tIoU uses continuous lengths: ``intersection / union`` with ``length = end - start``
-(0 when the union is empty).
+Ties. Both sorts are ``argsort()[::-1]``, so among equal values the order is the
+reverse of whatever numpy's default sort leaves them in. That sort is not stable:
+arrays of up to 16 elements were sorted by a stable insertion sort when the reference
+was written, but numpy >= 1.25 on AVX-512 CPUs sorts with x86-simd-sort, which already
+reorders ties of 5 elements (measured on numpy 2.4: 79 of 300 random 5-element arrays
+with ties). No implementation can match every machine, so jaxfuse fixes the order the
+reference gives with a stable sort, ``argsort(kind="stable")[::-1]``: **among equal
+values the later one comes first**. Equal scores: the prediction later in the input
+(for JSON files, later in the file) ranks first. Equal tIoU: the ground truth listed
+later is tried first. ``DetectionMAP.tied_predictions`` counts the predictions whose
+rank depends on this rule.
 
-Differences from ActivityNet's reference code, all at exact ties or degenerate input:
-equal tIoU goes to the first listed ground truth and equal scores keep input order
-(the reference's quicksorts leave both unspecified), a zero-length union gives tIoU 0
-(not NaN), and ``ACTIVITYNET_THRESHOLDS`` are the rounded decimals, not
-``np.linspace(0.5, 0.95, 10)``'s last-bit neighbours.
+tIoU uses continuous lengths: ``intersection / union`` with ``length = end - start``,
+the reference's floating-point steps. The one deliberate difference: an empty union
+(a zero-length prediction against a zero-length ground truth) gives tIoU 0, where the
+reference divides 0 by 0 and its NaN, sorted first and never ``< threshold``, makes the
+prediction a true positive wherever the two points lie. The reference raises
+``KeyError`` on a prediction whose label has no ground truth; here such a class gets AP
+NaN and stays out of the mean, as in ActionFormer's copy of the evaluator.
 
 Why the fast path is fast: a false positive changes no state, so for one
 (class, video, threshold) the only events are the true positives, at most one per
@@ -48,11 +62,21 @@ import numpy as np
 
 from jaxfuse._interop import _is_torch_tensor
 
-THUMOS14_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-"""tIoU thresholds reported on THUMOS14 (0.1:0.1:0.7)."""
+THUMOS14_THRESHOLDS: tuple[float, ...] = tuple(np.linspace(0.1, 0.7, 7).tolist())
+"""tIoU thresholds reported by weakly supervised THUMOS14 papers (0.1:0.1:0.7).
 
-ACTIVITYNET_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
-"""tIoU thresholds reported on ActivityNet 1.3 (0.5:0.05:0.95, 10 values)."""
+``np.linspace(0.1, 0.7, 7)``, which is exactly the decimals 0.1, ..., 0.7: the literal
+list of GauFuse's ``evaluation/detectionMAP.py`` (not ``np.arange(0.1, 0.8, 0.1)``,
+whose 0.30000000000000004 and 0.7000000000000001 differ in the last bit). Fully
+supervised papers (ActionFormer, TriDet) report the last five, 0.3:0.1:0.7.
+"""
+
+ACTIVITYNET_THRESHOLDS: tuple[float, ...] = tuple(np.linspace(0.5, 0.95, 10).tolist())
+"""tIoU thresholds of ActivityNet 1.3: the reference evaluator's ``np.linspace(0.5, 0.95, 10)``.
+
+Exactly those floats: the 9th is 0.8999999999999999, not 0.9, so a tIoU of exactly
+0.9 is a true positive there.
+"""
 
 # (ground truth, prediction) pairs are scored about this many at a time: the
 # temporaries stay in cache (about 1.5x faster than one pass over all pairs) and the
@@ -104,7 +128,11 @@ class DetectionMAP(NamedTuple):
         thresholds: ``[num_thresholds]`` the tIoU thresholds.
         classes: ``[num_classes]`` the column labels, sorted: the integer labels
             found in predictions or ground truth (``evaluate_detections``), or the
-            class names (``evaluate_json``).
+            labels of the files (``evaluate_json``).
+        tied_predictions: how many predictions share their class and score with
+            another prediction. Their relative rank follows the rule of the module
+            notes (equal scores: later input first); in the reference evaluator it
+            depends on the machine's sort. 0 means the ranking is unambiguous.
     """
 
     average_precision: np.ndarray
@@ -112,6 +140,7 @@ class DetectionMAP(NamedTuple):
     average: np.ndarray
     thresholds: np.ndarray
     classes: np.ndarray
+    tied_predictions: int = 0
 
 
 class ActivityNetData(NamedTuple):
@@ -250,10 +279,12 @@ def _dense_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _descending_order(scores: np.ndarray) -> np.ndarray:
-    """Indices sorting ``scores`` in descending order, ties kept in input order.
+    """Indices sorting ``scores`` in descending order, equal scores later index first.
 
-    numpy's stable float sort is about twice as slow as its quicksort, so quicksort
-    first, then put each run of equal scores back in input order.
+    The reference's ``argsort()[::-1]`` with a stable sort (see the module notes):
+    the same as ``np.argsort(scores, kind="stable")[::-1]``. numpy's stable float sort
+    is about twice as slow as its quicksort, so quicksort first, then reverse the
+    input order within each run of equal scores.
     """
     order = np.argsort(-scores)
     sorted_scores = scores[order]
@@ -261,8 +292,15 @@ def _descending_order(scores: np.ndarray) -> np.ndarray:
     if tied.size:
         in_runs = np.union1d(tied, tied + 1)  # positions in runs of equal scores
         # Runs have distinct scores, so this only permutes positions within each run.
-        order[in_runs] = order[in_runs[np.lexsort((order[in_runs], -sorted_scores[in_runs]))]]
+        order[in_runs] = order[in_runs[np.lexsort((-order[in_runs], -sorted_scores[in_runs]))]]
     return order
+
+
+def _tied_count(class_of_rank: np.ndarray, ranked_scores: np.ndarray) -> int:
+    """How many predictions share their class and score with another prediction."""
+    same = (class_of_rank[1:] == class_of_rank[:-1]) & (ranked_scores[1:] == ranked_scores[:-1])
+    tied = np.flatnonzero(same)
+    return int(np.union1d(tied, tied + 1).size)
 
 
 def _stable_argsort(keys: np.ndarray, num_keys: int) -> np.ndarray:
@@ -375,12 +413,13 @@ def _match(
         candidate = np.where(waiting, pair_rank[pair], _NO_RANK)
         next_tp = np.minimum.reduceat(candidate, segment_starts)
         # The unlocked ground truths eligible for the next true positive all wait on it;
-        # it takes the one with the highest tIoU, the first listed among equals.
+        # it takes the one with the highest tIoU, the last listed among equals (the
+        # reference tries ground truths in argsort()[::-1] order of tIoU).
         claims = waiting & (candidate == next_tp[segment_of_slot])
         claim_tiou = np.where(claims, pair_tiou[pair], -1.0)
         best_tiou = np.maximum.reduceat(claim_tiou, segment_starts)
         best = claims & (claim_tiou == best_tiou[segment_of_slot])
-        winner = np.minimum.reduceat(np.where(best, np.arange(best.size), _NO_RANK), segment_starts)
+        winner = np.maximum.reduceat(np.where(best, np.arange(best.size), -1), segment_starts)
         found = next_tp != _NO_RANK
         next_entry[claims] += 1
         next_entry[winner[found]] = end_entry[winner[found]]  # locked
@@ -400,10 +439,13 @@ def _true_positives(
     num_classes: int,
     thresholds: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """True-positive flags ``[num_thresholds, P]`` in class-rank order, and each rank's class.
+    """True-positive flags ``[num_thresholds, P]`` in class-rank order, and the ranking.
 
-    The class rank orders predictions by class, then descending score, then input order.
-    A group is one (class, video): matching never crosses groups.
+    The class rank orders predictions by class, then descending score, equal scores
+    later input first. A group is one (class, video): matching never crosses groups.
+
+    Returns:
+        ``(true_positive, by_rank)``: ``by_rank[r]`` is the input index of rank ``r``.
     """
     num_predictions = pred_class.size
     _, video_code = _dense_codes(np.concatenate([predictions.video, ground_truth.video]))
@@ -437,7 +479,7 @@ def _true_positives(
     )
     pair_rank = grouped[pair_prediction]
     true_positive = _match(thresholds, num_predictions, gt_group_size, pair_gt, pair_rank, pair_tiou)
-    return true_positive, pred_class[by_rank]
+    return true_positive, by_rank
 
 
 # ------------------------------------------------------------------------------ AP
@@ -512,9 +554,10 @@ def evaluate_detections(
     classes, class_code = _dense_codes(np.concatenate([predictions.label, ground_truth.label]))
     num_predictions = predictions.label.size
     pred_class, gt_class = class_code[:num_predictions], class_code[num_predictions:]
-    true_positive, class_of_rank = _true_positives(
+    true_positive, by_rank = _true_positives(
         predictions, ground_truth, pred_class, gt_class, classes.size, thresholds
     )
+    class_of_rank = pred_class[by_rank]
     positives = np.bincount(gt_class, minlength=classes.size)
     average_precision = _class_average_precision(true_positive, class_of_rank, positives)
     mean_ap = average_precision[:, positives > 0].mean(axis=1)
@@ -524,6 +567,7 @@ def evaluate_detections(
         average=np.asarray(mean_ap.mean()),
         thresholds=thresholds,
         classes=classes,
+        tied_predictions=_tied_count(class_of_rank, predictions.score[by_rank]),
     )
 
 

@@ -24,68 +24,104 @@ from jaxfuse._evaluate import (
 )
 
 # ---------------------------------------------------------------- reference loop
+#
+# A plain-numpy rendition of ActivityNet's Evaluation/eval_detection.py
+# (compute_average_precision_detection and utils.interpolated_prec_rec), written from
+# its description, one class at a time. Its two sorts are ``argsort()[::-1]``; numpy's
+# default sort is not stable, so the rendition uses the stable sort, the order the
+# reference gives wherever its sort keeps ties in input order (see jaxfuse._evaluate).
 
 
-def reference_tiou(a, b):
-    intersection = max(min(a[1], b[1]) - max(a[0], b[0]), 0.0)
-    union = (a[1] - a[0]) + (b[1] - b[0]) - intersection
-    return intersection / union if union > 0 else 0.0
+def descending(values):
+    """``argsort()[::-1]`` with ties in input order before the reversal: later first."""
+    return np.argsort(values, kind="stable")[::-1]
 
 
-def reference_interpolated_ap(true_positive, num_positives):
-    """ActivityNet's ``interpolated_prec_rec`` on cumulative precision and recall."""
-    tp_sum, precision, recall = 0, [], []
-    for i, hit in enumerate(true_positive):
-        tp_sum += hit
-        precision.append(tp_sum / (i + 1))
-        recall.append(tp_sum / num_positives)
-    mprec = [0.0] + precision + [0.0]
-    mrec = [0.0] + recall + [1.0]
+def reference_segment_iou(target, candidates):
+    """utils.segment_iou: tIoU of one segment against ``[N, 2]`` candidates (0/0 is NaN)."""
+    intersection = (np.minimum(target[1], candidates[:, 1]) - np.maximum(target[0], candidates[:, 0])).clip(0)
+    union = (candidates[:, 1] - candidates[:, 0]) + (target[1] - target[0]) - intersection
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return intersection / union
+
+
+def reference_interpolated_prec_rec(precision, recall):
+    """utils.interpolated_prec_rec: VOC 2011 all-point interpolated AP."""
+    mprec = np.hstack([[0.0], precision, [0.0]])
+    mrec = np.hstack([[0.0], recall, [1.0]])
     for i in range(len(mprec) - 2, -1, -1):
         mprec[i] = max(mprec[i], mprec[i + 1])
-    return sum((mrec[i] - mrec[i - 1]) * mprec[i] for i in range(1, len(mrec)) if mrec[i] != mrec[i - 1])
+    steps = np.flatnonzero(mrec[1:] != mrec[:-1]) + 1
+    return np.sum((mrec[steps] - mrec[steps - 1]) * mprec[steps])
+
+
+def reference_class_ap(gt_video, gt_segments, pred_video, pred_score, pred_segments, thresholds):
+    """compute_average_precision_detection for one class: ``[num_thresholds]`` AP."""
+    num_thresholds = len(thresholds)
+    if len(pred_score) == 0:
+        return np.zeros(num_thresholds)
+    lock = -np.ones((num_thresholds, len(gt_video)))
+    order = descending(pred_score)
+    tp = np.zeros((num_thresholds, len(order)))
+    fp = np.zeros((num_thresholds, len(order)))
+    for rank, i in enumerate(order):
+        same_video = np.flatnonzero(gt_video == pred_video[i])  # input order
+        if same_video.size == 0:
+            fp[:, rank] = 1
+            continue
+        tiou = reference_segment_iou(pred_segments[i], gt_segments[same_video])
+        tried = descending(tiou)
+        for t, threshold in enumerate(thresholds):
+            for j in tried:
+                if tiou[j] < threshold:
+                    fp[t, rank] = 1
+                    break
+                if lock[t, same_video[j]] >= 0:
+                    continue
+                tp[t, rank] = 1
+                lock[t, same_video[j]] = rank
+                break
+            if fp[t, rank] == 0 and tp[t, rank] == 0:
+                fp[t, rank] = 1
+    tp_sum, fp_sum = np.cumsum(tp, axis=1), np.cumsum(fp, axis=1)
+    recall = tp_sum / len(gt_video)
+    precision = tp_sum / (tp_sum + fp_sum)
+    return np.asarray([reference_interpolated_prec_rec(precision[t], recall[t]) for t in range(num_thresholds)])
 
 
 def reference_map(predictions, ground_truth, thresholds):
-    """Straightforward per-prediction loop: ``[num_thresholds, num_classes]`` AP, classes."""
-    p_video, p_label = np.asarray(predictions.video).tolist(), np.asarray(predictions.label).tolist()
-    p_score = np.asarray(predictions.score).tolist()
-    p_segment = np.asarray(predictions.segments, np.float64).reshape(-1, 2).tolist()
-    g_video, g_label = np.asarray(ground_truth.video).tolist(), np.asarray(ground_truth.label).tolist()
-    g_segment = np.asarray(ground_truth.segments, np.float64).reshape(-1, 2).tolist()
-    gt_of = {}  # (class, video) -> ground-truth indices in input order
-    for j in range(len(g_label)):
-        gt_of.setdefault((g_label[j], g_video[j]), []).append(j)
-    classes = sorted(set(p_label) | set(g_label))
-    ap = [[math.nan] * len(classes) for _ in thresholds]
+    """The reference per class: ``[num_thresholds, num_classes]`` AP, and the classes.
+
+    Classes are the sorted labels of both inputs; one without ground truth (where the
+    reference raises KeyError) gets NaN.
+    """
+    p_video, p_label = np.asarray(predictions.video), np.asarray(predictions.label)
+    p_score = np.asarray(predictions.score, np.float64)
+    p_segments = np.asarray(predictions.segments, np.float64).reshape(-1, 2)
+    g_video, g_label = np.asarray(ground_truth.video), np.asarray(ground_truth.label)
+    g_segments = np.asarray(ground_truth.segments, np.float64).reshape(-1, 2)
+    classes = np.union1d(p_label, g_label).astype(np.int64)
+    ap = np.full((len(thresholds), classes.size), np.nan)
     for c_index, c in enumerate(classes):
-        num_positives = g_label.count(c)
-        if num_positives == 0:
-            continue
-        preds = sorted((i for i in range(len(p_label)) if p_label[i] == c), key=lambda i: -p_score[i])
-        locked = [set() for _ in thresholds]
-        true_positive = [[] for _ in thresholds]
-        for i in preds:
-            tious = [(reference_tiou(p_segment[i], g_segment[j]), j) for j in gt_of.get((c, p_video[i]), [])]
-            for t_index, threshold in enumerate(thresholds):
-                best_tiou, best_gt = -1.0, None
-                for tiou, j in tious:
-                    if j not in locked[t_index] and tiou > best_tiou:
-                        best_tiou, best_gt = tiou, j
-                hit = best_gt is not None and best_tiou >= threshold
-                if hit:
-                    locked[t_index].add(best_gt)
-                true_positive[t_index].append(int(hit))
-        for t_index in range(len(thresholds)):
-            ap[t_index][c_index] = reference_interpolated_ap(true_positive[t_index], num_positives)
-    return np.asarray(ap, dtype=np.float64).reshape(len(thresholds), len(classes)), np.asarray(classes)
+        gt, pred = g_label == c, p_label == c
+        if gt.any():
+            ap[:, c_index] = reference_class_ap(
+                g_video[gt], g_segments[gt], p_video[pred], p_score[pred], p_segments[pred], thresholds
+            )
+    return ap, classes
 
 
 # ----------------------------------------------------------------- random cases
 
 
 def random_case(rng, num_videos, num_classes, num_gt, num_predictions, *, quantise=False):
-    """Random ground truth and predictions that mostly jitter around it, with duplicates."""
+    """Random ground truth and predictions that mostly jitter around it, with duplicates.
+
+    Some predictions have a class or a video without ground truth. ``quantise`` rounds
+    times to integers and scores to 0.1: ties in tIoU and score, tIoU on thresholds.
+    Ground truths keep a positive length (an empty union is where jaxfuse departs from
+    the reference on purpose; see test_zero_length_segments_never_match).
+    """
     gt_video = rng.integers(0, num_videos, num_gt)
     gt_label = rng.integers(0, num_classes, num_gt)
     gt_start = rng.uniform(0, 100, num_gt)
@@ -95,7 +131,7 @@ def random_case(rng, num_videos, num_classes, num_gt, num_predictions, *, quanti
     random_rows = rng.random(num_predictions) < 0.3
     pred_segments[random_rows] = rng.uniform(0, 120, (random_rows.sum(), 2))
     pred_segments.sort(axis=1)
-    other_video = rng.integers(0, num_videos, num_predictions)
+    other_video = rng.integers(0, num_videos + 2, num_predictions)  # some videos without ground truth
     other_label = rng.integers(0, num_classes + 2, num_predictions)  # some classes without ground truth
     pred_video = np.where(rng.random(num_predictions) < 0.9, gt_video[near], other_video)
     pred_label = np.where(rng.random(num_predictions) < 0.8, gt_label[near], other_label)
@@ -109,6 +145,7 @@ def random_case(rng, num_videos, num_classes, num_gt, num_predictions, *, quanti
     if quantise:  # exact ties in tIoU and score, and tIoU landing on thresholds
         pred_segments, gt_segments, score = np.round(pred_segments), np.round(gt_segments), np.round(score, 1)
         pred_segments[:, 1] = np.maximum(pred_segments[:, 1], pred_segments[:, 0])
+        gt_segments[:, 1] = np.maximum(gt_segments[:, 1], gt_segments[:, 0] + 1)
     return (
         Detections(pred_video, pred_label, score, pred_segments),
         GroundTruth(gt_video, gt_label, gt_segments),
@@ -135,6 +172,29 @@ def test_matches_reference_loop_on_random_cases(seed):
     expected_mean = expected[:, has_gt].mean(axis=1)
     np.testing.assert_allclose(result.mean_average_precision, expected_mean, atol=1e-9, rtol=0)
     np.testing.assert_allclose(result.average, expected[:, has_gt].mean(), atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_matches_reference_loop_with_many_equal_tious(seed):
+    """A lattice of equal-length segments: most predictions sit halfway between two
+    ground truths (equal tIoU), most scores are tied, some ground truths repeat."""
+    rng = np.random.default_rng(seed)
+    num_gt, num_predictions = 40, 120
+    gt_start = 5.0 * rng.integers(0, 12, num_gt)
+    pred_start = 2.5 * rng.integers(0, 26, num_predictions)
+    predictions = Detections(
+        video=rng.integers(0, 3, num_predictions),
+        label=rng.integers(0, 3, num_predictions),
+        score=rng.integers(0, 4, num_predictions) / 4,
+        segments=np.stack([pred_start, pred_start + 10], axis=1),
+    )
+    ground_truth = GroundTruth(rng.integers(0, 2, num_gt), rng.integers(0, 2, num_gt),
+                               np.stack([gt_start, gt_start + 10], axis=1))
+    thresholds = (0.3, 0.5, 0.6, 0.7)
+    expected, classes = reference_map(predictions, ground_truth, thresholds)
+    result = evaluate_detections(predictions, ground_truth, thresholds=thresholds)
+    np.testing.assert_array_equal(result.classes, classes)
+    np.testing.assert_allclose(result.average_precision, expected, atol=1e-12, rtol=0)
 
 
 def test_many_ground_truths_in_one_video_and_class():
@@ -228,21 +288,68 @@ def test_prediction_takes_the_best_unmatched_ground_truth():
     assert result.average_precision[0, 0] == 1.0
 
 
-def test_ties_in_tiou_take_the_earliest_ground_truth():
-    # [5, 15] has tIoU 1/3 with both ground truths and takes the first listed, [0, 10];
-    # then [0, 10] finds only [10, 20] left (tIoU 0): TP, FP, AP = 1/2 * 1.
-    predictions, ground_truth = one_class([[5, 15], [0, 10]], [0.9, 0.8], [[0, 10], [10, 20]])
-    assert evaluate_detections(predictions, ground_truth, thresholds=(0.3,)).average == 0.5
-    predictions, ground_truth = one_class([[5, 15], [0, 10]], [0.9, 0.8], [[10, 20], [0, 10]])
-    assert evaluate_detections(predictions, ground_truth, thresholds=(0.3,)).average == 1.0
-
-
-def test_ties_in_score_keep_input_order():
-    # Equal scores: the FP listed first ranks first, so precision is 0 then 1/2: AP 1/2.
-    predictions, ground_truth = one_class([[50, 60], [0, 10]], [0.5, 0.5], [[0, 10]])
-    assert evaluate_detections(predictions, ground_truth, thresholds=(0.5,)).average == 0.5
-    predictions, ground_truth = one_class([[0, 10], [50, 60]], [0.5, 0.5], [[0, 10]])
+def test_equal_tiou_goes_to_the_later_ground_truth():
+    # Issue 8's case: [2.5, 12.5] has tIoU 0.6 with both ground truths and the reference
+    # tries [5, 15] first (argsort()[::-1]), so [0, 10] is left for the second: AP 1.
+    predictions, ground_truth = one_class([[2.5, 12.5], [0, 10]], [0.9, 0.8], [[0, 10], [5, 15]])
     assert evaluate_detections(predictions, ground_truth, thresholds=(0.5,)).average == 1.0
+    expected, _ = reference_map(predictions, ground_truth, (0.5,))
+    assert expected[0, 0] == 1.0
+    # Listed the other way round, the first prediction takes [0, 10]: TP, FP, AP 1/2.
+    predictions, ground_truth = one_class([[2.5, 12.5], [0, 10]], [0.9, 0.8], [[5, 15], [0, 10]])
+    assert evaluate_detections(predictions, ground_truth, thresholds=(0.5,)).average == 0.5
+    # A locked later ground truth passes the prediction on to the earlier one.
+    predictions, ground_truth = one_class([[5, 15], [2.5, 12.5]], [0.9, 0.8], [[0, 10], [5, 15]])
+    assert evaluate_detections(predictions, ground_truth, thresholds=(0.5,)).average == 1.0
+
+
+def test_equal_scores_rank_the_later_prediction_first():
+    # The true positive [0, 10] is listed second, so it ranks first: AP 1.
+    predictions, ground_truth = one_class([[50, 60], [0, 10]], [0.5, 0.5], [[0, 10]])
+    result = evaluate_detections(predictions, ground_truth, thresholds=(0.5,))
+    assert result.average == 1.0 and result.tied_predictions == 2
+    # Listed first, it ranks second: precision 0, then 1/2 at recall 1.
+    predictions, ground_truth = one_class([[0, 10], [50, 60]], [0.5, 0.5], [[0, 10]])
+    assert evaluate_detections(predictions, ground_truth, thresholds=(0.5,)).average == 0.5
+
+
+def test_equal_scores_order_is_the_stable_descending_sort():
+    # Long runs of equal scores, where numpy's default sort reorders ties.
+    rng = np.random.default_rng(5)
+    scores = np.round(rng.random(5000), 2)
+    expected = np.argsort(scores, kind="stable")[::-1]
+    np.testing.assert_array_equal(_evaluate._descending_order(scores), expected)
+
+
+def test_tied_predictions_count_ties_within_a_class():
+    predictions = Detections(
+        video=[0, 0, 0, 1, 0, 0],
+        label=[0, 0, 1, 0, 2, 2],
+        score=[0.5, 0.7, 0.5, 0.5, 0.1, 0.2],
+        segments=[[0, 1]] * 6,
+    )
+    ground_truth = GroundTruth(video=[0], label=[0], segments=[[0, 1]])
+    # Class 0 has 0.5 twice (videos 0 and 1): two tied; class 1's 0.5 ties with nothing.
+    assert evaluate_detections(predictions, ground_truth).tied_predictions == 2
+    assert evaluate_detections(predictions._replace(score=np.arange(6.0)), ground_truth).tied_predictions == 0
+
+
+def test_zero_length_segments_never_match():
+    # An empty union: jaxfuse gives tIoU 0 (a false positive). The reference divides 0
+    # by 0 and its NaN makes a TP of a point anywhere in the video (documented).
+    predictions, ground_truth = one_class([[50, 50]], [0.9], [[3, 3]])
+    assert evaluate_detections(predictions, ground_truth, thresholds=(0.5,)).average == 0.0
+    expected, _ = reference_map(predictions, ground_truth, (0.5,))
+    assert expected[0, 0] == 1.0
+
+
+def test_tiou_just_below_nine_tenths_passes_the_official_threshold():
+    # tIoU([0.3, 1.2], [0.2, 1.2]) computes to 0.8999999999999999: a TP at the 9th
+    # ActivityNet threshold (np.linspace's 0.8999999999999999), a FP at 0.9.
+    predictions, ground_truth = one_class([[0.3, 1.2]], [0.9], [[0.2, 1.2]])
+    result = evaluate_detections(predictions, ground_truth, thresholds=ACTIVITYNET_THRESHOLDS)
+    np.testing.assert_array_equal(result.average_precision[:, 0], [1.0] * 9 + [0.0])
+    assert evaluate_detections(predictions, ground_truth, thresholds=(0.9,)).average == 0.0
 
 
 def test_classes_without_ground_truth_are_left_out_of_the_mean():
@@ -265,10 +372,13 @@ def test_accepts_dicts_and_any_integer_ids():
     assert result.average == 1.0
 
 
-def test_presets():
+def test_presets_are_the_official_floats():
+    # Exactly, bit for bit: the reference's np.linspace (9th value 0.8999999999999999)
+    # and GauFuse's literal THUMOS14 list (= np.linspace(0.1, 0.7, 7)).
+    assert ACTIVITYNET_THRESHOLDS == tuple(np.linspace(0.5, 0.95, 10).tolist())
+    assert ACTIVITYNET_THRESHOLDS[8] == 0.8999999999999999
     assert THUMOS14_THRESHOLDS == (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-    np.testing.assert_allclose(ACTIVITYNET_THRESHOLDS, np.linspace(0.5, 0.95, 10), atol=1e-12)
-    assert len(ACTIVITYNET_THRESHOLDS) == 10
+    assert THUMOS14_THRESHOLDS == tuple(np.linspace(0.1, 0.7, 7).tolist())
 
 
 # ------------------------------------------------------------------------- errors
@@ -399,6 +509,8 @@ def test_bad_json_raises_value_error():
 # ---------------------------------------------------------------------- properties
 
 segment_strategy = st.tuples(st.integers(0, 30), st.integers(0, 10)).map(lambda se: [se[0], se[0] + se[1]])
+# Ground truth of positive length: an empty union is a documented departure from the reference.
+gt_segment_strategy = st.tuples(st.integers(0, 30), st.integers(1, 10)).map(lambda se: [se[0], se[0] + se[1]])
 
 
 @st.composite
@@ -409,15 +521,15 @@ def small_cases(draw):
     def ids(count):
         return np.asarray(draw(st.lists(st.integers(0, 2), min_size=count, max_size=count)), int)
 
-    def segments(count):
-        drawn = draw(st.lists(segment_strategy, min_size=count, max_size=count))
+    def segments(count, strategy=segment_strategy):
+        drawn = draw(st.lists(strategy, min_size=count, max_size=count))
         return np.asarray(drawn, float).reshape(-1, 2)
 
     scores = st.lists(st.integers(0, 10**6), min_size=num_predictions, max_size=num_predictions, unique=True)
     predictions = Detections(
         ids(num_predictions), ids(num_predictions), np.asarray(draw(scores), float), segments(num_predictions)
     )
-    return predictions, GroundTruth(ids(num_gt), ids(num_gt), segments(num_gt))
+    return predictions, GroundTruth(ids(num_gt), ids(num_gt), segments(num_gt, gt_segment_strategy))
 
 
 @settings(max_examples=150, deadline=None)
