@@ -53,7 +53,10 @@ would need float64 for tIoU to agree exactly at the thresholds.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
+import numbers
 import os
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -572,25 +575,202 @@ def evaluate_detections(
 
 
 # ---------------------------------------------------------------------------- JSON
+#
+# The entry rules are those of ``jaxfuse fuse`` (``_detection_file._entry_problem``):
+# a label is a string or an integer (``1`` and ``"1"`` are different labels, as in the
+# reference, whose class index is a dict keyed by the raw JSON value), a score is a
+# finite real number (not a bool, not a string), a segment is ``[start, end]``: two
+# finite real numbers with ``start <= end``. Errors name the video and the entry.
 
 
-def _json_dict(source: Any, name: str, key: str) -> Mapping:
-    """A parsed JSON object from a path or an already parsed dict, checked for ``key``."""
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_number(value: Any) -> bool:
+    """A finite real number (numpy scalars too); bool is not one, though Python treats it as an int."""
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _is_label(value: Any) -> bool:
+    return isinstance(value, (str, numbers.Integral)) and not isinstance(value, (bool, np.bool_))
+
+
+def _entry_problem(entry: Any, fields: tuple[str, ...]) -> str | None:
+    """What is wrong with one prediction (``fields`` with "score") or annotation, or None."""
+    if not isinstance(entry, Mapping):
+        names = [repr(name) for name in fields]
+        return f"expected an object with {', '.join(names[:-1])} and {names[-1]}, got {_short(entry)}"
+    missing = [name for name in fields if name not in entry]
+    if missing:
+        return f"missing {' and '.join(map(repr, missing))}"
+    if not _is_label(entry["label"]):
+        return f"label must be a string or an integer, got {_short(entry['label'])}"
+    if "score" in fields and not _is_number(entry["score"]):
+        return f"score must be a finite number, got {_short(entry['score'])}"
+    segment = entry["segment"]
+    if not isinstance(segment, (list, tuple)) or len(segment) != 2 or not all(_is_number(x) for x in segment):
+        return f"segment must be [start, end] with two finite numbers, got {_short(segment)}"
+    if segment[0] > segment[1]:
+        return f"segment must be [start, end] with start <= end, got {_short(segment)}"
+    return None
+
+
+class _Entries(NamedTuple):
+    """The entries of one file as flat columns, in file order."""
+
+    videos: list  # one per entry
+    labels: list
+    scores: np.ndarray | None  # [N] float64, None for ground truth
+    segments: np.ndarray  # [N, 2] float64
+
+
+def _raise_first_problem(lists: Mapping, name: str, fields: tuple[str, ...], what: str) -> None:
+    """Walk every entry in file order and raise for the first bad one (off the fast path).
+
+    Returns normally when all are fine: the bulk checks accept only the types ``json``
+    produces, so dicts built in Python (numpy scalars, tuples) land here and pass.
+    """
+    for video, entries in lists.items():
+        if not isinstance(entries, (list, tuple)):
+            raise ValueError(f"`{name}`: video {video!r}: expected a list of {what}s, got {_short(entries)}")
+        for index, entry in enumerate(entries):
+            problem = _entry_problem(entry, fields)
+            if problem is not None:
+                raise ValueError(f"`{name}`: video {video!r}, {what} {index}: {problem}")
+
+
+def _entries(lists: Mapping, name: str, fields: tuple[str, ...], what: str) -> _Entries:
+    """Checked columns of ``{video: [entry, ...]}``; the common case checked in bulk."""
+    videos: list = []
+    labels: list = []
+    scores: list = []
+    segments: list = []
+    with_score = "score" in fields
+    try:
+        for video, entries in lists.items():
+            if not isinstance(entries, (list, tuple)):
+                raise TypeError
+            videos += [video] * len(entries)
+            labels += [entry["label"] for entry in entries]
+            segments += [entry["segment"] for entry in entries]
+            if with_score:
+                scores += [entry["score"] for entry in entries]
+    except (KeyError, TypeError, IndexError):
+        _raise_first_problem(lists, name, fields, what)
+        raise  # pragma: no cover - the walk above finds what failed here
+    plain_numbers = {int, float}
+    well_typed = (
+        set(map(type, labels)) <= {str, int}
+        and set(map(type, scores)) <= plain_numbers
+        and set(map(type, segments)) <= {list}
+        and set(map(len, segments)) <= {2}
+        and set(map(type, itertools.chain.from_iterable(segments))) <= plain_numbers
+    )
+    if not well_typed:
+        _raise_first_problem(lists, name, fields, what)
+    total = len(labels)
+    try:
+        segment_array = np.fromiter(itertools.chain.from_iterable(segments), np.float64, 2 * total).reshape(total, 2)
+        score_array = np.fromiter(scores, np.float64, total) if with_score else None
+    except OverflowError:  # an integer beyond the float range
+        _raise_first_problem(lists, name, fields, what)
+        raise  # pragma: no cover
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(segment_array).all(axis=1) | (segment_array[:, 0] > segment_array[:, 1])
+        if score_array is not None:
+            bad |= ~np.isfinite(score_array)
+    if bad.any():
+        _raise_first_problem(lists, name, fields, what)
+    return _Entries(videos, labels, score_array, segment_array)
+
+
+def _no_duplicate_keys(pairs: list) -> dict:
+    """``json`` object hook: a repeated key would silently drop entries."""
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set = set()
+        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ValueError(f"the key {repeated!r} appears twice in one object")
+    return result
+
+
+def _read_json(path: str | os.PathLike, name: str) -> Any:
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    try:
+        return json.loads(raw, object_pairs_hook=_no_duplicate_keys)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"`{name}` ({os.fspath(path)}) is not valid JSON: {error}") from None
+    except ValueError as error:  # a repeated key
+        raise ValueError(f"`{name}` ({os.fspath(path)}): {error}") from None
+    except RecursionError:
+        raise ValueError(f"`{name}` ({os.fspath(path)}) is nested too deeply") from None
+
+
+def _json_object(source: Any, name: str, key: str, shape: str) -> Mapping:
+    """The ``key`` object of a path or an already parsed dict."""
     if isinstance(source, (str, os.PathLike)):
-        with open(source, encoding="utf-8") as handle:
-            source = json.load(handle)
+        source = _read_json(source, name)
     if not isinstance(source, Mapping) or not isinstance(source.get(key), Mapping):
-        raise ValueError(f"`{name}` must be ActivityNet JSON with a {key!r} object")
+        raise ValueError(f"`{name}` must be ActivityNet JSON: an object with a {key!r} object {shape}")
     return source[key]
 
 
+def _sort_key(value: Any) -> tuple:
+    """Integers (by value) before strings: labels and video ids may be either."""
+    return (isinstance(value, str), value)
+
+
+def _ground_truth_lists(database: Mapping, subset: str | None) -> dict:
+    """``{video: annotations}`` of the videos in ``subset`` (all when None)."""
+    lists = {}
+    subsets = set()
+    for video, entry in database.items():
+        if not isinstance(entry, Mapping) or "annotations" not in entry:
+            raise ValueError(f"`ground_truth_json`: video {video!r}: expected an object with 'annotations', "
+                             f"got {_short(entry)}")
+        subsets.add(entry.get("subset"))
+        if subset is None or entry.get("subset") == subset:
+            lists[video] = entry["annotations"]
+    if subset is not None and not lists:
+        found = ", ".join(sorted(repr(s) for s in subsets if s is not None)) or "none"
+        raise ValueError(f"`subset`: no ground-truth video has subset {subset!r} (subsets in the file: {found})")
+    return lists
+
+
+def _overlaps_any(video: np.ndarray, segments: np.ndarray, region_video: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """``[N]`` whether each segment overlaps (positive length) a region of its video."""
+    hit = np.zeros(video.size, bool)
+    for v in np.unique(region_video):
+        rows = np.flatnonzero(video == v)
+        mine = regions[region_video == v]
+        overlap = np.minimum(segments[rows, 1, None], mine[None, :, 1]) - np.maximum(
+            segments[rows, 0, None], mine[None, :, 0]
+        )
+        hit[rows] = (overlap > 0).any(axis=1)
+    return hit
+
+
 def load_activitynet_json(
-    predictions_json: Any, ground_truth_json: Any, *, subset: str | None = None
+    predictions_json: Any,
+    ground_truth_json: Any,
+    *,
+    subset: str | None = None,
+    ignore_labels: Any = (),
+    drop_ignored_overlaps: bool = False,
 ) -> ActivityNetData:
     """Read ActivityNet-format predictions and ground truth into integer-coded arrays.
 
     Video ids and labels are coded together, so the two files share one code space:
-    ``i`` is the ``i``-th name in sorted order of the union of both files.
+    ``i`` is the ``i``-th name in sorted order of the union of both files (integers
+    before strings). Labels are kept as written: ``1`` and ``"1"`` are two classes.
 
     Args:
         predictions_json: a path, or the parsed dict
@@ -600,12 +780,20 @@ def load_activitynet_json(
         subset: if given, keep only ground-truth videos whose ``"subset"`` equals it
             (e.g. ``"validation"``). Predictions are all kept: a prediction for a
             video without ground truth is a false positive, as in ActivityNet's code.
+        ignore_labels: labels that are not classes (THUMOS14's ``"Ambiguous"``):
+            their annotations and predictions are dropped.
+        drop_ignored_overlaps: also drop every prediction that overlaps (by a
+            positive length) an annotation of an ignored label in its video, the
+            convention of the W-TALC/GauFuse THUMOS14 evaluator (which tests the
+            overlap on feature-frame indices; here in the files' own units).
 
     Returns:
         An ``ActivityNetData`` with the arrays and the name tables.
 
     Raises:
-        ValueError: an input lacks its top-level object or an entry lacks a field.
+        ValueError: an input lacks its top-level object, is not valid JSON or repeats
+            a key; an entry is malformed (the message names the video and the entry);
+            no ground-truth video is in ``subset``.
 
     Example:
         >>> data = load_activitynet_json(
@@ -614,48 +802,47 @@ def load_activitynet_json(
         >>> data.class_names, data.predictions.label.tolist()
         (('Jump',), [0])
     """
-    results = _json_dict(predictions_json, "predictions_json", "results")
-    database = _json_dict(ground_truth_json, "ground_truth_json", "database")
-    try:
-        pred_rows = [
-            (str(video), str(p["label"]), float(p["score"]), p["segment"])
-            for video, items in results.items()
-            for p in items
-        ]
-    except (KeyError, TypeError) as error:
-        raise ValueError(
-            f"`predictions_json` entries need 'label', 'score' and 'segment': {error!r}"
-        ) from None
-    try:
-        gt_rows = [
-            (str(video), str(a["label"]), a["segment"])
-            for video, entry in database.items()
-            if subset is None or entry.get("subset") == subset
-            for a in entry["annotations"]
-        ]
-    except (KeyError, TypeError) as error:
-        raise ValueError(
-            f"`ground_truth_json` entries need 'annotations' with 'label' and 'segment': {error!r}"
-        ) from None
+    results = _json_object(predictions_json, "predictions_json", "results",
+                           "mapping each video id to a list of {'label', 'score', 'segment'}")
+    database = _json_object(ground_truth_json, "ground_truth_json", "database",
+                            "mapping each video id to {'annotations': [{'label', 'segment'}]}")
+    preds = _entries(results, "predictions_json", ("label", "score", "segment"), "entry")
+    truth = _entries(_ground_truth_lists(database, subset), "ground_truth_json", ("label", "segment"), "annotation")
 
-    video_names = tuple(sorted({row[0] for row in pred_rows} | {row[0] for row in gt_rows}))
-    class_names = tuple(sorted({row[1] for row in pred_rows} | {row[1] for row in gt_rows}))
+    if isinstance(ignore_labels, (str, int)):
+        ignore_labels = (ignore_labels,)
+    ignored = set(ignore_labels)
+    keep_gt = np.asarray([label not in ignored for label in truth.labels], bool)
+    keep_pred = np.asarray([label not in ignored for label in preds.labels], bool)
+    if drop_ignored_overlaps and not keep_gt.all():
+        names = {video: i for i, video in enumerate(dict.fromkeys(preds.videos + truth.videos))}
+        pred_video = np.asarray([names[v] for v in preds.videos], np.int64)
+        gt_video = np.asarray([names[v] for v in truth.videos], np.int64)
+        keep_pred &= ~_overlaps_any(pred_video, preds.segments, gt_video[~keep_gt], truth.segments[~keep_gt])
+
+    def kept(values, keep):
+        return [value for value, k in zip(values, keep) if k]
+
+    pred_videos, pred_labels = kept(preds.videos, keep_pred), kept(preds.labels, keep_pred)
+    gt_videos, gt_labels = kept(truth.videos, keep_gt), kept(truth.labels, keep_gt)
+    video_names = tuple(sorted(set(pred_videos) | set(gt_videos), key=_sort_key))
+    class_names = tuple(sorted(set(pred_labels) | set(gt_labels), key=_sort_key))
     video_code = {name: i for i, name in enumerate(video_names)}
     class_code = {name: i for i, name in enumerate(class_names)}
 
-    def segments(rows, column):
-        return np.asarray([row[column] for row in rows], np.float64).reshape(-1, 2)
+    def codes(values, table):
+        return np.fromiter((table[value] for value in values), np.int64, len(values))
 
     predictions = Detections(
-        video=np.asarray([video_code[row[0]] for row in pred_rows], np.int64),
-        label=np.asarray([class_code[row[1]] for row in pred_rows], np.int64),
-        score=np.asarray([row[2] for row in pred_rows], np.float64),
-        segments=segments(pred_rows, 3),
+        video=codes(pred_videos, video_code),
+        label=codes(pred_labels, class_code),
+        score=preds.scores[keep_pred],
+        segments=preds.segments[keep_pred],
     )
     ground_truth = GroundTruth(
-        video=np.asarray([video_code[row[0]] for row in gt_rows], np.int64),
-        label=np.asarray([class_code[row[1]] for row in gt_rows], np.int64),
-        segments=segments(gt_rows, 2),
+        video=codes(gt_videos, video_code),
+        label=codes(gt_labels, class_code),
+        segments=truth.segments[keep_gt],
     )
     return ActivityNetData(predictions, ground_truth, video_names, class_names)
 
@@ -666,17 +853,25 @@ def evaluate_json(
     *,
     thresholds=THUMOS14_THRESHOLDS,
     subset: str | None = None,
+    ignore_labels: Any = (),
+    drop_ignored_overlaps: bool = False,
 ) -> DetectionMAP:
     """Detection mAP of ActivityNet-format JSON files (or parsed dicts).
+
+    Predictions are ranked in file order (videos, then entries) where scores tie; see
+    the module notes.
 
     Args:
         predictions_json: path or dict, see ``load_activitynet_json``.
         ground_truth_json: path or dict, see ``load_activitynet_json``.
         thresholds: tIoU thresholds; pass ``ACTIVITYNET_THRESHOLDS`` for ActivityNet.
         subset: keep only ground-truth videos of this subset (e.g. ``"validation"``).
+        ignore_labels: labels that are not classes, e.g. ``("Ambiguous",)`` on
+            THUMOS14; see ``load_activitynet_json``.
+        drop_ignored_overlaps: drop predictions overlapping an ignored annotation.
 
     Returns:
-        A ``DetectionMAP`` whose ``classes`` are the class names.
+        A ``DetectionMAP`` whose ``classes`` are the labels of the files.
 
     Raises:
         ValueError: as ``load_activitynet_json`` and ``evaluate_detections``.
@@ -685,7 +880,13 @@ def evaluate_json(
         >>> result = evaluate_json("results.json", "activity_net.v1-3.min.json",
         ...                        thresholds=ACTIVITYNET_THRESHOLDS, subset="validation")  # doctest: +SKIP
     """
-    data = load_activitynet_json(predictions_json, ground_truth_json, subset=subset)
+    data = load_activitynet_json(
+        predictions_json,
+        ground_truth_json,
+        subset=subset,
+        ignore_labels=ignore_labels,
+        drop_ignored_overlaps=drop_ignored_overlaps,
+    )
     result = evaluate_detections(data.predictions, data.ground_truth, thresholds=thresholds)
     names = np.asarray(data.class_names, dtype=object)
     return result._replace(classes=names[result.classes])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxfuse import _evaluate
+from jaxfuse import _detection_file, _evaluate
 from jaxfuse._evaluate import (
     ACTIVITYNET_THRESHOLDS,
     THUMOS14_THRESHOLDS,
@@ -497,6 +498,119 @@ def test_json_string_ids_shared_between_files():
     result = evaluate_json(predictions, ground_truth, thresholds=(0.5,))
     np.testing.assert_array_equal(result.classes, ["Jump", "Run", "Swim"])
     np.testing.assert_array_equal(result.average_precision, [[np.nan, 1.0, 0.0]])
+
+
+BAD_PREDICTIONS = [
+    ({"label": "Run", "score": "0.9", "segment": [0, 1]}, "score must be a finite number"),
+    ({"label": "Run", "score": True, "segment": [0, 1]}, "score must be a finite number"),
+    ({"label": "Run", "score": float("nan"), "segment": [0, 1]}, "score must be a finite number"),
+    ({"label": "Run", "score": 10**400, "segment": [0, 1]}, "score must be a finite number"),
+    ({"label": "Run", "score": 0.9, "segment": ["0", "1"]}, "segment must be"),
+    ({"label": "Run", "score": 0.9, "segment": [0, 1, 2]}, "segment must be"),
+    ({"label": "Run", "score": 0.9, "segment": [0]}, "segment must be"),
+    ({"label": "Run", "score": 0.9, "segment": "0-1"}, "segment must be"),
+    ({"label": "Run", "score": 0.9, "segment": [0, False]}, "segment must be"),
+    ({"label": "Run", "score": 0.9, "segment": [0, float("inf")]}, "segment must be"),
+    ({"label": "Run", "score": 0.9, "segment": [2, 1]}, "start <= end"),
+    ({"label": True, "score": 0.9, "segment": [0, 1]}, "label must be"),
+    ({"label": 1.5, "score": 0.9, "segment": [0, 1]}, "label must be"),
+    ({"label": None, "score": 0.9, "segment": [0, 1]}, "label must be"),
+    ({"label": "Run", "segment": [0, 1]}, "missing 'score'"),
+    ({"score": 0.9}, "missing 'label' and 'segment'"),
+    ([0, 1, 0.9], "expected an object"),
+]
+
+
+@pytest.mark.parametrize(("entry", "problem"), BAD_PREDICTIONS)
+def test_bad_prediction_entries_name_the_video_and_entry(entry, problem):
+    good = {"label": "Run", "score": 0.5, "segment": [0, 10]}
+    predictions = {"results": {"a": [good], "b": [good, good, entry, good]}}
+    ground_truth = {"database": {"a": {"annotations": [{"label": "Run", "segment": [0, 10]}]}}}
+    with pytest.raises(ValueError, match=f"predictions_json.*video 'b', entry 2: .*{re.escape(problem)}"):
+        evaluate_json(predictions, ground_truth)
+
+
+@pytest.mark.parametrize(("entry", "problem"), BAD_PREDICTIONS)
+def test_prediction_rules_equal_the_fuse_command(entry, problem):
+    """The same entries are rejected by `jaxfuse fuse`, with the same words."""
+    fuse_problem = _detection_file._entry_problem(entry, None)
+    assert fuse_problem is not None and problem in fuse_problem
+    assert _evaluate._entry_problem(entry, ("label", "score", "segment")) == fuse_problem
+
+
+@pytest.mark.parametrize(
+    ("annotation", "problem"),
+    [
+        ({"label": "Run", "segment": [0, 1, 2]}, "segment must be"),
+        ({"label": "Run", "segment": ["0", 1]}, "segment must be"),
+        ({"label": "Run", "segment": [5, 1]}, "start <= end"),
+        ({"label": False, "segment": [0, 1]}, "label must be"),
+        ({"segment": [0, 1]}, "missing 'label'"),
+    ],
+)
+def test_bad_annotations_name_the_video_and_annotation(annotation, problem):
+    good = {"label": "Run", "segment": [0, 10]}
+    ground_truth = {"database": {"a": {"annotations": [good, annotation]}}}
+    with pytest.raises(ValueError, match=f"ground_truth_json.*video 'a', annotation 1: .*{re.escape(problem)}"):
+        evaluate_json({"results": {}}, ground_truth)
+
+
+def test_integer_and_string_labels_stay_apart():
+    # The reference keys its class index by the raw JSON value: 1 and "1" differ.
+    predictions = {"results": {"a": [{"label": 1, "score": 0.9, "segment": [0, 10]},
+                                     {"label": "1", "score": 0.8, "segment": [0, 10]}]}}
+    ground_truth = {"database": {"a": {"annotations": [{"label": "1", "segment": [0, 10]}]}}}
+    result = evaluate_json(predictions, ground_truth, thresholds=(0.5,))
+    assert result.classes.tolist() == [1, "1"]
+    np.testing.assert_array_equal(result.average_precision, [[np.nan, 1.0]])
+
+
+def test_python_built_dicts_with_numpy_scalars_and_tuples_are_accepted():
+    predictions = {"results": {"a": [{"label": np.int64(3), "score": np.float32(0.5), "segment": (0, np.float64(10))}]}}
+    ground_truth = {"database": {"a": {"annotations": [{"label": 3, "segment": [0, 10]}]}}}
+    assert evaluate_json(predictions, ground_truth).average == 1.0
+
+
+def test_files_with_repeated_keys_or_bad_json_are_rejected(tmp_path):
+    ground_truth = tmp_path / "gt.json"
+    ground_truth.write_text('{"database": {"a": {"annotations": []}, "a": {"annotations": []}}}')
+    with pytest.raises(ValueError, match="ground_truth_json.*'a' appears twice"):
+        load_activitynet_json({"results": {}}, ground_truth)
+    predictions = tmp_path / "pred.json"
+    predictions.write_text('{"results": {"a": [}')
+    with pytest.raises(ValueError, match="predictions_json.*not valid JSON"):
+        load_activitynet_json(predictions, {"database": {}})
+    predictions.write_text('{"results": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ValueError, match="predictions_json.*nested too deeply"):
+        load_activitynet_json(predictions, {"database": {}})
+
+
+def test_subset_without_videos_lists_the_subsets():
+    ground_truth = {"database": {"a": {"subset": "Test", "annotations": [{"label": "x", "segment": [0, 1]}]}}}
+    with pytest.raises(ValueError, match="subset.*'test'.*'Test'"):
+        load_activitynet_json({"results": {}}, ground_truth, subset="test")
+
+
+def test_ignored_labels_and_their_overlaps():
+    ground_truth = {"database": {"a": {"annotations": [
+        {"label": "Run", "segment": [0, 10]},
+        {"label": "Ambiguous", "segment": [20, 30]},
+    ]}}}
+    predictions = {"results": {"a": [
+        {"label": "Run", "score": 0.9, "segment": [25, 40]},  # overlaps the ambiguous one
+        {"label": "Run", "score": 0.8, "segment": [0, 10]},
+        {"label": "Ambiguous", "score": 0.7, "segment": [20, 30]},
+    ]}}
+    counted = evaluate_json(predictions, ground_truth, thresholds=(0.5,))
+    assert counted.classes.tolist() == ["Ambiguous", "Run"]  # the reference's view: a class
+    ignored = evaluate_json(predictions, ground_truth, thresholds=(0.5,), ignore_labels="Ambiguous")
+    assert ignored.classes.tolist() == ["Run"]
+    assert ignored.average == 0.5  # FP then TP
+    dropped = evaluate_json(predictions, ground_truth, thresholds=(0.5,), ignore_labels=("Ambiguous",),
+                            drop_ignored_overlaps=True)
+    assert dropped.average == 1.0
+    data = load_activitynet_json(predictions, ground_truth, ignore_labels=("Ambiguous",), drop_ignored_overlaps=True)
+    assert data.predictions.score.tolist() == [0.8]
 
 
 def test_bad_json_raises_value_error():
