@@ -17,6 +17,7 @@ _SUBCOMMANDS = {
     "fuse": ("jaxfuse._detection_file", "fuse detections of an ActivityNet-format JSON file"),
     "bench": ("jaxfuse._bench", "run the benchmark suite and write a report"),
     "study": ("jaxfuse._study", "compare templates, NMS and Soft-NMS by detection mAP on synthetic videos"),
+    "evaluate": ("jaxfuse.cli.evaluate", "detection mAP of a results file against its ground truth, as papers print it"),
 }
 
 

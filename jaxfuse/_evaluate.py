@@ -154,12 +154,17 @@ class ActivityNetData(NamedTuple):
         ground_truth: the ``GroundTruth``.
         video_names: ``video_names[i]`` is the JSON video id coded as ``i``.
         class_names: ``class_names[i]`` is the label coded as ``i``.
+        ignored_annotations: annotations left out because of ``ignore_labels``.
+        dropped_predictions: predictions left out because of ``ignore_labels`` (their
+            label, or with ``drop_ignored_overlaps`` an overlap).
     """
 
     predictions: Detections
     ground_truth: GroundTruth
     video_names: tuple[str, ...]
     class_names: tuple[str, ...]
+    ignored_annotations: int = 0
+    dropped_predictions: int = 0
 
 
 # --------------------------------------------------------------------------- input
@@ -844,7 +849,14 @@ def load_activitynet_json(
         label=codes(gt_labels, class_code),
         segments=truth.segments[keep_gt],
     )
-    return ActivityNetData(predictions, ground_truth, video_names, class_names)
+    return ActivityNetData(
+        predictions,
+        ground_truth,
+        video_names,
+        class_names,
+        ignored_annotations=int((~keep_gt).sum()),
+        dropped_predictions=int((~keep_pred).sum()),
+    )
 
 
 def evaluate_json(
@@ -887,6 +899,11 @@ def evaluate_json(
         ignore_labels=ignore_labels,
         drop_ignored_overlaps=drop_ignored_overlaps,
     )
+    return _evaluate_data(data, thresholds)
+
+
+def _evaluate_data(data: ActivityNetData, thresholds) -> DetectionMAP:
+    """``evaluate_detections`` of loaded files, classes named by their labels."""
     result = evaluate_detections(data.predictions, data.ground_truth, thresholds=thresholds)
     names = np.asarray(data.class_names, dtype=object)
     return result._replace(classes=names[result.classes])

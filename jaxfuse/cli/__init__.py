@@ -1,0 +1,1 @@
+"""The ``jaxfuse`` console commands, one module each (``configure(parser)``, ``run(args)``)."""
