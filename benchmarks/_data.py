@@ -1,6 +1,6 @@
 """Seeded, cached workloads and timing helpers shared by the benchmark files.
 
-Thin caches over the builders of :mod:`jaxfuse._bench`, which ``jaxfuse bench``
+Thin caches over the builders of :mod:`jaxfuse.bench.data`, which ``jaxfuse bench``
 uses too, so the pytest suite and the command measure the same data. Each
 builder is seeded: the same arguments give the same arrays in every run.
 """
@@ -17,9 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfuse import _bench
+from jaxfuse.bench import data as bench_data
+from jaxfuse.bench.machine import closed_form_footprint, machine_name
+from jaxfuse.bench.machine import memory_budget_bytes as _memory_budget_bytes
+from jaxfuse.bench.report import json_ready
+from jaxfuse.bench.sizes import TEMPERATURE
+from jaxfuse.bench.timing import tree_bytes as _tree_bytes
 
-TEMPERATURE = _bench.TEMPERATURE
 MEMBERS = 32  # the padded group size of the headline and the G sweep
 HEADLINE_GROUPS = 200_000
 STUDENT_T_GROUPS = 10_000
@@ -27,12 +31,12 @@ STUDENT_T_GROUPS = 10_000
 
 def memory_budget_bytes() -> int:
     """The most one benchmark may use: ``$JAXFUSE_BENCH_MEMORY_GB`` (default 4), at most half of free memory."""
-    return _bench.memory_budget_bytes(float(os.environ.get("JAXFUSE_BENCH_MEMORY_GB", "4")))
+    return _memory_budget_bytes(float(os.environ.get("JAXFUSE_BENCH_MEMORY_GB", "4")))
 
 
 def skip_reason_for_memory(groups: int, members: int) -> str | None:
     """Why a closed-form benchmark of this size would not fit, or None when it fits."""
-    needed, budget = _bench.closed_form_footprint(groups, members), memory_budget_bytes()
+    needed, budget = closed_form_footprint(groups, members), memory_budget_bytes()
     if needed <= budget:
         return None
     return (f"G x M = {groups:,} x {members} needs ~{needed / 1e9:.1f} GB, over the {budget / 1e9:.1f} GB cap "
@@ -41,9 +45,9 @@ def skip_reason_for_memory(groups: int, members: int) -> str | None:
 
 # Big arrays: keep only the latest couple of sizes alive.
 @functools.lru_cache(maxsize=2)
-def closed_form_groups(groups: int, members: int = MEMBERS, seed: int = 0) -> _bench.SyntheticGroups:
-    """Seeded THUMOS-like padded groups ``[G, M, 3]`` float32, skewed sizes (see ``jaxfuse._bench``)."""
-    return _bench.closed_form_groups(groups, members, seed=seed)
+def closed_form_groups(groups: int, members: int = MEMBERS, seed: int = 0) -> bench_data.SyntheticGroups:
+    """Seeded THUMOS-like padded groups ``[G, M, 3]`` float32, skewed sizes (see ``jaxfuse.bench.data``)."""
+    return bench_data.closed_form_groups(groups, members, seed=seed)
 
 
 @functools.lru_cache(maxsize=2)
@@ -53,28 +57,28 @@ def device_groups(groups: int, members: int = MEMBERS, seed: int = 0) -> tuple[j
 
 
 @functools.lru_cache(maxsize=1)
-def skewed_ragged(groups: int, max_size: int, seed: int = 0) -> _bench.RaggedMembers:
+def skewed_ragged(groups: int, max_size: int, seed: int = 0) -> bench_data.RaggedMembers:
     """Flat members of ragged groups with Zipf sizes capped at ``max_size``."""
-    return _bench.skewed_ragged_members(groups, max_size, seed=seed)
+    return bench_data.skewed_ragged_members(groups, max_size, seed=seed)
 
 
 @functools.lru_cache(maxsize=1)
 def request_stream(requests: int = 1_000, max_groups: int = 2_048, max_size: int = 64, seed: int = 0):
     """Random-size fusion requests (flat members), as served one by one."""
-    return tuple(_bench.request_stream(requests, max_groups, max_size, seed=seed))
+    return tuple(bench_data.request_stream(requests, max_groups, max_size, seed=seed))
 
 
 def device_info() -> dict[str, Any]:
     """What ran the benchmark, for ``benchmark.extra_info``."""
     device = jax.devices()[0]
     return {"device": f"{device.platform}: {device.device_kind}", "jax": jax.__version__,
-            "machine": _bench.machine_name()}
+            "machine": machine_name()}
 
 
 def record(benchmark, **info: Any) -> None:
     """Add the device and ``info`` to the benchmark's ``extra_info`` (numpy scalars made plain)."""
     benchmark.extra_info.update(device_info())
-    benchmark.extra_info.update(_bench._json_ready(info))
+    benchmark.extra_info.update(json_ready(info))
 
 
 def run_benchmark(benchmark, function: Callable[[], Any], *, budget_seconds: float = 3.0, max_rounds: int = 50,
@@ -114,7 +118,7 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 def tree_bytes(tree) -> int:
     """Bytes of every array in a pytree."""
-    return _bench._tree_bytes(tree)
+    return _tree_bytes(tree)
 
 
 def result_counts(result) -> dict[str, int]:

@@ -33,7 +33,7 @@ if device.platform != "gpu" and not os.environ.get("JAXFUSE_BENCH_ALLOW_CPU"):
     sys.exit("gpu.sh: JAX sees no GPU (install jax[cuda12]); JAXFUSE_BENCH_ALLOW_CPU=1 runs it on CPU anyway")
 EOF
 
-machine="$("$PYTHON" -c 'from jaxfuse._bench import machine_name; print(machine_name())')"
+machine="$("$PYTHON" -c 'from jaxfuse.bench.machine import machine_name; print(machine_name())')"
 results=benchmarks/results
 mkdir -p "$results"
 start=$SECONDS

@@ -27,7 +27,7 @@ import pytest
 
 import _data
 import jaxfuse
-from jaxfuse import _bench
+from jaxfuse.bench.compilation import PADDING_POLICIES, serve_request
 
 REQUESTS = 1_000
 COMPILE_TARGET = 12
@@ -38,15 +38,15 @@ def _serve_stream(stream, policy):
     for request in stream:
         before = jaxfuse.compile_count()
         start = time.perf_counter()
-        _bench._serve(request, policy)
+        serve_request(request, policy)
         latencies.append(time.perf_counter() - start)
         compiled.append(jaxfuse.compile_count() > before)
     return np.asarray(latencies), np.asarray(compiled)
 
 
-@pytest.mark.parametrize("policy_name", list(_bench.PADDING_POLICIES))
+@pytest.mark.parametrize("policy_name", list(PADDING_POLICIES))
 def test_bench_request_stream(benchmark, policy_name):
-    policy = _bench.PADDING_POLICIES[policy_name]
+    policy = PADDING_POLICIES[policy_name]
     stream = _data.request_stream(REQUESTS)
     benchmark.group = f"compile: {REQUESTS:,} random-size requests"
     latencies, compiled = benchmark.pedantic(

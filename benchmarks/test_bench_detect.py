@@ -2,7 +2,7 @@
 
 Run: ``python -m pytest benchmarks/test_bench_detect.py -s``
 
-Data (seeded, :func:`jaxfuse._videos.synthetic_videos`): 210 videos of 400 to 512
+Data (seeded, :func:`jaxfuse.tools.videos.synthetic_videos`): 210 videos of 400 to 512
 snippets (padded to 512), 20 classes, 1 to 3 classes per video above the class
 threshold 0.16 (about 410 (video, class) items), the published 20 levels
 ``0.001 .. 0.039``: about 200 to 550 proposals per item, as in the SPEC. Method:
@@ -39,7 +39,7 @@ import numpy as np
 import pytest
 
 from jaxfuse._detect import PUBLISHED_CLASS_THRESHOLD, PUBLISHED_THRESHOLDS, detect
-from jaxfuse._videos import synthetic_videos
+from jaxfuse.tools.videos import synthetic_videos
 
 NUM_VIDEOS, NUM_CLASSES = 210, 20
 MIN_LENGTH, MAX_LENGTH = 400, 512

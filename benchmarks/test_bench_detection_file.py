@@ -39,7 +39,7 @@ import pytest
 
 import _data
 from jaxfuse._detection_file import detection_table, fuse_detection_file
-from jaxfuse._published import published_fusion_loop
+from jaxfuse.bench.published import published_fusion_loop
 
 VIDEOS = 5_000
 DETECTIONS_PER_VIDEO = 1_000

@@ -3,7 +3,7 @@
 Run: ``python -m pytest benchmarks/test_bench_evaluate.py``
 
 The baseline is the straightforward per-prediction loop (ground truth looked up by
-(class, video), tIoU computed once per pair), ``jaxfuse._published.detection_map_loop``,
+(class, video), tIoU computed once per pair), ``jaxfuse.bench.published.detection_map_loop``,
 written like the independent reference in ``tests/test_evaluate.py`` (benchmarks do not
 import tests). ``test_bench_reference_loop`` also checks that ``evaluate_detections``
 agrees with it on the benchmark data to 1e-9. The speed-up (reference time / evaluator
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from jaxfuse._evaluate import THUMOS14_THRESHOLDS, Detections, GroundTruth, evaluate_detections
-from jaxfuse._published import detection_map_loop
+from jaxfuse.bench.published import detection_map_loop
 
 NUM_VIDEOS = 200
 NUM_CLASSES = 20

@@ -24,7 +24,7 @@ import pytest
 
 import _data
 import jaxfuse
-from jaxfuse import _bench
+from jaxfuse.bench.sizes import CLOSED_FORMS
 
 FLOOR_ELEMENTS = 1 << 26
 
@@ -57,7 +57,7 @@ def test_bench_exp_throughput(benchmark, big_array):
                  g_exp_per_s=None if rate is None else rate / 1e9)
 
 
-@pytest.mark.parametrize("template", _bench.CLOSED_FORMS + ("student_t",))
+@pytest.mark.parametrize("template", CLOSED_FORMS + ("student_t",))
 def test_bench_kernel_fraction(benchmark, template):
     benchmark.group = "fraction of floor"
     groups = _data.STUDENT_T_GROUPS if template == "student_t" else _data.HEADLINE_GROUPS

@@ -3,7 +3,7 @@
 Run: ``python -m pytest benchmarks/test_bench_fusion.py --benchmark-only``
 
 Workloads (seeded THUMOS-like groups, skewed sizes, K = 3 coordinates, float32,
-T = 0.2; see :func:`jaxfuse._bench.closed_form_groups`):
+T = 0.2; see :func:`jaxfuse.bench.data.closed_form_groups`):
 
 * the headline, G x M = 200,000 x 32, every closed-form template;
 * a G sweep 10^2 .. 10^7 at M = 32 (sizes over the memory cap are skipped);
@@ -13,7 +13,7 @@ T = 0.2; see :func:`jaxfuse._bench.closed_form_groups`):
 
 jaxfuse is timed on device arrays (JAX in, JAX out, ``block_until_ready``),
 compiled and warmed up outside the timing. The baseline,
-``jaxfuse._synthetic.numpy_fuse`` (float64, as users write it), runs on the
+``jaxfuse.tools.synthetic.numpy_fuse`` (float64, as users write it), runs on the
 same padded arrays; each ``*_numpy`` benchmark checks it agrees with jaxfuse
 and records ``speedup`` = numpy median / jaxfuse median of this run.
 """
@@ -26,9 +26,9 @@ import pytest
 
 import _data
 import jaxfuse
-from jaxfuse import _bench
+from jaxfuse.bench.baselines import numpy_closed_form
+from jaxfuse.bench.sizes import CLOSED_FORMS
 
-CLOSED_FORMS = _bench.CLOSED_FORMS
 GROUP_SWEEP = [100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000]
 MEMBER_SWEEP = [2**i for i in range(1, 11)]
 MEMBER_SWEEP_SLOTS = 1 << 21
@@ -66,7 +66,7 @@ def _bench_numpy(benchmark, key: tuple, template: str, groups: int, members: int
     if reason := _data.skip_reason_for_memory(groups, members):
         pytest.skip(reason)
     data = _data.closed_form_groups(groups, members)
-    reference = _data.run_benchmark(benchmark, lambda: _bench.numpy_closed_form(template, *data), budget_seconds=4.0,
+    reference = _data.run_benchmark(benchmark, lambda: numpy_closed_form(template, *data), budget_seconds=4.0,
                                     min_rounds=1)
     fused = _fuse(template, _data.device_groups(groups, members))
     real = data.mask.any(-1)
@@ -74,7 +74,7 @@ def _bench_numpy(benchmark, key: tuple, template: str, groups: int, members: int
     difference = np.abs(np.asarray(fused.location)[real] - reference[real]) / spread
     assert difference.max() < 1e-4, f"jaxfuse and numpy disagree: {difference.max():.2e} of the spread"
     speedup = _data.ratio(_data.median_seconds(benchmark), _medians.get(key))
-    _data.record(benchmark, template=template, **_shape_info(data), baseline="jaxfuse._synthetic.numpy_fuse (float64)",
+    _data.record(benchmark, template=template, **_shape_info(data), baseline="jaxfuse.tools.synthetic.numpy_fuse (float64)",
                  max_difference_over_spread=float(difference.max()), speedup=speedup,
                  speedup_of="numpy median / jaxfuse median, same run",
                  speedup_best=_data.ratio(_data.best_seconds(benchmark), _bests.get(key)))
@@ -180,7 +180,7 @@ def test_bench_ragged_numpy(benchmark, ragged_packed):
     ragged, packed = ragged_packed
     benchmark.group = f"ragged Zipf sizes, {RAGGED_GROUPS:,} groups"
     arrays = (packed.values, packed.weights, packed.mask)
-    reference = _data.run_benchmark(benchmark, lambda: _bench.numpy_closed_form("gaussian", *arrays),
+    reference = _data.run_benchmark(benchmark, lambda: numpy_closed_form("gaussian", *arrays),
                                     budget_seconds=4.0, min_rounds=1)
     np.testing.assert_allclose(_fuse_packed(packed), reference[: packed.num_groups], rtol=1e-5, atol=1e-3)
     _data.record(benchmark, **_ragged_info(ragged, packed),

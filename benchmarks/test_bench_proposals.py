@@ -33,7 +33,7 @@ import pytest
 
 from jaxfuse._grouping import _group_batch_jit, overlap_settings
 from jaxfuse._proposals import _fuse_closed_form, fuse_proposals, pack_proposals
-from jaxfuse._published import published_fusion_loop
+from jaxfuse.bench.published import published_fusion_loop
 
 ITEM_COUNTS = (400, 4_000)
 MIN_PROPOSALS, MAX_PROPOSALS = 20, 800

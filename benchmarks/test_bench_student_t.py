@@ -11,7 +11,7 @@ Baselines:
 
 * ``scipy.optimize.minimize`` (L-BFGS-B, analytic gradient, float64) per group and
   coordinate, from the weighted median, with point masses detected as jaxfuse
-  does (:func:`jaxfuse._bench.scipy_student_t_loop`). It takes tens of
+  does (:func:`jaxfuse.bench.baselines.scipy_student_t_loop`). It takes tens of
   milliseconds a group, so it runs on the first ``SCIPY_GROUPS`` groups and its
   time is scaled per group to all G (recorded in ``extra_info``). The locations
   are checked against jaxfuse's, in units of the fitted scale.
@@ -28,12 +28,16 @@ import pytest
 
 import _data
 import jaxfuse
-from jaxfuse import _bench
+from jaxfuse.bench.baselines import scipy_student_t_loop
+from jaxfuse.bench.data import closed_form_groups
+from jaxfuse.bench.sizes import SCIPY_WARMUP_GROUPS, STUDENT_T_DF
+from jaxfuse.bench.student_t import scipy_agreement
+from jaxfuse.tools.synthetic import numpy_fuse
 
 GROUPS, MEMBERS = _data.STUDENT_T_GROUPS, _data.MEMBERS
 SCIPY_GROUPS = 300
 EM_GROUPS = 300
-DF = _bench.STUDENT_T_DF
+DF = STUDENT_T_DF
 MEDIAN_STEPS_TARGET = 8
 SPEEDUP_TARGET = 100
 
@@ -43,7 +47,7 @@ _results: dict[str, object] = {}
 @pytest.fixture(scope="module")
 def groups():
     """Host groups and their device copies."""
-    data = _bench.closed_form_groups(GROUPS, MEMBERS, seed=1)
+    data = closed_form_groups(GROUPS, MEMBERS, seed=1)
     return data, tuple(jax.device_put(np.asarray(a)) for a in data)
 
 
@@ -72,10 +76,10 @@ def test_bench_student_t_scipy_loop(benchmark, groups):
     data, arrays = groups
     benchmark.group = f"student-t {GROUPS:,} x {MEMBERS} x 3"
     subset = _subset(data, SCIPY_GROUPS)
-    _bench.scipy_student_t_loop(*_subset(data, _bench.SCIPY_WARMUP_GROUPS))  # imports and caches, untimed
-    reference = benchmark.pedantic(_bench.scipy_student_t_loop, args=tuple(subset), rounds=1, iterations=1)
+    scipy_student_t_loop(*_subset(data, SCIPY_WARMUP_GROUPS))  # imports and caches, untimed
+    reference = benchmark.pedantic(scipy_student_t_loop, args=tuple(subset), rounds=1, iterations=1)
     fused = _results.get("fused") or _fuse(arrays)
-    agreement = _bench._agreement(fused, reference, SCIPY_GROUPS)
+    agreement = scipy_agreement(fused, reference, SCIPY_GROUPS)
     subset_seconds = _data.median_seconds(benchmark)
     scaled = None if subset_seconds is None else subset_seconds / SCIPY_GROUPS * GROUPS
     speedup = _data.ratio(scaled, _results.get("seconds"))
@@ -94,7 +98,7 @@ def test_bench_student_t_numpy_em(benchmark, groups):
     data, _ = groups
     benchmark.group = f"student-t {GROUPS:,} x {MEMBERS} x 3"
     subset = _subset(data, EM_GROUPS)
-    benchmark.pedantic(lambda: _bench.numpy_fuse("student_t", *subset, _data.TEMPERATURE, df=DF), rounds=1,
+    benchmark.pedantic(lambda: numpy_fuse("student_t", *subset, _data.TEMPERATURE, df=DF), rounds=1,
                        iterations=1)
     subset_seconds = _data.median_seconds(benchmark)
     scaled = None if subset_seconds is None else subset_seconds / EM_GROUPS * GROUPS

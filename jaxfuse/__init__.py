@@ -52,7 +52,7 @@ from jaxfuse._result import ResultCode
 from jaxfuse._sharding import fuse_proposals_sharded, item_mesh
 from jaxfuse._student_t import StudentTParameters
 from jaxfuse._templates import ExponentialParameters, GaussianParameters, LaplaceParameters, UniformParameters
-from jaxfuse._videos import SyntheticVideos, VideoParameters, synthetic_videos
+from jaxfuse.tools.videos import SyntheticVideos, VideoParameters, synthetic_videos
 from jaxfuse._weights import member_probabilities
 
 __version__ = "0.1.0"

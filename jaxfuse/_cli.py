@@ -13,10 +13,10 @@ import importlib.util
 import sys
 
 _SUBCOMMANDS = {
-    "demo": ("jaxfuse._demo", "fuse a built-in THUMOS-like set of groups with every template, checked against numpy"),
+    "demo": ("jaxfuse.tools.demo", "fuse a built-in THUMOS-like set of groups with every template, checked against numpy"),
     "fuse": ("jaxfuse._detection_file", "fuse detections of an ActivityNet-format JSON file"),
-    "bench": ("jaxfuse._bench", "run the benchmark suite and write a report"),
-    "study": ("jaxfuse._study", "compare templates, NMS and Soft-NMS by detection mAP on synthetic videos"),
+    "bench": ("jaxfuse.bench.command", "run the benchmark suite and write a report"),
+    "study": ("jaxfuse.tools.study", "compare templates, NMS and Soft-NMS by detection mAP on synthetic videos"),
     "evaluate": ("jaxfuse.cli.evaluate", "detection mAP of a results file against its ground truth, as papers print it"),
 }
 

@@ -9,7 +9,8 @@ import math
 
 import pytest
 
-from jaxfuse import _bench
+from jaxfuse.bench import command
+from jaxfuse.bench.sizes import CLOSED_FORMS
 
 # The closed-form sections and the compile stream compile in seconds; Student-t
 # and the CAS pipeline compile bigger programs and are covered by the benchmark
@@ -33,10 +34,10 @@ def _numbers(tree):
 def smoke_report(tmp_path_factory):
     output = tmp_path_factory.mktemp("bench")
     parser = argparse.ArgumentParser()
-    _bench.configure(parser)
+    command.configure(parser)
     args = parser.parse_args(["--smoke", "--output-dir", str(output), "--machine", "test-machine",
                               "--sections", ",".join(SMOKE_SECTIONS)])
-    status = _bench.run(args)
+    status = command.run(args)
     return status, output
 
 
@@ -57,7 +58,7 @@ def test_bench_command_numbers_are_positive_and_finite(smoke_report):
     payload = json.loads((output / "test-machine.json").read_text())
     data = payload["sections"]
     assert data["floors"]["data"]["copy_gbps"] > 0 and data["floors"]["data"]["exp_per_second"] > 0
-    for template in _bench.CLOSED_FORMS:
+    for template in CLOSED_FORMS:
         measured = data["templates"]["data"][template]
         for key in ("jax_seconds", "host_seconds", "numpy_seconds", "speedup", "gbps", "floor_fraction"):
             assert math.isfinite(measured[key]) and measured[key] > 0, (template, key, measured[key])

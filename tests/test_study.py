@@ -10,8 +10,8 @@ import pytest
 
 from jaxfuse._cli import main
 from jaxfuse._evaluate import THUMOS14_THRESHOLDS
-from jaxfuse._study import BASELINES, TEMPLATES, run_study
-from jaxfuse._videos import VideoParameters, synthetic_videos
+from jaxfuse.tools.study import BASELINES, TEMPLATES, run_study
+from jaxfuse.tools.videos import VideoParameters, synthetic_videos
 
 # Small videos, few classes: every run shares these shapes (and so its compiled programs).
 TINY = dict(num_videos=10, num_classes=3, min_length=130, max_length=250, seed=3)
@@ -122,7 +122,7 @@ def test_study_command_writes_a_sane_table(tmp_path, capsys):
 
 def test_study_defaults_are_the_documented_ones():
     parser = argparse.ArgumentParser()
-    from jaxfuse._study import configure
+    from jaxfuse.tools.study import configure
 
     configure(parser)
     args = parser.parse_args([])

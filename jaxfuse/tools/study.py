@@ -1,6 +1,6 @@
 """``jaxfuse study``: NMS, Soft-NMS and every fusion template compared by detection mAP.
 
-One command: seeded synthetic videos with ground truth (:mod:`jaxfuse._videos`),
+One command: seeded synthetic videos with ground truth (:mod:`jaxfuse.tools.videos`),
 :func:`jaxfuse.detect` with each method (and each temperature for the fusion
 templates), :func:`jaxfuse.evaluate_detections` at the THUMOS14 tIoU thresholds
 0.1:0.1:0.7, a table printed and written as markdown, and a plot.
@@ -27,7 +27,7 @@ import numpy as np
 
 from jaxfuse._detect import PUBLISHED_CLASS_THRESHOLD, detect
 from jaxfuse._evaluate import THUMOS14_THRESHOLDS, evaluate_detections
-from jaxfuse._videos import SyntheticVideos, VideoParameters, synthetic_videos
+from jaxfuse.tools.videos import SyntheticVideos, VideoParameters, synthetic_videos
 
 TEMPLATES = ("gaussian", "uniform", "exponential", "laplace", "student_t")
 BASELINES = ("nms", "soft_nms")
@@ -282,7 +282,7 @@ def _markdown_report(rows, parameters: VideoParameters, videos: SyntheticVideos,
     parts += [
         "## Setup",
         "",
-        f"{parameters.num_videos} synthetic videos (`jaxfuse._videos.synthetic_videos`, seeded), "
+        f"{parameters.num_videos} synthetic videos (`jaxfuse.tools.videos.synthetic_videos`, seeded), "
         f"{len(truth.video)} ground-truth actions of {parameters.num_classes} classes, "
         f"{selected} (video, class) pairs above the class threshold {PUBLISHED_CLASS_THRESHOLD}. "
         "Each CAS is a sigmoid of a logit: background, actions with linear boundary ramps, spurious "

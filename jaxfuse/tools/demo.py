@@ -10,7 +10,7 @@ import numpy as np
 
 from jaxfuse._fuse import TEMPLATES, compile_count, fuse_groups
 from jaxfuse._result import ResultCode
-from jaxfuse._synthetic import numpy_fuse, thumos_like_groups
+from jaxfuse.tools.synthetic import numpy_fuse, thumos_like_groups
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,67 @@
+"""Timing helpers of the benchmark harness: medians of repeated calls, first-call latency, device copies."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class Timing(NamedTuple):
+    """Seconds per call: the median and the fastest of ``rounds`` timed calls, and the last call's result."""
+
+    median: float
+    best: float
+    rounds: int
+    result: Any = None
+
+
+def time_call(function: Callable[[], Any], *, repeats: int, warmup: int = 1, min_seconds: float = 0.2,
+              max_seconds: float = 4.0, max_rounds: int = 200) -> Timing:
+    """Time ``function`` (its result is waited for with ``jax.block_until_ready``).
+
+    Args:
+        function: called with no arguments.
+        repeats: the number of timed calls wanted.
+        warmup: untimed calls first (compilation, caches).
+        min_seconds: keep calling, up to ``max_rounds``, until this much time
+            was timed, so that microsecond calls get a stable median.
+        max_seconds: stop early (after at least one call) once this much time
+            was timed, so that slow calls do not stretch the run.
+        max_rounds: the most timed calls.
+
+    Returns:
+        A :class:`Timing`.
+    """
+    for _ in range(warmup):
+        jax.block_until_ready(function())
+    times: list[float] = []
+    result = None
+    while True:
+        start = time.perf_counter()
+        result = jax.block_until_ready(function())
+        times.append(time.perf_counter() - start)
+        total = sum(times)
+        if len(times) >= max_rounds or total >= max_seconds:
+            break
+        if len(times) >= repeats and total >= min_seconds:
+            break
+    return Timing(float(np.median(times)), float(np.min(times)), len(times), result)
+
+
+def first_call_seconds(function: Callable[[], Any]) -> tuple[float, Any]:
+    """Seconds of one call (compilation included when it is the first), and its result."""
+    start = time.perf_counter()
+    result = jax.block_until_ready(function())
+    return time.perf_counter() - start, result
+
+
+def tree_bytes(tree) -> int:
+    return int(sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(tree) if hasattr(leaf, "nbytes")))
+
+
+def device_arrays(*arrays):
+    return tuple(jax.device_put(jnp.asarray(array)) for array in arrays)
