@@ -31,8 +31,10 @@ the reference's floating-point steps. The one deliberate difference: an empty un
 (a zero-length prediction against a zero-length ground truth) gives tIoU 0, where the
 reference divides 0 by 0 and its NaN, sorted first and never ``< threshold``, makes the
 prediction a true positive wherever the two points lie. The reference raises
-``KeyError`` on a prediction whose label has no ground truth; here such a class gets AP
-NaN and stays out of the mean, as in ActionFormer's copy of the evaluator.
+``KeyError`` on a prediction whose label has no ground truth (ActionFormer's copy leaves
+its label id unmapped, where it may collide with another class's index); here such a
+class gets AP NaN and stays out of the mean, which is over the classes with ground
+truth as in the reference.
 
 Why the fast path is fast: a false positive changes no state, so for one
 (class, video, threshold) the only events are the true positives, at most one per
