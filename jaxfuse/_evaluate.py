@@ -26,6 +26,10 @@ values the later one comes first**. Equal scores: the prediction later in the in
 later is tried first. ``DetectionMAP.tied_predictions`` counts the predictions whose
 rank depends on this rule.
 
+AP agrees with the reference to rounding (within 1e-15: its recall steps are summed
+in another order). The reference's online list of blocked videos (``check_status``)
+is not fetched: results equal the reference run with ``check_status=False``.
+
 tIoU uses continuous lengths: ``intersection / union`` with ``length = end - start``,
 the reference's floating-point steps. The one deliberate difference: an empty union
 (a zero-length prediction against a zero-length ground truth) gives tIoU 0, where the
