@@ -2,6 +2,9 @@
 
 Run: ``python -m pytest benchmarks/test_bench_evaluate.py``
 
+``test_bench_evaluate_json`` times the file path (``evaluate_json``: parse, check,
+code, evaluate) on the same detections written as ActivityNet JSON.
+
 The baseline is the straightforward per-prediction loop (ground truth looked up by
 (class, video), tIoU computed once per pair), ``jaxfuse.bench.published.detection_map_loop``,
 written like the independent reference in ``tests/test_evaluate.py`` (benchmarks do not
@@ -13,10 +16,12 @@ timings are measured, not asserted.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
-from jaxfuse._evaluate import THUMOS14_THRESHOLDS, Detections, GroundTruth, evaluate_detections
+from jaxfuse._evaluate import THUMOS14_THRESHOLDS, Detections, GroundTruth, evaluate_detections, evaluate_json
 from jaxfuse.bench.published import detection_map_loop
 
 NUM_VIDEOS = 200
@@ -119,3 +124,41 @@ def test_bench_reference_loop(benchmark, thumos_like):
     benchmark.extra_info["speedup_vs_reference"] = speedup
     print(f"\nevaluate_detections is {speedup:.1f}x faster than the per-prediction loop ({sizes})")
     benchmark.extra_info["speedup_target"] = SPEEDUP_TARGET
+
+
+@pytest.fixture(scope="module")
+def thumos_like_files(thumos_like, tmp_path_factory):
+    """The same detections as ActivityNet-format files (string video ids and labels)."""
+    predictions, ground_truth, sizes = thumos_like
+    results: dict = {}
+    for video, label, score, (start, end) in zip(
+        predictions.video.tolist(), predictions.label.tolist(), predictions.score.tolist(), predictions.segments.tolist()
+    ):
+        results.setdefault(f"video_{video}", []).append({"label": f"class_{label}", "score": score, "segment": [start, end]})
+    database: dict = {}
+    for video, label, (start, end) in zip(ground_truth.video.tolist(), ground_truth.label.tolist(), ground_truth.segments.tolist()):
+        entry = database.setdefault(f"video_{video}", {"subset": "test", "annotations": []})
+        entry["annotations"].append({"label": f"class_{label}", "segment": [start, end]})
+    folder = tmp_path_factory.mktemp("evaluate_json")
+    prediction_path, ground_truth_path = folder / "pred.json", folder / "gt.json"
+    prediction_path.write_text(json.dumps({"results": results}))
+    ground_truth_path.write_text(json.dumps({"database": database}))
+    return prediction_path, ground_truth_path, sizes
+
+
+def test_bench_evaluate_json(benchmark, thumos_like, thumos_like_files):
+    """File to mAP, as ``jaxfuse evaluate`` runs it: parse, check, code, evaluate."""
+    prediction_path, ground_truth_path, sizes = thumos_like_files
+    result = benchmark.pedantic(
+        evaluate_json, args=(prediction_path, ground_truth_path), rounds=3, iterations=1, warmup_rounds=1
+    )
+    benchmark.extra_info.update(sizes)
+    benchmark.extra_info["file_megabytes"] = prediction_path.stat().st_size / 1e6
+    predictions, ground_truth, _ = thumos_like
+    direct = evaluate_detections(predictions, ground_truth)
+    columns = [int(name.removeprefix("class_")) for name in result.classes]  # "class_10" sorts before "class_2"
+    np.testing.assert_allclose(result.average_precision, direct.average_precision[:, columns], atol=1e-12, rtol=0)
+    if (seconds := _min_seconds(benchmark)) is not None and "vectorised" in _timings:
+        benchmark.extra_info["evaluation_share"] = _timings["vectorised"] / seconds
+        print(f"\nevaluate_json: {seconds:.2f} s for {benchmark.extra_info['file_megabytes']:.0f} MB, "
+              f"of which the evaluation {_timings['vectorised']:.2f} s")

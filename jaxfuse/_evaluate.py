@@ -26,13 +26,19 @@ values the later one comes first**. Equal scores: the prediction later in the in
 later is tried first. ``DetectionMAP.tied_predictions`` counts the predictions whose
 rank depends on this rule.
 
+AP agrees with the reference to rounding (within 1e-15: its recall steps are summed
+in another order). The reference's online list of blocked videos (``check_status``)
+is not fetched: results equal the reference run with ``check_status=False``.
+
 tIoU uses continuous lengths: ``intersection / union`` with ``length = end - start``,
 the reference's floating-point steps. The one deliberate difference: an empty union
 (a zero-length prediction against a zero-length ground truth) gives tIoU 0, where the
 reference divides 0 by 0 and its NaN, sorted first and never ``< threshold``, makes the
 prediction a true positive wherever the two points lie. The reference raises
-``KeyError`` on a prediction whose label has no ground truth; here such a class gets AP
-NaN and stays out of the mean, as in ActionFormer's copy of the evaluator.
+``KeyError`` on a prediction whose label has no ground truth (ActionFormer's copy leaves
+its label id unmapped, where it may collide with another class's index); here such a
+class gets AP NaN and stays out of the mean, which is over the classes with ground
+truth as in the reference.
 
 Why the fast path is fast: a false positive changes no state, so for one
 (class, video, threshold) the only events are the true positives, at most one per
@@ -53,6 +59,8 @@ would need float64 for tIoU to agree exactly at the thresholds.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import itertools
 import json
 import math
@@ -706,11 +714,29 @@ def _no_duplicate_keys(pairs: list) -> dict:
     return result
 
 
+@contextlib.contextmanager
+def _garbage_collector_paused():
+    """Pause the cyclic garbage collector while parsed JSON is read and coded.
+
+    Parsed JSON holds no cycles, but its hundreds of thousands of new objects make the
+    collector run again and again: measured on a 200,000-entry file, parsing takes
+    1.25 s paused against 2.5 to 3.1 s with the collector on (as ``jaxfuse fuse`` found).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _read_json(path: str | os.PathLike, name: str) -> Any:
     with open(path, "rb") as handle:
         raw = handle.read()
     try:
-        return json.loads(raw, object_pairs_hook=_no_duplicate_keys)
+        with _garbage_collector_paused():
+            return json.loads(raw, object_pairs_hook=_no_duplicate_keys)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"`{name}` ({os.fspath(path)}) is not valid JSON: {error}") from None
     except ValueError as error:  # a repeated key
@@ -807,6 +833,12 @@ def load_activitynet_json(
         >>> data.class_names, data.predictions.label.tolist()
         (('Jump',), [0])
     """
+    with _garbage_collector_paused():
+        return _load(predictions_json, ground_truth_json, subset, ignore_labels, drop_ignored_overlaps)
+
+
+def _load(predictions_json, ground_truth_json, subset, ignore_labels, drop_ignored_overlaps) -> ActivityNetData:
+    """``load_activitynet_json``'s steps (the collector paused by the caller)."""
     results = _json_object(predictions_json, "predictions_json", "results",
                            "mapping each video id to a list of {'label', 'score', 'segment'}")
     database = _json_object(ground_truth_json, "ground_truth_json", "database",
@@ -826,7 +858,7 @@ def load_activitynet_json(
         keep_pred &= ~_overlaps_any(pred_video, preds.segments, gt_video[~keep_gt], truth.segments[~keep_gt])
 
     def kept(values, keep):
-        return [value for value, k in zip(values, keep) if k]
+        return values if keep.all() else [value for value, k in zip(values, keep) if k]
 
     pred_videos, pred_labels = kept(preds.videos, keep_pred), kept(preds.labels, keep_pred)
     gt_videos, gt_labels = kept(truth.videos, keep_gt), kept(truth.labels, keep_gt)
@@ -836,7 +868,7 @@ def load_activitynet_json(
     class_code = {name: i for i, name in enumerate(class_names)}
 
     def codes(values, table):
-        return np.fromiter((table[value] for value in values), np.int64, len(values))
+        return np.fromiter(map(table.__getitem__, values), np.int64, len(values))
 
     predictions = Detections(
         video=codes(pred_videos, video_code),

@@ -168,11 +168,11 @@ def test_matches_reference_loop_on_random_cases(seed):
     expected, classes = reference_map(predictions, ground_truth, thresholds)
     result = evaluate_detections(predictions, ground_truth, thresholds=thresholds)
     np.testing.assert_array_equal(result.classes, classes)
-    np.testing.assert_allclose(result.average_precision, expected, atol=1e-9, rtol=0)
+    np.testing.assert_allclose(result.average_precision, expected, atol=1e-12, rtol=0)
     has_gt = np.isin(classes, np.asarray(ground_truth.label))
     expected_mean = expected[:, has_gt].mean(axis=1)
-    np.testing.assert_allclose(result.mean_average_precision, expected_mean, atol=1e-9, rtol=0)
-    np.testing.assert_allclose(result.average, expected[:, has_gt].mean(), atol=1e-9, rtol=0)
+    np.testing.assert_allclose(result.mean_average_precision, expected_mean, atol=1e-12, rtol=0)
+    np.testing.assert_allclose(result.average, expected[:, has_gt].mean(), atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -204,7 +204,7 @@ def test_many_ground_truths_in_one_video_and_class():
     predictions, ground_truth = random_case(rng, num_videos=1, num_classes=1, num_gt=60, num_predictions=400)
     expected, _ = reference_map(predictions, ground_truth, THUMOS14_THRESHOLDS)
     result = evaluate_detections(predictions, ground_truth)
-    np.testing.assert_allclose(result.average_precision, expected, atol=1e-9, rtol=0)
+    np.testing.assert_allclose(result.average_precision, expected, atol=1e-12, rtol=0)
 
 
 def test_pairs_split_across_chunks(monkeypatch):
@@ -214,7 +214,7 @@ def test_pairs_split_across_chunks(monkeypatch):
     monkeypatch.setattr(_evaluate, "_PAIR_CHUNK", 7)
     np.testing.assert_array_equal(evaluate_detections(predictions, ground_truth).average_precision, expected)
     reference, _ = reference_map(predictions, ground_truth, THUMOS14_THRESHOLDS)
-    np.testing.assert_allclose(expected, reference, atol=1e-9, rtol=0)
+    np.testing.assert_allclose(expected, reference, atol=1e-12, rtol=0)
 
 
 def test_larger_case_and_other_array_kinds():
@@ -227,7 +227,7 @@ def test_larger_case_and_other_array_kinds():
     thresholds = (0.7, 0.3, 0.55)
     expected, _ = reference_map(predictions, ground_truth, thresholds)
     result = evaluate_detections(predictions, ground_truth, thresholds=thresholds)
-    np.testing.assert_allclose(result.average_precision, expected, atol=1e-9, rtol=0)
+    np.testing.assert_allclose(result.average_precision, expected, atol=1e-12, rtol=0)
 
 
 # -------------------------------------------------------------- hand-checked cases
@@ -661,4 +661,4 @@ def test_property_ap_in_unit_interval_and_order_invariant(case, seed):
     np.testing.assert_allclose(permuted.average_precision, result.average_precision, atol=1e-12)
 
     expected, _ = reference_map(predictions, ground_truth, (0.1, 0.5, 0.9))
-    np.testing.assert_allclose(result.average_precision, expected, atol=1e-9, rtol=0)
+    np.testing.assert_allclose(result.average_precision, expected, atol=1e-12, rtol=0)

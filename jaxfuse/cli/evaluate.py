@@ -93,7 +93,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "(fractions, classes with ground truth) to OUT ('-' for stdout; the table then goes to stderr)",
     )
     parser.epilog = (
-        "Prints mAP (%%) per tIoU threshold and their average. Exit status: 0 on success, 2 for a malformed "
+        "Prints mAP (%) per tIoU threshold and their average. Exit status: 0 on success, 2 for a malformed "
         "or unreadable input (the message names the video and the entry, counted from 0) or an unwritable --json."
     )
 
