@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 
 import jax
 
+from jaxfuse.bench.cold_start import measure_cold_start
 from jaxfuse.bench.compilation import measure_compile
 from jaxfuse.bench.floors import measure_floors
 from jaxfuse.bench.machine import machine_name, memory_budget_bytes
@@ -45,6 +46,7 @@ def run_benchmarks(sizes: Sizes, sections: Sequence[str] = SECTIONS, *, memory_g
         "student_t": lambda: measure_student_t(sizes),
         "compile": lambda: measure_compile(sizes),
         "pipeline": lambda: measure_pipeline(sizes),
+        "cold_start": lambda: measure_cold_start(sizes, echo=echo),
     }
     if "floors" in done:
         echo(render_section(done["floors"]) + "\n")
