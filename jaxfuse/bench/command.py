@@ -34,6 +34,11 @@ def run_benchmarks(sizes: Sizes, sections: Sequence[str] = SECTIONS, *, memory_g
     echo = echo or (lambda text: print(text, flush=True))
     memory_budget = memory_budget_bytes(sizes.memory_gb if memory_gb is None else memory_gb)
     done: dict[str, Section] = {}
+    if "cold_start" in sections:
+        done["cold_start"] = measure_cold_start(sizes, echo=echo)
+        echo(render_section(done["cold_start"]) + "\n")
+        if on_section is not None:
+            on_section(done)
     floors = {}
     if any(s in sections for s in ("floors", "templates", "groups", "members")):
         done["floors"] = measure_floors(sizes)
@@ -46,7 +51,6 @@ def run_benchmarks(sizes: Sizes, sections: Sequence[str] = SECTIONS, *, memory_g
         "student_t": lambda: measure_student_t(sizes),
         "compile": lambda: measure_compile(sizes),
         "pipeline": lambda: measure_pipeline(sizes),
-        "cold_start": lambda: measure_cold_start(sizes, echo=echo),
     }
     if "floors" in done:
         echo(render_section(done["floors"]) + "\n")
