@@ -32,9 +32,10 @@ only point it at a directory that nobody else can write to.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import NamedTuple, TextIO
+from typing import Iterator, NamedTuple, TextIO
 
 import jax
 
@@ -164,6 +165,27 @@ def set_compilation_cache(path: str | os.PathLike | None) -> CompilationCacheSta
         jax.config.update("jax_compilation_cache_dir", None)
     compilation_cache.reset_cache()
     return status
+
+
+@contextlib.contextmanager
+def persistent_cache_disabled() -> Iterator[None]:
+    """Compile everything inside, reading and writing no persistent cache; then restore the settings.
+
+    For measuring compilation itself (the benchmarks' compile counts and
+    first-call latencies), which a warm disk cache would hide.
+    """
+    global _status
+    from jax.experimental.compilation_cache import compilation_cache
+
+    saved_status, saved_directory = _status, jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", None)
+    compilation_cache.reset_cache()
+    try:
+        yield
+    finally:
+        jax.config.update("jax_compilation_cache_dir", saved_directory)
+        compilation_cache.reset_cache()
+        _status = saved_status
 
 
 def compilation_cache_status() -> CompilationCacheStatus:

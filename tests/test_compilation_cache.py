@@ -212,3 +212,14 @@ def test_first_compilation_is_announced_once(tmp_path, restore_cache_settings, c
     jaxfuse.set_compilation_cache(blocker / "cache")  # unusable: said every run, with the reason
     assert _compilation_cache.announce_first_compilation(sys.stderr)
     assert "without a persistent cache (cannot create" in capsys.readouterr().err
+
+
+def test_persistent_cache_disabled_restores_the_settings(tmp_path, restore_cache_settings):
+    before = jaxfuse.set_compilation_cache(tmp_path / "cache")
+    with _compilation_cache.persistent_cache_disabled():
+        assert jax.config.jax_compilation_cache_dir is None
+        with _compilation_cache.persistent_cache_disabled():  # nests
+            assert jax.config.jax_compilation_cache_dir is None
+        assert jax.config.jax_compilation_cache_dir is None
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache")
+    assert jaxfuse.compilation_cache_status() == before

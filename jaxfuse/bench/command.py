@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 
 import jax
 
+from jaxfuse._compilation_cache import persistent_cache_disabled
 from jaxfuse.bench.cold_start import measure_cold_start
 from jaxfuse.bench.compilation import measure_compile
 from jaxfuse.bench.floors import measure_floors
@@ -97,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
         write_report(done, sizes, Path(args.output_dir), machine=args.machine, plots=False,
                      command=command + " (partial)")
 
-    sections = run_benchmarks(sizes, chosen, memory_gb=args.memory_gb, on_section=save_partial)
+    # Every first call measured here compiles, as on a new machine: no programs from the user's disk cache.
+    with persistent_cache_disabled():
+        sections = run_benchmarks(sizes, chosen, memory_gb=args.memory_gb, on_section=save_partial)
     report = write_report(sections, sizes, Path(args.output_dir), machine=args.machine, plots=not args.no_plots,
                           command=command)
     print(render_section(headline(sections, sizes)))
