@@ -7,8 +7,19 @@ Run: ``python -m pytest benchmarks --benchmark-only`` (plain ``pytest`` runs onl
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
+
+# A fresh, empty compilation cache per session (before jaxfuse is imported): the
+# first-call figures are those of a new machine, not of the user's warm cache.
+if "JAXFUSE_COMPILATION_CACHE" not in os.environ:
+    _session_cache = tempfile.mkdtemp(prefix="jaxfuse-bench-cache-")
+    os.environ["JAXFUSE_COMPILATION_CACHE"] = _session_cache
+    atexit.register(shutil.rmtree, _session_cache, ignore_errors=True)
 
 # Benchmark the checkout, not whichever jaxfuse happens to be installed.
 _REPOSITORY = str(Path(__file__).resolve().parent.parent)

@@ -6,6 +6,12 @@ softmax(score / T) sampling probabilities (Zhou et al., CVPR 2023).
 """
 
 from jaxfuse._cas import CasProposals, max_runs_per_threshold, proposals_from_cas
+from jaxfuse._compilation_cache import (
+    CompilationCacheStatus,
+    compilation_cache_status,
+    enable_default_compilation_cache,
+    set_compilation_cache,
+)
 from jaxfuse._densities import (
     TemplateDensity,
     exponential_density,
@@ -57,10 +63,15 @@ from jaxfuse._weights import member_probabilities
 
 __version__ = "0.1.0"
 
+# Before any compilation, so that jaxfuse's programs persist across processes
+# (see jaxfuse/_compilation_cache.py for why at import, and how to turn it off).
+enable_default_compilation_cache()
+
 __all__ = [
     "ACTIVITYNET_THRESHOLDS",
     "ActivityNetData",
     "CasProposals",
+    "CompilationCacheStatus",
     "DetectionFileError",
     "DetectionMAP",
     "Detections",
@@ -86,6 +97,7 @@ __all__ = [
     "VideoDetections",
     "VideoParameters",
     "bucket_size",
+    "compilation_cache_status",
     "compile_count",
     "detect",
     "detect_videos",
@@ -114,6 +126,7 @@ __all__ = [
     "pack_groups",
     "pack_proposals",
     "proposals_from_cas",
+    "set_compilation_cache",
     "student_t_density",
     "synthetic_videos",
     "uniform_density",

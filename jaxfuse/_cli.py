@@ -2,7 +2,8 @@
 
 Each subcommand lives in its own module exposing ``configure(parser)`` and
 ``run(args) -> int``; they are imported only when used, so ``jaxfuse --help``
-stays fast.
+stays fast. The first run on a machine says on stderr that it compiles (see
+:mod:`jaxfuse._compilation_cache`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,12 @@ def main(argv: list[str] | None = None) -> int:
             modules[name] = importlib.import_module(module)
             modules[name].configure(subparser)
     args = parser.parse_args(argv)
-    return int(modules[args.command].run(args) or 0)
+    from jaxfuse import _compilation_cache
+
+    _compilation_cache.announce_first_compilation(sys.stderr)
+    status = int(modules[args.command].run(args) or 0)
+    _compilation_cache.mark_compiled()
+    return status
 
 
 if __name__ == "__main__":

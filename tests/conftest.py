@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
-import jax
-import numpy as np
-import pytest
+import atexit
+import os
+import shutil
+import tempfile
+
+# Before jaxfuse is imported: the persistent compilation cache of this session
+# (and of the subprocesses it starts) lives in a fresh temporary directory, never
+# in the user's home, and starts empty as it does on CI.
+if "JAXFUSE_COMPILATION_CACHE" not in os.environ:
+    _session_cache = tempfile.mkdtemp(prefix="jaxfuse-test-cache-")
+    os.environ["JAXFUSE_COMPILATION_CACHE"] = _session_cache
+    atexit.register(shutil.rmtree, _session_cache, ignore_errors=True)
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 
 @pytest.fixture(params=[np.float32, np.float64], ids=["float32", "float64"])

@@ -78,3 +78,15 @@ def test_bench_command_plots_are_small_pngs(smoke_report):
     for plot in plots:
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size < 200_000
     assert all(f"]({plot.name})" in (output / "test-machine.md").read_text() for plot in plots)
+
+
+def test_cold_start_harness_times_a_fresh_import(tmp_path):
+    from jaxfuse.bench.cold_start import measure_cold_start
+    from jaxfuse.bench.sizes import SMOKE
+
+    section = measure_cold_start(SMOKE, ["import"], workdir=tmp_path)
+    data = section.data["import"]
+    assert 0 < data["import_empty"] < 60 and 0 < data["import_warm"] < 60
+    assert section.rows[0][0] == "`import jaxfuse`" and section.rows[0][2].endswith(" s")
+    assert any(note.startswith("`import jaxfuse` <= 1.5 s") for note in section.notes)
+    assert list(tmp_path.iterdir()) == []  # its cache directories are gone

@@ -131,3 +131,55 @@ def reference_fuse_proposals(segments, scores, weights, temperature: float = TEM
                              threshold: float = PUBLISHED_OVERLAP) -> np.ndarray:
     """The published grouping + Gaussian fusion loop on one item: ``[groups, 3]`` (start, end, score)."""
     return published_fusion_loop(segments, scores, weights, temperature=temperature, threshold=threshold)
+
+
+def soft_nms_loop(segments, scores, *, sigma: float = 0.5, min_score: float = 0.001) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian Soft-NMS of one (video, class), one selection at a time in numpy: kept ``[k, 2]`` and scores.
+
+    As ActionFormer's post-processing runs it (``libs/utils/nms.py`` with its
+    C++ ``softnms``, here in numpy): repeatedly keep the highest remaining
+    score, decay every other by ``exp(-IoU**2 / sigma)`` (continuous lengths),
+    drop those below ``min_score``. Ties go to the lower index.
+    """
+    segments = np.asarray(segments, np.float64)
+    remaining_scores = np.asarray(scores, np.float64).copy()
+    starts, ends = segments[:, 0], segments[:, 1]
+    alive = remaining_scores >= min_score
+    kept, kept_scores = [], []
+    while alive.any():
+        best = int(np.argmax(np.where(alive, remaining_scores, -np.inf)))
+        kept.append(best)
+        kept_scores.append(remaining_scores[best])
+        alive[best] = False
+        intersection = np.maximum(0.0, np.minimum(ends[best], ends) - np.maximum(starts[best], starts))
+        union = (ends[best] - starts[best]) + (ends - starts) - intersection
+        iou = np.divide(intersection, union, out=np.zeros_like(union), where=union > 0)
+        remaining_scores = np.where(alive, remaining_scores * np.exp(-iou * iou / sigma), remaining_scores)
+        alive &= remaining_scores >= min_score
+    return segments[kept].reshape(-1, 2), np.asarray(kept_scores, np.float64)
+
+
+def actionformer_postprocess_loop(segments, scores, labels, *, sigma: float = 0.5, min_score: float = 0.001,
+                                  max_seg_num: int = 200) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """ActionFormer's per-video post-processing: Soft-NMS per class, then the ``max_seg_num`` best by score.
+
+    Args:
+        segments, scores, labels: ``[V, N, 2]``, ``[V, N]``, ``[V, N]`` candidates per video.
+
+    Returns:
+        Per video ``(segments [k, 2], scores [k], labels [k])``, best first.
+    """
+    out = []
+    for video in range(len(scores)):
+        kept_segments, kept_scores, kept_labels = [], [], []
+        for label in np.unique(labels[video]):
+            members = labels[video] == label
+            segs, kept = soft_nms_loop(segments[video][members], scores[video][members], sigma=sigma,
+                                       min_score=min_score)
+            kept_segments.append(segs)
+            kept_scores.append(kept)
+            kept_labels.append(np.full(kept.size, label))
+        all_scores = np.concatenate(kept_scores)
+        best = np.argsort(-all_scores, kind="stable")[:max_seg_num]
+        out.append((np.concatenate(kept_segments)[best], all_scores[best], np.concatenate(kept_labels)[best]))
+    return out

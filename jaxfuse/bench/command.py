@@ -10,6 +10,8 @@ from typing import Callable, Sequence
 
 import jax
 
+from jaxfuse._compilation_cache import persistent_cache_disabled
+from jaxfuse.bench.cold_start import measure_cold_start
 from jaxfuse.bench.compilation import measure_compile
 from jaxfuse.bench.floors import measure_floors
 from jaxfuse.bench.machine import machine_name, memory_budget_bytes
@@ -33,6 +35,11 @@ def run_benchmarks(sizes: Sizes, sections: Sequence[str] = SECTIONS, *, memory_g
     echo = echo or (lambda text: print(text, flush=True))
     memory_budget = memory_budget_bytes(sizes.memory_gb if memory_gb is None else memory_gb)
     done: dict[str, Section] = {}
+    if "cold_start" in sections:
+        done["cold_start"] = measure_cold_start(sizes, echo=echo)
+        echo(render_section(done["cold_start"]) + "\n")
+        if on_section is not None:
+            on_section(done)
     floors = {}
     if any(s in sections for s in ("floors", "templates", "groups", "members")):
         done["floors"] = measure_floors(sizes)
@@ -91,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
         write_report(done, sizes, Path(args.output_dir), machine=args.machine, plots=False,
                      command=command + " (partial)")
 
-    sections = run_benchmarks(sizes, chosen, memory_gb=args.memory_gb, on_section=save_partial)
+    # Every first call measured here compiles, as on a new machine: no programs from the user's disk cache.
+    with persistent_cache_disabled():
+        sections = run_benchmarks(sizes, chosen, memory_gb=args.memory_gb, on_section=save_partial)
     report = write_report(sections, sizes, Path(args.output_dir), machine=args.machine, plots=not args.no_plots,
                           command=command)
     print(render_section(headline(sections, sizes)))

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxfuse.bench.sizes import COORDINATES, SYNTHETIC_BLOCK
+from jaxfuse.bench.sizes import CAS_MARGIN_POWER, CAS_MARGIN_SCALE, CAS_THRESHOLDS, COORDINATES, SYNTHETIC_BLOCK
 from jaxfuse.tools.synthetic import SyntheticGroups, thumos_like_groups
 
 
@@ -123,3 +123,109 @@ def thumos_like_cas(videos: int, *, snippets: int = 512, classes: int = 3, seed:
         truth_array[:, 1],
         truth_array[:, 2:].astype(np.float64),
     )
+
+
+def _proposal_item(rng: np.random.Generator, target: int):
+    """Proposals of one (video, class) from a synthetic CAS, the published way: segments, contrast, inner."""
+    length = int(np.clip(rng.lognormal(np.log(500), 0.5), 60, 3000))
+    t = np.arange(length)
+    cas = np.zeros(length)
+    for _ in range(int(rng.integers(1, 12))):
+        centre, width, height = rng.uniform(0, length), rng.uniform(4, 60), rng.uniform(0.01, 0.08)
+        cas += height * np.exp(-0.5 * ((t - centre) / (width / 2)) ** 4)
+    noise_level = 0.004
+    while True:  # more noise, more fragments, until there are enough proposals
+        noise = np.convolve(rng.normal(0, 1, length), np.ones(3) / 3, "same")
+        signal = cas + noise_level * noise * (1 + 5 * cas / 0.04)
+        runs = []
+        for level in CAS_THRESHOLDS:
+            edges = np.diff(np.concatenate([[0], (signal > level).astype(np.int8), [0]]))
+            s, e = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+            runs.append(np.stack([s, e], -1)[e - s >= 2])
+        runs = np.concatenate(runs)
+        if len(runs) >= target or noise_level > 0.1:
+            break
+        noise_level *= 1.5
+    if len(runs) > target:
+        runs = runs[np.sort(rng.choice(len(runs), target, replace=False))]
+    s, e = runs[:, 0], runs[:, 1]
+    cumulative = np.concatenate([[0], np.cumsum(signal)])
+    inner = (cumulative[e] - cumulative[s]) / (e - s)
+    margin = np.maximum(1, (CAS_MARGIN_SCALE * (e - s) ** CAS_MARGIN_POWER).astype(int))
+    outer_s, outer_e = np.clip(s - margin, 0, length), np.clip(e + margin, 0, length)
+    outer_sum = (cumulative[s] - cumulative[outer_s]) + (cumulative[outer_e] - cumulative[e])
+    outer_count = (s - outer_s) + (outer_e - e)
+    outer = np.where(outer_count > 0, outer_sum / np.maximum(outer_count, 1), 0)
+    return runs.astype(np.float32), (inner - outer).astype(np.float32), inner.astype(np.float32)
+
+
+def thumos_like_proposal_items(items: int, *, seed: int = 0, min_proposals: int = 20, max_proposals: int = 800):
+    """THUMOS14-like raw proposals of ``items`` (video, class) pairs: lists of segments, contrast and inner scores.
+
+    Each item is a synthetic CAS of about 500 snippets (log-normal, 60 to 3000)
+    with a few action bumps and noise, cut at the published 20 levels; runs of
+    >= 2 snippets are the proposals, sub-sampled to a count log-uniform in
+    ``[min_proposals, max_proposals]`` (SPEC: 20 to 800 per (video, class)).
+
+    Returns:
+        ``(segments_list, contrast_list, inner_list)``: per item ``[n, 2]``,
+        ``[n]``, ``[n]`` float32 (the published ordering score and weights).
+    """
+    rng = np.random.default_rng(seed)
+    counts = np.exp(rng.uniform(np.log(min_proposals), np.log(max_proposals + 1), items)).astype(int)
+    made = [_proposal_item(rng, int(n)) for n in counts]
+    return tuple(list(column) for column in zip(*made)) if made else ([], [], [])
+
+
+class ScoredSegments(NamedTuple):
+    """Per video, a model's candidates before post-processing: ``segments [V, N, 2]`` seconds, ``scores``, ``labels``."""
+
+    segments: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+
+def actionformer_like_candidates(videos: int = 212, candidates: int = 2_000, *, classes: int = 20,
+                                 seed: int = 0) -> ScoredSegments:
+    """THUMOS14 test as ActionFormer hands it to post-processing: ``candidates`` scored segments per video.
+
+    Videos of 60 to 600 s; 1 to 3 action classes per video; candidates
+    clustered around 3 to 25 action centres (lengths 1 to 30 s, 3 s jitter),
+    labels drawn from the video's classes, scores log-uniform in [1e-4, 1]
+    (most candidates score low, as a classifier's sigmoid outputs do).
+    """
+    rng = np.random.default_rng(seed)
+    segments = np.empty((videos, candidates, 2), np.float32)
+    scores = np.empty((videos, candidates), np.float32)
+    labels = np.empty((videos, candidates), np.int32)
+    for video in range(videos):
+        duration = rng.uniform(60, 600)
+        present = rng.choice(classes, int(rng.integers(1, 4)), replace=False)
+        centres = rng.uniform(0, duration, int(rng.integers(3, 26)))
+        centre = centres[rng.integers(0, centres.size, candidates)] + rng.normal(0, 3, candidates)
+        length = rng.uniform(1, 30, candidates)
+        start = np.clip(centre - length / 2, 0, duration)
+        segments[video, :, 0] = start
+        segments[video, :, 1] = np.maximum(start + 0.01, np.clip(centre + length / 2, 0, duration))
+        scores[video] = np.exp(rng.uniform(np.log(1e-4), 0, candidates))
+        labels[video] = present[rng.integers(0, present.size, candidates)]
+    return ScoredSegments(segments, scores, labels)
+
+
+def write_detection_file(path, candidates: ScoredSegments, *, class_names=None) -> None:
+    """Write candidates as an ActivityNet-format JSON results file (video ``v_000000``, ..., seconds)."""
+    import json
+
+    videos, count = candidates.scores.shape
+    names = [json.dumps(f"class_{c:03d}" if class_names is None else class_names[c])
+             for c in range(int(candidates.labels.max()) + 1)]
+    with open(path, "w", encoding="utf-8") as stream:
+        stream.write('{"version": "VERSION 1.3", "results": {')
+        for video in range(videos):
+            entries = ", ".join(
+                f'{{"label": {names[c]}, "score": {q:.6g}, "segment": [{s:.3f}, {e:.3f}]}}'
+                for c, q, s, e in zip(candidates.labels[video].tolist(), candidates.scores[video].tolist(),
+                                      candidates.segments[video, :, 0].tolist(), candidates.segments[video, :, 1].tolist())
+            )
+            stream.write(f'{", " if video else ""}"v_{video:06d}": [{entries}]')
+        stream.write('}, "external_data": {"used": false}}')

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from jaxfuse.bench.cold_start import target_checks
 from jaxfuse.bench.compilation import PADDING_POLICIES, default_policy
 from jaxfuse.bench.machine import machine_info
 from jaxfuse.bench.section import Section, format_fraction, format_seconds, render_section
@@ -59,6 +60,9 @@ def headline(sections: dict[str, Section], sizes: Sizes) -> Section:
             add(f"Compiles for {sizes.compile_requests:,} random-size requests, {policy}: about a dozen at most",
                 f"{data['compiles']} compiles, first call {format_seconds(data['first_call_seconds'])}", met,
                 status=None if is_default else f"{'within' if met else 'over'} (for comparison)")
+    if "cold_start" in sections:
+        for target, measured, met in target_checks(sections["cold_start"].data):
+            add(f"Cold start: {target}", measured, met)
     if "pipeline" in sections:
         data = sections["pipeline"].data
         add("End to end CAS -> fused detections vs the numpy loops (no target)",
