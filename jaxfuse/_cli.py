@@ -14,7 +14,7 @@ import sys
 
 _SUBCOMMANDS = {
     "demo": ("jaxfuse._demo", "fuse a built-in THUMOS-like set of groups with every template, checked against numpy"),
-    "fuse": ("jaxfuse._detection_file", "fuse detections of an ActivityNet-format JSON file"),
+    "fuse": ("jaxfuse.cli.fuse", "fuse detections of an ActivityNet-format JSON file"),
     "bench": ("jaxfuse._bench", "run the benchmark suite and write a report"),
     "study": ("jaxfuse._study", "compare templates, NMS and Soft-NMS by detection mAP on synthetic videos"),
 }

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import jaxfuse._detection_file as detection_file
+import jaxfuse.formats.output as output_module
 from jaxfuse import _cli
 from jaxfuse._detection_file import (
     DetectionFileError,
@@ -42,14 +43,9 @@ def pinned_batch_height(monkeypatch):
 
 
 def reference_item(segments, scores, weights, *, temperature, threshold=0.25, overlap="candidate", discrete=False):
-    """The published rule on one (video, label), Gaussian template: ``[groups, 3]`` (start, end, score).
-
-    Overlaps are computed in float32, as the kernels do: times rounded to 1/100
-    s can give an overlap of exactly the threshold in decimal, which float32
-    and float64 round to opposite sides.
-    """
-    segments, scores, weights = (np.asarray(x, np.float32) for x in (segments, scores, weights))
-    offset = np.float32(1.0 if discrete else 0.0)
+    """The published rule on one (video, label), Gaussian template, in float64: ``[groups, 3]`` (start, end, score)."""
+    segments, scores, weights = (np.asarray(x, np.float64) for x in (segments, scores, weights))
+    offset = 1.0 if discrete else 0.0
     remaining = np.argsort(-scores, kind="stable")
     starts, ends = segments[:, 0], segments[:, 1]
     fused = []
@@ -63,19 +59,20 @@ def reference_item(segments, scores, weights, *, temperature, threshold=0.25, ov
             length = length + (ends[leader] - starts[leader] + offset) - intersection
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio = np.where(length > 0, intersection / np.where(length > 0, length, 1), 0)
-        absorbed = ratio > np.float32(threshold)
+        absorbed = ratio > threshold
         absorbed[0] = True
         members = remaining[absorbed]
         remaining = remaining[~absorbed]
-        logits = weights[members].astype(np.float64) / temperature
+        logits = weights[members] / temperature
         g = np.exp(logits - logits.max())
         g /= g.sum()
         fused.append([g @ starts[members], g @ ends[members], g @ scores[members]])
     return np.asarray(fused, np.float64).reshape(-1, 3)
 
 
-def reference_results(data, *, temperature=0.2, weight_field=None, **options):
-    """``{video: [(label, start, end, score), ...]}`` in the output's order (labels by first appearance)."""
+def reference_results(data, *, temperature=0.2, weight_field=None, top_k=None, min_score=None, **options):
+    """``{video: [(label, start, end, score), ...]}`` in the output's order: by descending score within
+    a video, ties by label (first appearance in the file), then leader order."""
     label_order = {}
     for entries in data["results"].values():
         for entry in entries:
@@ -90,7 +87,10 @@ def reference_results(data, *, temperature=0.2, weight_field=None, **options):
             weights = scores if weight_field is None else np.array([entry[weight_field] for entry in members], np.float64)
             for start, end, score in reference_item(segments, scores, weights, temperature=temperature, **options):
                 rows.append((label, start, end, score))
-        expected[video] = rows
+        rows.sort(key=lambda row: -row[3])  # stable: ties keep label, then leader order
+        if min_score is not None:
+            rows = [row for row in rows if row[3] >= min_score]
+        expected[video] = rows[:top_k]
     return expected
 
 
@@ -103,7 +103,8 @@ def assert_matches_reference(output, data, **options):
         if rows:
             values = np.array([[entry["segment"][0], entry["segment"][1], entry["score"]] for entry in got])
             want = np.array([row[1:] for row in rows])
-            np.testing.assert_allclose(values, want, rtol=2e-5, atol=2e-4 * max(1.0, np.abs(want).max()))
+            # float64 throughout: a few ulps of the largest coordinate.
+            np.testing.assert_allclose(values, want, rtol=1e-12, atol=1e-12 * max(1.0, np.abs(want).max()))
 
 
 # ------------------------------------------------------------------ data
@@ -187,8 +188,8 @@ def test_nms_keeps_each_leader(tmp_path):
     assert cli(write(tmp_path / "in.json", data), "-o", output, "--method", "nms") == 0
     assert json.loads(output.read_text())["results"]["v"] == [
         {"label": "a", "score": 0.9, "segment": [0.0, 10.0]},
-        {"label": "a", "score": 0.2, "segment": [50.0, 60.0]},
         {"label": "b", "score": 0.3, "segment": [0.0, 10.0]},
+        {"label": "a", "score": 0.2, "segment": [50.0, 60.0]},
     ]
 
 
@@ -201,14 +202,15 @@ def test_python_api_gives_the_file_contents(tmp_path):
     assert report.videos == len(data["results"])
     assert report.detections == sum(len(v) for v in data["results"].values())
     assert report.fused_detections == sum(len(v) for v in from_file["results"].values())
-    assert set(report.seconds) == {"read", "check", "fuse", "write", "total"}
+    assert set(report.seconds) == {"read", "fuse", "compile", "write", "total"}
 
 
-def test_numbers_are_written_as_short_float32_decimals(tmp_path):
-    data = {"results": {"v": [{"label": "a", "score": 0.1, "segment": [0.1, 0.3]}]}}
+def test_numbers_are_written_as_short_float64_decimals_and_other_keys_verbatim(tmp_path):
+    source = tmp_path / "in.json"
+    source.write_text('{"version": [1.50, "x"], "results": {"v": [{"label": "a", "score": 0.1, "segment": [0.1, 0.3]}]}}')
     output = tmp_path / "out.json"
-    assert cli(write(tmp_path / "in.json", data), "-o", output) == 0
-    assert output.read_text() == '{"results": {"v": [{"label": "a", "score": 0.1, "segment": [0.1, 0.3]}]}}\n'
+    assert cli(source, "-o", output) == 0
+    assert output.read_text() == '{"version":[1.50, "x"],"results":{"v":[{"label":"a","score":0.1,"segment":[0.1,0.3]}]}}\n'
 
 
 def test_empty_results_and_empty_videos(tmp_path):
@@ -219,15 +221,20 @@ def test_empty_results_and_empty_videos(tmp_path):
     assert json.loads(output.read_text()) == {"results": {"a": [], "b": []}, "x": 1}
 
 
-def test_progress_goes_to_stderr_when_asked(tmp_path, capsys):
+def test_summary_line_always_progress_bar_when_asked(tmp_path, capsys):
     data = random_results(seed=3)
     source, output = write(tmp_path / "in.json", data), tmp_path / "out.json"
-    assert cli(source, "-o", output, "--progress") == 0
+    assert cli(source, "-o", output) == 0
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert "fusing batches" in captured.err and "fused" in captured.err and "parse" in captured.err
-    # A small file is quiet by default, and --quiet is always quiet.
-    assert cli(source, "-o", output) == 0 and cli(source, "-o", output, "--quiet") == 0
+    lines = captured.err.strip().splitlines()
+    detections = sum(len(v) for v in data["results"].values())
+    fused = sum(len(v) for v in json.loads(output.read_text())["results"].values())
+    assert len(lines) == 1 and f"{detections} detections of 12 videos" in lines[0] and f"-> {fused} in" in lines[0]
+    assert "of which compile" in lines[0]
+    assert cli(source, "-o", output, "--progress") == 0
+    assert "fusing" in capsys.readouterr().err  # the bar
+    assert cli(source, "-o", output, "--quiet") == 0
     assert capsys.readouterr().err == ""
 
 
@@ -245,10 +252,14 @@ GOOD = {"label": "a", "score": 0.5, "segment": [1.0, 2.0]}
         ({"label": "a", "score": 0.5}, "video 'v_abc', entry 3: missing 'segment'"),
         ({"label": "a", "score": "0.5", "segment": [1, 2]}, "video 'v_abc', entry 3: score must be a finite number, got '0.5'"),
         ({"label": "a", "score": True, "segment": [1, 2]}, "video 'v_abc', entry 3: score must be a finite number"),
-        ({"label": "a", "score": float("nan"), "segment": [1, 2]}, "video 'v_abc', entry 3: score must be a finite number"),
+        ({"label": "a", "score": float("nan"), "segment": [1, 2]}, "not valid JSON: JSON is malformed: invalid character (byte 322) (line 1, column 323)"),
+        ({"label": "a", "score": 1e301, "segment": [1, 2]}, "video 'v_abc', entry 3: score must be within +-1e+300"),
+        ({"label": "a", "score": 1, "segment": [-1.7e308, 1.7e308]}, "video 'v_abc', entry 3: segment must be within +-1e+300"),
         ({"label": "a", "score": 10**400, "segment": [1, 2]}, "video 'v_abc', entry 3: score must be a finite number"),
         ({"label": "a", "score": 0.5, "segment": [1, 2, 3]}, "video 'v_abc', entry 3: segment must be [start, end] with two"),
-        ({"label": "a", "score": 0.5, "segment": [1, float("inf")]}, "video 'v_abc', entry 3: segment must be [start, end]"),
+        ({"label": "a", "score": 0.5, "segment": [1, float("inf")]}, "not valid JSON"),
+        ({"label": "a", "score": 0.5, "segment": ["1", 2]}, "video 'v_abc', entry 3: segment must be [start, end] with two finite"),
+        ({"label": False, "score": 0.5, "segment": [1, 2]}, "video 'v_abc', entry 3: label must be a string or an integer"),
         ({"label": "a", "score": 0.5, "segment": "1-2"}, "video 'v_abc', entry 3: segment must be [start, end]"),
         ({"label": None, "score": 0.5, "segment": [1, 2]}, "video 'v_abc', entry 3: label must be a string or an integer"),
         ([1, 2], "video 'v_abc', entry 3: expected an object with 'label', 'score' and 'segment'"),
@@ -312,7 +323,7 @@ def test_write_failure_leaves_no_file(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(detection_file.os, "replace", fail)
+    monkeypatch.setattr(output_module.os, "replace", fail)
     output = tmp_path / "out.json"
     assert cli(write(tmp_path / "in.json", {"results": {"v": [GOOD]}}), "-o", output) == 2
     assert sorted(os.listdir(tmp_path)) == ["in.json"]
@@ -391,7 +402,11 @@ def test_python_dicts_may_hold_numpy_scalars_and_tuples():
         {"label": "a", "score": 0.9, "segment": [2.0, np.int64(12)]},
         {"label": 3, "score": 0.4, "segment": [0, 1]},
     ]}}
-    assert fuse_detections_json(data, temperature=1.0)["results"]["v"] == [
-        {"label": "a", "score": 0.9, "segment": [1.0, 11.0]},
-        {"label": 3, "score": 0.4, "segment": [0.0, 1.0]},
-    ]
+    got = fuse_detections_json(data, temperature=1.0)["results"]["v"]
+    # Equal weights (softmax of float32(0.9) and 0.9 differ by 1e-8 / T): the mean, in float64.
+    g = np.exp([float(np.float32(0.9)), 0.9])
+    g /= g.sum()
+    assert [e["label"] for e in got] == ["a", 3] and got[1] == {"label": 3, "score": 0.4, "segment": [0.0, 1.0]}
+    np.testing.assert_allclose(
+        [*got[0]["segment"], got[0]["score"]], [2 * g[1], 10 + 2 * g[1], g @ [float(np.float32(0.9)), 0.9]], rtol=1e-15
+    )
