@@ -245,9 +245,12 @@ def run(args: argparse.Namespace) -> int:
     progress = _Progress(sys.stderr, args.progress, quiet=args.progress is False)
     try:
         with _sigterm_raises():
-            report = fuse_detection_file(
-                args.input, args.output, **resolved_settings(args), on_phase=progress.phase, on_batch=progress.batch
-            )
+            try:
+                report = fuse_detection_file(
+                    args.input, args.output, **resolved_settings(args), on_phase=progress.phase, on_batch=progress.batch
+                )
+            finally:
+                progress.close()  # before any message: the bar's line is cleared
     except DetectionFileError as error:
         return _error(f"{args.input}: {error}")
     except OSError as error:
@@ -255,13 +258,11 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as error:  # an option the parser cannot check alone (e.g. --sigma without soft_nms)
         return _error(str(error))
     except KeyboardInterrupt:
-        print(f"\n{PROG}: interrupted", file=sys.stderr, flush=True)
+        print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
         return 130
     except _Terminated as terminated:
         print(f"{PROG}: terminated", file=sys.stderr, flush=True)
         return int(terminated.code)
-    finally:
-        progress.close()
     progress.summary(report)
     return 0
 
