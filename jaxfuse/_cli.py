@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 
 _SUBCOMMANDS = {
@@ -41,5 +42,21 @@ def main(argv: list[str] | None = None) -> int:
     return int(modules[args.command].run(args) or 0)
 
 
+def console_main() -> None:
+    """The console script: :func:`main`, then exit with its status.
+
+    After Ctrl-C (130) or SIGTERM (143) the process ends without interpreter
+    teardown: an interrupted XLA compile may still be running on its own
+    threads, and tearing the runtime down under them segfaults. The
+    subcommand has already cleaned up and said so in one line.
+    """
+    status = main()
+    if status in (130, 143):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

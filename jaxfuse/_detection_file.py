@@ -168,6 +168,8 @@ def _settings(method, temperature, overlap, overlap_threshold, discrete, sigma, 
     choice(method, "method", METHODS)
     temperature = positive_scalar(temperature, "temperature")
     overlap_threshold = validate_threshold(overlap_threshold)
+    if not 0 <= float(overlap_threshold) <= 1:  # an overlap is a fraction: outside [0, 1] nothing or everything groups
+        raise ValueError(f"`overlap_threshold` must be in [0, 1], got {overlap_threshold}")
     validate_overlap(overlap, discrete)
     kernel_options = {}
     if sigma is not None or decay is not None:

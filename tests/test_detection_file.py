@@ -15,6 +15,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import jaxfuse._detection_file as detection_file
 import jaxfuse.formats.output as output_module
@@ -410,3 +412,174 @@ def test_python_dicts_may_hold_numpy_scalars_and_tuples():
     np.testing.assert_allclose(
         [*got[0]["segment"], got[0]["score"]], [2 * g[1], 10 + 2 * g[1], g @ [float(np.float32(0.9)), 0.9]], rtol=1e-15
     )
+
+
+# ------------------------------------------------------------------ issue 8: file safety, precision, options
+
+
+def test_an_unwritable_output_is_reported_before_the_work(tmp_path, capsys, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("fused before checking the output")
+
+    monkeypatch.setattr(detection_file, "_fuse_checked", no_work)
+    given = tmp_path / "no such dir" / "out.json"
+    assert cli(write(tmp_path / "in.json", {"results": {"v": [GOOD]}}), "-o", given) == 2
+    assert capsys.readouterr().err == f"jaxfuse fuse: error: cannot write {given}: no such directory: {given.parent}\n"
+
+
+def test_the_command_writes_through_a_symlink_and_keeps_the_mode(tmp_path):
+    target = tmp_path / "real.json"
+    target.write_text("old")
+    target.chmod(0o600)
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    assert cli(write(tmp_path / "in.json", {"results": {"v": [GOOD]}}), "-o", link, "--quiet") == 0
+    assert link.is_symlink() and json.loads(target.read_text())["results"]["v"] == [GOOD]
+    assert target.stat().st_mode & 0o777 == 0o600
+
+
+def test_sigterm_during_the_write_cleans_up_and_exits_143(tmp_path, capsys, monkeypatch):
+    import signal
+
+    output = tmp_path / "out.json"
+    output.write_text("old")
+    real_replace = os.replace
+
+    def terminated_while_writing(source, destination):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises at the next bytecode, before the rename
+        real_replace(source, destination)
+
+    monkeypatch.setattr(output_module.os, "replace", terminated_while_writing)
+    assert cli(write(tmp_path / "in.json", {"results": {"v": [GOOD]}}), "-o", output) == 143
+    assert capsys.readouterr().err == "jaxfuse fuse: terminated\n"
+    assert sorted(os.listdir(tmp_path)) == ["in.json", "out.json"] and output.read_text() == "old"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+
+
+def test_ctrl_c_during_compilation_exits_130_with_one_line(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(detection_file, "_run_batches", interrupted)
+    output = tmp_path / "out.json"
+    assert cli(write(tmp_path / "in.json", {"results": {"v": [GOOD]}}), "-o", output) == 130
+    assert capsys.readouterr().err == "jaxfuse fuse: interrupted\n" and not output.exists()
+
+
+def test_ctrl_c_in_a_real_process_during_compilation(tmp_path):
+    """SIGINT a fresh interpreter while it compiles: exit 130, one line, no traceback, no file."""
+    import signal
+    import time
+
+    source = write(tmp_path / "in.json", random_results(seed=5))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jaxfuse._cli", "fuse", source, "-o", str(tmp_path / "out.json"), "--method", "student_t"],
+        stderr=subprocess.PIPE, text=True, cwd=REPOSITORY,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPOSITORY},
+    )
+    time.sleep(4)  # imports take about 2 s; the Student-t program compiles for tens of seconds
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert stderr == "jaxfuse fuse: interrupted\n"
+    assert sorted(os.listdir(tmp_path)) == ["in.json"]
+
+
+def test_epoch_times_come_back_exactly_or_to_float64_accuracy(tmp_path):
+    data = {"results": {"v": [
+        {"label": "a", "score": 0.9, "segment": [1700000000.25, 1700000042.75]},
+        {"label": "a", "score": 0.7, "segment": [1700000001.5, 1700000040.125]},
+        {"label": "b", "score": 0.5, "segment": [3600.123456, 3700.000001]},
+        {"label": "a", "score": 0.3, "segment": [1700000100.1, 1700000100.2]},
+    ]}}
+    output = tmp_path / "out.json"
+    assert cli(write(tmp_path / "in.json", data), "-o", output, "--quiet") == 0
+    fused = json.loads(output.read_text())["results"]["v"]
+    # Not fused: exactly as given.
+    assert fused[1:] == [data["results"]["v"][2], data["results"]["v"][3]]
+    # Fused: the float64 reference, to a few float64 ulps (2.4e-7 at 1.7e9), not float32's 128 s.
+    g = np.exp(np.array([0.9, 0.7]) / 0.2)
+    g /= g.sum()
+    want = g @ np.array([[1700000000.25, 1700000042.75], [1700000001.5, 1700000040.125]])
+    np.testing.assert_allclose(fused[0]["segment"], want, rtol=0, atol=1e-6)
+    assert fused[0]["segment"][1] - fused[0]["segment"][0] > 38
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    values=st.lists(
+        st.tuples(st.floats(-1e12, 1e12), st.floats(0, 1e6), st.floats(-1e3, 1e3)), min_size=1, max_size=12
+    )
+)
+def test_nms_survivors_are_bit_exact(values):
+    entries = [{"label": "a", "score": q, "segment": [s, s + length]} for s, length, q in values]
+    fused = fuse_detections_json({"results": {"v": entries}}, method="nms")["results"]["v"]
+    assert all(entry in entries for entry in fused)
+
+
+def test_threshold_outside_0_1_is_rejected(tmp_path, capsys):
+    for value in ("1.5", "-1", "nan"):
+        with pytest.raises(SystemExit) as exit_info:
+            cli(tmp_path / "in.json", "-o", tmp_path / "out.json", "--threshold", value)
+        assert exit_info.value.code == 2
+        assert "--threshold: must be" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="overlap_threshold"):
+        fuse_detections_json({"results": {}}, overlap_threshold=1.5)
+
+
+def test_top_k_and_min_score_cut_each_video_after_sorting(tmp_path):
+    data = random_results(seed=6)
+    output = tmp_path / "out.json"
+    assert cli(write(tmp_path / "in.json", data), "-o", output, "--top-k", "3", "--min-score", "0.3", "--quiet") == 0
+    fused = json.loads(output.read_text())
+    assert_matches_reference(fused, data, temperature=0.2, top_k=3, min_score=0.3)
+    for entries in fused["results"].values():
+        scores = [entry["score"] for entry in entries]
+        assert scores == sorted(scores, reverse=True) and len(scores) <= 3 and min(scores, default=1) >= 0.3
+
+
+def test_soft_nms_options_reach_the_kernel(tmp_path):
+    from jaxfuse import fuse_proposals
+    import jax
+
+    entries = [{"label": "a", "score": q, "segment": [s, s + 10.0]} for s, q in ((0.0, 0.9), (3.0, 0.8), (6.0, 0.7), (40.0, 0.2))]
+    data = {"results": {"v": entries}}
+    segments = np.array([e["segment"] for e in entries])
+    scores = np.array([e["score"] for e in entries])
+    for options in ({"sigma": 0.1}, {"decay": "linear"}, {"sigma": 0.3, "min_score": 0.25}):
+        got = fuse_detections_json(data, method="soft_nms", overlap="iou", **options)["results"]["v"]
+        kernel_options = {k: v for k, v in options.items() if k != "min_score"}
+        if "min_score" in options:
+            kernel_options["score_floor"] = options["min_score"]
+        with jax.enable_x64(True):
+            want = fuse_proposals(segments, scores, method="soft_nms", overlap="iou", discrete=False, temperature=0.2, **kernel_options)
+        kept = np.asarray(want.valid)
+        rows = sorted(zip(np.asarray(want.scores)[kept], np.asarray(want.segments)[kept].tolist()), key=lambda r: -r[0])
+        assert [(e["score"], e["segment"]) for e in got] == [(float(q), s) for q, s in rows], options
+    with pytest.raises(ValueError, match="soft_nms"):
+        fuse_detections_json(data, sigma=0.1)
+
+
+def test_published_preset_is_the_five_published_settings(tmp_path):
+    data = random_results(seed=7)
+    source = write(tmp_path / "in.json", data)
+    by_name, by_flags = tmp_path / "preset.json", tmp_path / "flags.json"
+    assert cli(source, "-o", by_name, "--preset", "published", "--quiet") == 0
+    assert cli(source, "-o", by_flags, "--overlap", "candidate", "--discrete", "--threshold", "0.25",
+               "--temperature", "0.2", "--method", "gaussian", "--weight-field", "inner", "--quiet") == 0
+    assert by_name.read_text() == by_flags.read_text()
+    assert_matches_reference(json.loads(by_name.read_text()), data, temperature=0.2, weight_field="inner", discrete=True)
+    # An explicit option overrides the preset's value.
+    assert cli(source, "-o", by_name, "--preset", "published", "--continuous", "--quiet") == 0
+    assert_matches_reference(json.loads(by_name.read_text()), data, temperature=0.2, weight_field="inner", discrete=False)
+
+
+def test_a_failed_group_names_its_leader():
+    table = detection_table({"results": {"v0": [GOOD], "v1": [GOOD, GOOD, GOOD]}})
+    items = detection_file._items(table)
+    found = detection_file._Found(
+        item=np.array([0, 1]), leader=np.array([0, 2]), single=np.array([True, False]),
+        segments=np.zeros((2, 2)), scores=np.zeros(2), result=np.array([0, 5]),
+    )
+    with pytest.raises(DetectionFileError, match=r"video 'v1', entry 1 \(label 'a'\): fusing the group it leads gave OVERFLOW"):
+        detection_file._raise_for_failures(found, table, items)
