@@ -38,8 +38,8 @@ import jax
 import numpy as np
 
 from jaxfuse._grouping import validate_overlap, validate_threshold
+from jaxfuse._item_batches import TableItems, batch_rows, merged_buckets, pack_items, table_items
 from jaxfuse._proposals import METHODS, PaddedProposals, fuse_proposals
-from jaxfuse._ragged import bucket_size
 from jaxfuse._result import ResultCode
 from jaxfuse._validation import choice, positive_int, positive_scalar
 from jaxfuse.formats.activitynet import (
@@ -72,23 +72,6 @@ DEFAULT_TEMPERATURE = 0.2
 
 DEFAULT_THRESHOLD = 0.25
 """The published grouping threshold: overlap with the leader strictly above it joins the group."""
-
-MIN_ITEM_SIZE = 16
-"""The smallest padded number of detections per item."""
-
-# A batch holds about this many (padded) detections. Its height is a power of
-# two, so that a dataset compiles one program per item size bucket: on a
-# loaded 2-core CPU each compile takes seconds, far more than running a batch
-# (0.05 to 0.4 ms per item of 1,000 detections, by its number of groups). Taller batches compile slower
-# (the grouping loop gets one more compaction stage per doubling).
-_BATCH_DETECTIONS = 1 << 16
-_MIN_BATCH_ROWS = 16
-_MAX_BATCH_ROWS = 1024
-
-# A size bucket is padded up into the next larger one when that adds at most
-# this many padded detections: running them costs well under a second (about
-# 60 ns each, measured on 1,000-detection items), a compile several seconds.
-MERGE_PADDING_BUDGET = 1 << 24
 
 
 class FusedTable(NamedTuple):
@@ -190,150 +173,6 @@ def _settings(method, temperature, overlap, overlap_threshold, discrete, sigma, 
     return _Settings(method, temperature, overlap, float(overlap_threshold), bool(discrete), kernel_options, top_k, min_score)
 
 
-# ---------------------------------------------------------------------- batching
-
-
-class _Items(NamedTuple):
-    """The (video, label) items of a table, each a run of the label-sorted detections."""
-
-    order: np.ndarray  # [P] detection indices, sorted by (video, label code), file order within
-    starts: np.ndarray  # [I] first position of each item in ``order``
-    sizes: np.ndarray  # [I] detections per item
-    video: np.ndarray  # [I] video index of each item
-    label: np.ndarray  # [I] label code of each item
-
-
-def _items(table: DetectionTable) -> _Items:
-    total = table.scores.size
-    video_of = np.repeat(np.arange(table.counts.size, dtype=np.int64), table.counts)
-    key = video_of * max(len(table.labels), 1) + table.label_codes
-    order = np.argsort(key, kind="stable")
-    sorted_key = key[order]
-    starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]]) if total else np.zeros(0, np.int64)
-    sizes = np.diff(np.r_[starts, total])
-    first = order[starts]
-    return _Items(order, starts, sizes, video_of[first], table.label_codes[first])
-
-
-def batch_rows(size: int, num_items: int) -> int:
-    """The height (items per batch) used for items padded to ``size``.
-
-    A power of two near ``2**16 / size`` within [16, 1024], and no taller than
-    ``num_items`` needs, so that small files compile small programs.
-    """
-    rows = min(max(_BATCH_DETECTIONS // size, _MIN_BATCH_ROWS), _MAX_BATCH_ROWS)
-    return min(bucket_size(rows), bucket_size(num_items))
-
-
-def pack_items(
-    segments: np.ndarray,
-    scores: np.ndarray,
-    weights: np.ndarray | None,
-    starts: np.ndarray,
-    sizes: np.ndarray,
-    *,
-    min_size: int = MIN_ITEM_SIZE,
-    rows: Callable[[int, int], int] | None = None,
-    merge_budget: int = MERGE_PADDING_BUDGET,
-) -> list[PaddedProposals]:
-    """Vectorised :func:`jaxfuse.pack_proposals` for items stored as runs of flat arrays.
-
-    Item ``i`` is ``segments[starts[i] : starts[i] + sizes[i]]`` (and the same
-    rows of ``scores``, ``weights``). The buckets are those of
-    :func:`jaxfuse.pack_proposals` (power-of-two sizes, smallest first, items
-    in order within a bucket), with two differences that save compiles:
-
-    * a bucket is padded into the next larger bucket when that adds at most
-      ``merge_budget`` padded detections (see :func:`merged_buckets`);
-    * every batch of a bucket has the same height ``rows(size, items in
-      bucket)``: the last one is topped up with empty items (``valid`` all
-      False, ``items`` -1, ``sizes`` 0).
-
-    ``pack_proposals`` copies item by item in Python, which costs seconds for
-    a million small items; this copies each batch with one fancy-indexing
-    assignment per array.
-
-    Args:
-        segments: ``[P, 2]``.
-        scores: ``[P]``.
-        weights: ``[P]`` or None.
-        starts: ``[I]`` first row of each item.
-        sizes: ``[I]`` rows of each item.
-        min_size: the smallest padded size.
-        rows: ``(padded size, number of items in the bucket) -> batch height``;
-            default :func:`batch_rows`.
-        merge_budget: see :func:`merged_buckets`; 0 keeps every bucket.
-
-    Returns:
-        A list of :class:`jaxfuse.PaddedProposals` (``items`` index ``starts``).
-    """
-    rows = batch_rows if rows is None else rows
-    distinct = np.unique(sizes).tolist()
-    padded_of = {n: bucket_size(n, min_size) for n in distinct}
-    item_padded = np.fromiter((padded_of[n] for n in sizes.tolist()), np.int64, sizes.size)
-    buckets, counts = np.unique(item_padded, return_counts=True)
-    target = merged_buckets(dict(zip(buckets.tolist(), counts.tolist())), merge_budget)
-    item_padded = np.fromiter((target[n] for n in item_padded.tolist()), np.int64, sizes.size)
-    batches = []
-    for size in np.unique(item_padded):
-        members = np.flatnonzero(item_padded == size)
-        height = rows(int(size), members.size)
-        for first in range(0, members.size, height):
-            chunk = members[first : first + height]
-            chunk_sizes = sizes[chunk]
-            row = np.repeat(np.arange(chunk.size), chunk_sizes)
-            column = np.arange(row.size) - np.repeat(np.cumsum(chunk_sizes) - chunk_sizes, chunk_sizes)
-            source = np.repeat(starts[chunk], chunk_sizes) + column
-            batch_segments = np.zeros((height, size, 2), segments.dtype)
-            batch_scores = np.zeros((height, size), scores.dtype)
-            batch_segments[row, column] = segments[source]
-            batch_scores[row, column] = scores[source]
-            batch_weights = None
-            if weights is not None:
-                batch_weights = np.zeros((height, size), weights.dtype)
-                batch_weights[row, column] = weights[source]
-            valid = np.zeros((height, size), bool)
-            valid[row, column] = True
-            topped_up = lambda x, fill: np.concatenate([x, np.full(height - chunk.size, fill, x.dtype)])  # noqa: E731
-            batches.append(
-                PaddedProposals(batch_segments, batch_scores, batch_weights, valid, topped_up(chunk, -1), topped_up(chunk_sizes, 0))
-            )
-    return batches
-
-
-def merged_buckets(bucket_counts: dict[int, int], budget: int = MERGE_PADDING_BUDGET) -> dict[int, int]:
-    """Which padded size each bucket's items get, after merging small buckets upwards.
-
-    From the largest bucket down, a bucket joins the current target (the
-    nearest larger bucket that was kept) when its items would gain at most
-    ``budget`` padded detections in all; otherwise it is kept and becomes the
-    target. Each kept bucket is one program to compile.
-
-    Args:
-        bucket_counts: ``{padded size: number of items}``.
-        budget: the most padded detections a merge may add.
-
-    Returns:
-        ``{padded size: the padded size its items are given}``.
-
-    Example:
-        >>> merged_buckets({16: 1000, 512: 7000, 1024: 3000}, budget=1 << 24)
-        {1024: 1024, 512: 1024, 16: 1024}
-        >>> merged_buckets({16: 10**6, 1024: 10}, budget=1 << 24)
-        {1024: 1024, 16: 16}
-    """
-    target: dict[int, int] = {}
-    current = None
-    for size in sorted(bucket_counts, reverse=True):
-        if current is not None and bucket_counts[size] * (current - size) <= budget:
-            target[size] = current
-        else:
-            target[size] = current = size
-    return target
-
-
-
-
 # ---------------------------------------------------------------------- fusing
 
 
@@ -385,7 +224,7 @@ class _Found(NamedTuple):
     result: np.ndarray  # [F] ResultCode
 
 
-def _run_batches(table: DetectionTable, items: _Items, settings: _Settings, on_batch) -> tuple[_Found, int]:
+def _run_batches(table: DetectionTable, items: TableItems, settings: _Settings, on_batch) -> tuple[_Found, int]:
     """Pack the items into batches and fuse them in float64; returns the fused detections and the batch count."""
     in_item_order = lambda x: None if x is None else x[items.order]  # noqa: E731
     batches = pack_items(
@@ -410,7 +249,7 @@ def _run_batches(table: DetectionTable, items: _Items, settings: _Settings, on_b
     return _Found(*(np.concatenate(columns) for columns in zip(*parts))), len(batches)
 
 
-def _found_in_batch(batch: PaddedProposals, fused, items: _Items) -> _Found:
+def _found_in_batch(batch: PaddedProposals, fused, items: TableItems) -> _Found:
     """The fused detections of one batch: the first ``count`` slots of each row, in leader order."""
     row, slot = np.nonzero(fused.valid)
     members = np.zeros(fused.valid.shape, np.int64)
@@ -428,12 +267,10 @@ def _restore_unfused(found: _Found, table: DetectionTable, method: str) -> _Foun
     decayed); a template fuses a group of one into itself.
     """
     segments, scores = found.segments.copy(), found.scores.copy()
-    copy_segment = np.ones_like(found.single) if method in ("nms", "soft_nms") else found.single
-    copy_score = found.single if method != "nms" else np.ones_like(found.single)
-    if method == "soft_nms":
-        copy_score = np.zeros_like(found.single)
-    segments[copy_segment] = table.segments[found.leader[copy_segment]]
-    scores[copy_score] = table.scores[found.leader[copy_score]]
+    segment_as_is = np.ones_like(found.single) if method in ("nms", "soft_nms") else found.single
+    score_as_is = np.zeros_like(found.single) if method == "soft_nms" else segment_as_is
+    segments[segment_as_is] = table.segments[found.leader[segment_as_is]]
+    scores[score_as_is] = table.scores[found.leader[score_as_is]]
     return found._replace(segments=segments, scores=scores)
 
 
@@ -444,7 +281,7 @@ def _entry_name(table: DetectionTable, detection: int) -> str:
     return f"video {table.video_ids[video]!r}, entry {entry}"
 
 
-def _raise_for_failures(found: _Found, table: DetectionTable, items: _Items) -> None:
+def _raise_for_failures(found: _Found, table: DetectionTable, items: TableItems) -> None:
     """A fused detection that is not SUCCESSFUL (e.g. OVERFLOW of values near the float64 limit) names its group's leader."""
     failed = np.flatnonzero(found.result != ResultCode.SUCCESSFUL)
     if failed.size:
@@ -457,7 +294,7 @@ def _raise_for_failures(found: _Found, table: DetectionTable, items: _Items) -> 
         )
 
 
-def _select_and_sort(found: _Found, table: DetectionTable, items: _Items, settings: _Settings) -> FusedTable:
+def _select_and_sort(found: _Found, table: DetectionTable, items: TableItems, settings: _Settings) -> FusedTable:
     """Per video: by descending score (stable: label, then leader order), cut to ``min_score`` and ``top_k``."""
     video = items.video[found.item]
     # Items are numbered by (video, label code) and leaders come in order within an item,
@@ -517,7 +354,7 @@ def fuse_table(
 
 
 def _fuse_checked(table: DetectionTable, settings: _Settings, on_batch=None) -> FusedTable:
-    items = _items(table)
+    items = table_items(table)
     found, batches = _run_batches(table, items, settings, on_batch)
     _raise_for_failures(found, table, items)
     found = _restore_unfused(found, table, settings.method)

@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxfuse._detection_file as detection_file
+import jaxfuse._item_batches as item_batches
 import jaxfuse.formats.output as output_module
 from jaxfuse import _cli
 from jaxfuse._detection_file import (
@@ -38,7 +39,7 @@ REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(autouse=True)
 def pinned_batch_height(monkeypatch):
     """Batches of 16 items whatever the file size: every test file reuses the same few programs."""
-    monkeypatch.setattr(detection_file, "batch_rows", lambda size, num_items: 16)
+    monkeypatch.setattr(item_batches, "batch_rows", lambda size, num_items: 16)
 
 
 # ------------------------------------------------------------------ reference
@@ -576,7 +577,7 @@ def test_published_preset_is_the_five_published_settings(tmp_path):
 
 def test_a_failed_group_names_its_leader():
     table = detection_table({"results": {"v0": [GOOD], "v1": [GOOD, GOOD, GOOD]}})
-    items = detection_file._items(table)
+    items = detection_file.table_items(table)
     found = detection_file._Found(
         item=np.array([0, 1]), leader=np.array([0, 2]), single=np.array([True, False]),
         segments=np.zeros((2, 2)), scores=np.zeros(2), result=np.array([0, 5]),

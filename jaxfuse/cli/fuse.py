@@ -13,17 +13,16 @@ import contextlib
 import math
 import signal
 import sys
-import time
 
+from jaxfuse._detection_file import DetectionFileError, fuse_detection_file
 from jaxfuse._grouping import OVERLAP_MEASURES
 from jaxfuse._presets import PRESETS
 from jaxfuse._proposals import METHODS
-from jaxfuse._detection_file import DEFAULT_TEMPERATURE, DEFAULT_THRESHOLD, DetectionFileError, fuse_detection_file
 
 PROG = "jaxfuse fuse"
 
 PROGRESS_MIN_DETECTIONS = 100_000
-"""Files with at least this many detections show a progress bar on stderr (unless ``--quiet``)."""
+"""Files with at least this many detections show a progress bar when stderr is a terminal (unless ``--quiet``)."""
 
 INNER_SCORE_FIELD = "inner"
 """The entry field a preset with ``weights="inner"`` (the published one) reads as softmax weights."""
@@ -119,7 +118,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     shown.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show a progress bar on stderr")
     shown.add_argument(
         "--quiet", dest="progress", action="store_false",
-        help=f"print nothing but errors (default: a progress bar for files of {PROGRESS_MIN_DETECTIONS:,}+ detections, "
+        help=f"print nothing but errors (default: a progress bar on a terminal for files of {PROGRESS_MIN_DETECTIONS:,}+ detections, "
         "and a one-line summary at the end)",
     )
     parser.epilog = (
@@ -169,8 +168,9 @@ class _Progress:
     def phase(self, name: str, counts: dict) -> None:
         self.counts.update(counts)
         if name == "read" and not self.quiet:
-            if self.show_progress is None:
-                self.show_progress = counts["detections"] >= PROGRESS_MIN_DETECTIONS
+            if self.show_progress is None:  # a bar is for a person watching: not in a log, not for small files
+                interactive = getattr(self.stream, "isatty", lambda: False)()
+                self.show_progress = interactive and counts["detections"] >= PROGRESS_MIN_DETECTIONS
         if name == "fuse" and self.bar is not None:
             self.bar.close()
             self.bar = None
