@@ -135,11 +135,12 @@ def resolved_settings(args: argparse.Namespace) -> dict:
     """The keyword arguments of :func:`jaxfuse.fuse_detection_file`: the preset, overridden by explicit options."""
     preset = PRESETS[args.preset]
     given = lambda value, fallback: fallback if value is None else value  # noqa: E731
+    method = given(args.method, preset.method)
     weight_field = args.weight_field
-    if weight_field is None and preset.weights == "inner":
+    if weight_field is None and preset.weights == "inner" and method not in ("nms", "soft_nms"):  # those use no weights
         weight_field = INNER_SCORE_FIELD
     return dict(
-        method=given(args.method, preset.method),
+        method=method,
         temperature=given(args.temperature, preset.temperature),
         overlap=given(args.overlap, preset.overlap),
         overlap_threshold=given(args.threshold, preset.overlap_threshold),
