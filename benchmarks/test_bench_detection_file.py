@@ -27,7 +27,9 @@ two rounds each, ``--progress``: before (main at d7685de: ``json``, float32)
 paused): 9.7 s CPU before, 5.8 s now (1.7x). Parsing alone, one round each
 under that load: ``json`` 26.8 s, ``orjson`` 10.1 s, msgspec untyped 6.2 s,
 msgspec typed (entries checked while parsed) 5.0 s plus 1.6 s to gather the
-columns. msgspec was chosen over orjson for speed and because its zero-copy
+columns; another run of ``test_bench_json_libraries`` (same load): json
+15.6 s, orjson 12.0 s, msgspec 9.9 s, ``read_predictions`` 13.4 s with the
+checks and arrays that ``json`` needs 4 to 8 s more for. msgspec was chosen over orjson for speed and because its zero-copy
 ``Raw`` values locate each value in the file, which is how repeated keys are
 found (neither library reports them). The kernels in float64 instead of
 float32 (1,000 videos x 1,000 detections, warm, same process): 0.68 s
