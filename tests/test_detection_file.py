@@ -584,3 +584,15 @@ def test_a_failed_group_names_its_leader():
     )
     with pytest.raises(DetectionFileError, match=r"video 'v1', entry 1 \(label 'a'\): fusing the group it leads gave OVERFLOW"):
         detection_file._raise_for_failures(found, table, items)
+
+
+def test_values_beyond_float32_are_fused_in_float64(tmp_path):
+    """1e39 is finite in JSON and in float64 (inf in float32): fused, not an error from a padded batch."""
+    data = {"results": {"v": [
+        {"label": "a", "score": 1e39, "segment": [0.0, 1e39]},
+        {"label": "a", "score": 5e38, "segment": [1e30, 1e39]},
+    ]}}
+    fused = fuse_detections_json(data, temperature=1e38)["results"]["v"]
+    g = np.exp(np.array([10.0, 5.0]) - 10.0)
+    g /= g.sum()
+    np.testing.assert_allclose([*fused[0]["segment"], fused[0]["score"]], [g @ [0.0, 1e30], 1e39, g @ [1e39, 5e38]], rtol=1e-12)
