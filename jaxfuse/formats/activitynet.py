@@ -343,6 +343,10 @@ def _address(buffer) -> int:
     return np.frombuffer(buffer, np.uint8).ctypes.data
 
 
+class _NotAnObject(DetectionFileError):
+    """A value that had to be a JSON object is not one."""
+
+
 def _object_of_raw(raw, where: str) -> dict[str, msgspec.Raw]:
     """Decode one JSON object into ``{key: Raw value}``, rejecting a repeated key.
 
@@ -353,7 +357,7 @@ def _object_of_raw(raw, where: str) -> dict[str, msgspec.Raw]:
     try:
         values = _OBJECT_OF_RAW.decode(raw)
     except msgspec.ValidationError:
-        raise DetectionFileError(f"{where} must be a JSON object") from None
+        raise _NotAnObject(f"{where} must be a JSON object") from None
     base = _address(raw)
     spans = sorted((_address(value) - base, len(memoryview(value))) for value in values.values())
     text = memoryview(raw)
@@ -394,10 +398,8 @@ def _parse_sections(raw: bytes, key: str) -> tuple[dict[str, msgspec.Raw], dict[
     """The top-level object (values raw) and its ``key`` object (values raw), duplicate-checked."""
     try:
         top = _object_of_raw(raw, "the top-level object")
-    except DetectionFileError as error:
-        if "must be a JSON object" in str(error):
-            _section(None, key)  # raises, describing the expected shape
-        raise
+    except _NotAnObject:
+        _section(None, key)  # raises, describing the expected shape
     except msgspec.DecodeError as error:
         raise DetectionFileError(f"not valid JSON: {error}{_line_and_column(raw, str(error))}") from None
     except RecursionError:
@@ -406,10 +408,8 @@ def _parse_sections(raw: bytes, key: str) -> tuple[dict[str, msgspec.Raw], dict[
         _section({}, key)  # raises, describing the expected shape
     try:
         section = _object_of_raw(top[key], repr(key))
-    except DetectionFileError as error:
-        if "must be a JSON object" in str(error):
-            _section({key: None}, key)
-        raise
+    except _NotAnObject:
+        _section({key: None}, key)  # raises, describing the expected shape
     return top, section
 
 

@@ -26,8 +26,10 @@ removed on any exception, ``KeyboardInterrupt`` and ``SystemExit`` included
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import stat
 import sys
 import tempfile
@@ -124,16 +126,32 @@ def write_output(plan: OutputPlan | str | os.PathLike, data: bytes) -> None:
         raise OSError(error.errno, error.strerror, plan.path) from None
 
 
+@contextlib.contextmanager
+def _signals_held():
+    """Hold SIGINT and SIGTERM back (delivered on exit): a handler raising between the creation of
+    the temporary file and the assignment of its name would leave it behind, unnamed."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _replace_atomically(plan: OutputPlan, data: bytes) -> None:
     temporary = None
     try:
-        handle, temporary = tempfile.mkstemp(prefix=".jaxfuse-", suffix=".json.tmp", dir=os.path.dirname(plan.target))
+        with _signals_held():
+            handle, temporary = tempfile.mkstemp(prefix=".jaxfuse-", suffix=".json.tmp", dir=os.path.dirname(plan.target))
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             os.fchmod(stream.fileno(), plan.file_mode)
             _keep_owner(stream.fileno(), plan.target)
         os.replace(temporary, plan.target)
-        temporary = None
+        temporary = None  # a signal before this line: the unlink below finds nothing, and says nothing
     finally:
         if temporary is not None:
             try:
