@@ -50,7 +50,11 @@ def console_main() -> None:
     threads, and tearing the runtime down under them segfaults. The
     subcommand has already cleaned up and said so in one line.
     """
-    status = main()
+    try:
+        status = main()
+    except KeyboardInterrupt:  # before a subcommand took over (while importing JAX, say)
+        print("jaxfuse: interrupted", file=sys.stderr)
+        status = 130
     if status in (130, 143):
         sys.stdout.flush()
         sys.stderr.flush()
