@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import sys
 import threading
 import time
 from typing import Any, Callable, NamedTuple
@@ -488,7 +489,7 @@ def fuse_detection_file(
     standard output for ``"-"``; an existing file keeps its mode.
 
     Args:
-        input_path: the detection JSON to read.
+        input_path: the detection JSON to read; ``"-"`` reads standard input.
         output_path: where to write the fused detections.
         method, temperature, overlap, overlap_threshold, discrete, weight_field,
             sigma, decay, top_k, min_score: as for :func:`fuse_detections_json`.
@@ -521,8 +522,9 @@ def fuse_detection_file(
         if on_phase is not None:
             on_phase(phase, counts)
 
+    source = os.fspath(input_path)
     with _garbage_collector_paused():
-        read = read_predictions(os.fspath(input_path), weight_field)
+        read = read_predictions(sys.stdin.buffer.read() if source == "-" else source, weight_field)
     table = read.table
     lap("read", videos=len(table.video_ids), detections=int(table.scores.size))
     with _progress_bar(progress, on_batch) as on_batch:

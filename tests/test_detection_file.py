@@ -609,3 +609,13 @@ def test_values_beyond_float32_are_fused_in_float64(tmp_path):
     g = np.exp(np.array([10.0, 5.0]) - 10.0)
     g /= g.sum()
     np.testing.assert_allclose([*fused[0]["segment"], fused[0]["score"]], [g @ [0.0, 1e30], 1e39, g @ [1e39, 5e38]], rtol=1e-12)
+
+
+def test_dash_reads_standard_input_and_writes_standard_output(monkeypatch, capsys):
+    import io
+
+    data = {"results": {"v": [GOOD, {**GOOD, "segment": [1.5, 2.0]}]}}
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(json.dumps(data).encode())))
+    assert cli("-", "-o", "-", "--method", "nms", "--quiet") == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"results": {"v": [GOOD]}} and captured.err == ""

@@ -70,7 +70,9 @@ def _positive_int(text: str) -> int:
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``jaxfuse fuse`` arguments to ``parser``."""
     default = PRESETS["default"]
-    parser.add_argument("input", help="ActivityNet-format detection JSON ({'results': {video: [{label, score, segment}]}})")
+    parser.add_argument(
+        "input", help="ActivityNet-format detection JSON ({'results': {video: [{label, score, segment}]}}); '-' for standard input"
+    )
     parser.add_argument(
         "-o", "--output", required=True,
         help="where to write the fused detections (same format); '-' for standard output",
