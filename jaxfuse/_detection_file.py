@@ -371,8 +371,8 @@ def _fuse_checked(table: DetectionTable, settings: _Settings, on_batch=None) -> 
 
 
 @contextlib.contextmanager
-def _progress_bar(show: bool, on_batch):
-    """``on_batch``, also advancing a tqdm bar on stderr when ``show``."""
+def _progress_bar(show: bool, on_batch, stream=None):
+    """``on_batch``, also advancing a tqdm bar on ``stream`` (default stderr) when ``show``."""
     if not show:
         yield on_batch
         return
@@ -383,7 +383,7 @@ def _progress_bar(show: bool, on_batch):
     def advance(done: int, total: int) -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=total, desc="jaxfuse: fusing", unit="batch", leave=False)
+            bar = tqdm(total=total, desc="jaxfuse: fusing", unit="batch", leave=False, file=stream)
         bar.update(done - bar.n)
         if on_batch is not None:
             on_batch(done, total)
@@ -477,6 +477,7 @@ def fuse_detection_file(
     top_k: int | None = None,
     min_score: float | None = None,
     progress: bool = False,
+    stream=None,
     on_phase: Callable[[str, dict], None] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> FileFusionReport:
@@ -493,7 +494,8 @@ def fuse_detection_file(
         output_path: where to write the fused detections.
         method, temperature, overlap, overlap_threshold, discrete, weight_field,
             sigma, decay, top_k, min_score: as for :func:`fuse_detections_json`.
-        progress: show a progress bar of the kernel calls on stderr (tqdm).
+        progress: show a progress bar of the kernel calls (tqdm).
+        stream: where the bar goes (default ``sys.stderr``).
         on_phase: called as ``on_phase(name, counts)`` when a phase ends
             (``"read"``, ``"fuse"``, ``"write"``), for progress reports.
         on_batch: called as ``on_batch(done, total)`` after each kernel call.
@@ -527,7 +529,7 @@ def fuse_detection_file(
         read = read_predictions(sys.stdin.buffer.read() if source == "-" else source, weight_field)
     table = read.table
     lap("read", videos=len(table.video_ids), detections=int(table.scores.size))
-    with _progress_bar(progress, on_batch) as on_batch:
+    with _progress_bar(bool(progress), on_batch, stream) as on_batch:
         fused = _fuse_checked(table, settings, on_batch)
     seconds["compile"] = _CompileClock.total() - compile_before
     lap("fuse", items=fused.items, batches=fused.batches)
