@@ -15,14 +15,30 @@ About 10,000 (video, label) items of 280 to 1,000 detections each.
 * ``numpy_loop_*`` in ``extra_info``: the published rule as a plain numpy
   loop on 300 items, scaled to the file's items, for the fusion phase alone.
 
-Where the time went on the shared 2-core development machine (load 3.5 to 5,
-CPU, one run each): cold 21.2 s wall: JSON parse 8.3 s (Python's ``json``),
-checks and arrays 4.3 s (including freeing the 5 million parsed entries),
-fusion 6.5 s (of which about 4.5 s compiling one program set, under 2 s
-packing and kernels), write 0.3 s, interpreter start-up and exit 1.8 s. Warm:
-fusion 1.85 s against about 4.1 s for the numpy loop (2.2x; about 10 groups
-per item, and the loop costs per group). Parsing the same file with the
-garbage collector running took 29 s; with ``orjson`` (not a dependency) 4 to 6 s.
+* ``test_bench_json_libraries``: json, orjson (when installed) and msgspec
+  parsing the file side by side, and ``read_predictions`` (what the command
+  runs: msgspec typed decoding, repeated-key check, arrays).
+
+Where the time went, measured side by side on the shared 2-core machine
+(load average 10 to 12, so CPU seconds are the steadier figure), second of
+two rounds each, ``--progress``: before (main at d7685de: ``json``, float32)
+41.6 s wall, 14.5 s CPU, peak 3.1 GB; now (msgspec, float64) 30.2 s wall,
+11.1 s CPU, peak 2.3 GB. Reading and checking alone (in one process, GC
+paused): 9.7 s CPU before, 5.8 s now (1.7x). Parsing alone, one round each
+under that load: ``json`` 26.8 s, ``orjson`` 10.1 s, msgspec untyped 6.2 s,
+msgspec typed (entries checked while parsed) 5.0 s plus 1.6 s to gather the
+columns; another run of ``test_bench_json_libraries`` (same load): json
+15.6 s, orjson 12.0 s, msgspec 9.9 s, ``read_predictions`` 13.4 s with the
+checks and arrays that ``json`` needs 4 to 8 s more for. msgspec was chosen over orjson for speed and because its zero-copy
+``Raw`` values locate each value in the file, which is how repeated keys are
+found (neither library reports them). The kernels in float64 instead of
+float32 (1,000 videos x 1,000 detections, warm, same process): 0.68 s
+against 0.38 s (1.8x; compiles 10.7 s against 9.6 s), a few percent of a
+cold run; float32 also grouped 2 of 21,300 groups differently (overlaps of
+exactly 0.25 in decimal rounded to the other side). Earlier notes (load 3.5
+to 5): cold 21.2 s, of which 8.3 s ``json`` parse, 4.3 s checks, 6.5 s
+fusion (4.5 s compile), warm fusion 1.85 s against 4.1 s for the numpy loop
+(2.2x). Parsing with the garbage collector running took 29 s.
 """
 
 from __future__ import annotations
@@ -40,12 +56,13 @@ import pytest
 import _data
 from jaxfuse._detection_file import detection_table, fuse_detection_file
 from jaxfuse.bench.published import published_fusion_loop
+from jaxfuse.formats.activitynet import read_predictions
 
 VIDEOS = 5_000
 DETECTIONS_PER_VIDEO = 1_000
 NUM_CLASSES = 200
 TEMPERATURE = 0.2
-# Peak resident memory of the command on this file, measured: about 3.1 GB.
+# Peak resident memory of the command on this file, measured: about 2.3 GB (3.1 GB with json).
 NEEDED_BYTES = int(3.5e9)
 REPOSITORY = Path(__file__).resolve().parent.parent
 
@@ -144,11 +161,11 @@ def test_bench_detection_file_warm(benchmark, detection_file, tmp_path):
 def reference_item(segments, scores, temperature=TEMPERATURE, threshold=0.25):
     """The published rule on one item, Gaussian template, continuous lengths: ``[groups, 3]``.
 
-    Overlaps are computed in float32, as the kernels compute them: times
-    rounded to 1/100 s often give an overlap of exactly 0.25 in decimal, which
-    float32 and float64 round to opposite sides of the threshold.
+    In float64, as the command computes (and as the published numpy code
+    does): times rounded to 1/100 s often give an overlap of exactly 0.25 in
+    decimal, which float32 and float64 round to opposite sides of the threshold.
     """
-    segments, scores = np.asarray(segments, np.float32), np.asarray(scores, np.float32)
+    segments, scores = np.asarray(segments, np.float64), np.asarray(scores, np.float64)
     return published_fusion_loop(segments, scores, temperature=temperature, threshold=threshold, discrete=False)
 
 
@@ -175,7 +192,7 @@ def _check_sample(path, output):
     for video, label, segments, scores in _sample_items(path, videos=20):
         want = reference_item(segments, scores)
         got = np.array([[*e["segment"], e["score"]] for e in fused[video] if e["label"] == label])
-        np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-3)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-9)
 
 
 def _numpy_loop_seconds_per_item(path, items=300):
@@ -184,3 +201,46 @@ def _numpy_loop_seconds_per_item(path, items=300):
     for _, _, segments, scores in sample:
         reference_item(segments, scores)
     return (time.perf_counter() - start) / len(sample)
+
+
+# ------------------------------------------------------------- JSON libraries
+
+
+def test_bench_json_libraries(benchmark, detection_file):
+    """Parse the file with json, orjson and msgspec side by side (one round each), and what the command does.
+
+    ``read_predictions`` is msgspec's typed decoding (entries checked while
+    parsed), the repeated-key check and the arrays; the others only parse.
+    orjson is not a dependency: measured when installed.
+    """
+    import gc
+
+    import msgspec
+
+    raw = detection_file.read_bytes()
+    parsers = {"json": json.loads, "msgspec": msgspec.json.decode}
+    try:
+        import orjson
+
+        parsers["orjson"] = orjson.loads
+    except ImportError:
+        pass
+    seconds = {}
+    for name, parse in parsers.items():
+        gc.disable()
+        start = time.perf_counter()
+        parsed = parse(raw)
+        seconds[name] = time.perf_counter() - start
+        del parsed
+        gc.enable()
+    gc.disable()
+    try:
+        table = benchmark.pedantic(lambda: read_predictions(raw).table, rounds=1, iterations=1)
+    finally:
+        gc.enable()
+    seconds["read_predictions"] = benchmark.stats.stats.mean
+    print(f"\nparse seconds {({k: round(v, 2) for k, v in seconds.items()})}")
+    _data.record(benchmark, parse_seconds=seconds, **{
+        f"json_over_{name}": _data.ratio(seconds["json"], value) for name, value in seconds.items() if name != "json"
+    })
+    assert table.scores.size == VIDEOS * DETECTIONS_PER_VIDEO

@@ -11,11 +11,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 
 _SUBCOMMANDS = {
     "demo": ("jaxfuse.tools.demo", "fuse a built-in THUMOS-like set of groups with every template, checked against numpy"),
-    "fuse": ("jaxfuse._detection_file", "fuse detections of an ActivityNet-format JSON file"),
+    "fuse": ("jaxfuse.cli.fuse", "fuse detections of an ActivityNet-format JSON file"),
     "bench": ("jaxfuse.bench.command", "run the benchmark suite and write a report"),
     "study": ("jaxfuse.tools.study", "compare templates, NMS and Soft-NMS by detection mAP on synthetic videos"),
     "evaluate": ("jaxfuse.cli.evaluate", "detection mAP of a results file against its ground truth, as papers print it"),
@@ -48,5 +49,25 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
+def console_main() -> None:
+    """The console script: :func:`main`, then exit with its status.
+
+    After Ctrl-C (130) or SIGTERM (143) the process ends without interpreter
+    teardown: an interrupted XLA compile may still be running on its own
+    threads, and tearing the runtime down under them segfaults. The
+    subcommand has already cleaned up and said so in one line.
+    """
+    try:
+        status = main()
+    except KeyboardInterrupt:  # before a subcommand took over (while importing JAX, say)
+        print("jaxfuse: interrupted", file=sys.stderr)
+        status = 130
+    if status in (130, 143):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -15,8 +15,12 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import jaxfuse._detection_file as detection_file
+import jaxfuse._item_batches as item_batches
+import jaxfuse.formats.output as output_module
 from jaxfuse import _cli
 from jaxfuse._detection_file import (
     DetectionFileError,
@@ -35,21 +39,16 @@ REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(autouse=True)
 def pinned_batch_height(monkeypatch):
     """Batches of 16 items whatever the file size: every test file reuses the same few programs."""
-    monkeypatch.setattr(detection_file, "batch_rows", lambda size, num_items: 16)
+    monkeypatch.setattr(item_batches, "batch_rows", lambda size, num_items: 16)
 
 
 # ------------------------------------------------------------------ reference
 
 
 def reference_item(segments, scores, weights, *, temperature, threshold=0.25, overlap="candidate", discrete=False):
-    """The published rule on one (video, label), Gaussian template: ``[groups, 3]`` (start, end, score).
-
-    Overlaps are computed in float32, as the kernels do: times rounded to 1/100
-    s can give an overlap of exactly the threshold in decimal, which float32
-    and float64 round to opposite sides.
-    """
-    segments, scores, weights = (np.asarray(x, np.float32) for x in (segments, scores, weights))
-    offset = np.float32(1.0 if discrete else 0.0)
+    """The published rule on one (video, label), Gaussian template, in float64: ``[groups, 3]`` (start, end, score)."""
+    segments, scores, weights = (np.asarray(x, np.float64) for x in (segments, scores, weights))
+    offset = 1.0 if discrete else 0.0
     remaining = np.argsort(-scores, kind="stable")
     starts, ends = segments[:, 0], segments[:, 1]
     fused = []
@@ -63,19 +62,20 @@ def reference_item(segments, scores, weights, *, temperature, threshold=0.25, ov
             length = length + (ends[leader] - starts[leader] + offset) - intersection
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio = np.where(length > 0, intersection / np.where(length > 0, length, 1), 0)
-        absorbed = ratio > np.float32(threshold)
+        absorbed = ratio > threshold
         absorbed[0] = True
         members = remaining[absorbed]
         remaining = remaining[~absorbed]
-        logits = weights[members].astype(np.float64) / temperature
+        logits = weights[members] / temperature
         g = np.exp(logits - logits.max())
         g /= g.sum()
         fused.append([g @ starts[members], g @ ends[members], g @ scores[members]])
     return np.asarray(fused, np.float64).reshape(-1, 3)
 
 
-def reference_results(data, *, temperature=0.2, weight_field=None, **options):
-    """``{video: [(label, start, end, score), ...]}`` in the output's order (labels by first appearance)."""
+def reference_results(data, *, temperature=0.2, weight_field=None, top_k=None, min_score=None, **options):
+    """``{video: [(label, start, end, score), ...]}`` in the output's order: by descending score within
+    a video, ties by label (first appearance in the file), then leader order."""
     label_order = {}
     for entries in data["results"].values():
         for entry in entries:
@@ -90,7 +90,10 @@ def reference_results(data, *, temperature=0.2, weight_field=None, **options):
             weights = scores if weight_field is None else np.array([entry[weight_field] for entry in members], np.float64)
             for start, end, score in reference_item(segments, scores, weights, temperature=temperature, **options):
                 rows.append((label, start, end, score))
-        expected[video] = rows
+        rows.sort(key=lambda row: -row[3])  # stable: ties keep label, then leader order
+        if min_score is not None:
+            rows = [row for row in rows if row[3] >= min_score]
+        expected[video] = rows[:top_k]
     return expected
 
 
@@ -103,7 +106,8 @@ def assert_matches_reference(output, data, **options):
         if rows:
             values = np.array([[entry["segment"][0], entry["segment"][1], entry["score"]] for entry in got])
             want = np.array([row[1:] for row in rows])
-            np.testing.assert_allclose(values, want, rtol=2e-5, atol=2e-4 * max(1.0, np.abs(want).max()))
+            # float64 throughout: a few ulps of the largest coordinate.
+            np.testing.assert_allclose(values, want, rtol=1e-12, atol=1e-12 * max(1.0, np.abs(want).max()))
 
 
 # ------------------------------------------------------------------ data
@@ -187,8 +191,8 @@ def test_nms_keeps_each_leader(tmp_path):
     assert cli(write(tmp_path / "in.json", data), "-o", output, "--method", "nms") == 0
     assert json.loads(output.read_text())["results"]["v"] == [
         {"label": "a", "score": 0.9, "segment": [0.0, 10.0]},
-        {"label": "a", "score": 0.2, "segment": [50.0, 60.0]},
         {"label": "b", "score": 0.3, "segment": [0.0, 10.0]},
+        {"label": "a", "score": 0.2, "segment": [50.0, 60.0]},
     ]
 
 
@@ -201,14 +205,15 @@ def test_python_api_gives_the_file_contents(tmp_path):
     assert report.videos == len(data["results"])
     assert report.detections == sum(len(v) for v in data["results"].values())
     assert report.fused_detections == sum(len(v) for v in from_file["results"].values())
-    assert set(report.seconds) == {"read", "check", "fuse", "write", "total"}
+    assert set(report.seconds) == {"read", "fuse", "compile", "write", "total"}
 
 
-def test_numbers_are_written_as_short_float32_decimals(tmp_path):
-    data = {"results": {"v": [{"label": "a", "score": 0.1, "segment": [0.1, 0.3]}]}}
+def test_numbers_are_written_as_short_float64_decimals_and_other_keys_verbatim(tmp_path):
+    source = tmp_path / "in.json"
+    source.write_text('{"version": [1.50, "x"], "results": {"v": [{"label": "a", "score": 0.1, "segment": [0.1, 0.3]}]}}')
     output = tmp_path / "out.json"
-    assert cli(write(tmp_path / "in.json", data), "-o", output) == 0
-    assert output.read_text() == '{"results": {"v": [{"label": "a", "score": 0.1, "segment": [0.1, 0.3]}]}}\n'
+    assert cli(source, "-o", output) == 0
+    assert output.read_text() == '{"version":[1.50, "x"],"results":{"v":[{"label":"a","score":0.1,"segment":[0.1,0.3]}]}}\n'
 
 
 def test_empty_results_and_empty_videos(tmp_path):
@@ -219,15 +224,20 @@ def test_empty_results_and_empty_videos(tmp_path):
     assert json.loads(output.read_text()) == {"results": {"a": [], "b": []}, "x": 1}
 
 
-def test_progress_goes_to_stderr_when_asked(tmp_path, capsys):
+def test_summary_line_always_progress_bar_when_asked(tmp_path, capsys):
     data = random_results(seed=3)
     source, output = write(tmp_path / "in.json", data), tmp_path / "out.json"
-    assert cli(source, "-o", output, "--progress") == 0
+    assert cli(source, "-o", output) == 0
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert "fusing batches" in captured.err and "fused" in captured.err and "parse" in captured.err
-    # A small file is quiet by default, and --quiet is always quiet.
-    assert cli(source, "-o", output) == 0 and cli(source, "-o", output, "--quiet") == 0
+    lines = captured.err.strip().splitlines()
+    detections = sum(len(v) for v in data["results"].values())
+    fused = sum(len(v) for v in json.loads(output.read_text())["results"].values())
+    assert len(lines) == 1 and f"{detections} detections of 12 videos" in lines[0] and f"-> {fused} in" in lines[0]
+    assert "of which compile" in lines[0]
+    assert cli(source, "-o", output, "--progress") == 0
+    assert "fusing" in capsys.readouterr().err  # the bar
+    assert cli(source, "-o", output, "--quiet") == 0
     assert capsys.readouterr().err == ""
 
 
@@ -245,10 +255,14 @@ GOOD = {"label": "a", "score": 0.5, "segment": [1.0, 2.0]}
         ({"label": "a", "score": 0.5}, "video 'v_abc', entry 3: missing 'segment'"),
         ({"label": "a", "score": "0.5", "segment": [1, 2]}, "video 'v_abc', entry 3: score must be a finite number, got '0.5'"),
         ({"label": "a", "score": True, "segment": [1, 2]}, "video 'v_abc', entry 3: score must be a finite number"),
-        ({"label": "a", "score": float("nan"), "segment": [1, 2]}, "video 'v_abc', entry 3: score must be a finite number"),
+        ({"label": "a", "score": float("nan"), "segment": [1, 2]}, "not valid JSON: JSON is malformed: invalid character (byte 322) (line 1, column 323)"),
+        ({"label": "a", "score": 1e301, "segment": [1, 2]}, "video 'v_abc', entry 3: score must be within +-1e+300"),
+        ({"label": "a", "score": 1, "segment": [-1.7e308, 1.7e308]}, "video 'v_abc', entry 3: segment must be within +-1e+300"),
         ({"label": "a", "score": 10**400, "segment": [1, 2]}, "video 'v_abc', entry 3: score must be a finite number"),
         ({"label": "a", "score": 0.5, "segment": [1, 2, 3]}, "video 'v_abc', entry 3: segment must be [start, end] with two"),
-        ({"label": "a", "score": 0.5, "segment": [1, float("inf")]}, "video 'v_abc', entry 3: segment must be [start, end]"),
+        ({"label": "a", "score": 0.5, "segment": [1, float("inf")]}, "not valid JSON"),
+        ({"label": "a", "score": 0.5, "segment": ["1", 2]}, "video 'v_abc', entry 3: segment must be [start, end] with two finite"),
+        ({"label": False, "score": 0.5, "segment": [1, 2]}, "video 'v_abc', entry 3: label must be a string or an integer"),
         ({"label": "a", "score": 0.5, "segment": "1-2"}, "video 'v_abc', entry 3: segment must be [start, end]"),
         ({"label": None, "score": 0.5, "segment": [1, 2]}, "video 'v_abc', entry 3: label must be a string or an integer"),
         ([1, 2], "video 'v_abc', entry 3: expected an object with 'label', 'score' and 'segment'"),
@@ -312,7 +326,7 @@ def test_write_failure_leaves_no_file(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(detection_file.os, "replace", fail)
+    monkeypatch.setattr(output_module.os, "replace", fail)
     output = tmp_path / "out.json"
     assert cli(write(tmp_path / "in.json", {"results": {"v": [GOOD]}}), "-o", output) == 2
     assert sorted(os.listdir(tmp_path)) == ["in.json"]
@@ -391,7 +405,217 @@ def test_python_dicts_may_hold_numpy_scalars_and_tuples():
         {"label": "a", "score": 0.9, "segment": [2.0, np.int64(12)]},
         {"label": 3, "score": 0.4, "segment": [0, 1]},
     ]}}
-    assert fuse_detections_json(data, temperature=1.0)["results"]["v"] == [
-        {"label": "a", "score": 0.9, "segment": [1.0, 11.0]},
-        {"label": 3, "score": 0.4, "segment": [0.0, 1.0]},
-    ]
+    got = fuse_detections_json(data, temperature=1.0)["results"]["v"]
+    # Equal weights (softmax of float32(0.9) and 0.9 differ by 1e-8 / T): the mean, in float64.
+    g = np.exp([float(np.float32(0.9)), 0.9])
+    g /= g.sum()
+    assert [e["label"] for e in got] == ["a", 3] and got[1] == {"label": 3, "score": 0.4, "segment": [0.0, 1.0]}
+    np.testing.assert_allclose(
+        [*got[0]["segment"], got[0]["score"]], [2 * g[1], 10 + 2 * g[1], g @ [float(np.float32(0.9)), 0.9]], rtol=1e-15
+    )
+
+
+# ------------------------------------------------------------------ issue 8: file safety, precision, options
+
+
+def test_an_unwritable_output_is_reported_before_the_work(tmp_path, capsys, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("fused before checking the output")
+
+    monkeypatch.setattr(detection_file, "_fuse_checked", no_work)
+    given = tmp_path / "no such dir" / "out.json"
+    assert cli(write(tmp_path / "in.json", {"results": {"v": [GOOD]}}), "-o", given) == 2
+    assert capsys.readouterr().err == f"jaxfuse fuse: error: cannot write {given}: no such directory: {given.parent}\n"
+
+
+def test_the_command_writes_through_a_symlink_and_keeps_the_mode(tmp_path):
+    target = tmp_path / "real.json"
+    target.write_text("old")
+    target.chmod(0o600)
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    assert cli(write(tmp_path / "in.json", {"results": {"v": [GOOD]}}), "-o", link, "--quiet") == 0
+    assert link.is_symlink() and json.loads(target.read_text())["results"]["v"] == [GOOD]
+    assert target.stat().st_mode & 0o777 == 0o600
+
+
+def test_sigterm_during_the_write_cleans_up_and_exits_143(tmp_path, capsys, monkeypatch):
+    import signal
+
+    output = tmp_path / "out.json"
+    output.write_text("old")
+    real_replace = os.replace
+
+    def terminated_while_writing(source, destination):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises at the next bytecode, before the rename
+        real_replace(source, destination)
+
+    monkeypatch.setattr(output_module.os, "replace", terminated_while_writing)
+    assert cli(write(tmp_path / "in.json", {"results": {"v": [GOOD]}}), "-o", output) == 143
+    assert capsys.readouterr().err == "jaxfuse fuse: terminated\n"
+    assert sorted(os.listdir(tmp_path)) == ["in.json", "out.json"] and output.read_text() == "old"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+
+
+def test_ctrl_c_during_compilation_exits_130_with_one_line(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(detection_file, "_run_batches", interrupted)
+    output = tmp_path / "out.json"
+    assert cli(write(tmp_path / "in.json", {"results": {"v": [GOOD]}}), "-o", output) == 130
+    assert capsys.readouterr().err == "jaxfuse fuse: interrupted\n" and not output.exists()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process, from /proc."""
+    with open(f"/proc/{pid}/stat") as stream:
+        fields = stream.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads the child's CPU time from /proc")
+def test_ctrl_c_in_a_real_process_during_compilation(tmp_path):
+    """SIGINT a fresh interpreter while it compiles: exit 130, one line, no traceback, no file."""
+    import signal
+    import time
+
+    source = write(tmp_path / "in.json", random_results(seed=5))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jaxfuse._cli", "fuse", source, "-o", str(tmp_path / "out.json"), "--method", "student_t"],
+        stderr=subprocess.PIPE, text=True, cwd=REPOSITORY,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPOSITORY},
+    )
+    # Wait by CPU time, not wall time (steady under load): imports take about 1 s of CPU, compiling the
+    # Student-t program about 9 s.
+    deadline = time.monotonic() + 120
+    while _cpu_seconds(process.pid) < 2.5 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    # "jaxfuse: interrupted" if a very loaded machine was still importing.
+    assert stderr in ("jaxfuse fuse: interrupted\n", "jaxfuse: interrupted\n")
+    assert sorted(os.listdir(tmp_path)) == ["in.json"]
+
+
+def test_epoch_times_come_back_exactly_or_to_float64_accuracy(tmp_path):
+    data = {"results": {"v": [
+        {"label": "a", "score": 0.9, "segment": [1700000000.25, 1700000042.75]},
+        {"label": "a", "score": 0.7, "segment": [1700000001.5, 1700000040.125]},
+        {"label": "b", "score": 0.5, "segment": [3600.123456, 3700.000001]},
+        {"label": "a", "score": 0.3, "segment": [1700000100.1, 1700000100.2]},
+    ]}}
+    output = tmp_path / "out.json"
+    assert cli(write(tmp_path / "in.json", data), "-o", output, "--quiet") == 0
+    fused = json.loads(output.read_text())["results"]["v"]
+    # Not fused: exactly as given.
+    assert fused[1:] == [data["results"]["v"][2], data["results"]["v"][3]]
+    # Fused: the float64 reference, to a few float64 ulps (2.4e-7 at 1.7e9), not float32's 128 s.
+    g = np.exp(np.array([0.9, 0.7]) / 0.2)
+    g /= g.sum()
+    want = g @ np.array([[1700000000.25, 1700000042.75], [1700000001.5, 1700000040.125]])
+    np.testing.assert_allclose(fused[0]["segment"], want, rtol=0, atol=1e-6)
+    assert fused[0]["segment"][1] - fused[0]["segment"][0] > 38
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    values=st.lists(
+        st.tuples(st.floats(-1e12, 1e12), st.floats(0, 1e6), st.floats(-1e3, 1e3)), min_size=1, max_size=12
+    )
+)
+def test_nms_survivors_are_bit_exact(values):
+    entries = [{"label": "a", "score": q, "segment": [s, s + length]} for s, length, q in values]
+    fused = fuse_detections_json({"results": {"v": entries}}, method="nms")["results"]["v"]
+    assert all(entry in entries for entry in fused)
+
+
+def test_threshold_outside_0_1_is_rejected(tmp_path, capsys):
+    for value in ("1.5", "-1", "nan"):
+        with pytest.raises(SystemExit) as exit_info:
+            cli(tmp_path / "in.json", "-o", tmp_path / "out.json", "--threshold", value)
+        assert exit_info.value.code == 2
+        assert "--threshold: must be" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="overlap_threshold"):
+        fuse_detections_json({"results": {}}, overlap_threshold=1.5)
+
+
+def test_top_k_and_min_score_cut_each_video_after_sorting(tmp_path):
+    data = random_results(seed=6)
+    output = tmp_path / "out.json"
+    assert cli(write(tmp_path / "in.json", data), "-o", output, "--top-k", "3", "--min-score", "0.3", "--quiet") == 0
+    fused = json.loads(output.read_text())
+    assert_matches_reference(fused, data, temperature=0.2, top_k=3, min_score=0.3)
+    for entries in fused["results"].values():
+        scores = [entry["score"] for entry in entries]
+        assert scores == sorted(scores, reverse=True) and len(scores) <= 3 and min(scores, default=1) >= 0.3
+
+
+def test_soft_nms_options_reach_the_kernel(tmp_path):
+    from jaxfuse import fuse_proposals
+    import jax
+
+    entries = [{"label": "a", "score": q, "segment": [s, s + 10.0]} for s, q in ((0.0, 0.9), (3.0, 0.8), (6.0, 0.7), (40.0, 0.2))]
+    data = {"results": {"v": entries}}
+    segments = np.array([e["segment"] for e in entries])
+    scores = np.array([e["score"] for e in entries])
+    for options in ({"sigma": 0.1}, {"decay": "linear"}, {"sigma": 0.3, "min_score": 0.25}):
+        got = fuse_detections_json(data, method="soft_nms", overlap="iou", **options)["results"]["v"]
+        kernel_options = {k: v for k, v in options.items() if k != "min_score"}
+        if "min_score" in options:
+            kernel_options["score_floor"] = options["min_score"]
+        with jax.enable_x64(True):
+            want = fuse_proposals(segments, scores, method="soft_nms", overlap="iou", discrete=False, temperature=0.2, **kernel_options)
+        kept = np.asarray(want.valid)
+        rows = sorted(zip(np.asarray(want.scores)[kept], np.asarray(want.segments)[kept].tolist()), key=lambda r: -r[0])
+        assert [(e["score"], e["segment"]) for e in got] == [(float(q), s) for q, s in rows], options
+    with pytest.raises(ValueError, match="soft_nms"):
+        fuse_detections_json(data, sigma=0.1)
+
+
+def test_published_preset_is_the_five_published_settings(tmp_path):
+    data = random_results(seed=7)
+    source = write(tmp_path / "in.json", data)
+    by_name, by_flags = tmp_path / "preset.json", tmp_path / "flags.json"
+    assert cli(source, "-o", by_name, "--preset", "published", "--quiet") == 0
+    assert cli(source, "-o", by_flags, "--overlap", "candidate", "--discrete", "--threshold", "0.25",
+               "--temperature", "0.2", "--method", "gaussian", "--weight-field", "inner", "--quiet") == 0
+    assert by_name.read_text() == by_flags.read_text()
+    assert_matches_reference(json.loads(by_name.read_text()), data, temperature=0.2, weight_field="inner", discrete=True)
+    # An explicit option overrides the preset's value.
+    assert cli(source, "-o", by_name, "--preset", "published", "--continuous", "--quiet") == 0
+    assert_matches_reference(json.loads(by_name.read_text()), data, temperature=0.2, weight_field="inner", discrete=False)
+
+
+def test_a_failed_group_names_its_leader():
+    table = detection_table({"results": {"v0": [GOOD], "v1": [GOOD, GOOD, GOOD]}})
+    items = detection_file.table_items(table)
+    found = detection_file._Found(
+        item=np.array([0, 1]), leader=np.array([0, 2]), single=np.array([True, False]),
+        segments=np.zeros((2, 2)), scores=np.zeros(2), result=np.array([0, 5]),
+    )
+    with pytest.raises(DetectionFileError, match=r"video 'v1', entry 1 \(label 'a'\): fusing the group it leads gave OVERFLOW"):
+        detection_file._raise_for_failures(found, table, items)
+
+
+def test_values_beyond_float32_are_fused_in_float64(tmp_path):
+    """1e39 is finite in JSON and in float64 (inf in float32): fused, not an error from a padded batch."""
+    data = {"results": {"v": [
+        {"label": "a", "score": 1e39, "segment": [0.0, 1e39]},
+        {"label": "a", "score": 5e38, "segment": [1e30, 1e39]},
+    ]}}
+    fused = fuse_detections_json(data, temperature=1e38)["results"]["v"]
+    g = np.exp(np.array([10.0, 5.0]) - 10.0)
+    g /= g.sum()
+    np.testing.assert_allclose([*fused[0]["segment"], fused[0]["score"]], [g @ [0.0, 1e30], 1e39, g @ [1e39, 5e38]], rtol=1e-12)
+
+
+def test_dash_reads_standard_input_and_writes_standard_output(monkeypatch, capsys):
+    import io
+
+    data = {"results": {"v": [GOOD, {**GOOD, "segment": [1.5, 2.0]}]}}
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(json.dumps(data).encode())))
+    assert cli("-", "-o", "-", "--method", "nms", "--quiet") == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"results": {"v": [GOOD]}} and captured.err == ""
