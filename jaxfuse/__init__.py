@@ -47,6 +47,7 @@ from jaxfuse._proposals import (
     pack_proposals,
     unpack_proposals,
 )
+from jaxfuse._presets import DEFAULT, PRESETS, PUBLISHED, FusionSettings
 from jaxfuse._ragged import PackedGroups, bucket_size, pack_groups, unpack_groups, unpack_members
 from jaxfuse._result import ResultCode
 from jaxfuse._sharding import fuse_proposals_sharded, item_mesh
@@ -62,18 +63,22 @@ __all__ = [
     "ActivityNetData",
     "CasProposals",
     "DetectionFileError",
+    "DEFAULT",
     "DetectionMAP",
     "Detections",
     "ExponentialParameters",
     "FileFusionReport",
     "FitResult",
     "FusedProposals",
+    "FusionSettings",
     "FusionResult",
     "GaussianParameters",
     "GroundTruth",
     "LaplaceParameters",
     "PUBLISHED_CLASS_THRESHOLD",
     "PUBLISHED_THRESHOLDS",
+    "PRESETS",
+    "PUBLISHED",
     "PackedGroups",
     "PaddedProposals",
     "ProposalGroups",
