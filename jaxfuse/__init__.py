@@ -53,6 +53,7 @@ from jaxfuse._proposals import (
     pack_proposals,
     unpack_proposals,
 )
+from jaxfuse._presets import DEFAULT, PRESETS, PUBLISHED, FusionSettings
 from jaxfuse._ragged import PackedGroups, bucket_size, pack_groups, unpack_groups, unpack_members
 from jaxfuse._result import ResultCode
 from jaxfuse._sharding import fuse_proposals_sharded, item_mesh
@@ -73,18 +74,22 @@ __all__ = [
     "CasProposals",
     "CompilationCacheStatus",
     "DetectionFileError",
+    "DEFAULT",
     "DetectionMAP",
     "Detections",
     "ExponentialParameters",
     "FileFusionReport",
     "FitResult",
     "FusedProposals",
+    "FusionSettings",
     "FusionResult",
     "GaussianParameters",
     "GroundTruth",
     "LaplaceParameters",
     "PUBLISHED_CLASS_THRESHOLD",
     "PUBLISHED_THRESHOLDS",
+    "PRESETS",
+    "PUBLISHED",
     "PackedGroups",
     "PaddedProposals",
     "ProposalGroups",

@@ -12,7 +12,8 @@ batch of videos:
    score (the mean CAS inside) and a contrast ``inner - outer``;
 3. the proposals of each item are grouped and fused
    (:func:`jaxfuse.fuse_proposals`) with the contrast as the ordering score and
-   the inner score as the softmax logit, as published;
+   (``weights="inner"``, or ``preset="published"``) the inner score as the
+   softmax logit, as published;
 4. the fused instances are written back per (video, class), padded.
 
 How it maps onto compiled programs. Per batch, whatever the number of videos,
@@ -40,8 +41,9 @@ Convention choices (all documented in the SPEC or the published code):
 * Proposals follow ``proposals_from_cas``; its ``convention="spec"`` (default:
   the run ``[s, e + 1)``, symmetric ceil margins) or ``"published"`` (the
   published off-by-one, to reproduce published numbers).
-* Ordering score: the contrast ``inner - outer``; fusion weights: the inner
-  score (``weights=inner``); fused score: the softmax-weighted average of the
+* Ordering score: the contrast ``inner - outer``; fusion weights: the
+  contrast by default, the inner score with ``weights="inner"`` or
+  ``preset="published"`` (as published); fused score: the softmax-weighted average of the
   contrasts (the leader's contrast for NMS, the decayed one for Soft-NMS).
 * Fused instances of each (video, class) come out in leader order (descending
   contrast of the leaders). The published code then re-sorts each class by
@@ -64,14 +66,16 @@ import numpy as np
 
 from jaxfuse._cas import CONVENTIONS, max_runs_per_threshold, proposals_from_cas
 from jaxfuse._evaluate import Detections
-from jaxfuse._grouping import validate_overlap, validate_threshold
 from jaxfuse._interop import _is_torch_tensor, array_kind, from_jax
-from jaxfuse._proposals import METHODS, _check_options, fuse_proposals
+from jaxfuse._presets import resolve_settings
+from jaxfuse._proposals import _check_options, fuse_proposals, resolve_fusion_settings
 from jaxfuse._ragged import bucket_size
 from jaxfuse._validation import choice, float_array, positive_int, positive_scalar
 
 PUBLISHED_THRESHOLDS: tuple[float, ...] = tuple(float(level) for level in np.arange(0.001, 0.04, 0.002))
 """The published CAS levels ``np.arange(0.001, 0.04, 0.002)``: 0.001, 0.003, ..., 0.039 (20 levels)."""
+
+WEIGHT_COLUMNS = ("scores", "inner")
 
 PUBLISHED_CLASS_THRESHOLD = 0.16
 """The published video-level class threshold (``--class-threshold`` in GauFuse_WSTAL)."""
@@ -231,7 +235,10 @@ def _item_sequences(cas, length, video_index, class_index, item_valid, levels, *
     levels_below = jnp.sum(sequences[:, :, None] > levels.astype(sequences.dtype), axis=-1, dtype=jnp.int32)
     levels_below = jnp.where(inside, levels_below, 0)
     window = jnp.pad(levels_below, ((0, 0), (0, min_length - 1)))
-    smallest_ahead = jax.lax.reduce_window(window, jnp.iinfo(jnp.int32).max, jax.lax.min, (1, min_length), (1, 1), "VALID")
+    # The init value must be an int32 array: a Python int is int64 under jax_enable_x64.
+    smallest_ahead = jax.lax.reduce_window(
+        window, np.int32(np.iinfo(np.int32).max), jax.lax.min, (1, min_length), (1, 1), "VALID"
+    )
     before = jnp.pad(levels_below, ((0, 0), (1, 0)))[:, :-1]
     starts = jnp.maximum(smallest_ahead - before, 0)
     largest_count = jnp.max(jnp.sum(starts, axis=-1), initial=0)
@@ -360,11 +367,13 @@ def detect(
     thresholds=PUBLISHED_THRESHOLDS,
     class_threshold: float = PUBLISHED_CLASS_THRESHOLD,
     length=None,
-    method: str = "gaussian",
-    temperature: float = 0.2,
-    overlap_threshold: float = 0.25,
-    overlap: str = "candidate",
-    discrete: bool = True,
+    method: str | None = None,
+    temperature: float | None = None,
+    overlap_threshold: float | None = None,
+    overlap: str | None = None,
+    discrete: bool | None = None,
+    weights: str | None = None,
+    preset=None,
     max_detections: int | None = None,
     max_proposals: int | None = None,
     convention: str = "spec",
@@ -377,7 +386,7 @@ def detect(
     multi-threshold proposals of its CAS (:func:`jaxfuse.proposals_from_cas`),
     grouped by the published greedy rule and fused by ``method``
     (:func:`jaxfuse.fuse_proposals` with ``scores=contrast``,
-    ``weights=inner``). The whole batch goes through a few compiled programs
+    ``weights`` per ``weights=``). The whole batch goes through a few compiled programs
     (see the module docstring); the result equals calling those two functions
     item by item.
 
@@ -394,13 +403,22 @@ def detect(
         length: optional ``[V]`` int, real snippets per video (default ``L``).
         method: ``"gaussian"`` (default), ``"uniform"``, ``"exponential"``,
             ``"laplace"``, ``"student_t"``, ``"nms"`` or ``"soft_nms"``.
-        temperature: softmax temperature T > 0 of the fusion weights (0.2 at
-            evaluation in the published code).
+        temperature: softmax temperature T > 0 of the fusion weights (default
+            0.2, the published evaluation value).
         overlap_threshold: grouping rule: a proposal joins a leader when their
-            overlap is ``> overlap_threshold`` (published 0.25).
-        overlap: ``"candidate"`` (published: intersection / candidate length)
-            or ``"iou"``.
-        discrete: the published ``+1`` frame convention for lengths.
+            overlap is ``> overlap_threshold``, in [0, 1] (default 0.25).
+        overlap: ``"candidate"`` (default, published: intersection / candidate
+            length) or ``"iou"``.
+        discrete: the ``+1`` frame convention for lengths (published); default
+            False, continuous lengths.
+        weights: the softmax logits of the members: ``"scores"`` (default:
+            the contrast, the ordering score) or ``"inner"`` (the inner CAS
+            score, as the published code does).
+        preset: ``"default"``, ``"published"`` (candidate overlap > 0.25 with
+            the ``+1`` convention, Gaussian at T = 0.2, inner-score weights: the
+            published evaluation) or a :class:`jaxfuse.FusionSettings`; the six
+            setting arguments above default to None, "the preset's value", and
+            an explicit value beside a preset wins.
         max_detections: detection slots ``N`` per (video, class); the first
             ``N`` in leader order are kept and the rest flagged in
             ``truncated``. Default: enough for every detection (one host read).
@@ -442,6 +460,8 @@ def detect(
         ([[0, 1]], [4.0, 12.0])
     """
     kind = array_kind(cas)
+    if isinstance(cas, jax.core.Tracer) or isinstance(video_scores, jax.core.Tracer):
+        raise TypeError("detect cannot run under jax.jit: it sizes its programs from the data on the host")
     cas = float_array(cas, "cas")
     if cas.ndim != 3:
         raise ValueError(f"`cas` must have shape [videos, snippets, classes], got {cas.shape}")
@@ -452,10 +472,15 @@ def detect(
     levels = _checked_levels(thresholds)
     class_threshold = _real_scalar(class_threshold, "class_threshold")
     video_length = _checked_length(length, num_videos, num_snippets)
-    choice(method, "method", METHODS)
-    temperature = positive_scalar(temperature, "temperature")
-    overlap_threshold = validate_threshold(overlap_threshold)
-    overlap, discrete = validate_overlap(overlap, discrete)
+    for name, value in (("temperature", temperature), ("overlap_threshold", overlap_threshold)):
+        if isinstance(value, jax.core.Tracer):
+            raise TypeError(f"detect cannot take a traced `{name}`: it sizes its programs on the host; pass a Python float")
+    settings = resolve_settings(
+        preset, method=method, temperature=temperature, overlap_threshold=overlap_threshold, overlap=overlap,
+        discrete=discrete, weights=weights,
+    )
+    overlap_threshold, overlap, discrete, method, temperature = resolve_fusion_settings(settings)
+    weight_column = choice(settings.weights, "weights", WEIGHT_COLUMNS)
     _check_options(method, dict(options))
     convention = choice(convention, "convention", CONVENTIONS)
     min_length = positive_int(min_length, "min_length")
@@ -491,7 +516,7 @@ def detect(
             sequences, item_length, thresholds=levels, convention=convention, min_length=min_length, max_proposals=slots
         )
         fused = fuse_proposals(
-            found.segments, found.contrast, found.inner, found.valid,
+            found.segments, found.contrast, found.inner if weight_column == "inner" else None, found.valid,
             overlap_threshold=overlap_threshold, overlap=overlap, discrete=discrete,
             method=method, temperature=temperature, **options,
         )

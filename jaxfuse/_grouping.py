@@ -39,6 +39,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxfuse._interop import warn_if_narrowed
+from jaxfuse._presets import resolve_settings
+from jaxfuse._result import RESULT_DTYPE, ResultCode
 from jaxfuse._validation import bool_array, choice, float_array
 
 OVERLAP_MEASURES = ("candidate", "iou")
@@ -249,10 +252,51 @@ def group_batch(segments, scores, valid, threshold, use_iou, offset) -> Proposal
 _group_batch_jit = jax.jit(group_batch)
 
 
+def item_codes(segments, scores, valid, extra=()) -> jax.Array:
+    """``[B]`` int32 per item: ``NONFINITE_INPUT`` or ``INVALID_INPUT`` (start > end) if a valid proposal has one.
+
+    Only traced input (inside a caller's ``jit``) can reach the kernels with
+    such values; concrete input is rejected with an error first.
+    """
+    masks = _problem_masks(jnp, segments, scores, valid, extra)
+    nonfinite = masks[0]
+    for mask in masks[2:]:
+        nonfinite = nonfinite | mask
+    code = jnp.where(
+        jnp.any(nonfinite, axis=-1), ResultCode.NONFINITE_INPUT,
+        jnp.where(jnp.any(masks[1], axis=-1), ResultCode.INVALID_INPUT, ResultCode.SUCCESSFUL),
+    )
+    return code.astype(RESULT_DTYPE)
+
+
+def threshold_code(threshold) -> jax.Array:
+    """``INVALID_OPTION`` for a (traced) overlap threshold outside [0, 1] or NaN, else ``SUCCESSFUL``."""
+    ok = (threshold >= 0) & (threshold <= 1)
+    return jnp.where(ok, ResultCode.SUCCESSFUL, ResultCode.INVALID_OPTION).astype(RESULT_DTYPE)
+
+
+def _proposal_flags(segments, scores, valid, extra):
+    """Which value checks fail anywhere, and each item's code; the grouping leaves bad proposals out."""
+    codes = item_codes(segments, scores, valid, extra)
+    bad = _problem_masks(jnp, segments, scores, valid, extra)
+    sound = valid
+    for mask in bad:
+        sound = sound & ~mask
+    return value_problems(segments, scores, valid, extra), codes, sound
+
+
 @jax.jit
 def _group_batch_checked(segments, scores, valid, threshold, use_iou, offset, extra=()):
-    """:func:`group_batch` and :func:`value_problems` in one program (one dispatch, no extra round trip)."""
-    return group_batch(segments, scores, valid, threshold, use_iou, offset), value_problems(segments, scores, valid, extra)
+    """:func:`group_batch`, :func:`value_problems` and :func:`item_codes` in one program (one dispatch).
+
+    Returns:
+        ``(groups, problems, codes)``: ``codes [B]`` is each item's
+        :class:`jaxfuse.ResultCode` from its values (proposals with bad values
+        join no group) and the threshold.
+    """
+    problems, codes, sound = _proposal_flags(segments, scores, valid, extra)
+    groups = group_batch(segments, scores, sound, threshold, use_iou, offset)
+    return groups, problems, jnp.maximum(codes, threshold_code(threshold))
 
 
 # --------------------------------------------------------------------- validation
@@ -384,8 +428,10 @@ def validate_proposals(segments: Any, scores: Any, valid: Any = None, extra=()) 
     on_host = all(isinstance(array, np.ndarray) for array in arrays)
     if on_host and valid.any():
         raise_for_value_problems(None, segments, checked[0][1], valid, present)
-    # Canonical, so float64 input without x64 quietly becomes float32 as jnp.asarray does.
-    dtype = jax.dtypes.canonicalize_dtype(np.result_type(*(a.dtype for _, a in checked if a is not None), segments.dtype))
+    # Canonical: float64 input without x64 becomes float32, as jnp.asarray does, with a warning (once).
+    requested = np.result_type(*(a.dtype for _, a in checked if a is not None), segments.dtype)
+    warn_if_narrowed(requested)
+    dtype = jax.dtypes.canonicalize_dtype(requested)
 
     def convert(x):
         if x is None or (isinstance(x, jax.Array) and x.dtype == dtype):
@@ -402,14 +448,18 @@ def validate_proposals(segments: Any, scores: Any, valid: Any = None, extra=()) 
 
 
 def validate_threshold(value: Any) -> Any:
-    """A finite real scalar (traced values pass through)."""
+    """An overlap threshold in [0, 1] (traced values pass through; the kernels give them a result code).
+
+    Overlaps (candidate or IoU) lie in [0, 1]: a negative threshold would merge
+    disjoint segments, one of 1 or more merges nothing but the leader.
+    """
     if isinstance(value, jax.core.Tracer):
         return value
     array = np.asarray(value)
     if array.ndim != 0 or not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
         raise ValueError(f"`overlap_threshold` must be a real scalar, got {value!r}")
-    if not np.isfinite(array):
-        raise ValueError(f"`overlap_threshold` must be finite, got {value!r}")
+    if not np.isfinite(array) or not 0 <= float(array) <= 1:
+        raise ValueError(f"`overlap_threshold` must lie in [0, 1] (overlaps do), got {value!r}")
     return float(array)
 
 
@@ -426,9 +476,10 @@ def group_proposals(
     scores: Any,
     valid: Any = None,
     *,
-    overlap_threshold: float = 0.25,
-    overlap: str = "candidate",
-    discrete: bool = True,
+    overlap_threshold: float | None = None,
+    overlap: str | None = None,
+    discrete: bool | None = None,
+    preset=None,
 ) -> ProposalGroups:
     """Group proposals with the published greedy rule, for many items at once.
 
@@ -437,10 +488,18 @@ def group_proposals(
         scores: ``[..., N]`` ordering scores; ties go to the lower index.
         valid: optional ``[..., N]`` bool; invalid proposals join no group.
         overlap_threshold: a proposal joins the leader's group when its overlap
-            is strictly greater than this.
-        overlap: ``"candidate"`` (intersection / candidate length, published) or
-            ``"iou"``.
-        discrete: the published ``+1`` frame convention for lengths if True.
+            is strictly greater than this; in [0, 1] (default 0.25).
+        overlap: ``"candidate"`` (intersection / candidate length, published,
+            default) or ``"iou"``.
+        discrete: the ``+1`` frame convention for lengths if True; default
+            False (continuous lengths, right for times in seconds).
+        preset: ``"default"``, ``"published"`` or a :class:`jaxfuse.FusionSettings`
+            whose grouping settings fill the arguments left at None (explicit
+            values win).
+
+    Inside a caller's ``jit``, a proposal with a non-finite value or start >
+    end joins no group (group ``-1``); :func:`jaxfuse.fuse_proposals` reports
+    such items with a result code.
 
     Returns:
         :class:`ProposalGroups` of JAX arrays (leading dims kept).
@@ -456,14 +515,15 @@ def group_proposals(
         >>> groups.group.tolist(), groups.leader.tolist(), int(groups.count)
         ([0, 0, 1], [0, 2, -1], 2)
     """
-    threshold = validate_threshold(overlap_threshold)
-    overlap, discrete = validate_overlap(overlap, discrete)
+    settings = resolve_settings(preset, overlap_threshold=overlap_threshold, overlap=overlap, discrete=discrete)
+    threshold = validate_threshold(settings.overlap_threshold)
+    overlap, discrete = validate_overlap(settings.overlap, settings.discrete)
     inputs = validate_proposals(segments, scores, valid)
     batch_shape, size = inputs.scores.shape[:-1], inputs.scores.shape[-1]
     items = math.prod(batch_shape)
     flat = (inputs.segments.reshape(items, size, 2), inputs.scores.reshape(items, size), inputs.valid.reshape(items, size))
-    groups, problems = _group_batch_checked(*flat, threshold, *overlap_settings(overlap, discrete))
-    if inputs.check_on_device:
+    groups, problems, _ = _group_batch_checked(*flat, threshold, *overlap_settings(overlap, discrete))
+    if inputs.check_on_device and not _is_traced(problems):
         raise_for_value_problems(problems, *flat)
     return ProposalGroups(
         groups.group.reshape(*batch_shape, size),

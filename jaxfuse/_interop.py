@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import warnings
 from typing import Any
 
 import jax
@@ -33,6 +34,55 @@ def array_kind(*inputs: Any) -> ArrayKind:
     return ArrayKind.NUMPY
 
 
+_warned_about_float64 = False
+
+
+def warn_if_narrowed(dtype: Any) -> None:
+    """Warn once per process that float64 input is computed in float32 because x64 is off.
+
+    JAX without ``jax_enable_x64`` has no float64: ``jnp.asarray`` narrows such
+    input to float32 without a word. Results then carry float32 precision
+    (about 7 significant digits: frame 1,700,000,000.25 becomes 1.7e9), which a
+    caller who passed float64 on purpose must hear about once.
+    """
+    global _warned_about_float64
+    if _warned_about_float64 or jax.config.jax_enable_x64:
+        return
+    if np.dtype(dtype) == np.float64:
+        _warned_about_float64 = True
+        warnings.warn(
+            "jaxfuse: float64 input is computed in float32 because jax_enable_x64 is off; "
+            "call jax.config.update('jax_enable_x64', True) (or set JAX_ENABLE_X64=1) before "
+            "using JAX for float64 results. This warning is shown once.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def source_dtype(x: Any, name: str) -> np.dtype:
+    """The dtype ``x`` holds, read before any conversion (which would narrow int64 or float64).
+
+    Raises:
+        TypeError: ragged nested lists or non-numeric (object) entries, naming ``name``.
+    """
+    if isinstance(x, (jax.Array, np.ndarray, np.generic)):
+        dtype = np.dtype(x.dtype)
+    elif _is_torch_tensor(x):
+        import torch
+
+        dtype = torch.empty((), dtype=x.dtype).numpy().dtype if x.dtype != torch.bfloat16 else np.dtype(jnp.bfloat16)
+    else:
+        try:
+            dtype = np.asarray(x).dtype
+        except (ValueError, TypeError) as error:
+            raise TypeError(f"`{name}` must be a rectangular array of numbers; {error}") from None
+    if dtype == np.object_ or dtype.kind in "USV":
+        raise TypeError(
+            f"`{name}` must be an array of numbers, got dtype {dtype} (non-numeric or ragged entries)"
+        )
+    return dtype
+
+
 def to_jax(x: Any) -> jax.Array:
     """A JAX array holding ``x``; torch tensors cross through DLPack without a copy where possible.
 
@@ -52,13 +102,16 @@ def to_jax(x: Any) -> jax.Array:
                 "jax_enable_x64 or pass float32"
             )
         return jax.dlpack.from_dlpack(x)
+    if isinstance(x, (np.ndarray, np.generic)):
+        # Python lists and scalars are JAX's weakly typed default, not a float64 request.
+        warn_if_narrowed(x.dtype)
     return jnp.asarray(x)
 
 
 def from_jax(tree: Any, kind: ArrayKind) -> Any:
     """Convert every JAX array in ``tree`` to ``kind`` (NamedTuples keep their type)."""
-    if kind is ArrayKind.JAX:
-        return tree
+    if kind is ArrayKind.JAX or any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree)):
+        return tree  # under a caller's jit the outputs are tracers: they stay JAX
     if kind is ArrayKind.NUMPY:
         return jax.tree_util.tree_map(np.asarray, tree)
     import torch

@@ -37,6 +37,9 @@ import numpy as np
 from jaxfuse._grouping import (
     ProposalGroups,
     _group_batch_checked,
+    _is_traced,
+    _proposal_flags,
+    threshold_code,
     overlap_settings,
     raise_for_value_problems,
     validate_overlap,
@@ -45,6 +48,7 @@ from jaxfuse._grouping import (
     value_problems,
 )
 from jaxfuse._interop import ArrayKind, array_kind, from_jax
+from jaxfuse._presets import FusionSettings, resolve_settings
 from jaxfuse._ragged import bucket_size
 from jaxfuse._result import RESULT_DTYPE, ResultCode
 from jaxfuse._soft_nms import DECAYS, DEFAULT_SCORE_FLOOR, DEFAULT_SIGMA, soft_nms_batch
@@ -57,7 +61,7 @@ from jaxfuse._templates import (
     safe_reciprocal,
     safe_sqrt,
 )
-from jaxfuse._validation import choice, positive_scalar
+from jaxfuse._validation import choice, positive_int, positive_scalar
 
 CLOSED_FORM_TEMPLATES = ("gaussian", "uniform", "exponential")
 PADDED_TEMPLATES = ("laplace", "student_t")
@@ -88,8 +92,20 @@ class FusedProposals(NamedTuple):
             (:class:`jaxfuse.GaussianParameters`, ...) with ``[..., N, 2]``
             fields over (start, end); ``None`` for NMS and Soft-NMS.
         result: ``[..., N]`` int32 :class:`jaxfuse.ResultCode` per fused
-            instance: ``SUCCESSFUL``, ``MAX_STEPS_REACHED`` (student_t), and
-            ``EMPTY_GROUP`` beyond ``count``.
+            instance: ``SUCCESSFUL``; ``MAX_STEPS_REACHED`` (student_t);
+            ``OVERFLOW`` when finite input gives a result the dtype cannot hold
+            (coordinates near its limit, a temperature so small that
+            ``w / T`` overflows); ``NONFINITE_INPUT`` / ``INVALID_INPUT`` on
+            every group of an item that had a non-finite value or a start >
+            end, and ``INVALID_OPTION`` on every group of the call when a
+            traced temperature or threshold is out of its domain (values that
+            only a caller's ``jit`` lets through: concrete ones raise);
+            ``EMPTY_GROUP`` beyond ``count``. Outputs of a group whose code
+            is ``NONFINITE_INPUT`` or above are zeros.
+        item_result: ``[...]`` int32, each item's most severe code over its
+            groups and its input (so an item whose every proposal was bad,
+            and which has no group to carry a code, is still flagged).
+            ``SUCCESSFUL`` for an item without proposals.
     """
 
     segments: Any
@@ -101,6 +117,7 @@ class FusedProposals(NamedTuple):
     spread: Any
     parameters: Any
     result: Any
+    item_result: Any = None
 
 
 # ------------------------------------------------------------------ segment form
@@ -204,17 +221,41 @@ def _closed_form_fit(method: str, means: _GroupMeans, x, num):
     return means.mean[:, :2], mean_excess, ExponentialParameters(low, safe_reciprocal(mean_excess))
 
 
-def _finish(location, score, spread, parameters, result, groups: ProposalGroups) -> FusedProposals:
-    """Reshape per-group ``[B*N, ...]`` arrays to ``[B, N, ...]`` and blank the padding."""
+def temperature_code(temperature, dtype) -> jax.Array:
+    """``INVALID_OPTION`` for a (traced) temperature that is not positive and finite in ``dtype``."""
+    value = jnp.asarray(temperature, dtype)
+    ok = jnp.isfinite(value) & (value > 0)
+    return jnp.where(ok, ResultCode.SUCCESSFUL, ResultCode.INVALID_OPTION).astype(RESULT_DTYPE)
+
+
+def _finish(location, score, spread, parameters, result, groups: ProposalGroups, codes) -> FusedProposals:
+    """Reshape per-group ``[B*N, ...]`` arrays to ``[B, N, ...]``, apply the result codes, blank the padding.
+
+    ``codes [B]`` are the items' input and option codes; they go to every group
+    of the item. A group whose inputs were sound but whose outputs are not
+    finite overflowed (finite values near the dtype's limit, or a temperature
+    too small for it): ``OVERFLOW``. Groups with a code from
+    ``NONFINITE_INPUT`` up get zeros.
+    """
     items, size = groups.group.shape
     valid = jnp.arange(size) < groups.count[:, None]
+    shaped = lambda x: x.reshape((items, size) + x.shape[1:])  # noqa: E731
+    result = jnp.maximum(result.reshape(items, size), codes[:, None])
+    finite = (
+        jnp.all(jnp.isfinite(shaped(location)), axis=-1)
+        & jnp.isfinite(shaped(score))
+        & jnp.all(jnp.isfinite(shaped(spread)), axis=-1)
+    )
+    result = jnp.where(~finite & (result < ResultCode.NONFINITE_INPUT), ResultCode.OVERFLOW, result)
+    result = jnp.where(valid, result, ResultCode.EMPTY_GROUP).astype(RESULT_DTYPE)
+    kept = valid & ((result < ResultCode.NONFINITE_INPUT) | (result == ResultCode.EMPTY_GROUP))
+    item_result = jnp.maximum(codes, jnp.max(jnp.where(valid, result, ResultCode.SUCCESSFUL), axis=-1, initial=0))
 
     def blank(x):
-        x = x.reshape((items, size) + x.shape[1:])
-        mask = valid.reshape(valid.shape + (1,) * (x.ndim - 2))
+        x = shaped(x)
+        mask = kept.reshape(kept.shape + (1,) * (x.ndim - 2))
         return jnp.where(mask, x, jnp.zeros_like(x))
 
-    result = jnp.where(valid, result.reshape(items, size), ResultCode.EMPTY_GROUP).astype(RESULT_DTYPE)
     return FusedProposals(
         segments=blank(location),
         scores=blank(score),
@@ -225,29 +266,32 @@ def _finish(location, score, spread, parameters, result, groups: ProposalGroups)
         spread=blank(spread),
         parameters=None if parameters is None else jax.tree.map(blank, parameters),
         result=result,
+        item_result=item_result.astype(RESULT_DTYPE),
     )
 
 
 @functools.partial(jax.jit, static_argnames=("method",))
-def _fuse_closed_form(segments, scores, weights, groups: ProposalGroups, temperature, *, method: str):
+def _fuse_closed_form(segments, scores, weights, groups: ProposalGroups, temperature, codes, *, method: str):
     items, size = scores.shape
     num = items * size
     values = jnp.concatenate([segments, scores[..., None]], axis=-1)
     means = _group_means(values, weights, groups, jnp.asarray(temperature, scores.dtype))
     location, spread, parameters = _closed_form_fit(method, means, values.reshape(num, 3)[:, :2], num)
     success = jnp.full((num,), ResultCode.SUCCESSFUL, RESULT_DTYPE)
-    return _finish(location, means.mean[:, 2], spread, parameters, success, groups)
+    codes = jnp.maximum(codes, temperature_code(temperature, scores.dtype))
+    return _finish(location, means.mean[:, 2], spread, parameters, success, groups, codes)
 
 
 @jax.jit
-def _fuse_nms(segments, scores, groups: ProposalGroups):
+def _fuse_nms(segments, scores, groups: ProposalGroups, codes):
     leader = jnp.maximum(groups.leader, 0)
     kept_segments = jnp.take_along_axis(segments, leader[..., None], axis=1)
     kept_scores = jnp.take_along_axis(scores, leader, axis=1)
     num = scores.size
     success = jnp.full((num,), ResultCode.SUCCESSFUL, RESULT_DTYPE)
     return _finish(
-        kept_segments.reshape(num, 2), kept_scores.reshape(num), jnp.zeros((num, 2), scores.dtype), None, success, groups
+        kept_segments.reshape(num, 2), kept_scores.reshape(num), jnp.zeros((num, 2), scores.dtype), None, success,
+        groups, codes,
     )
 
 
@@ -260,108 +304,217 @@ def _fused_scores(scores, weights, groups: ProposalGroups, temperature):
 
 # ------------------------------------------------------------------ padded templates
 
+# Groups of up to this many members share the first size bucket: below it a
+# bucket of its own would cost a compiled program for little memory.
+_SMALLEST_BUCKET = 4
 
-@jax.jit
-def _largest_group(groups: ProposalGroups):
-    """(the number of groups over all items, the size of the largest group)."""
+
+def size_buckets(size: int) -> tuple[int, ...]:
+    """Member capacities of the size buckets for items of ``size`` proposals: 4, 8, 16, ..., >= size.
+
+    A group of ``m`` members goes to the first bucket holding it, whose
+    capacity is then less than ``2 m`` (or the smallest): the packed slots of
+    every bucket are within twice its members, whatever the other groups.
+    """
+    capacities = [min(_SMALLEST_BUCKET, max(size, 1))]
+    while capacities[-1] < size:
+        capacities.append(min(2 * capacities[-1], size))
+    return tuple(capacities)
+
+
+class _BucketLayout(NamedTuple):
+    bucket: jax.Array  # [B*N] per group (item-major, leader order): its size bucket, len(capacities) if no group
+    row: jax.Array  # [B*N] per group: its row within its bucket
+    rank: jax.Array  # [B*N] per member (input order): its position within its group
+    counts: jax.Array  # [buckets] groups per bucket
+
+
+@functools.partial(jax.jit, static_argnames=("capacities",))
+def _bucket_layout(groups: ProposalGroups, *, capacities: tuple[int, ...]) -> _BucketLayout:
+    """Where every group and member goes when groups are packed by size bucket."""
     items, size = groups.group.shape
-    ids = jnp.where(groups.group >= 0, groups.group + size * jnp.arange(items)[:, None], items * size)
-    sizes = jax.ops.segment_sum(jnp.ones(ids.size, jnp.int32), ids.reshape(-1), num_segments=items * size)
-    return jnp.sum(groups.count), jnp.max(sizes, initial=0)
-
-
-def _group_offsets(groups: ProposalGroups):
-    """``[items]`` row of each item's first group in the packed batch: the groups of all items, back to back."""
-    return jnp.cumsum(groups.count) - groups.count
-
-
-@functools.partial(jax.jit, static_argnames=("num_groups", "max_members"))
-def _pack_groups(segments, weights, groups: ProposalGroups, *, num_groups: int, max_members: int):
-    """Members into ``[num_groups, max_members]`` slots (every item's groups back to back), in input order."""
-    ids = jnp.where(groups.group >= 0, groups.group + _group_offsets(groups)[:, None], num_groups).reshape(-1)
+    num = items * size
+    ids = jnp.where(groups.group >= 0, groups.group + size * jnp.arange(items)[:, None], num).reshape(-1)
+    sizes = jax.ops.segment_sum(jnp.ones(num, jnp.int32), ids, num_segments=num)
+    bucket = jnp.sum(sizes[:, None] > jnp.asarray(capacities, jnp.int32), axis=1, dtype=jnp.int32)
+    bucket = jnp.where(sizes > 0, bucket, len(capacities))
+    one_hot = bucket[:, None] == jnp.arange(len(capacities), dtype=jnp.int32)
+    before = jnp.cumsum(one_hot, axis=0, dtype=jnp.int32) - one_hot
+    row = jnp.sum(jnp.where(one_hot, before, 0), axis=1)
+    # Rank of each member within its group: a stable sort by group id keeps input order.
     order = jnp.argsort(ids, stable=True)
     sorted_ids = ids[order]
-    position = jnp.arange(ids.size)
-    first = jax.ops.segment_min(position, sorted_ids, num_segments=num_groups)
-    rank = position - first[jnp.minimum(sorted_ids, num_groups - 1)]
-    slot = jnp.where(sorted_ids < num_groups, sorted_ids * max_members + rank, num_groups * max_members)
-    scatter = lambda source, fill: (  # noqa: E731
-        jnp.full((num_groups * max_members,) + source.shape[1:], fill, source.dtype).at[slot].set(source[order], mode="drop")
+    position = jnp.arange(num, dtype=jnp.int32)
+    first = jax.ops.segment_min(position, sorted_ids, num_segments=num)
+    rank = jnp.zeros(num, jnp.int32).at[order].set(position - first[jnp.minimum(sorted_ids, num - 1)])
+    return _BucketLayout(bucket, row, rank, jnp.sum(one_hot, axis=0, dtype=jnp.int32))
+
+
+def bucket_shapes(counts, size: int, items: int) -> tuple[tuple[int, int], ...]:
+    """``(rows, capacity)`` of each size bucket's packed batch; ``rows`` 0 for an empty bucket.
+
+    Args:
+        counts: the concrete number of groups per bucket, or None under a
+            caller's ``jit``, where the rows are the static bound: a bucket
+            whose groups have more than ``lo`` members each holds at most
+            ``items * size // (lo + 1)`` of them.
+        size: N, proposals per item.
+        items: B.
+
+    Memory: ``sum rows x capacity``. With counts, rows is the power of two
+    holding the bucket's groups and capacity is below twice their smallest
+    size, so the slots are under 4x the members (plus 4 per singleton group);
+    the static bound is under ``(4 + 2 log2 N) x B x N``. Packing every group
+    to the largest one's size instead costs (groups) x (largest group): 6.8
+    GB for one item of 4,096 identical segments beside 4,096 disjoint ones.
+    """
+    capacities = size_buckets(size)
+    shapes = []
+    for index, capacity in enumerate(capacities):
+        if counts is None:
+            smaller = capacities[index - 1] if index else 0
+            rows = max(items * size // (smaller + 1), 1)
+        else:
+            rows = bucket_size(int(counts[index])) if int(counts[index]) else 0
+        shapes.append((rows, capacity))
+    return tuple(shapes)
+
+
+@functools.partial(jax.jit, static_argnames=("shapes",))
+def _pack_buckets(segments, weights, groups: ProposalGroups, layout: _BucketLayout, *, shapes):
+    """Per non-empty bucket, its groups' members in ``[rows, capacity]`` slots (values, weights, mask)."""
+    items, size = groups.group.shape
+    num = items * size
+    ids = jnp.where(groups.group >= 0, groups.group + size * jnp.arange(items)[:, None], num).reshape(-1)
+    member = ids < num
+    safe_ids = jnp.minimum(ids, num - 1)
+    member_bucket = jnp.where(member, layout.bucket[safe_ids], -1)
+    member_row = layout.row[safe_ids]
+    flat_segments, flat_weights = segments.reshape(num, 2), weights.reshape(num)
+    packed = []
+    for index, (rows, capacity) in enumerate(shapes):
+        if rows == 0:
+            packed.append(None)
+            continue
+        slots = rows * capacity
+        slot = jnp.where(member_bucket == index, member_row * capacity + layout.rank, slots)
+        scatter = lambda source, fill, slot=slot, slots=slots: (  # noqa: E731
+            jnp.full((slots,) + source.shape[1:], fill, source.dtype).at[slot].set(source, mode="drop")
+        )
+        packed.append((
+            scatter(flat_segments, 0).reshape(rows, capacity, 2),
+            scatter(flat_weights, 0).reshape(rows, capacity),
+            scatter(jnp.ones(num, bool), False).reshape(rows, capacity),
+        ))
+    return packed
+
+
+def _outside_hull(location, values, mask):
+    """``[G]`` whether a fitted location lies outside [min, max] of its group's members (beyond rounding).
+
+    The weighted median and every location-scale fit of the members lie in
+    their hull; a location outside it is a failed fit, whatever its solver
+    reported.
+    """
+    low = jnp.min(jnp.where(mask[..., None], values, jnp.inf), axis=1)
+    high = jnp.max(jnp.where(mask[..., None], values, -jnp.inf), axis=1)
+    slack = 8 * jnp.finfo(values.dtype).eps * jnp.maximum(jnp.abs(low), jnp.abs(high))
+    return jnp.any((location < low - slack) | (location > high + slack), axis=-1)
+
+
+@jax.jit
+def _unpack_buckets(fused, packed, layout: _BucketLayout):
+    """Per-bucket results (a list, None for empty buckets) back to ``[B*N]`` per group, leader order."""
+    checked = []
+    for result, batch in zip(fused, packed):
+        if result is not None:
+            values, _, mask = batch
+            failed = _outside_hull(result.location, values, mask) & (result.result < ResultCode.DIVERGED)
+            result = result._replace(result=jnp.where(failed, ResultCode.DIVERGED, result.result).astype(RESULT_DTYPE))
+        checked.append(result)
+    fused = checked
+
+    def gather(field, fill):
+        out = None
+        for index, result in enumerate(fused):
+            if result is None:
+                continue
+            x = field(result)
+            taken = jnp.take(x, jnp.minimum(layout.row, x.shape[0] - 1), axis=0)
+            here = (layout.bucket == index).reshape((-1,) + (1,) * (x.ndim - 1))
+            out = jnp.where(here, taken, out if out is not None else jnp.full_like(taken, fill))
+        return out
+
+    location = gather(lambda r: r.location, 0)
+    result = gather(lambda r: r.result, ResultCode.EMPTY_GROUP)
+    first = next(r for r in fused if r is not None)
+    parameters = type(first.parameters)(
+        *(gather(lambda r, i=i: r.parameters[i], 0) for i in range(len(first.parameters)))
     )
-    values = scatter(segments.reshape(-1, 2), 0).reshape(num_groups, max_members, 2)
-    packed_weights = scatter(weights.reshape(-1), 0).reshape(num_groups, max_members)
-    mask = scatter(jnp.ones(ids.size, bool), False).reshape(num_groups, max_members)
-    return values, packed_weights, mask
+    return location, parameters, result
 
 
-def _no_groups(method: str, scores, groups: ProposalGroups) -> FusedProposals:
+def _no_groups(method: str, scores, groups: ProposalGroups, codes) -> FusedProposals:
     """The result of a batch without a single group (no template to compile)."""
     num = scores.size
     zeros = jnp.zeros((num, 2), scores.dtype)
     parameters = LaplaceParameters(zeros, zeros) if method == "laplace" else StudentTParameters(zeros, zeros, zeros)
     empty = jnp.full((num,), ResultCode.EMPTY_GROUP, RESULT_DTYPE)
-    return _finish(zeros, jnp.zeros((num,), scores.dtype), zeros, parameters, empty, groups)
+    return _finish(zeros, jnp.zeros((num,), scores.dtype), zeros, parameters, empty, groups, codes)
 
 
-def _fuse_padded(segments, scores, weights, groups: ProposalGroups, temperature, method: str, options: dict):
-    """Laplace / Student-t through :func:`jaxfuse.fuse_groups` on packed groups.
+def _fuse_padded(segments, scores, weights, groups: ProposalGroups, temperature, codes, method: str, options: dict):
+    """Laplace / Student-t through :func:`jaxfuse.fuse_groups`, on groups packed by size bucket.
 
-    The groups of all items are packed back to back into ``[G, M]`` slots, G
-    the bucketed (power of two) number of groups over all items and M the
-    bucketed largest group size: memory ``G x M x 2`` values, about
-    ``items x N x M`` at worst and far less for typical items (a few dozen
-    groups of a few dozen members). Reading G and M makes one host round trip;
-    under ``jit`` they are ``items x N`` and N.
+    Groups go to the power-of-two size bucket that holds them (4, 8, ..., N
+    members) and each bucket is one padded ``[rows, capacity]`` batch, so
+    memory follows the members (see :func:`bucket_shapes`) rather than
+    (groups) x (largest group). Reading the bucket counts makes one host round
+    trip; under a caller's ``jit`` the rows are static bounds.
     """
     from jaxfuse._fuse import fuse_groups  # the core module; imported late to keep import order free
 
     items, size = scores.shape
-    if isinstance(groups.count, jax.core.Tracer):
-        num_groups, max_members = max(items * size, 1), max(size, 1)
-    else:
-        total_groups, largest_size = (int(v) for v in _largest_group(groups))
-        if total_groups == 0:
-            return _no_groups(method, scores, groups)
-        num_groups, max_members = bucket_size(total_groups), min(bucket_size(largest_size), size)
-    values, packed_weights, mask = _pack_groups(
-        segments, weights, groups, num_groups=num_groups, max_members=max_members
-    )
-    fused = fuse_groups(values, packed_weights, mask, template=method, temperature=temperature, **options)
-
-    # Row of each (item, leader-order slot) in the packed batch; slots past an item's count are padding.
-    rows = _group_offsets(groups)[:, None] + jnp.arange(size)[None, :]
-    real = jnp.arange(size)[None, :] < groups.count[:, None]
-
-    def unpack(x, fill=0):
-        """``[num_groups, ...]`` to ``[items * size, ...]``."""
-        taken = jnp.take(x, jnp.minimum(rows, num_groups - 1).reshape(-1), axis=0)
-        keep = real.reshape((-1,) + (1,) * (x.ndim - 1))
-        return jnp.where(keep, taken, jnp.asarray(fill, x.dtype))
-
-    parameters = jax.tree.map(unpack, fused.parameters)
+    layout = _bucket_layout(groups, capacities=size_buckets(size))
+    traced = _is_traced(layout.counts)
+    counts = None if traced else np.asarray(layout.counts)
+    if counts is not None and counts.sum() == 0:
+        return _no_groups(method, scores, groups, codes)
+    shapes = bucket_shapes(counts, size, items)
+    packed = _pack_buckets(segments, weights, groups, layout, shapes=shapes)
+    fused = [
+        None if batch is None else fuse_groups(*batch, template=method, temperature=temperature, **options)
+        for batch in packed
+    ]
+    location, parameters, result = _unpack_buckets(fused, packed, layout)
+    codes = jnp.maximum(codes, temperature_code(temperature, scores.dtype))
     return _finish(
-        unpack(fused.location), _fused_scores(scores, weights, groups, temperature), parameters.scale,
-        parameters, unpack(fused.result, ResultCode.EMPTY_GROUP), groups,
+        location, _fused_scores(scores, weights, groups, temperature), parameters.scale, parameters, result, groups, codes
     )
-
 
 # ------------------------------------------------------------------ Soft-NMS
 
 
 @functools.partial(jax.jit, static_argnames=("linear",))
 def _soft_nms_checked(segments, scores, valid, threshold, sigma, floor, use_iou, offset, extra, *, linear):
-    kept = soft_nms_batch(segments, scores, valid, threshold, sigma, floor, use_iou, offset, linear=linear)
-    return kept, value_problems(segments, scores, valid, extra)
+    problems, codes, sound = _proposal_flags(segments, scores, valid, extra)
+    kept = soft_nms_batch(segments, scores, sound, threshold, sigma, floor, use_iou, offset, linear=linear)
+    dtype = scores.dtype
+    options_ok = (temperature_code(sigma, dtype) == ResultCode.SUCCESSFUL) & jnp.isfinite(jnp.asarray(floor, dtype))
+    option_code = jnp.where(options_ok, threshold_code(threshold), ResultCode.INVALID_OPTION).astype(RESULT_DTYPE)
+    return kept, problems, jnp.maximum(codes, option_code)
 
 
 @jax.jit
-def _soft_nms_output(segments, kept, groups: ProposalGroups):
+def _soft_nms_output(segments, kept, groups: ProposalGroups, codes):
     items, size = kept.shape
     num = items * size
     leader = jnp.maximum(groups.leader, 0)
     kept_segments = jnp.take_along_axis(segments, leader[..., None], axis=1)
     success = jnp.full((num,), ResultCode.SUCCESSFUL, RESULT_DTYPE)
-    return _finish(kept_segments.reshape(num, 2), kept.reshape(num), jnp.zeros((num, 2), kept.dtype), None, success, groups)
+    return _finish(
+        kept_segments.reshape(num, 2), kept.reshape(num), jnp.zeros((num, 2), kept.dtype), None, success, groups, codes
+    )
 
 
 def _soft_nms_options(options: dict) -> tuple[bool, float, float]:
@@ -394,17 +547,47 @@ def _check_options(method: str, options: dict):
 # ------------------------------------------------------------------ public API
 
 
+class _Resolved(NamedTuple):
+    threshold: Any
+    overlap: str
+    discrete: bool
+    method: str
+    temperature: Any
+
+
+def resolve_fusion_settings(preset=None, **explicit) -> _Resolved:
+    """The preset's settings overridden by the explicit ones that are not None, each checked.
+
+    Raises:
+        ValueError, TypeError: an unknown preset or method, a threshold outside
+            [0, 1], a temperature that is not positive and finite, a
+            non-bool ``discrete``; the message names the argument. Traced
+            threshold and temperature pass (the kernels give them result codes).
+    """
+    for name in ("method", "overlap", "discrete", "preset"):
+        if _is_traced(explicit.get(name)) or (name == "preset" and _is_traced(preset)):
+            raise TypeError(f"`{name}` must be static (a Python value), not a traced value")
+    settings = resolve_settings(preset, **explicit)
+    method = choice(settings.method, "method", METHODS)
+    threshold = validate_threshold(settings.overlap_threshold)
+    overlap, discrete = validate_overlap(settings.overlap, settings.discrete)
+    temperature = positive_scalar(settings.temperature, "temperature")
+    return _Resolved(threshold, overlap, discrete, method, temperature)
+
+
+
 def fuse_proposals(
     segments,
     scores,
     weights=None,
     valid=None,
     *,
-    overlap_threshold: float = 0.25,
-    overlap: str = "candidate",
-    discrete: bool = True,
-    method: str = "gaussian",
-    temperature: float = 0.1,
+    overlap_threshold: float | None = None,
+    overlap: str | None = None,
+    discrete: bool | None = None,
+    method: str | None = None,
+    temperature: float | None = None,
+    preset: str | FusionSettings | None = None,
     **options,
 ) -> FusedProposals:
     """Group raw proposals and fuse each group, for a whole padded batch of items.
@@ -425,19 +608,30 @@ def fuse_proposals(
             score); default: ``scores``.
         valid: ``[..., N]`` bool marking real proposals of ragged items;
             default all. Invalid rows may hold anything and change nothing.
-        overlap_threshold: membership is ``overlap > overlap_threshold``.
-        overlap: ``"candidate"``: intersection / the candidate's length (the
-            published measure); ``"iou"``: intersection over union.
+        overlap_threshold: membership is ``overlap > overlap_threshold``; in
+            [0, 1]. Default 0.25.
+        overlap: ``"candidate"`` (default): intersection / the candidate's
+            length (the published measure); ``"iou"``: intersection over union.
         discrete: the published ``+1`` frame convention (``length = end -
-            start + 1``) if True; continuous lengths if False.
-        method: ``"gaussian"``, ``"uniform"``, ``"exponential"``,
+            start + 1``) if True; continuous lengths if False (default: right
+            for times in seconds, where ``+1`` would merge ``[10, 12]`` and
+            ``[12.2, 13]``).
+        method: ``"gaussian"`` (default), ``"uniform"``, ``"exponential"``,
             ``"laplace"``, ``"student_t"`` (templates), ``"nms"`` (keep each
             leader) or ``"soft_nms"`` (Bodla et al.; uses ``overlap`` and
             ``discrete`` too: pass ``overlap="iou", discrete=False`` for the
             usual tIoU).
-        temperature: softmax temperature T > 0 (0.2 at evaluation in the
-            published code; 0.02 down to 0.0016 for pseudo labels). Changing it
-            does not recompile.
+        temperature: softmax temperature T > 0; default 0.2 (the published
+            evaluation value; 0.02 down to 0.0016 for pseudo labels). Changing
+            it does not recompile.
+        preset: ``"default"`` (:data:`jaxfuse.DEFAULT`), ``"published"``
+            (:data:`jaxfuse.PUBLISHED`: candidate overlap > 0.25 with the
+            ``+1`` frame convention, Gaussian at T = 0.2; pass the inner scores
+            as ``weights``, as the published code does) or a
+            :class:`jaxfuse.FusionSettings`. The five setting arguments above
+            default to None, which means "the preset's value"; an explicit
+            value beside a preset wins (``preset="published",
+            temperature=0.02`` is the published rule at a training temperature).
         **options: ``"student_t"``: the options of :func:`jaxfuse.fuse_groups`
             (``df``, ``fit_df``, ``df_bounds``, ``max_steps``, ``rtol``,
             ``atol``). ``"soft_nms"``: ``decay`` (``"gaussian"``, default, or
@@ -446,15 +640,26 @@ def fuse_proposals(
             are dropped, so negative scores never survive). Linear decay
             multiplies by ``1 - overlap`` where ``overlap > overlap_threshold``.
 
+    Dtypes: the computation follows the input's float dtype. float64 needs
+    ``jax_enable_x64``; without it float64 input is computed in float32 (a
+    warning says so, once per process).
+
+    Inside a caller's ``jax.jit`` (arrays closed over or passed in, options
+    such as ``temperature`` and ``overlap_threshold`` traced), values cannot be
+    checked before tracing; they get result codes instead of errors: see
+    ``result`` and ``item_result`` of :class:`FusedProposals`. ``method``,
+    ``overlap``, ``discrete`` and ``preset`` must be static.
+
     Returns:
         A :class:`FusedProposals`: numpy arrays for numpy input, JAX arrays for
-        JAX input (torch tensors for torch input).
+        JAX input or under a caller's ``jit`` (torch tensors for torch input).
 
     Raises:
         TypeError: non-float arrays, a non-bool ``valid``, unknown options.
         ValueError: wrong shapes, ``start > end`` or non-finite values in a
-            valid proposal, a bad threshold, temperature or method; the
-            message names the argument.
+            valid proposal, a threshold outside [0, 1], a temperature that is
+            not positive and finite, an unknown method or preset; the message
+            names the argument.
 
     Example:
         >>> import numpy as np
@@ -466,10 +671,11 @@ def fuse_proposals(
         [[0.95, 10.95], [40.0, 50.0]]
     """
     kind = array_kind(segments, scores, weights, valid)
-    choice(method, "method", METHODS)
-    threshold = validate_threshold(overlap_threshold)
-    overlap, discrete = validate_overlap(overlap, discrete)
-    temperature = positive_scalar(temperature, "temperature")
+    settings = resolve_fusion_settings(
+        preset, overlap_threshold=overlap_threshold, overlap=overlap, discrete=discrete, method=method,
+        temperature=temperature,
+    )
+    threshold, overlap, discrete, method, temperature = settings
     options = _check_options(method, options)
     inputs = validate_proposals(segments, scores, valid, extra=[("weights", weights)])
     batch_shape, size = inputs.scores.shape[:-1], inputs.scores.shape[-1]
@@ -483,21 +689,21 @@ def fuse_proposals(
 
     if method == "soft_nms":
         linear, sigma, floor = options
-        kept, problems = _soft_nms_checked(
+        kept, problems, codes = _soft_nms_checked(
             segments, scores, valid, threshold, sigma, floor, use_iou, offset, checked, linear=linear
         )
         groups = ProposalGroups(kept.slot, kept.order, kept.count)
-        fused = _soft_nms_output(segments, kept.scores, groups)
+        fused = _soft_nms_output(segments, kept.scores, groups, codes)
     else:
-        groups, problems = _group_batch_checked(segments, scores, valid, threshold, use_iou, offset, checked)
+        groups, problems, codes = _group_batch_checked(segments, scores, valid, threshold, use_iou, offset, checked)
         weights = scores if weights is None else weights
         if method == "nms":
-            fused = _fuse_nms(segments, scores, groups)
+            fused = _fuse_nms(segments, scores, groups, codes)
         elif method in CLOSED_FORM_TEMPLATES:
-            fused = _fuse_closed_form(segments, scores, weights, groups, temperature, method=method)
+            fused = _fuse_closed_form(segments, scores, weights, groups, temperature, codes, method=method)
         else:
-            fused = _fuse_padded(segments, scores, weights, groups, temperature, method, options)
-    if inputs.check_on_device:
+            fused = _fuse_padded(segments, scores, weights, groups, temperature, codes, method, options)
+    if inputs.check_on_device and not _is_traced(problems):
         # Checked after the kernels are queued: one small transfer, no extra round trip.
         raise_for_value_problems(problems, segments, scores, valid, [("weights", w) for w in checked])
 
@@ -527,6 +733,16 @@ class PaddedProposals(NamedTuple):
     valid: np.ndarray
     items: np.ndarray
     sizes: np.ndarray
+
+
+def _require_concrete(*lists, what: str) -> None:
+    """Ragged lists are bucketed on the host: traced items cannot be."""
+    for items in lists:
+        if items is not None and any(isinstance(x, jax.core.Tracer) for x in items):
+            raise TypeError(
+                f"{what} takes concrete arrays (it pads ragged items on the host), not traced ones; "
+                "inside jax.jit, pad the items yourself and call fuse_proposals"
+            )
 
 
 def pack_proposals(
@@ -565,6 +781,7 @@ def pack_proposals(
         >>> [(b.segments.shape, b.items.tolist()) for b in batches]
         [((1, 16, 2), [0]), ((1, 64, 2), [1])]
     """
+    _require_concrete(segments_list, scores_list, weights_list, what="pack_proposals")
     count = len(segments_list)
     if len(scores_list) != count or (weights_list is not None and len(weights_list) != count):
         raise ValueError(
@@ -582,6 +799,8 @@ def pack_proposals(
         if weights_list is not None and weights_list[i].shape != s.shape[:1]:
             raise ValueError(f"`weights_list[{i}]` must have shape {s.shape[:1]}, got {weights_list[i].shape}")
     arrays = segments_list + scores_list + (weights_list or [])
+    if max_items is not None:
+        max_items = positive_int(max_items, "max_items")
     dtype = np.result_type(*(a.dtype for a in arrays)) if arrays else np.float32
     sizes = np.array([len(q) for q in scores_list], dtype=np.int64)
     padded = np.array([bucket_size(n, min_size) for n in sizes], dtype=np.int64)
@@ -616,7 +835,8 @@ def unpack_proposals(batches: Sequence[PaddedProposals], results: Sequence[Fused
         One :class:`FusedProposals` of numpy arrays per item: ``segments
         [count, 2]``, ``scores``, ``valid``, ``leader``, ``result [count]``,
         ``spread [count, 2]``, parameters with ``[count, 2]`` fields,
-        ``group [n]`` (the item's own proposals), ``count`` an int.
+        ``group [n]`` (the item's own proposals), ``count`` and
+        ``item_result`` ints.
     """
     per_item: dict[int, FusedProposals] = {}
     for batch, fused in zip(batches, results):
@@ -634,6 +854,7 @@ def unpack_proposals(batches: Sequence[PaddedProposals], results: Sequence[Fused
                 spread=trim(fused.spread),
                 parameters=None if fused.parameters is None else jax.tree.map(trim, fused.parameters),
                 result=trim(fused.result),
+                item_result=int(fused.item_result[row]),
             )
     return [per_item[i] for i in range(len(per_item))]
 
@@ -673,6 +894,12 @@ def fuse_proposal_lists(
         [1, 0]
     """
     kind = array_kind(*segments_list) if len(segments_list) else ArrayKind.NUMPY
+    for name in ("temperature", "overlap_threshold"):
+        if _is_traced(fuse_options.get(name)):
+            raise TypeError(
+                f"fuse_proposal_lists cannot take a traced `{name}`: its per-item outputs are sized on the "
+                "host from the counts. Pass a Python float, or pad the items and call fuse_proposals inside jit"
+            )
     batches = pack_proposals(segments_list, scores_list, weights_list, min_size=min_size, max_items=max_items)
     results = [
         fuse_proposals(batch.segments, batch.scores, batch.weights, batch.valid, **fuse_options) for batch in batches

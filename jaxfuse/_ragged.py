@@ -98,6 +98,10 @@ def pack_groups(
         raise ValueError("give exactly one of `group_ids` and `lengths`")
     if lengths is not None:
         lengths = np.asarray(lengths)
+        if lengths.size == 0:
+            lengths = lengths.astype(np.int64)  # np.asarray([]) is float64
+        if lengths.dtype == np.bool_ or not np.issubdtype(lengths.dtype, np.integer):
+            raise TypeError(f"`lengths` must be integers (members per group), got dtype {lengths.dtype}")
         if lengths.ndim != 1 or (lengths < 0).any() or lengths.sum() != values.shape[0]:
             raise ValueError(f"`lengths` must be non-negative and sum to N = {values.shape[0]}, got {lengths}")
         group_ids = np.repeat(np.arange(lengths.size), lengths)
@@ -105,6 +109,8 @@ def pack_groups(
         order = np.arange(values.shape[0])
     else:
         group_ids = np.asarray(group_ids)
+        if group_ids.size == 0:
+            group_ids = group_ids.astype(np.int64)  # np.asarray([]) is float64
         if group_ids.shape != values.shape[:1] or not np.issubdtype(group_ids.dtype, np.integer):
             raise ValueError(f"`group_ids` must be an int array of shape ({values.shape[0]},), got {group_ids.shape}")
         order = np.argsort(group_ids, kind="stable")
@@ -121,7 +127,7 @@ def pack_groups(
 
     # Slot of each member (in group order): its rank within its group.
     row = np.repeat(np.arange(num_groups), sizes)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    starts = (np.cumsum(sizes) - sizes).astype(np.int64)  # first slot of each group (empty input: none)
     slot = np.arange(order.size) - np.repeat(starts, sizes)
 
     packed_values = np.zeros((groups, members, values.shape[1]), values.dtype)
@@ -137,7 +143,7 @@ def pack_groups(
 
 def unpack_members(packed_array, packed: PackedGroups) -> np.ndarray:
     """Map a per-slot result ``[G, M, ...]`` (e.g. probabilities) back to the flat members ``[N, ...]``."""
-    array = np.asarray(to_jax(packed_array))
+    array = packed_array if isinstance(packed_array, np.ndarray) else np.asarray(to_jax(packed_array))
     if array.shape[:2] != packed.mask.shape:
         raise ValueError(f"`packed_array` must start with the packed shape {packed.mask.shape}, got {array.shape}")
     flat = np.zeros((int(packed.mask.sum()),) + array.shape[2:], array.dtype)
@@ -147,4 +153,5 @@ def unpack_members(packed_array, packed: PackedGroups) -> np.ndarray:
 
 def unpack_groups(group_array, packed: PackedGroups) -> np.ndarray:
     """The rows of a per-group result ``[G, ...]`` that belong to real groups (``[num_groups, ...]``)."""
-    return np.asarray(to_jax(group_array))[: packed.num_groups]
+    array = group_array if isinstance(group_array, np.ndarray) else np.asarray(to_jax(group_array))
+    return array[: packed.num_groups]

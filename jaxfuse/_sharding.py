@@ -39,10 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxfuse._grouping import raise_for_value_problems, validate_overlap, validate_proposals, validate_threshold, value_problems
+from jaxfuse._grouping import raise_for_value_problems, validate_proposals, value_problems
 from jaxfuse._interop import ArrayKind, array_kind
-from jaxfuse._proposals import METHODS, FusedProposals, _check_options, fuse_proposals
-from jaxfuse._validation import choice, positive_scalar
+from jaxfuse._proposals import FusedProposals, _check_options, fuse_proposals, resolve_fusion_settings
 
 ITEMS_AXIS = "items"
 """The name of the mesh axis that the items are split over."""
@@ -77,10 +76,8 @@ def item_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
 
 def _check_arguments(options: dict) -> None:
     """Reject what :func:`fuse_proposals` would reject, before any transfer or thread."""
-    method = choice(options["method"], "method", METHODS)
-    positive_scalar(options["temperature"], "temperature")
-    validate_threshold(options["overlap_threshold"])
-    validate_overlap(options["overlap"], options["discrete"])
+    settings = {name: options[name] for name in ("overlap_threshold", "overlap", "discrete", "method", "temperature")}
+    method = resolve_fusion_settings(options["preset"], **settings).method
     _check_options(method, {name: value for name, value in options.items() if name not in _DEFAULTS})
 
 

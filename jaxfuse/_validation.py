@@ -9,19 +9,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfuse._interop import to_jax
+from jaxfuse._interop import source_dtype, to_jax
 
 
 def float_array(x: Any, name: str, *, min_ndim: int = 0) -> jax.Array:
     """``x`` as a floating-point JAX array, or a ``TypeError``/``ValueError`` naming ``name``."""
     if x is None:
         raise TypeError(f"`{name}` is required, got None")
-    array = to_jax(x)
-    if not jnp.issubdtype(array.dtype, jnp.floating):
+    dtype = source_dtype(x, name)
+    if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(
-            f"`{name}` must be a floating-point array, got dtype {array.dtype}; "
+            f"`{name}` must be a floating-point array, got dtype {dtype}; "
             f"convert it first, e.g. `{name}.astype(np.float32)`"
         )
+    array = to_jax(x)
     if array.ndim < min_ndim:
         raise ValueError(f"`{name}` must have at least {min_ndim} dimensions, got shape {array.shape}")
     return array
@@ -61,6 +62,8 @@ def positive_scalar(value: Any, name: str) -> float | jax.Array:
 
 
 def positive_int(value: Any, name: str) -> int:
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(f"`{name}` must be static (a Python int), not a traced value")
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
     return int(value)

@@ -104,12 +104,34 @@ def assert_matches(result: VideoDetections, expected, video_scores):
 )
 def test_detect_equals_proposals_then_fuse_by_hand(batch, method, temperature, options):
     cas, video_scores, length = batch
-    result = detect(cas, video_scores, length=length, method=method, temperature=temperature, **options)
+    result = detect(cas, video_scores, length=length, method=method, temperature=temperature, weights="inner", **options)
     expected = by_hand(cas, video_scores, length, method=method, temperature=temperature, **options)
     assert len(expected) == 21
     assert any(len(e[1]) > 3 for e in expected.values())  # a real test: several groups per item
     assert_matches(result, expected, video_scores)
     assert not result.truncated.any()
+
+
+def test_published_preset_is_the_published_rule_by_hand(batch):
+    """preset="published": +1 frame lengths, candidate overlap > 0.25, Gaussian at T = 0.2, inner-score weights."""
+    cas, video_scores, length = batch
+    result = detect(cas, video_scores, length=length, preset="published")
+    expected = by_hand(cas, video_scores, length, method="gaussian", temperature=0.2, discrete=True)
+    assert_matches(result, expected, video_scores)
+    # The default differs from it exactly by the length convention and the weights.
+    default = detect(cas, video_scores, length=length, discrete=True, weights="inner")
+    for a, b in zip(default, result):
+        np.testing.assert_array_equal(a, b)
+    # An explicit value beside the preset wins.
+    warmer = detect(cas, video_scores, length=length, preset="published", temperature=1.0)
+    assert_matches(warmer, by_hand(cas, video_scores, length, method="gaussian", temperature=1.0, discrete=True),
+                   video_scores)
+
+
+def test_traced_options_raise_one_clear_line(batch):
+    cas, video_scores, length = batch
+    with pytest.raises(TypeError, match="traced `temperature`"):
+        jax.jit(lambda t: detect(cas, video_scores, length=length, temperature=t).count)(0.2)
 
 
 def test_class_threshold_masks_classes_and_keeps_the_others_unchanged(batch):
@@ -306,6 +328,10 @@ def test_detect_videos_buckets_and_matches_detect(batch):
         ({"method": "mean"}, ValueError, "method"),
         ({"temperature": 0.0}, ValueError, "temperature"),
         ({"overlap": "dice"}, ValueError, "overlap"),
+        ({"overlap_threshold": 1.5}, ValueError, "overlap_threshold"),
+        ({"overlap_threshold": -0.5}, ValueError, "overlap_threshold"),
+        ({"preset": "paper"}, ValueError, "preset"),
+        ({"weights": "outer"}, ValueError, "weights"),
         ({"max_detections": 0}, ValueError, "max_detections"),
         ({"convention": "paper"}, ValueError, "convention"),
         ({"sigma": 0.5}, TypeError, "gaussian"),

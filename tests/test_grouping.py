@@ -37,7 +37,7 @@ def reference_overlap(leader, segments, overlap, discrete):
         return intersection / denominator  # 0 / 0 is NaN, which is never > threshold
 
 
-def reference_groups(segments, scores, threshold=0.25, overlap="candidate", discrete=True):
+def reference_groups(segments, scores, threshold=0.25, overlap="candidate", discrete=False):
     """The published greedy loop on one item: a list of member index arrays, leader first."""
     remaining = np.argsort(-scores, kind="stable")  # descending, ties by index
     groups = []
@@ -126,7 +126,7 @@ def test_ties_go_to_the_lower_input_index():
 def test_membership_is_strictly_greater_than_the_threshold():
     # Candidate [0, 3] has discrete length 4 and intersection 1 with [3, 10]: overlap exactly 0.25.
     segments = np.array([[3, 10], [0, 3], [0, 4]], np.float32)
-    groups = group_proposals(segments, np.array([0.9, 0.8, 0.7], np.float32))
+    groups = group_proposals(segments, np.array([0.9, 0.8, 0.7], np.float32), discrete=True)
     np.testing.assert_array_equal(groups.group, [0, 1, 0])  # 2/5 > 0.25 joins, 1/4 does not
 
 
@@ -141,9 +141,9 @@ def test_zero_length_segments():
     segments = np.array([[5, 5], [5, 5], [0, 10], [20, 20]], np.float32)
     scores = np.array([0.9, 0.8, 0.7, 0.6], np.float32)
     # Discrete: a point has length 1 and overlaps itself and anything covering it fully.
-    np.testing.assert_array_equal(group_proposals(segments, scores).group, [0, 0, 1, 2])
+    np.testing.assert_array_equal(group_proposals(segments, scores, discrete=True).group, [0, 0, 1, 2])
     # Continuous: zero length gives 0 / 0 with the published measure: never absorbed.
-    continuous = group_proposals(segments, scores, discrete=False)
+    continuous = group_proposals(segments, scores)  # the default
     np.testing.assert_array_equal(continuous.group, [0, 1, 2, 3])
     assert_matches_reference(as_batch(continuous), segments[None], scores[None], np.ones((1, 4), bool), discrete=False)
 
@@ -184,8 +184,9 @@ def test_bad_input_is_rejected_with_the_argument_named():
         group_proposals(segments[:1], scores[:1], np.ones(1, np.int32))
     with pytest.raises(ValueError, match="`overlap`"):
         group_proposals(segments[:1], scores[:1], overlap="giou")
-    with pytest.raises(ValueError, match="`overlap_threshold`"):
-        group_proposals(segments[:1], scores[:1], overlap_threshold=float("nan"))
+    for threshold in (float("nan"), -0.5, 1.5):
+        with pytest.raises(ValueError, match=r"`overlap_threshold` must lie in \[0, 1\]"):
+            group_proposals(segments[:1], scores[:1], overlap_threshold=threshold)
 
 
 def test_ten_thousand_proposals_in_one_item():

@@ -62,7 +62,7 @@ def weighted_median(values, g):
     return values[order][np.searchsorted(cumulative, cumulative[-1] / 2)]
 
 
-def reference_fuse(segments, scores, weights, *, method, temperature, threshold=0.25, overlap="candidate", discrete=True):
+def reference_fuse(segments, scores, weights, *, method, temperature, threshold=0.25, overlap="candidate", discrete=False):
     """The published post-processing on one item: a list of (leader, members, start, end, score, spread)."""
     remaining = np.argsort(-scores, kind="stable")
     fused = []
@@ -445,3 +445,235 @@ def test_lists_of_jax_arrays_give_jax_arrays():
     (result,) = fuse_proposal_lists([jnp.asarray(segments)], [jnp.asarray(scores)])
     assert isinstance(result.segments, jax.Array)
     assert isinstance(result, FusedProposals)
+
+
+# ---------------------------------------------------------------- defaults and presets (issue 8)
+
+
+def test_defaults_are_safe_for_seconds_and_published_is_one_preset():
+    segments = np.array([[10.0, 12.0], [12.2, 13.0]], np.float32)
+    scores = np.array([0.9, 0.8], np.float32)
+    # Disjoint times in seconds stay apart; the +1 frame convention of the paper merges them.
+    assert int(fuse_proposals(segments, scores, method="nms").count) == 2
+    assert int(fuse_proposals(segments, scores, method="nms", preset="published").count) == 1
+    assert int(fuse_proposals(segments, scores, method="nms", preset="published", discrete=False).count) == 2
+    assert int(jaxfuse.group_proposals(segments, scores).count) == 2
+    assert int(jaxfuse.group_proposals(segments, scores, preset="published").count) == 1
+    (listed,) = fuse_proposal_lists([segments], [scores], method="nms", preset="published")
+    assert listed.count == 1
+    assert jaxfuse.DEFAULT.temperature == jaxfuse.PUBLISHED.temperature == 0.2
+
+
+def test_preset_equals_its_settings_given_one_by_one():
+    rng = np.random.default_rng(21)
+    segments, scores, weights, valid = random_batch(rng, ITEMS, SIZE, np.float32)
+    by_name = fuse_proposals(segments, scores, weights, valid, preset="published")
+    published = jaxfuse.PUBLISHED
+    by_hand = fuse_proposals(
+        segments, scores, weights, valid, overlap=published.overlap, discrete=published.discrete,
+        overlap_threshold=published.overlap_threshold, temperature=published.temperature, method=published.method,
+    )
+    for a, b in zip(by_name, by_hand):
+        jax.tree.map(np.testing.assert_array_equal, a, b)
+    default = fuse_proposals(segments, scores, weights, valid)
+    explicit = fuse_proposals(segments, scores, weights, valid, temperature=0.2, discrete=False, overlap_threshold=0.25)
+    np.testing.assert_array_equal(default.segments, explicit.segments)
+    custom = jaxfuse.FusionSettings(**{**jaxfuse.DEFAULT._asdict(), "temperature": 1.0})
+    np.testing.assert_array_equal(
+        fuse_proposals(segments, scores, weights, valid, preset=custom).segments,
+        fuse_proposals(segments, scores, weights, valid, temperature=1.0).segments,
+    )
+    with pytest.raises(ValueError, match="`preset`"):
+        fuse_proposals(segments, scores, preset="paper")
+
+
+# ---------------------------------------------------------------- input conversion and messages (issue 8)
+
+
+def test_float64_without_x64_warns_once_naming_the_flag(monkeypatch):
+    import warnings
+
+    import jaxfuse._interop
+
+    monkeypatch.setattr(jaxfuse._interop, "_warned_about_float64", False)
+    segments = np.array([[0.0, 10.0], [2.0, 12.0]])
+    scores = np.array([0.9, 0.8])
+    with pytest.warns(UserWarning, match="jax_enable_x64"):
+        narrowed = fuse_proposals(segments, scores)
+    assert narrowed.segments.dtype == np.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fuse_proposals(segments, scores)  # once per process
+        fuse_proposals(segments.astype(np.float32), scores.astype(np.float32))
+    monkeypatch.setattr(jaxfuse._interop, "_warned_about_float64", False)
+    with jax.enable_x64(True), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fuse_proposals(segments, scores).segments.dtype == np.float64
+
+
+def test_messages_name_the_argument_and_the_real_dtype():
+    segments = np.array([[0.0, 1.0], [3.0, 4.0]], np.float32)
+    scores = np.array([0.5, 0.6], np.float32)
+    with pytest.raises(TypeError, match="`segments` must be a floating-point array, got dtype int64"):
+        fuse_proposals(segments.astype(np.int64), scores)
+    with pytest.raises(TypeError, match="`scores` must be a floating-point array, got dtype int64"):
+        fuse_proposals(segments, [1, 2])
+    with pytest.raises(TypeError, match="`scores` must be an array of numbers, got dtype object"):
+        fuse_proposals(segments, np.array([0.5, None]))
+    with pytest.raises(TypeError, match="`segments` must be a rectangular array"):
+        fuse_proposals([[0.0, 1.0], [3.0]], scores)
+    for threshold in (-0.5, 1.5, np.nan):
+        with pytest.raises(ValueError, match="`overlap_threshold` must lie in \\[0, 1\\]"):
+            fuse_proposals(segments, scores, overlap_threshold=threshold)
+    with pytest.raises(ValueError, match="`overlap_threshold`"):
+        jaxfuse.group_proposals(segments, scores, overlap_threshold=-0.5)
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match="`max_items` must be a positive integer"):
+            fuse_proposal_lists([segments], [scores], max_items=bad)
+    # The caller's arrays are never modified.
+    before = segments.copy()
+    fuse_proposals(segments, scores, method="laplace")
+    np.testing.assert_array_equal(segments, before)
+
+
+# ---------------------------------------------------------------- traced bad values get result codes (issue 8)
+
+# Every method, under one jit per method: temperature and threshold traced, arrays passed in.
+_TRACED = {}
+
+
+def traced_fuse(method):
+    if method not in _TRACED:
+        _TRACED[method] = jax.jit(
+            lambda segments, scores, weights, valid, temperature, threshold: fuse_proposals(
+                segments, scores, weights, valid, method=method, temperature=temperature, overlap_threshold=threshold
+            )
+        )
+    return _TRACED[method]
+
+
+@pytest.mark.parametrize("method", ["gaussian", "laplace", "nms", "soft_nms"])
+def test_traced_bad_values_get_codes_and_good_items_are_untouched(method):
+    rng = np.random.default_rng(22)
+    segments, scores, weights, valid = random_batch(rng, 4, 16, np.float32)
+    valid[:] = True
+    segments[1, 3] = [np.nan, 5.0]  # non-finite in item 1
+    segments[2, 4] = [9.0, 1.0]  # start > end in item 2
+    fused = traced_fuse(method)(segments, scores, weights, valid, 0.2, 0.25)
+    assert isinstance(fused.segments, jax.Array)
+    expected_items = [ResultCode.SUCCESSFUL, ResultCode.NONFINITE_INPUT, ResultCode.INVALID_INPUT, ResultCode.SUCCESSFUL]
+    assert np.asarray(fused.item_result).tolist() == expected_items
+    for item, code in ((1, ResultCode.NONFINITE_INPUT), (2, ResultCode.INVALID_INPUT)):
+        count = int(fused.count[item])
+        assert (np.asarray(fused.result[item, :count]) == code).all()
+        assert not np.asarray(fused.segments[item]).any() and not np.asarray(fused.scores[item]).any()
+    good = [0, 3]
+    alone = fuse_proposals(segments[good], scores[good], weights[good], valid[good], method=method)
+    for field in ("segments", "scores", "count", "result", "group"):
+        np.testing.assert_allclose(np.asarray(getattr(fused, field))[good], getattr(alone, field), rtol=1e-6)
+    # Bad options: every group of the call carries INVALID_OPTION and zeros.
+    bad_options = [(0.0, 0.25), (np.nan, 0.25), (-1.0, 0.25), (0.2, -0.5), (0.2, 1.5), (0.2, np.nan)]
+    if method in ("nms", "soft_nms"):
+        bad_options = [option for option in bad_options if option[0] == 0.2]  # no temperature there
+    for temperature, threshold in bad_options:
+        fused = traced_fuse(method)(segments[good], scores[good], weights[good], valid[good], temperature, threshold)
+        assert (np.asarray(fused.item_result) == ResultCode.INVALID_OPTION).all(), (temperature, threshold)
+        real = np.asarray(fused.valid)
+        assert (np.asarray(fused.result)[real] == ResultCode.INVALID_OPTION).all()
+        assert not np.asarray(fused.segments).any()
+
+
+def test_closed_over_arrays_and_traced_temperature():
+    rng = np.random.default_rng(23)
+    segments, scores, weights, valid = random_batch(rng, ITEMS, SIZE, np.float32)
+    eager = fuse_proposals(segments, scores, weights, valid, temperature=0.2)
+    for arrays in ((segments, scores, weights, valid), tuple(jnp.asarray(x) for x in (segments, scores, weights, valid))):
+        traced = jax.jit(lambda t, arrays=arrays: fuse_proposals(*arrays, temperature=t))(0.2)
+        np.testing.assert_allclose(traced.segments, eager.segments, rtol=1e-6)
+        assert (np.asarray(traced.item_result) == ResultCode.SUCCESSFUL).all()
+    laplace = jax.jit(lambda t: fuse_proposals(segments, scores, method="laplace", temperature=t))(0.2)
+    np.testing.assert_allclose(laplace.segments, fuse_proposals(segments, scores, method="laplace").segments, rtol=1e-6)
+    grouped = jax.jit(lambda t: jaxfuse.group_proposals(segments, scores, overlap_threshold=t))(0.25)
+    np.testing.assert_array_equal(grouped.group, jaxfuse.group_proposals(segments, scores).group)
+    with pytest.raises(TypeError, match="traced `temperature`"):
+        jax.jit(lambda t: fuse_proposal_lists([segments[0]], [scores[0]], temperature=t)[0].segments)(0.2)
+    with pytest.raises(TypeError, match="`discrete` must be static"):
+        jax.jit(lambda d: fuse_proposals(segments, scores, discrete=d).segments)(True)
+
+
+def test_overflow_of_finite_input_has_its_code():
+    # Near the float32 limit the location is representable but the squared deviations are not.
+    segments = np.array([[3.0e38, 3.2e38], [3.1e38, 3.3e38], [0.0, 1.0]], np.float32)
+    scores = np.array([0.9, 0.8, 0.1], np.float32)
+    fused = fuse_proposals(segments, scores, method="gaussian")
+    assert int(fused.count) == 2
+    assert fused.result[:2].tolist() == [ResultCode.OVERFLOW, ResultCode.SUCCESSFUL]
+    assert not fused.segments[0].any() and fused.segments[1].tolist() == [0.0, 1.0]
+    # A temperature below float32's normal range: no NaN passed off as a success.
+    tiny = fuse_proposals(segments[2:], scores[2:], temperature=1e-39)
+    assert tiny.result[0] in (ResultCode.SUCCESSFUL, ResultCode.OVERFLOW)
+    assert np.isfinite(tiny.segments).all()
+
+
+# ---------------------------------------------------------------- fuzz (issue 8)
+
+FUZZ_ITEMS, FUZZ_SIZE = 3, 8
+_FUZZ = {}
+
+
+def fuzz_fuse(method):
+    """One compiled program per (method, dtype): traced temperature, static everything else."""
+    if method not in _FUZZ:
+        _FUZZ[method] = jax.jit(
+            lambda segments, scores, weights, valid, temperature: fuse_proposals(
+                segments, scores, weights, valid, method=method, temperature=temperature
+            )
+        )
+    return _FUZZ[method]
+
+
+@st.composite
+def ragged_batches(draw):
+    shape = (FUZZ_ITEMS, FUZZ_SIZE)
+    number = st.floats(-1e6, 1e6, allow_nan=False, width=32)
+    starts = np.array(draw(st.lists(number, min_size=FUZZ_ITEMS * FUZZ_SIZE, max_size=FUZZ_ITEMS * FUZZ_SIZE)))
+    # Lengths over many scales: zero, frames, and outliers that reach across everything.
+    length = st.sampled_from([0.0, 0.5, 1.0, 10.0, 1e3, 1e6, 3e7])
+    lengths = np.array(draw(st.lists(length, min_size=starts.size, max_size=starts.size)))
+    scores = np.array(draw(st.lists(st.sampled_from([0.0, 0.1, 0.5, 0.9, 1.0, -3.0, 20.0]), min_size=starts.size,
+                                    max_size=starts.size)))
+    weights = np.array(draw(st.lists(st.floats(-50, 50, width=32), min_size=starts.size, max_size=starts.size)))
+    sizes = np.array(draw(st.lists(st.integers(0, FUZZ_SIZE), min_size=FUZZ_ITEMS, max_size=FUZZ_ITEMS)))
+    segments = np.stack([starts, starts + lengths], -1).reshape(shape + (2,))
+    valid = np.arange(FUZZ_SIZE)[None, :] < sizes[:, None]
+    return segments, scores.reshape(shape), weights.reshape(shape), valid
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    ragged_batches(),
+    st.sampled_from(METHODS),
+    st.sampled_from([np.float32, np.float64]),
+    st.sampled_from([1e-30, 1e-4, 0.0016, 0.2, 10.0, 1e6]),
+)
+def test_fuzz_finite_input_never_gives_a_nonfinite_or_out_of_hull_success(batch, method, dtype, temperature):
+    segments, scores, weights, valid = batch
+    with jax.enable_x64(dtype == np.float64):
+        arrays = [x.astype(dtype) for x in (segments, scores, weights)]
+        fused = jax.tree.map(np.asarray, fuzz_fuse(method)(*arrays, valid, temperature))
+    segments = arrays[0]
+    assert (fused.item_result == ResultCode.SUCCESSFUL).all() or (fused.result[fused.valid] > 0).any()
+    for item in range(FUZZ_ITEMS):
+        count = int(fused.count[item])
+        assert count <= valid[item].sum()
+        for j in range(count):
+            code = fused.result[item, j]
+            if code not in (ResultCode.SUCCESSFUL, ResultCode.MAX_STEPS_REACHED):
+                continue
+            members = fused.group[item] == j
+            assert members.any() and valid[item][members].all()
+            location = fused.segments[item, j]
+            assert np.isfinite(location).all() and np.isfinite(fused.scores[item, j]), (method, code)
+            low, high = segments[item][members].min(axis=0), segments[item][members].max(axis=0)
+            slack = 16 * np.finfo(dtype).eps * np.maximum(np.abs(low), np.abs(high))
+            assert ((location >= low - slack) & (location <= high + slack)).all(), (method, location, low, high)
