@@ -176,6 +176,82 @@ def soft_nms_batch(segments, scores, count, sigma, min_score, *, keep: int) -> S
     )
 
 
+def _first_best_and_tie(scores):
+    """:func:`first_best`, and whether another proposal holds the same best score."""
+    index, has_best = first_best(scores)
+    best = jnp.take_along_axis(scores, jnp.minimum(index, scores.shape[1] - 1)[:, None], axis=1)
+    tie = jnp.sum(scores == best, axis=1) > 1
+    return index, has_best, has_best & tie
+
+
+class _FastSoftState(NamedTuple):
+    scores: jax.Array  # [b, W] decayed scores of the candidates left, -inf for the others
+    slot: jax.Array  # [b, W] int32 selection rank of each input, -1 until selected
+    kept: jax.Array  # [b, W] each input's score when selected
+    count: jax.Array  # [b]
+    current: jax.Array  # [b] the proposal to select next
+    active: jax.Array  # [b]
+    tied: jax.Array  # [b] some selection had a rival of equal score
+
+
+def _fast_soft_step(inputs, state: _FastSoftState) -> _FastSoftState:
+    starts, ends, sigma, min_score, keep = inputs
+    position = jnp.arange(starts.shape[1], dtype=jnp.int32)
+    active = state.active[:, None]
+    current = state.current[:, None]
+    selected = (position == current) & active
+    start, end = jnp.take_along_axis(starts, current, axis=1), jnp.take_along_axis(ends, current, axis=1)
+    iou = overlap(start, end, lengths(start, end), starts, ends, lengths(starts, ends))
+    # Guarded: a decay that underflows to 0 must not turn a -inf into NaN.
+    decayed = jnp.where(state.scores > -jnp.inf, state.scores * jnp.exp(-(iou * iou) / sigma), -jnp.inf)
+    decayed = jnp.where(selected | (decayed < min_score), -jnp.inf, decayed)
+    scores = jnp.where(active, decayed, state.scores)
+    slot = jnp.where(selected, state.count[:, None], state.slot)
+    kept = jnp.where(selected, state.scores, state.kept)
+    count = state.count + state.active.astype(jnp.int32)
+    current, has_next, tie = _first_best_and_tie(scores)
+    next_active = state.active & has_next & (count < keep[:, 0])
+    return _FastSoftState(scores, slot, kept, count, current, next_active, state.tied | (next_active & tie))
+
+
+def fast_soft_nms_batch(segments, scores, valid, sigma, min_score, *, keep: int) -> tuple[Selections, jax.Array]:
+    """Soft-NMS by input index, and per row whether that can differ from the C++.
+
+    Without equal scores at a selection, the C++'s positions never decide
+    anything, and this O(W)-per-selection loop (no permutation to carry)
+    gives exactly its result. Rows flagged ``tied`` must be rerun with
+    :func:`soft_nms_batch`.
+
+    Returns:
+        ``(Selections, tied [B] bool)``.
+    """
+    items, width = scores.shape
+    keep_width = min(keep, width)
+    if items == 0 or width == 0 or keep_width == 0:
+        empty = Selections(
+            jnp.full((items, keep_width), -1, jnp.int32), jnp.full((items, keep_width), -jnp.inf, scores.dtype),
+            jnp.zeros((items,), jnp.int32),
+        )
+        return empty, jnp.zeros((items,), bool)
+    per_row = lambda x, dtype: jnp.broadcast_to(jnp.asarray(x, dtype), (items, 1))  # noqa: E731
+    inputs = (
+        segments[..., 0], segments[..., 1], per_row(sigma, scores.dtype), per_row(min_score, scores.dtype),
+        per_row(keep, jnp.int32),
+    )
+    # The first selection is not checked against min_score (the C++ drops only after decaying).
+    live = jnp.where(valid, scores, -jnp.inf)
+    current, has_first, tie = _first_best_and_tie(live)
+    unset = jnp.full((items, width), -1, jnp.int32)
+    state = _FastSoftState(live, unset, jnp.zeros_like(scores), jnp.zeros((items,), jnp.int32), current, has_first, tie)
+    final = compacted_while_loop(_fast_soft_step, inputs, state)
+    rows = jnp.broadcast_to(jnp.arange(items)[:, None], (items, width))
+    target = jnp.where(final.slot >= 0, final.slot, keep_width)
+    inputs_index = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (items, width))
+    index = jnp.full((items, keep_width), -1, jnp.int32).at[rows, target].set(inputs_index, mode="drop")
+    kept = jnp.full((items, keep_width), -jnp.inf, scores.dtype).at[rows, target].set(final.kept, mode="drop")
+    return Selections(index, kept, final.count), final.tied
+
+
 # ------------------------------------------------------------------ hard NMS
 
 
@@ -202,12 +278,15 @@ def _hard_step(inputs, state: _HardState) -> _HardState:
     return _HardState(remaining, slot, count, current, has_next & (count < keep[:, 0]))
 
 
-def hard_nms_batch(segments, scores, eligible, iou_threshold, *, keep: int) -> Selections:
+def hard_nms_batch(segments, scores, priority, eligible, iou_threshold, *, keep: int) -> Selections:
     """ActionFormer's hard NMS on a padded batch (traceable).
 
     Args:
         segments: ``[B, W, 2]`` float32.
         scores: ``[B, W]`` float32.
+        priority: ``[B, W]`` the processing order, highest first, equal
+            values by lower index: the scores, or minus the rank a caller's
+            sort gave (to follow that sort's order among equal scores).
         eligible: ``[B, W]`` bool: real proposals that pass the ``min_score`` filter.
         iou_threshold: suppress where ``iou >= iou_threshold``.
         keep: stop after this many selections per row (static).
@@ -225,7 +304,7 @@ def hard_nms_batch(segments, scores, eligible, iou_threshold, *, keep: int) -> S
     per_row = lambda x, dtype: jnp.broadcast_to(jnp.asarray(x, dtype), (items, 1))  # noqa: E731
     starts, ends = segments[..., 0], segments[..., 1]
     inputs = (starts, ends, per_row(iou_threshold, scores.dtype), per_row(keep, jnp.int32))
-    remaining = jnp.where(eligible, scores, -jnp.inf)
+    remaining = jnp.where(eligible, priority, -jnp.inf)
     current, has_next = first_best(remaining)
     unset = jnp.full((items, width), -1, jnp.int32)
     state = _HardState(remaining, unset, jnp.zeros((items,), jnp.int32), current, has_next)
@@ -269,23 +348,34 @@ def segment_voting(kept_segments, kept_valid, segments, scores, valid, voting_th
     return jnp.where(kept_valid[..., None], refined, kept_segments)
 
 
-@functools.partial(jax.jit, static_argnames=("soft", "keep", "voting"))
-def select(segments, scores, valid, iou_threshold, sigma, min_score, voting_thresh, *, soft: bool, keep: int, voting: bool):
+@functools.partial(jax.jit, static_argnames=("soft", "exact", "keep", "voting"))
+def select(
+    segments, scores, priority, valid, iou_threshold, sigma, min_score, voting_thresh,
+    *, soft: bool, exact: bool, keep: int, voting: bool,
+):
     """One program per (shape, mode): Soft-NMS or hard NMS, then optional voting.
+
+    ``priority`` orders hard NMS (see :func:`hard_nms_batch`); Soft-NMS ignores it.
+    Soft-NMS runs :func:`fast_soft_nms_batch`, or with ``exact`` the
+    position-tracking :func:`soft_nms_batch` (for the rows the fast one flags).
 
     ``valid`` must be a prefix of each row (the packers in
     :mod:`jaxfuse.compat.actionformer` lay rows out so): Soft-NMS starts from
     the C++'s positions, which are the row order.
 
     Returns:
-        ``(Selections, kept_segments [B, K, 2])``.
+        ``(Selections, kept_segments [B, K, 2], tied [B])``: ``tied`` rows need
+        the ``exact`` rerun (always False when ``exact`` or hard NMS).
     """
-    if soft:
+    tied = jnp.zeros(scores.shape[:1], bool)
+    if soft and exact:
         selections = soft_nms_batch(segments, scores, jnp.sum(valid, axis=1), sigma, min_score, keep=keep)
+    elif soft:
+        selections, tied = fast_soft_nms_batch(segments, scores, valid, sigma, min_score, keep=keep)
     else:
         eligible = valid & jnp.where(min_score > 0, scores > min_score, True)
-        selections = hard_nms_batch(segments, scores, eligible, iou_threshold, keep=keep)
+        selections = hard_nms_batch(segments, scores, priority, eligible, iou_threshold, keep=keep)
     kept_segments = jnp.take_along_axis(segments, jnp.maximum(selections.index, 0)[..., None], axis=1)
     if voting:
         kept_segments = segment_voting(kept_segments, selections.index >= 0, segments, scores, valid, voting_thresh)
-    return selections, kept_segments
+    return selections, kept_segments, tied

@@ -152,8 +152,12 @@ class _Items(NamedTuple):
     count: np.ndarray  # [I]
 
 
-def _bucket_rows(item_ids: np.ndarray, num_items: int):
+def _bucket_rows(item_ids: np.ndarray, num_items: int, one_width: bool):
     """Pack candidates (``item_ids [T]``, items ``0..I-1``) into power-of-two ``[R, W]`` buckets.
+
+    ``one_width``: a single bucket as wide as the largest item (one kernel call,
+    as suits one video); otherwise one bucket per width (less padding, as suits
+    a dataset).
 
     Yields ``(items [r], member [R, W])``: the bucket's items and, per row, the
     global indices of its candidates in their input order (-1 in padding).
@@ -163,6 +167,8 @@ def _bucket_rows(item_ids: np.ndarray, num_items: int):
     first = np.cumsum(sizes) - sizes
     rank = np.arange(order.size) - first[item_ids[order]]
     widths = np.array([bucket_size(n, _MIN_WIDTH) for n in sizes])
+    if one_width:
+        widths[:] = widths.max()
     for width in np.unique(widths):
         items = np.flatnonzero(widths == width)
         row_of = np.full(num_items, -1)
@@ -182,8 +188,14 @@ def _top_fused(scores, count, *, keep: int):
     return values, jnp.where(values > -jnp.inf, index, -1)
 
 
-def _select_items(segments, scores, item_ids, num_items, options, voting: bool) -> _Items:
-    """Run the chosen method on every item, bucket by bucket (one compiled program per bucket shape)."""
+def _select_items(
+    segments, scores, item_ids, num_items, options, voting: bool, priority=None, one_width: bool = False
+) -> _Items:
+    """Run the chosen method on every item, bucket by bucket (one compiled program per bucket shape).
+
+    ``priority [T]``: hard NMS's processing order (default: the scores).
+    """
+    priority = scores if priority is None else priority
     cap = options["max_seg_num"]
     widest = max((bucket_size(n, _MIN_WIDTH) for n in np.bincount(item_ids, minlength=num_items)), default=0)
     keep_all = min(cap, widest)
@@ -195,7 +207,7 @@ def _select_items(segments, scores, item_ids, num_items, options, voting: bool) 
     )
     if keep_all == 0:
         return result
-    for items, member in _bucket_rows(item_ids, num_items):
+    for items, member in _bucket_rows(item_ids, num_items, one_width):
         valid = member >= 0
         take = np.maximum(member, 0)
         bucket_segments = np.where(valid[..., None], segments[take], 0).astype(np.float32)
@@ -204,12 +216,9 @@ def _select_items(segments, scores, item_ids, num_items, options, voting: bool) 
         if options["method"] == "gaussian":
             index, kept_scores, kept_segments, count = _fuse_bucket(bucket_segments, bucket_scores, valid, options, keep)
         else:
-            selections, kept_segments = select(
-                bucket_segments, bucket_scores, valid, options["iou_threshold"], options["sigma"],
-                options["min_score"], options["voting_thresh"],
-                soft=options["method"] == "soft_nms", keep=keep, voting=voting,
-            )
-            index, kept_scores, count = (np.asarray(x) for x in selections)
+            bucket_priority = np.where(valid, priority[take], 0).astype(np.float32)
+            arrays = (bucket_segments, bucket_scores, bucket_priority, valid)
+            index, kept_scores, count, kept_segments = _run_select(arrays, options, keep, voting)
         rows = slice(0, items.size)
         index = np.asarray(index)[rows]
         result.member[items, :keep] = np.where(index >= 0, np.take_along_axis(member[rows], np.maximum(index, 0), 1), -1)
@@ -217,6 +226,25 @@ def _select_items(segments, scores, item_ids, num_items, options, voting: bool) 
         result.segments[items, :keep] = np.asarray(kept_segments)[rows]
         result.count[items] = np.minimum(np.asarray(count)[rows], keep)
     return result
+
+
+def _run_select(arrays, options, keep, voting):
+    """:func:`select` on one bucket; rows with equal-score selections rerun with the exact kernel."""
+    settings = (options["iou_threshold"], options["sigma"], options["min_score"], options["voting_thresh"])
+    soft = options["method"] == "soft_nms"
+    selections, kept_segments, tied = select(*arrays, *settings, soft=soft, exact=False, keep=keep, voting=voting)
+    index, kept_scores, count, kept_segments = (np.array(x) for x in (*selections, kept_segments))
+    tied = np.flatnonzero(np.asarray(tied))
+    if tied.size:
+        # Padded to a power of two rows (repeating a tied row) to share compiled shapes.
+        rows = np.resize(tied, bucket_size(tied.size))
+        exact, exact_segments, _ = select(
+            *(a[rows] for a in arrays), *settings, soft=True, exact=True, keep=keep, voting=voting
+        )
+        n = tied.size
+        index[tied], kept_scores[tied], count[tied] = (np.asarray(x)[:n] for x in exact)
+        kept_segments[tied] = np.asarray(exact_segments)[:n]
+    return index, kept_scores, count, kept_segments
 
 
 def _fuse_bucket(segments, scores, valid, options, keep):
@@ -274,6 +302,27 @@ def _empty(segs, scores, cls_idxs):
 
 
 # ------------------------------------------------------------------ public API
+
+
+def _torch_sort_priority(scores, score_values, item_ids, min_score) -> np.ndarray:
+    """Minus each candidate's rank in ``torch.sort`` of its item's eligible scores, as ActionFormer's C++ sorts them.
+
+    ``torch.sort`` is not stable: beyond 16 elements equal scores come out in
+    introsort's order. Calling it on the same subsets makes hard NMS process
+    them in that order too.
+    """
+    import torch
+
+    on_host = scores.detach().cpu()
+    priority = np.zeros(score_values.shape, np.float32)
+    order = np.argsort(item_ids, kind="stable")
+    boundaries = np.flatnonzero(np.diff(item_ids[order])) + 1
+    for members in np.split(order, boundaries):
+        if min_score > 0:
+            members = members[score_values[members] > np.float32(min_score)]
+        ranked = on_host[torch.from_numpy(members)].sort(descending=True)[1].numpy()
+        priority[members[ranked]] = -np.arange(members.size, dtype=np.float32)
+    return priority
 
 
 def batched_nms(
@@ -342,7 +391,12 @@ def batched_nms(
         item_ids = np.zeros(labels.shape, np.int64)
     item_ids = item_ids.reshape(-1)
     voting = not multiclass and options["voting_thresh"] > 0 and options["method"] != "gaussian"
-    chosen = _select_items(segments, score_values, item_ids, int(item_ids.max()) + 1, options, voting)
+    priority = None
+    if options["method"] == "nms" and _is_torch(scores):
+        priority = _torch_sort_priority(scores, score_values, item_ids, options["min_score"])
+    chosen = _select_items(
+        segments, score_values, item_ids, int(item_ids.max()) + 1, options, voting, priority, one_width=True
+    )
     # ActionFormer's last step, with its own call so that equal scores come out in its order.
     kept = np.arange(chosen.member.shape[1])[None, :] < chosen.count[:, None]
     member, kept_scores, kept_segments = chosen.member[kept], chosen.scores[kept], chosen.segments[kept]
