@@ -92,6 +92,19 @@ def solve_published_lp(matrix: np.ndarray, target: np.ndarray):
     return linprog(np.ones(matrix.shape[1]), A_eq=matrix, b_eq=target, bounds=(0.0, 1.0), method="highs")
 
 
+def optimum_is_unique(matrix: np.ndarray, target: np.ndarray, seed: int = 0) -> bool:
+    """Whether the LP's optimal face is a single point (almost surely: min and max of a random direction on it agree)."""
+    from scipy.optimize import linprog
+
+    reference = solve_published_lp(matrix, target)
+    if reference.status != 0:
+        return False
+    direction = np.random.default_rng(seed).normal(size=matrix.shape[1])
+    face = dict(A_eq=np.vstack([matrix, np.ones(matrix.shape[1])]), b_eq=np.append(target, reference.fun), bounds=(0.0, 1.0))
+    low, high = linprog(direction, method="highs", **face), linprog(-direction, method="highs", **face)
+    return low.status == 0 and high.status == 0 and (-high.fun - low.fun) <= 1e-7 * (1 + abs(low.fun))
+
+
 def published_pseudo_labels(
     cas: np.ndarray, video_scores: np.ndarray, length=None, *, temperature: float, class_threshold: float = 0.16,
     thresholds=None,
