@@ -54,6 +54,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxfuse._grouping import compacted_while_loop
+
 
 class LPResultCode(enum.IntEnum):
     """Per-LP outcome. Values shared with :class:`jaxfuse.ResultCode` mean the same.
@@ -136,7 +138,7 @@ class _Carry(NamedTuple):
     step: jax.Array  # [B] int32 iterations run
     restarts: jax.Array  # [B] int32
     result: jax.Array  # [B] int32 LPResultCode
-    done: jax.Array  # [B] bool
+    active: jax.Array  # [B] bool, still iterating
 
 
 # cuPDLP's restart parameters.
@@ -146,6 +148,8 @@ _ARTIFICIAL_FRACTION = 0.36
 _PRIMAL_WEIGHT_SMOOTHING = 0.5
 # Step scale below the Pock-Chambolle bound of 1 (which is only reached in the limit).
 _STEP_SCALE = 0.99
+# Compaction stops at this many lanes: every stage is one more loop to compile.
+_MIN_LANES = 8
 
 
 _BLOCK = 16
@@ -341,7 +345,7 @@ def solve_interval_lp(breaks, target, upper, status, *, max_steps: int, check_ev
     omega = jnp.where((target_norm > 0) & (cost_norm > 0), cost_norm / jnp.where(target_norm > 0, target_norm, 1), 1)
     x0, y0 = _warm_start(problem, plan)
     aty0 = apply_transpose(plan, y0)
-    residual_vector = apply_rows(breaks, x0) - target
+    residual_vector = apply_rows(problem.breaks, x0) - target
     residual0 = jnp.max(jnp.abs(residual_vector), axis=-1, initial=0)
     objective0 = jnp.sum(x0, axis=-1)
     dual0 = _dual_objective(problem, y0, aty0)
@@ -352,39 +356,40 @@ def solve_interval_lp(breaks, target, upper, status, *, max_steps: int, check_ev
         x_anchor=x0, y_anchor=y0, kkt_anchor=kkt0, kkt_previous=kkt0, omega=omega,
         best_x=x0, best_y=y0, residual=residual0, objective=objective0,
         dual_objective=dual0, step=jnp.zeros((batch,), jnp.int32),
-        restarts=jnp.zeros((batch,), jnp.int32), result=status, done=done,
+        restarts=jnp.zeros((batch,), jnp.int32), result=status, active=~done,
     )
     num_checks = -(-max_steps // check_every)
     rtol = jnp.asarray(rtol, dtype)
     atol = jnp.asarray(atol, dtype)
 
-    def pdhg_step(_, state):
+    def pdhg_step(problem, plan, state):
         x, y, aty, x_sum, y_sum, omega = state
         primal_step = (_STEP_SCALE / omega)[:, None] * problem.tau
         dual_step = (_STEP_SCALE * omega)[:, None] * problem.sigma
         x_new = jnp.clip(x - primal_step * (1 - aty), 0, problem.upper)
-        y_new = y + dual_step * (problem.target - apply_rows(breaks, 2 * x_new - x))
+        y_new = y + dual_step * (problem.target - apply_rows(problem.breaks, 2 * x_new - x))
         aty_new = apply_transpose(plan, y_new)
         return x_new, y_new, aty_new, x_sum + x_new, y_sum + y_new, omega
 
-    def kkt(x, y, aty, omega):
-        residual = apply_rows(breaks, x) - problem.target
+    def kkt(problem, x, y, aty, omega):
+        residual = apply_rows(problem.breaks, x) - problem.target
         primal = jnp.sum(x, axis=-1)
         dual = _dual_objective(problem, y, aty)
         error = jnp.sqrt((omega**2) * jnp.sum(residual**2, axis=-1) + (primal - dual) ** 2)
         return error, jnp.max(jnp.abs(residual), axis=-1, initial=0), primal, dual
 
-    def body(c: _Carry) -> _Carry:
+    def body(inputs, c: _Carry) -> _Carry:
+        problem, plan = inputs
         x, y, aty, x_sum, y_sum, _ = lax.fori_loop(
-            0, check_every, pdhg_step, (c.x, c.y, c.aty, c.x_sum, c.y_sum, c.omega)
+            0, check_every, lambda _, state: pdhg_step(problem, plan, state), (c.x, c.y, c.aty, c.x_sum, c.y_sum, c.omega)
         )
         count = c.count + check_every
         step = c.step + check_every
         x_avg = x_sum / count[:, None]
         y_avg = y_sum / count[:, None]
         aty_avg = apply_transpose(plan, y_avg)
-        kkt_current, residual_current, primal_current, dual_current = kkt(x, y, aty, c.omega)
-        kkt_average, residual_average, primal_average, dual_average = kkt(x_avg, y_avg, aty_avg, c.omega)
+        kkt_current, residual_current, primal_current, dual_current = kkt(problem, x, y, aty, c.omega)
+        kkt_average, residual_average, primal_average, dual_average = kkt(problem, x_avg, y_avg, aty_avg, c.omega)
         use_average = kkt_average < kkt_current
         pick = lambda a, b: jnp.where(use_average.reshape(use_average.shape + (1,) * (a.ndim - 1)), a, b)  # noqa: E731
         x_candidate, y_candidate, aty_candidate = pick(x_avg, x), pick(y_avg, y), pick(aty_avg, aty)
@@ -443,14 +448,15 @@ def solve_interval_lp(breaks, target, upper, status, *, max_steps: int, check_ev
             step=step,
             restarts=c.restarts + restart.astype(jnp.int32),
             result=result.astype(jnp.int32),
-            done=converged | infeasible | diverged | out_of_steps,
+            active=~(converged | infeasible | diverged | out_of_steps),
         )
         # Finished lanes keep their state.
         return jax.tree.map(
-            lambda new, old: jnp.where(c.done.reshape(c.done.shape + (1,) * (new.ndim - 1)), old, new), updated, c
+            lambda new, old: jnp.where(c.active.reshape(c.active.shape + (1,) * (new.ndim - 1)), new, old), updated, c
         )
 
-    final = lax.while_loop(lambda c: ~jnp.all(c.done), body, carry)
+    # Lanes that finish early (or never start: empty items) drop out of the batch as it goes.
+    final = compacted_while_loop(body, (problem, plan), carry, min_rows=_MIN_LANES)
     # Lanes never iterated (known codes) and diverged lanes report zeros, never NaN.
     usable = (final.step > 0) & (final.result != LPResultCode.DIVERGED)
     return IntervalLPSolution(

@@ -54,7 +54,7 @@ from jaxfuse._validation import choice, float_array, positive_int
 METHODS = ("lp", "paint")
 FALLBACKS = ("paint", "zeros")
 DEFAULT_MAX_STEPS = 4096
-DEFAULT_CHECK_EVERY = 32
+DEFAULT_CHECK_EVERY = 16
 
 
 class SnippetLabels(NamedTuple):
