@@ -127,6 +127,7 @@ class _Carry(NamedTuple):
     count: jax.Array  # [B] iterates in the sums
     x_anchor: jax.Array  # [B, L] the last restart point
     y_anchor: jax.Array  # [B, R]
+    aty_anchor: jax.Array  # [B, L]
     kkt_anchor: jax.Array  # [B] its KKT error
     kkt_previous: jax.Array  # [B] the candidate's KKT error at the previous check
     omega: jax.Array  # [B] primal weight
@@ -149,7 +150,7 @@ _PRIMAL_WEIGHT_SMOOTHING = 0.5
 # Step scale below the Pock-Chambolle bound of 1 (which is only reached in the limit).
 _STEP_SCALE = 0.99
 # Compaction stops at this many lanes: every stage is one more loop to compile.
-_MIN_LANES = 8
+_MIN_LANES = 16
 
 
 _BLOCK = 16
@@ -353,7 +354,7 @@ def solve_interval_lp(breaks, target, upper, status, *, max_steps: int, check_ev
     zeros = jnp.zeros_like(x0)
     carry = _Carry(
         x=x0, y=y0, aty=aty0, x_sum=zeros, y_sum=jnp.zeros_like(y0), count=jnp.zeros((batch,), dtype),
-        x_anchor=x0, y_anchor=y0, kkt_anchor=kkt0, kkt_previous=kkt0, omega=omega,
+        x_anchor=x0, y_anchor=y0, aty_anchor=aty0, kkt_anchor=kkt0, kkt_previous=kkt0, omega=omega,
         best_x=x0, best_y=y0, residual=residual0, objective=objective0,
         dual_objective=dual0, step=jnp.zeros((batch,), jnp.int32),
         restarts=jnp.zeros((batch,), jnp.int32), result=status, active=~done,
@@ -401,7 +402,7 @@ def solve_interval_lp(breaks, target, upper, status, *, max_steps: int, check_ev
             jnp.abs(primal - dual) <= atol + rtol * (jnp.abs(primal) + jnp.abs(dual))
         )
         y_moved = y - c.y_anchor
-        infeasible = _proves_infeasible(problem, y, aty, y_moved, aty - apply_transpose(plan, c.y_anchor))
+        infeasible = _proves_infeasible(problem, y, aty, y_moved, aty - c.aty_anchor)
         diverged = ~jnp.isfinite(kkt_candidate)
         restart = (
             (kkt_candidate <= _SUFFICIENT_DECAY * c.kkt_anchor)
@@ -437,6 +438,7 @@ def solve_interval_lp(breaks, target, upper, status, *, max_steps: int, check_ev
             count=jnp.where(restart, zero, count),
             x_anchor=jnp.where(keep, x_candidate, c.x_anchor),
             y_anchor=jnp.where(keep, y_candidate, c.y_anchor),
+            aty_anchor=jnp.where(keep, aty_candidate, c.aty_anchor),
             kkt_anchor=jnp.where(restart, kkt_candidate, c.kkt_anchor),
             kkt_previous=kkt_candidate,
             omega=new_omega,
