@@ -45,6 +45,8 @@ from jaxfuse._fuse import (
     fuse_uniform,
 )
 from jaxfuse._grouping import ProposalGroups, group_proposals
+from jaxfuse._interval_lp import LPResultCode
+from jaxfuse._pseudo_labels import PseudoLabels, pseudo_labels
 from jaxfuse._proposals import (
     FusedProposals,
     PaddedProposals,
@@ -56,6 +58,7 @@ from jaxfuse._proposals import (
 from jaxfuse._presets import DEFAULT, PRESETS, PUBLISHED, FusionSettings
 from jaxfuse._ragged import PackedGroups, bucket_size, pack_groups, unpack_groups, unpack_members
 from jaxfuse._result import ResultCode
+from jaxfuse._snippets import SnippetLabels, segments_to_snippets
 from jaxfuse._sharding import fuse_proposals_sharded, item_mesh
 from jaxfuse._student_t import StudentTParameters
 from jaxfuse._templates import ExponentialParameters, GaussianParameters, LaplaceParameters, UniformParameters
@@ -69,6 +72,11 @@ __version__ = "0.1.0"
 enable_default_compilation_cache()
 
 __all__ = [
+    "segments_to_snippets",
+    "pseudo_labels",
+    "SnippetLabels",
+    "PseudoLabels",
+    "LPResultCode",
     "ACTIVITYNET_THRESHOLDS",
     "ActivityNetData",
     "CasProposals",

@@ -1,0 +1,113 @@
+"""pseudo_labels: the whole published training chain against a numpy + scipy rendition, item by item."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxfuse
+from jaxfuse import LPResultCode, pseudo_labels
+from jaxfuse._published_labels import (
+    optimum_is_unique,
+    published_fusion,
+    published_proposals,
+    published_rows,
+    solve_published_lp,
+)
+
+LEVELS = np.arange(0.001, 0.04, 0.002)
+OPTIONS = dict(max_proposals=512, max_segments=96, max_classes=3)
+
+
+@pytest.fixture(scope="module")
+def videos():
+    return jaxfuse.synthetic_videos(num_videos=5, num_classes=4, min_length=150, max_length=300, seed=11)
+
+
+@pytest.fixture(scope="module")
+def labels(videos):
+    return pseudo_labels(videos.cas, videos.video_scores, length=videos.length, temperature=0.02, **OPTIONS)
+
+
+def test_matches_the_published_chain(videos, labels):
+    """Per (video, class): HiGHS's status, objective and residual on the published LP; labels where the optimum is unique."""
+    assert not labels.truncated.any()
+    cas, scores = videos.cas, videos.video_scores
+    compared = unique = 0
+    for video, length in enumerate(videos.length.tolist()):
+        assert not labels.labels[video, length:].any()
+        for klass in range(cas.shape[2]):
+            ours = np.asarray(labels.labels[video, :length, klass], np.float64)
+            if scores[video, klass] < 0.16:
+                assert not labels.selected[video, klass] and not ours.any()
+                continue
+            assert labels.selected[video, klass]
+            proposals = published_proposals(cas[video, :length, klass], LEVELS)
+            if proposals.shape[0] == 0:
+                assert labels.result[video, klass] == LPResultCode.EMPTY_GROUP and not ours.any()
+                continue
+            fused = published_fusion(proposals, 0.02)
+            assert labels.num_segments[video, klass] == fused.shape[0]
+            matrix, target = published_rows(fused, length)
+            reference = solve_published_lp(matrix, target)
+            if reference.status == 2:
+                assert labels.result[video, klass] == LPResultCode.INFEASIBLE
+                continue
+            assert labels.result[video, klass] == LPResultCode.SUCCESSFUL
+            # Our labels solve the published LP (same rows: same fused segments, margins and scores).
+            assert ours.min() >= 0 and ours.max() <= 1
+            assert np.abs(matrix @ ours - target).max() <= 1e-3
+            assert abs(ours.sum() - reference.fun) <= 1e-3 * max(reference.fun, 1e-3)
+            compared += 1
+            if optimum_is_unique(matrix, target):
+                np.testing.assert_allclose(ours, reference.x, atol=2e-3)
+                unique += 1
+    assert compared >= 5
+
+
+def test_under_jit_with_a_traced_temperature(videos, labels):
+    step = jax.jit(lambda cas, scores, length, t: pseudo_labels(cas, scores, length=length, temperature=t, **OPTIONS))
+    jitted = step(jnp.asarray(videos.cas), jnp.asarray(videos.video_scores), jnp.asarray(videos.length), jnp.float32(0.02))
+    np.testing.assert_array_equal(np.asarray(jitted.result), labels.result)
+    np.testing.assert_allclose(np.asarray(jitted.labels), labels.labels, atol=1e-6)
+
+
+def test_tiny_training_temperature_is_finite(videos):
+    out = pseudo_labels(videos.cas, videos.video_scores, length=videos.length, temperature=0.0016, **OPTIONS)
+    assert np.isfinite(out.labels).all() and out.labels.min() >= 0 and out.labels.max() <= 1
+    assert ((out.result == LPResultCode.SUCCESSFUL) | (out.result == LPResultCode.INFEASIBLE)
+            | (out.result == LPResultCode.EMPTY_GROUP)).all()
+
+
+def test_max_classes_keeps_the_best_scores_and_flags_the_rest(videos):
+    out = pseudo_labels(videos.cas, videos.video_scores, length=videos.length, temperature=0.02,
+                        **{**OPTIONS, "max_classes": 1})
+    passing = videos.video_scores >= 0.16
+    assert (out.selected.sum(1) == np.minimum(passing.sum(1), 1)).all()
+    best = np.argmax(np.where(passing, videos.video_scores, -np.inf), axis=1)
+    for video in np.flatnonzero(passing.any(1)):
+        assert out.selected[video, best[video]]
+    np.testing.assert_array_equal(out.truncated, passing & ~out.selected)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(temperature=0.0), "temperature"),
+        (dict(temperature=0.02, length=np.array([1])), "length"),
+        (dict(temperature=0.02, max_segments=0), "max_segments"),
+        (dict(temperature=0.02, method="simplex"), "method"),
+    ],
+)
+def test_bad_options_are_rejected_by_name(videos, kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        pseudo_labels(videos.cas, videos.video_scores, **kwargs)
+
+
+def test_bad_shapes_are_rejected_by_name():
+    with pytest.raises(ValueError, match="video_scores"):
+        pseudo_labels(np.zeros((2, 8, 3), np.float32), np.zeros((2, 4), np.float32), temperature=0.02)
+    with pytest.raises(ValueError, match="cas"):
+        pseudo_labels(np.zeros((8, 3), np.float32), np.zeros((2, 3), np.float32), temperature=0.02)

@@ -1,0 +1,214 @@
+"""segments_to_snippets: the published segment-to-snippet LP against scipy's HiGHS, degenerate cases, options."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxfuse
+from jaxfuse import LPResultCode, segments_to_snippets
+from jaxfuse._published_labels import (
+    optimum_is_unique,
+    published_fusion,
+    published_proposals,
+    published_rows,
+    solve_published_lp,
+)
+
+NUM_SNIPPETS = 512
+ROWS = 96
+LEVELS = np.arange(0.001, 0.04, 0.002)
+
+
+def thumos_like_items(seed: int, temperature: float = 0.02):
+    """Fused segments ``[R, 3]`` and video lengths of the classes that pass the published class threshold."""
+    videos = jaxfuse.synthetic_videos(num_videos=6, num_classes=4, min_length=150, max_length=NUM_SNIPPETS, seed=seed)
+    items = []
+    for video, length in enumerate(videos.length.tolist()):
+        for klass in range(videos.cas.shape[2]):
+            if videos.video_scores[video, klass] < 0.16:
+                continue
+            proposals = published_proposals(videos.cas[video, :length, klass], LEVELS)
+            if proposals.shape[0]:
+                items.append((published_fusion(proposals, temperature)[:ROWS], length))
+    return items
+
+
+def padded(items, rows=ROWS):
+    segments = np.zeros((len(items), rows, 2), np.float32)
+    scores = np.zeros((len(items), rows), np.float32)
+    valid = np.zeros((len(items), rows), bool)
+    for i, (fused, _) in enumerate(items):
+        r = fused.shape[0]
+        segments[i, :r], scores[i, :r], valid[i, :r] = fused[:, :2], fused[:, 2], True
+    return segments, scores, valid, np.array([length for _, length in items], np.int32)
+
+
+def check_against_highs(items, labels):
+    """Every item: HiGHS's status decides the code; objective, residual, bounds and padding as the issue asks."""
+    snippets = np.asarray(labels.snippets, np.float64)
+    assert np.isfinite(snippets).all()
+    assert snippets.min() >= -1e-6 and snippets.max() <= 1 + 1e-6
+    statuses = []
+    for i, (fused, length) in enumerate(items):
+        assert not snippets[i, length:].any(), "labels past the video's length"
+        matrix, target = published_rows(fused, length)
+        reference = solve_published_lp(matrix, target)
+        statuses.append(reference.status)
+        if reference.status == 2:
+            assert labels.result[i] == LPResultCode.INFEASIBLE, (i, labels.result[i])
+            continue
+        assert reference.status == 0
+        assert labels.result[i] == LPResultCode.SUCCESSFUL, (i, labels.result[i], labels.steps[i])
+        ours = snippets[i, :length]
+        assert abs(ours.sum() - reference.fun) <= 1e-3 * max(abs(reference.fun), 1e-3), (i, ours.sum(), reference.fun)
+        assert np.abs(matrix @ ours - target).max() <= 1e-3
+        np.testing.assert_allclose(labels.objective[i], ours.sum(), rtol=1e-5, atol=1e-5)
+    return statuses
+
+
+@pytest.fixture(scope="module")
+def generated():
+    items = thumos_like_items(seed=5)
+    segments, scores, valid, length = padded(items)
+    labels = segments_to_snippets(segments, scores, valid, length=length, num_snippets=NUM_SNIPPETS)
+    return items, (segments, scores, valid, length), labels
+
+
+def test_matches_highs_on_thumos_like_segments(generated):
+    items, _, labels = generated
+    statuses = check_against_highs(items, labels)
+    assert len(statuses) >= 8 and statuses.count(0) >= 6  # enough real LPs for the comparison to mean something
+
+
+def test_infeasible_items_get_the_paint_fallback(generated):
+    items, (segments, scores, valid, length), labels = generated
+    painted = segments_to_snippets(segments, scores, valid, length=length, num_snippets=NUM_SNIPPETS, method="paint")
+    infeasible = labels.result == LPResultCode.INFEASIBLE
+    np.testing.assert_array_equal(labels.snippets[infeasible], painted.snippets[infeasible])
+    zeros = segments_to_snippets(segments, scores, valid, length=length, num_snippets=NUM_SNIPPETS, fallback="zeros")
+    assert not zeros.snippets[infeasible].any()
+
+
+def test_jit_matches_eager(generated):
+    _, (segments, scores, valid, length), labels = generated
+    run = jax.jit(lambda s, q, v, n: segments_to_snippets(s, q, v, length=n, num_snippets=NUM_SNIPPETS))
+    jitted = run(jnp.asarray(segments), jnp.asarray(scores), jnp.asarray(valid), jnp.asarray(length))
+    np.testing.assert_array_equal(np.asarray(jitted.result), labels.result)
+    np.testing.assert_allclose(np.asarray(jitted.snippets), labels.snippets, atol=1e-6)
+
+
+def small(segments, scores, length, **options):
+    """One item of up to 4 segments in 16 snippets, padded to 4 rows so that the small cases share one compile."""
+    segments = np.asarray(segments, np.float32).reshape(-1, 2)
+    rows = segments.shape[0]
+    valid = np.arange(4) < rows
+    segments = np.concatenate([segments, np.zeros((4 - rows, 2), np.float32)])
+    scores = np.concatenate([np.asarray(scores, np.float32), np.zeros(4 - rows, np.float32)])
+    return segments_to_snippets(segments, scores, valid, length=np.int32(length), num_snippets=16, **options)
+
+
+@pytest.mark.parametrize(
+    "segments, scores, length, expected",
+    [
+        ([[0, 16]], [-0.2], 16, LPResultCode.INFEASIBLE),  # the whole video: no margin holds a negative score
+        ([[0, 4], [0, 4]], [2.0, 1.0], 16, LPResultCode.INFEASIBLE),  # the same segment, two sums
+        ([[0, 1]], [0.5], 1, LPResultCode.SUCCESSFUL),  # one-snippet video
+        ([[0, 1]], [1.5], 1, LPResultCode.INFEASIBLE),  # more than one snippet can hold
+        ([[0, 2]], [-0.1], 1, LPResultCode.INFEASIBLE),  # one snippet, no margin
+        ([[12, 17]], [-0.3], 16, LPResultCode.SUCCESSFUL),  # past the end: the left margin holds it
+        ([[0, 5]], [-0.3], 16, LPResultCode.SUCCESSFUL),  # at the start: the right margin holds it
+        ([[2, 10], [6, 14]], [3.0, 2.5], 16, LPResultCode.SUCCESSFUL),  # overlapping, consistent
+    ],
+)
+def test_degenerate_cases_against_highs(segments, scores, length, expected):
+    labels = small(segments, scores, length)
+    assert labels.result == expected
+    fused = np.column_stack([np.asarray(segments, np.float64), scores])
+    matrix, target = published_rows(fused, length)
+    reference = solve_published_lp(matrix, target)
+    assert reference.status == (0 if expected == LPResultCode.SUCCESSFUL else 2)
+    assert np.isfinite(labels.snippets).all() and not labels.snippets[length:].any()
+    if expected == LPResultCode.SUCCESSFUL:
+        assert labels.objective == pytest.approx(reference.fun, rel=1e-3, abs=1e-4)
+        assert np.abs(matrix @ labels.snippets[:length] - target).max() <= 1e-3
+
+
+def test_unique_optimum_is_reproduced():
+    # q equal to the segment's length forces every snippet inside to 1 and its margins to 0.
+    labels = small([[3, 7], [10, 12]], [4.0, 0.0], 16)
+    expected = np.zeros(16)
+    expected[3:7] = 1
+    np.testing.assert_allclose(labels.snippets, expected, atol=1e-3)
+    assert labels.result == LPResultCode.SUCCESSFUL
+
+
+def test_without_segments_the_labels_are_zero():
+    labels = small(np.zeros((0, 2)), np.zeros(0), 16)
+    assert labels.result == LPResultCode.EMPTY_GROUP and not labels.snippets.any()
+
+
+def test_padding_rows_and_row_order_change_nothing():
+    segments = np.array([[2, 9], [5, 12], [20, 30]], np.float32)
+    scores = np.array([2.0, 1.5, -0.4], np.float32)
+    base = small(segments / 3, scores, 16)
+    order = np.array([2, 0, 1])
+    extra = np.concatenate([segments[order] / 3, [[1e6, -5]]]).astype(np.float32)  # an invalid row may hold anything
+    shuffled = segments_to_snippets(extra, np.append(scores[order], np.nan).astype(np.float32),
+                                    np.array([True, True, True, False]), length=np.int32(16), num_snippets=16)
+    assert base.result == shuffled.result == LPResultCode.SUCCESSFUL
+    assert shuffled.objective == pytest.approx(float(base.objective), rel=1e-4)
+
+
+def test_paint_is_the_largest_covering_score():
+    labels = small([[2, 6], [4, 9.7], [11, 13]], [0.4, 0.7, 1.6], 12, method="paint")
+    expected = np.zeros(16)
+    expected[2:4], expected[4:9], expected[11] = 0.4, 0.7, 1.0  # int(9.7) = 9; clipped to [0, 1]; cut at the length
+    np.testing.assert_allclose(labels.snippets, expected)
+    assert labels.result == LPResultCode.SUCCESSFUL and labels.steps == 0
+
+
+def test_value_problems_inside_jit_give_codes():
+    segments = jnp.zeros((3, 4, 2)).at[:, 0].set(jnp.array([[2.0, 1.0], [jnp.nan, 3.0], [1.0, 3.0]]))
+    valid = jnp.arange(4) < 1
+    run = jax.jit(lambda s: segments_to_snippets(s, jnp.ones((3, 4)), jnp.broadcast_to(valid, (3, 4)), num_snippets=16).result)
+    np.testing.assert_array_equal(
+        run(segments), [LPResultCode.INVALID_INPUT, LPResultCode.NONFINITE_INPUT, LPResultCode.SUCCESSFUL]
+    )
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: small([[3, 1]], [0.5], 16), "start <= end"),
+        (lambda: small([[np.nan, 1]], [0.5], 16), "finite"),
+        (lambda: small([[0, 1]], [0.5], 17), "length"),
+        (lambda: small([[0, 1]], [0.5], 16, method="simplex"), "method"),
+        (lambda: small([[0, 1]], [0.5], 16, fallback="nan"), "fallback"),
+        (lambda: small([[0, 1]], [0.5], 16, max_steps=0), "max_steps"),
+        (lambda: segments_to_snippets(np.zeros((3, 3), np.float32), np.zeros(3, np.float32), num_snippets=4), "segments"),
+        (lambda: segments_to_snippets(np.zeros((3, 2), np.float32), np.zeros(2, np.float32), num_snippets=4), "scores"),
+    ],
+)
+def test_bad_input_is_rejected_by_name(call, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        call()
+
+
+def test_inputs_are_not_modified():
+    segments = np.array([[2.5, 7.9]], np.float32)
+    scores = np.array([1.0], np.float32)
+    before = segments.copy(), scores.copy()
+    small(segments, scores, 16)
+    np.testing.assert_array_equal(segments, before[0])
+    np.testing.assert_array_equal(scores, before[1])
+
+
+def test_unique_solution_checker_agrees_with_highs():
+    """The helper the pseudo-label test relies on: a singleton optimal face is recognised."""
+    matrix, target = published_rows(np.array([[3.0, 7.0, 4.0]]), 16)
+    assert optimum_is_unique(matrix, target)
+    matrix, target = published_rows(np.array([[3.0, 7.0, 2.0]]), 16)
+    assert not optimum_is_unique(matrix, target)
