@@ -17,6 +17,7 @@ import optax
 
 from jaxfuse._densities import TemplateDensity
 from jaxfuse._interop import array_kind, from_jax
+from jaxfuse._presets import DEFAULT
 from jaxfuse._result import RESULT_DTYPE, ResultCode
 from jaxfuse._validation import bool_array, float_array, positive_int, positive_scalar
 from jaxfuse._weights import member_probabilities
@@ -124,7 +125,7 @@ def fit_template(
     weights,
     mask=None,
     *,
-    temperature=1.0,
+    temperature=DEFAULT.temperature,
     optimizer: optax.GradientTransformation | None = None,
     max_steps: int = 1000,
     tolerance: float | None = None,
@@ -141,7 +142,7 @@ def fit_template(
         values: ``[..., M]`` float member values of one coordinate.
         weights: ``[..., M]`` float softmax logits.
         mask: ``[..., M]`` bool, real members; ``None`` means all.
-        temperature: positive scalar T.
+        temperature: positive scalar T (default 0.2, ``jaxfuse._presets.DEFAULT.temperature``).
         optimizer: any optax ``GradientTransformation`` (extra-args ones such as
             ``optax.lbfgs()`` receive value, gradient and value function).
             Default: ``optax.lbfgs()``. Pass the same instance to reuse compiled code.

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from jaxfuse import _templates
 from jaxfuse._interop import array_kind, from_jax
+from jaxfuse._presets import DEFAULT
 from jaxfuse._result import RESULT_DTYPE, ResultCode, raise_for_results
 from jaxfuse._student_t import StudentTOptions, student_t_fit
 from jaxfuse._validation import bool_array, choice, float_array, positive_int, positive_scalar
@@ -184,7 +185,7 @@ def fuse_groups(
     mask=None,
     *,
     template: str = "gaussian",
-    temperature=1.0,
+    temperature=DEFAULT.temperature,
     throw: bool = False,
     **template_options,
 ) -> FusionResult:
@@ -210,7 +211,8 @@ def fuse_groups(
         mask: ``[..., M]`` bool, which members are real; ``None`` means all.
         template: one of ``"gaussian"``, ``"uniform"``, ``"exponential"``,
             ``"laplace"``, ``"student_t"``.
-        temperature: positive scalar T. Changing it does not recompile.
+        temperature: positive scalar T (default 0.2, the published evaluation's,
+            ``jaxfuse._presets.DEFAULT.temperature``). Changing it does not recompile.
         throw: raise ``RuntimeError`` if a non-empty group failed (non-finite
             input, or a Newton solve that reached ``max_steps``). Otherwise read
             the per-group ``result`` codes.
@@ -272,7 +274,7 @@ def fuse_groups(
 
 
 def _template_function(template: str, extra_doc: str = ""):
-    def fuse(values, weights, mask=None, *, temperature=1.0, throw: bool = False, **template_options) -> FusionResult:
+    def fuse(values, weights, mask=None, *, temperature=DEFAULT.temperature, throw: bool = False, **template_options) -> FusionResult:
         return fuse_groups(
             values, weights, mask, template=template, temperature=temperature, throw=throw, **template_options
         )

@@ -261,6 +261,29 @@ def test_throw_raises_for_failed_groups_but_not_empty_ones():
         jaxfuse.fuse_groups(values, weights, mask, throw=True)
 
 
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_default_temperature_is_the_published_one_everywhere(template):
+    """One default (0.2, the published evaluation's) for fuse_groups, every fuse_<template> and fit_template."""
+    assert jaxfuse._presets.DEFAULT.temperature == 0.2
+    rng = np.random.default_rng(14)
+    values, weights, mask = random_groups(rng, groups=8, members=6, dtype=np.float32, min_size=3)
+    weights = weights * 4  # spread logits, so that T = 0.2 and T = 1 give clearly different weights
+    explicit = jaxfuse.fuse_groups(values, weights, mask, template=template, temperature=0.2)
+    for fused in (jaxfuse.fuse_groups(values, weights, mask, template=template), getattr(jaxfuse, f"fuse_{template}")(values, weights, mask)):
+        np.testing.assert_array_equal(fused.probabilities, explicit.probabilities)
+        np.testing.assert_array_equal(fused.location, explicit.location)
+    other = jaxfuse.fuse_groups(values, weights, mask, template="gaussian", temperature=1.0)
+    assert not np.allclose(other.probabilities, explicit.probabilities)
+
+
+def test_fit_template_default_temperature_is_the_published_one():
+    rng = np.random.default_rng(15)
+    values, weights, mask = random_groups(rng, groups=4, members=6, coordinates=1, dtype=np.float32, min_size=3)
+    default = jaxfuse.fit_template(jaxfuse.gaussian_density, values[..., 0], weights * 4, mask, max_steps=5)
+    explicit = jaxfuse.fit_template(jaxfuse.gaussian_density, values[..., 0], weights * 4, mask, temperature=0.2, max_steps=5)
+    np.testing.assert_array_equal(default.location, explicit.location)
+
+
 def test_changing_temperature_does_not_recompile():
     rng = np.random.default_rng(13)
     values, weights, mask = random_groups(rng, groups=8, members=8, dtype=np.float32)

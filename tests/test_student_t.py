@@ -96,9 +96,9 @@ def test_an_outlier_moves_the_t_location_far_less_than_the_gaussian(dtype):
     outlier = np.full((16, 1, 1), 400.0)
     values = np.concatenate([inliers, outlier], axis=1).astype(dtype)
     weights = rng.uniform(size=(16, 13)).astype(dtype)
-    clean = jaxfuse.fuse_gaussian(values[:, :12], weights[:, :12])
-    gaussian_shift = np.abs(jaxfuse.fuse_gaussian(values, weights).location - clean.location)
-    t_shift = np.abs(jaxfuse.fuse_student_t(values, weights).location - clean.location)
+    clean = jaxfuse.fuse_gaussian(values[:, :12], weights[:, :12], temperature=1.0)
+    gaussian_shift = np.abs(jaxfuse.fuse_gaussian(values, weights, temperature=1.0).location - clean.location)
+    t_shift = np.abs(jaxfuse.fuse_student_t(values, weights, temperature=1.0).location - clean.location)
     assert (gaussian_shift > 10).all()
     assert (t_shift < 0.05 * gaussian_shift).all()
 
@@ -107,10 +107,10 @@ def test_a_dominant_member_is_a_point_mass_fit():
     """With a weight >= df / (df + 1) on one value, the loss falls without bound as sigma -> 0 there."""
     values = np.array([[[1.0], [2.0], [5.0], [2.0]]])
     weights = np.log(np.array([[0.1, 0.4, 0.1, 0.4]]))  # the value 2.0 holds 0.8 >= 3/4
-    fused = jaxfuse.fuse_student_t(values, weights, df=3.0)
+    fused = jaxfuse.fuse_student_t(values, weights, df=3.0, temperature=1.0)
     assert fused.result[0] == ResultCode.SUCCESSFUL
     assert fused.location[0, 0] == 2.0 and fused.parameters.scale[0, 0] == 0
-    spread_out = jaxfuse.fuse_student_t(values, weights, df=5.0)  # 0.8 < 5/6: a proper fit
+    spread_out = jaxfuse.fuse_student_t(values, weights, df=5.0, temperature=1.0)  # 0.8 < 5/6: a proper fit
     assert spread_out.parameters.scale[0, 0] > 0
 
 
@@ -154,7 +154,7 @@ def test_max_steps_is_reported_and_the_loss_never_rises():
     rng = np.random.default_rng(25)
     values, weights, mask = random_groups(rng, groups=32, members=16, min_size=8)
     with jax.enable_x64(True):
-        capped = jaxfuse.fuse_student_t(values, weights, mask, max_steps=1)
+        capped = jaxfuse.fuse_student_t(values, weights, mask, max_steps=1, temperature=1.0)
         g = probabilities(weights, mask, 1.0)
     assert (capped.result == ResultCode.MAX_STEPS_REACHED).any()
     assert (capped.steps <= 1).all()
@@ -165,7 +165,7 @@ def test_max_steps_is_reported_and_the_loss_never_rises():
         start_loss = t_cross_entropy(median, np.log(weight @ np.abs(x - median)), 3.0, x, weight)
         assert t_cross_entropy(capped.location[group, 0], np.log(capped.parameters.scale[group, 0]), 3.0, x, weight) <= start_loss
     with pytest.raises(RuntimeError, match="MAX_STEPS_REACHED"):
-        jaxfuse.fuse_student_t(values, weights, mask, max_steps=1, throw=True)
+        jaxfuse.fuse_student_t(values, weights, mask, max_steps=1, temperature=1.0, throw=True)
 
 
 def test_newton_steps_stay_few():
