@@ -119,6 +119,21 @@ def test_ground_truth_subset_and_errors():
         read_ground_truth(b'{"database": {"v1": {"subset": "x"}}}')
 
 
+def test_a_subset_that_selects_no_video_names_the_subsets_there_are():
+    """A misspelt subset is an error, not an empty table; other subsets' annotations are not checked."""
+    data = {"database": {
+        "v1": {"subset": "Test", "annotations": [{"label": "a", "segment": [0, 1]}]},
+        "v2": {"subset": "validation", "annotations": [{"label": "a", "segment": [3, 2]}]},
+        "v3": {"annotations": []},
+    }}
+    for source in (data, json.dumps(data).encode()):
+        with pytest.raises(DetectionFileError, match=r"`subset`: no video has subset 'test' \(subsets in the file: 'Test', 'validation'\)"):
+            read_ground_truth(source, subset="test")
+        assert read_ground_truth(source, subset="Test").video_ids == ["v1"]  # v2's reversed segment is not read
+    with pytest.raises(DetectionFileError, match=r"subsets in the file: none"):
+        read_ground_truth({"database": {}}, subset="validation")
+
+
 def test_encode_results_round_trips_float64_and_keeps_raw_values():
     top = {"version": msgspec.Raw(b'"1.3"'), "results": None, "extra": {"a": 1}}
     text = encode_results(top, ["v", "w"], [2, 0], ["x", 7], [1, 0], [0.1, 1700000000.25], [[3600.123456, 3601.0], [1.0, 2.0]])

@@ -297,19 +297,28 @@ def detection_table(data: Any, weight_field: str | None = None) -> DetectionTabl
     return _dict_table(results_of(data), lambda video, entries: entries, score=True, weight_field=weight_field, what="detections")
 
 
+def _require_subset_found(subset: str | None, kept: Mapping, subsets: list) -> None:
+    """A subset that selects no video is a misspelling (``"test"`` for ``"Test"``), not an empty evaluation."""
+    if subset is not None and not kept:
+        found = ", ".join(sorted({repr(name) for name in subsets if name is not None})) or "none"
+        raise DetectionFileError(f"`subset`: no video has subset {subset!r} (subsets in the file: {found})")
+
+
 def ground_truth_table(data: Any, subset: str | None = None) -> GroundTruthTable:
     """Check parsed ActivityNet ground-truth JSON and turn it into flat arrays.
 
     Args:
         data: the parsed JSON (``{"database": {video_id: {"annotations": [...], "subset": ...}}}``).
         subset: keep only the videos whose ``"subset"`` equals this (e.g.
-            ``"validation"``); None keeps all.
+            ``"validation"``); None keeps all. Only the kept videos' annotations
+            are checked, as the reference evaluator only reads those.
 
     Returns:
         A :class:`GroundTruthTable`.
 
     Raises:
-        DetectionFileError: naming the video and the annotation (counted from 0).
+        DetectionFileError: naming the video and the annotation (counted from 0);
+            no video has ``subset`` (the message lists the subsets there are).
     """
     database = _section(data, DATABASE)
     for video, value in database.items():
@@ -318,6 +327,7 @@ def ground_truth_table(data: Any, subset: str | None = None) -> GroundTruthTable
                 f"video {video!r}: expected an object with an 'annotations' list, got {_short(value)}"
             )
     kept = {video: value for video, value in database.items() if subset is None or value.get("subset") == subset}
+    _require_subset_found(subset, kept, [value.get("subset") for value in database.values()])
     table = _dict_table(kept, lambda video, value: value["annotations"], score=False, weight_field=None, what="annotations")
     return GroundTruthTable(
         video_ids=table.video_ids,
@@ -526,13 +536,15 @@ def read_ground_truth(source: Any, subset: str | None = None) -> GroundTruthTabl
     Args:
         source: a path, the file's bytes, or the parsed JSON (a dict).
         subset: keep only videos whose ``"subset"`` equals this; None keeps all.
+            Only the kept videos' annotations are checked.
 
     Returns:
         A :class:`GroundTruthTable`.
 
     Raises:
         DetectionFileError: invalid JSON, a repeated key, a malformed
-            annotation (naming the video and the annotation, counted from 0).
+            annotation (naming the video and the annotation, counted from 0),
+            no video with ``subset`` (naming the subsets there are).
         OSError: the file cannot be read.
     """
     if isinstance(source, Mapping):
@@ -549,6 +561,7 @@ def read_ground_truth(source: Any, subset: str | None = None) -> GroundTruthTabl
                 f"video {video!r}: expected an object with an 'annotations' list, got {_short(msgspec.json.decode(raw))}"
             ) from None
     kept = {video: value for video, value in videos.items() if subset is None or value.subset == subset}
+    _require_subset_found(subset, kept, [value.subset for value in videos.values()])
     entries = {
         video: _decode_entries(video, value.annotations, decoder, score=False, weight_field=None, what="annotations")
         for video, value in kept.items()
