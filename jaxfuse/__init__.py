@@ -25,14 +25,12 @@ from jaxfuse._detection_file import DetectionFileError, FileFusionReport, fuse_d
 from jaxfuse._evaluate import (
     ACTIVITYNET_THRESHOLDS,
     THUMOS14_THRESHOLDS,
-    ActivityNetData,
     DetectionMAP,
     Detections,
     GroundTruth,
     evaluate_detections,
-    evaluate_json,
-    load_activitynet_json,
 )
+from jaxfuse._evaluate_json import ActivityNetData, evaluate_json, load_activitynet_json
 from jaxfuse._fit import FitResult, fit_template
 from jaxfuse._fuse import (
     FusionResult,

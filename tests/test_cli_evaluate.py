@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from jaxfuse import _cli
-from jaxfuse._evaluate import ACTIVITYNET_THRESHOLDS, THUMOS14_THRESHOLDS, evaluate_json
+from jaxfuse._evaluate import ACTIVITYNET_THRESHOLDS, THUMOS14_THRESHOLDS
+from jaxfuse._evaluate_json import evaluate_json
 
 CLASSES = ["BaseballPitch", "Diving", "HighJump", "Shotput"]
 

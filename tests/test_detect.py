@@ -16,7 +16,8 @@ from jaxfuse._detect import (
     detect,
     detect_videos,
 )
-from jaxfuse._evaluate import Detections, GroundTruth, evaluate_detections, evaluate_json, load_activitynet_json
+from jaxfuse._evaluate import Detections, GroundTruth, evaluate_detections
+from jaxfuse._evaluate_json import evaluate_json, load_activitynet_json
 from jaxfuse._proposals import fuse_proposals
 
 # Most tests share this batch shape and select between 17 and 32 (video, class)

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxfuse import _detection_file, _evaluate
+from jaxfuse import _evaluate
 from jaxfuse._evaluate import (
     ACTIVITYNET_THRESHOLDS,
     THUMOS14_THRESHOLDS,
@@ -20,9 +20,9 @@ from jaxfuse._evaluate import (
     Detections,
     GroundTruth,
     evaluate_detections,
-    evaluate_json,
-    load_activitynet_json,
 )
+from jaxfuse._evaluate_json import evaluate_json, load_activitynet_json
+from jaxfuse.formats.activitynet import DetectionFileError, read_ground_truth, read_predictions
 
 # ---------------------------------------------------------------- reference loop
 #
@@ -505,6 +505,7 @@ BAD_PREDICTIONS = [
     ({"label": "Run", "score": True, "segment": [0, 1]}, "score must be a finite number"),
     ({"label": "Run", "score": float("nan"), "segment": [0, 1]}, "score must be a finite number"),
     ({"label": "Run", "score": 10**400, "segment": [0, 1]}, "score must be a finite number"),
+    ({"label": "Run", "score": 1e301, "segment": [0, 1]}, "score must be within +-1e+300"),
     ({"label": "Run", "score": 0.9, "segment": ["0", "1"]}, "segment must be"),
     ({"label": "Run", "score": 0.9, "segment": [0, 1, 2]}, "segment must be"),
     ({"label": "Run", "score": 0.9, "segment": [0]}, "segment must be"),
@@ -531,11 +532,29 @@ def test_bad_prediction_entries_name_the_video_and_entry(entry, problem):
 
 
 @pytest.mark.parametrize(("entry", "problem"), BAD_PREDICTIONS)
-def test_prediction_rules_equal_the_fuse_command(entry, problem):
-    """The same entries are rejected by `jaxfuse fuse`, with the same words."""
-    fuse_problem = _detection_file._entry_problem(entry, None)
-    assert fuse_problem is not None and problem in fuse_problem
-    assert _evaluate._entry_problem(entry, ("label", "score", "segment")) == fuse_problem
+def test_prediction_rules_equal_the_fuse_command(tmp_path, entry, problem):
+    """The reader of `jaxfuse fuse` rejects the same entries with the same words, from a dict or a file."""
+    good = {"label": "Run", "score": 0.5, "segment": [0, 10]}
+    predictions = {"results": {"a": [good], "b": [good, good, entry, good]}}
+    ground_truth = {"database": {"a": {"annotations": [{"label": "Run", "segment": [0, 10]}]}}}
+    with pytest.raises(DetectionFileError) as fuse_error:
+        read_predictions(predictions)
+    assert problem in str(fuse_error.value)
+    with pytest.raises(DetectionFileError) as from_dict:
+        evaluate_json(predictions, ground_truth)
+    assert str(from_dict.value) == f"`predictions_json`: {fuse_error.value}"
+    try:
+        text = json.dumps(predictions, allow_nan=False)
+    except ValueError:
+        return  # NaN and inf are not JSON numbers: only a dict can hold them
+    path = tmp_path / "pred.json"
+    path.write_text(text)
+    with pytest.raises(DetectionFileError) as fuse_file_error:
+        read_predictions(path)
+    with pytest.raises(DetectionFileError) as from_file:
+        evaluate_json(path, ground_truth)
+    assert problem in str(fuse_file_error.value)
+    assert str(from_file.value) == f"`predictions_json` ({path}): {fuse_file_error.value}"
 
 
 @pytest.mark.parametrize(
@@ -551,8 +570,11 @@ def test_prediction_rules_equal_the_fuse_command(entry, problem):
 def test_bad_annotations_name_the_video_and_annotation(annotation, problem):
     good = {"label": "Run", "segment": [0, 10]}
     ground_truth = {"database": {"a": {"annotations": [good, annotation]}}}
-    with pytest.raises(ValueError, match=f"ground_truth_json.*video 'a', annotation 1: .*{re.escape(problem)}"):
+    with pytest.raises(ValueError, match=f"ground_truth_json.*video 'a', entry 1: .*{re.escape(problem)}") as error:
         evaluate_json({"results": {}}, ground_truth)
+    with pytest.raises(DetectionFileError) as reader_error:  # the reader evaluate_json reads through
+        read_ground_truth(ground_truth)
+    assert str(error.value) == f"`ground_truth_json`: {reader_error.value}"
 
 
 def test_integer_and_string_labels_stay_apart():
@@ -574,7 +596,7 @@ def test_python_built_dicts_with_numpy_scalars_and_tuples_are_accepted():
 def test_files_with_repeated_keys_or_bad_json_are_rejected(tmp_path):
     ground_truth = tmp_path / "gt.json"
     ground_truth.write_text('{"database": {"a": {"annotations": []}, "a": {"annotations": []}}}')
-    with pytest.raises(ValueError, match="ground_truth_json.*'a' appears twice"):
+    with pytest.raises(ValueError, match="ground_truth_json.*gt.json.*'a' more than once"):
         load_activitynet_json({"results": {}}, ground_truth)
     predictions = tmp_path / "pred.json"
     predictions.write_text('{"results": {"a": [}')

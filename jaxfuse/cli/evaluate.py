@@ -28,14 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxfuse._evaluate import (
-    ACTIVITYNET_THRESHOLDS,
-    THUMOS14_THRESHOLDS,
-    ActivityNetData,
-    DetectionMAP,
-    _evaluate_data,
-    load_activitynet_json,
-)
+from jaxfuse._evaluate import ACTIVITYNET_THRESHOLDS, THUMOS14_THRESHOLDS, DetectionMAP
+from jaxfuse._evaluate_json import ActivityNetData, evaluate_data, load_activitynet_json
 
 AMBIGUOUS_LABEL = "Ambiguous"
 
@@ -235,7 +229,7 @@ def evaluate_files(args: argparse.Namespace) -> tuple[str, list[str], dict | Non
         ignore_labels=() if args.ambiguous == "class" else (AMBIGUOUS_LABEL,),
         drop_ignored_overlaps=args.ambiguous == "drop-overlapping",
     )
-    result = _evaluate_data(data, thresholds)
+    result = evaluate_data(data, thresholds)
     document = None if args.json is None else _json_document(result, ~np.isnan(result.average_precision[0]))
     return format_table(result, per_class=args.per_class), _notes(data, result, subset), document
 
