@@ -54,8 +54,8 @@ def _garbage_collector_paused():
     """Pause the cyclic garbage collector while the files are read and coded.
 
     Parsed JSON holds no cycles, but its hundreds of thousands of new objects make the
-    collector run again and again (measured: parsing 200,000 entries with ``json``
-    took 1.25 s paused against 2.5 to 3.1 s with the collector on).
+    collector run again and again: reading and coding a 200,000-prediction file took
+    0.63 s paused against 1.56 s with the collector on (best of 12, alternating).
     """
     was_enabled = gc.isenabled()
     gc.disable()
