@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxfuse import _evaluate
+from jaxfuse import _detection_matching
 from jaxfuse._evaluate import (
     ACTIVITYNET_THRESHOLDS,
     THUMOS14_THRESHOLDS,
@@ -211,7 +211,7 @@ def test_pairs_split_across_chunks(monkeypatch):
     """Chunk boundaries of the pair scoring (a few pairs per chunk) change nothing."""
     predictions, ground_truth = random_case(np.random.default_rng(11), 3, 2, 25, 120, quantise=True)
     expected = evaluate_detections(predictions, ground_truth).average_precision
-    monkeypatch.setattr(_evaluate, "_PAIR_CHUNK", 7)
+    monkeypatch.setattr(_detection_matching, "_PAIR_CHUNK", 7)
     np.testing.assert_array_equal(evaluate_detections(predictions, ground_truth).average_precision, expected)
     reference, _ = reference_map(predictions, ground_truth, THUMOS14_THRESHOLDS)
     np.testing.assert_allclose(expected, reference, atol=1e-12, rtol=0)
@@ -319,7 +319,7 @@ def test_equal_scores_order_is_the_stable_descending_sort():
     rng = np.random.default_rng(5)
     scores = np.round(rng.random(5000), 2)
     expected = np.argsort(scores, kind="stable")[::-1]
-    np.testing.assert_array_equal(_evaluate._descending_order(scores), expected)
+    np.testing.assert_array_equal(_detection_matching.descending_order(scores), expected)
 
 
 def test_tied_predictions_count_ties_within_a_class():
