@@ -187,3 +187,19 @@ def test_integer_and_string_labels_that_would_share_a_json_key(tmp_path, capsys)
     code, out, _ = run(capsys, tmp_path / "pred.json", tmp_path / "gt.json", "--per-class")
     rows = table_rows(out)
     assert rows["1"] == ["100.00"] * 8 and rows["'1'"] == ["0.00"] * 8
+
+
+@pytest.mark.parametrize(
+    ("predictions", "options", "message"),
+    [
+        ('{"results": {"v": [], "v": []}}', (), "`predictions_json` ({pred}): 'results' holds the key 'v' more than once"),
+        ('{"results": {"v": ' + "[" * 100_000 + "]" * 100_000 + "}}", (), "`predictions_json` ({pred}): not valid JSON: nested too deeply"),
+        ('{"results": {}}', ("--subset", "test"), "no video has subset 'test' (subsets in the file: 'Test')"),
+    ],
+)
+def test_file_errors_of_the_shared_reader_exit_2_in_one_line(tmp_path, capsys, predictions, options, message):
+    (tmp_path / "gt.json").write_text(json.dumps({"database": {"v": {"subset": "Test", "annotations": [{"label": "Diving", "segment": [0, 1]}]}}}))
+    (tmp_path / "pred.json").write_text(predictions)
+    code, out, err = run(capsys, tmp_path / "pred.json", tmp_path / "gt.json", *options)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert message.format(pred=tmp_path / "pred.json") in err
