@@ -70,11 +70,6 @@ __version__ = "0.1.0"
 enable_default_compilation_cache()
 
 __all__ = [
-    "segments_to_snippets",
-    "pseudo_labels",
-    "SnippetLabels",
-    "PseudoLabels",
-    "LPResultCode",
     "ACTIVITYNET_THRESHOLDS",
     "ActivityNetData",
     "CasProposals",
@@ -91,6 +86,7 @@ __all__ = [
     "FusionResult",
     "GaussianParameters",
     "GroundTruth",
+    "LPResultCode",
     "LaplaceParameters",
     "PUBLISHED_CLASS_THRESHOLD",
     "PUBLISHED_THRESHOLDS",
@@ -99,7 +95,9 @@ __all__ = [
     "PackedGroups",
     "PaddedProposals",
     "ProposalGroups",
+    "PseudoLabels",
     "ResultCode",
+    "SnippetLabels",
     "StudentTParameters",
     "SyntheticVideos",
     "THUMOS14_THRESHOLDS",
@@ -137,6 +135,8 @@ __all__ = [
     "pack_groups",
     "pack_proposals",
     "proposals_from_cas",
+    "pseudo_labels",
+    "segments_to_snippets",
     "set_compilation_cache",
     "student_t_density",
     "synthetic_videos",

@@ -149,7 +149,13 @@ _ARTIFICIAL_FRACTION = 0.36
 _PRIMAL_WEIGHT_SMOOTHING = 0.5
 # Step scale below the Pock-Chambolle bound of 1 (which is only reached in the limit).
 _STEP_SCALE = 0.99
-# Compaction stops at this many lanes: every stage is one more loop to compile.
+# Initial primal weight: PDLP's |c| / |q| times this. The warm start's primal is
+# good and its dual crude, so larger dual steps pay first: 15-25 % fewer
+# iterations on THUMOS-like LPs (two seeds) than with a factor 1; 3 to 30 do alike.
+_OMEGA_SCALE = 10.0
+# Compaction stops at this many lanes, and after one halving: every stage is one
+# more loop to compile (about 5 s on a loaded 2-core CPU), and the first halving
+# (empty and quickly solved lanes out) saves most of the time.
 _MIN_LANES = 16
 
 
@@ -343,7 +349,7 @@ def solve_interval_lp(breaks, target, upper, status, *, max_steps: int, check_ev
 
     target_norm = jnp.sqrt(jnp.sum(target**2, axis=-1))
     cost_norm = jnp.sqrt(jnp.sum((upper > 0).astype(dtype), axis=-1))
-    omega = jnp.where((target_norm > 0) & (cost_norm > 0), cost_norm / jnp.where(target_norm > 0, target_norm, 1), 1)
+    omega = _OMEGA_SCALE * jnp.where((target_norm > 0) & (cost_norm > 0), cost_norm / jnp.where(target_norm > 0, target_norm, 1), 1)
     x0, y0 = _warm_start(problem, plan)
     aty0 = apply_transpose(plan, y0)
     residual_vector = apply_rows(problem.breaks, x0) - target
@@ -458,7 +464,7 @@ def solve_interval_lp(breaks, target, upper, status, *, max_steps: int, check_ev
         )
 
     # Lanes that finish early (or never start: empty items) drop out of the batch as it goes.
-    final = compacted_while_loop(body, (problem, plan), carry, min_rows=_MIN_LANES)
+    final = compacted_while_loop(body, (problem, plan), carry, min_rows=max(_MIN_LANES, batch // 2))
     # Lanes never iterated (known codes) and diverged lanes report zeros, never NaN.
     usable = (final.step > 0) & (final.result != LPResultCode.DIVERGED)
     return IntervalLPSolution(

@@ -49,6 +49,7 @@ from jaxfuse._snippets import (
     DEFAULT_CHECK_EVERY,
     DEFAULT_MAX_STEPS,
     check_solver_options,
+    raise_for_unsolved,
     snippets_from_integer_segments,
 )
 from jaxfuse._validation import float_array, positive_int, positive_scalar
@@ -191,6 +192,7 @@ def pseudo_labels(
     check_every: int = DEFAULT_CHECK_EVERY,
     rtol: float = 1e-4,
     atol: float = 1e-4,
+    throw: bool = False,
 ) -> PseudoLabels:
     """Snippet pseudo labels from a batch of CAS by the published training chain (Zhou et al., CVPR 2023).
 
@@ -219,7 +221,7 @@ def pseudo_labels(
             proposals (the highest levels) are dropped and flagged.
         max_segments: fused segments (LP rows) per item; excess groups (the
             weakest leaders) are dropped and flagged.
-        method, fallback, max_steps, check_every, rtol, atol: as in
+        method, fallback, max_steps, check_every, rtol, atol, throw: as in
             :func:`jaxfuse.segments_to_snippets`.
 
     Returns:
@@ -279,4 +281,6 @@ def pseudo_labels(
         max_classes=max_classes, max_proposals=max_proposals, max_segments=max_segments, method=method,
         fallback=fallback, max_steps=max_steps, check_every=check_every,
     )
+    if throw and not isinstance(result.result, jax.core.Tracer):
+        raise_for_unsolved(result.result, "pseudo_labels")
     return from_jax(result, kind)

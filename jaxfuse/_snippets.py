@@ -229,6 +229,7 @@ def segments_to_snippets(
     check_every: int = DEFAULT_CHECK_EVERY,
     rtol: float = 1e-4,
     atol: float = 1e-4,
+    throw: bool = False,
 ) -> SnippetLabels:
     """Snippet labels from fused segments, for a whole batch of (video, class) items at once.
 
@@ -259,6 +260,10 @@ def segments_to_snippets(
         max_steps: most PDHG iterations per item (static).
         check_every: PDHG iterations between convergence and restart checks.
         rtol, atol: termination tolerances.
+        throw: raise ``RuntimeError`` when an item is not solved
+            (``MAX_STEPS_REACHED``, ``INFEASIBLE``, ``DIVERGED``, bad input;
+            ``EMPTY_GROUP`` is fine) instead of returning its code. Needs
+            concrete values: ignored inside a caller's ``jit``.
 
     Returns:
         A :class:`SnippetLabels` (numpy in, numpy out; JAX in, JAX out).
@@ -323,7 +328,22 @@ def segments_to_snippets(
         max_steps=max_steps, check_every=check_every, margin_scale=margin_scale, margin_power=margin_power,
     )
     result = jax.tree.map(lambda x: x.reshape(batch_shape + x.shape[1:]), result)
+    if throw and not _is_traced(result.result):
+        raise_for_unsolved(result.result, "segments_to_snippets")
     return from_jax(result, kind)
+
+
+def raise_for_unsolved(result, what: str) -> None:
+    """``RuntimeError`` naming the codes and the first item when any item is neither solved nor empty."""
+    codes = np.asarray(result)
+    failed = (codes != LPResultCode.SUCCESSFUL) & (codes != LPResultCode.EMPTY_GROUP)
+    if failed.any():
+        counts = {LPResultCode(c).name: int((codes == c).sum()) for c in np.unique(codes[failed])}
+        first = tuple(int(i) for i in np.argwhere(failed)[0])
+        raise RuntimeError(
+            f"{what}: {int(failed.sum())} item(s) not solved {counts}; first at index {first}. "
+            "Pass throw=False to get per-item result codes (and the fallback labels) instead."
+        )
 
 
 def _checked_length(length, batch_shape, num_snippets: int):

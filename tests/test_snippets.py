@@ -100,13 +100,13 @@ def test_jit_matches_eager(generated):
     np.testing.assert_allclose(np.asarray(jitted.snippets), labels.snippets, atol=1e-6)
 
 
-def small(segments, scores, length, **options):
+def small(segments, scores, length, dtype=np.float32, **options):
     """One item of up to 4 segments in 16 snippets, padded to 4 rows so that the small cases share one compile."""
-    segments = np.asarray(segments, np.float32).reshape(-1, 2)
+    segments = np.asarray(segments, dtype).reshape(-1, 2)
     rows = segments.shape[0]
     valid = np.arange(4) < rows
-    segments = np.concatenate([segments, np.zeros((4 - rows, 2), np.float32)])
-    scores = np.concatenate([np.asarray(scores, np.float32), np.zeros(4 - rows, np.float32)])
+    segments = np.concatenate([segments, np.zeros((4 - rows, 2), dtype)])
+    scores = np.concatenate([np.asarray(scores, dtype), np.zeros(4 - rows, dtype)])
     return segments_to_snippets(segments, scores, valid, length=np.int32(length), num_snippets=16, **options)
 
 
@@ -136,13 +136,21 @@ def test_degenerate_cases_against_highs(segments, scores, length, expected):
         assert np.abs(matrix @ labels.snippets[:length] - target).max() <= 1e-3
 
 
-def test_unique_optimum_is_reproduced():
-    # q equal to the segment's length forces every snippet inside to 1 and its margins to 0.
-    labels = small([[3, 7], [10, 12]], [4.0, 0.0], 16)
-    expected = np.zeros(16)
-    expected[3:7] = 1
-    np.testing.assert_allclose(labels.snippets, expected, atol=1e-3)
-    assert labels.result == LPResultCode.SUCCESSFUL
+def test_unique_optimum_is_reproduced(dtype):
+    # q equal to the segment's length forces every snippet inside to 1 and its margins to 0; the second row
+    # (q = 0) forces its snippets and margins to 0; the third spreads 0.5 over the margins of a segment at 0.
+    labels = small([[3, 7], [10, 12], [13, 14]], [4.0, 0.0, -0.5], 16, dtype=dtype, rtol=1e-6, atol=1e-6)
+    assert labels.snippets.dtype == dtype and labels.result == LPResultCode.SUCCESSFUL
+    matrix, target = published_rows(np.array([[3, 7, 4.0], [10, 12, 0.0], [13, 14, -0.5]]), 16)
+    reference = solve_published_lp(matrix, target)
+    assert labels.objective == pytest.approx(reference.fun, rel=1e-5)
+    np.testing.assert_allclose(labels.snippets, reference.x, atol=1e-4)
+
+
+def test_throw_names_the_unsolved_items():
+    with pytest.raises(RuntimeError, match="INFEASIBLE"):
+        small([[0, 16]], [-0.2], 16, throw=True)
+    assert small([[2, 5]], [0.5], 16, throw=True).result == LPResultCode.SUCCESSFUL
 
 
 def test_without_segments_the_labels_are_zero():
