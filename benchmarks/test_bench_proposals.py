@@ -2,7 +2,7 @@
 
 Run: ``python -m pytest benchmarks/test_bench_proposals.py``
 
-Workload (seeded): 400 and 4,000 (video, class) items (the sizes the GPU
+Workload (seeded, :func:`jaxfuse.bench.data.thumos_like_proposal_items`): 400 and 4,000 (video, class) items (the sizes the GPU
 target names; ``benchmarks/gpu.sh`` runs both against the loop on the host CPU), each a synthetic class activation
 sequence of about 500 snippets (log-normal length, 60 to 3000) with a few
 action bumps and noise, thresholded at the published 20 levels (0.001 to 0.04);
@@ -33,11 +33,11 @@ import pytest
 
 from jaxfuse._grouping import _group_batch_jit, overlap_settings
 from jaxfuse._proposals import _fuse_closed_form, fuse_proposals, pack_proposals
+from jaxfuse.bench.data import thumos_like_proposal_items
 from jaxfuse.bench.published import published_fusion_loop
 
 ITEM_COUNTS = (400, 4_000)
 MIN_PROPOSALS, MAX_PROPOSALS = 20, 800
-THRESHOLDS = np.arange(0.001, 0.04, 0.002)  # the published 20 CAS levels
 TEMPERATURE = 0.2
 SPEEDUP_TARGET = 30
 
@@ -59,46 +59,11 @@ def reference_dataset(items):
 # ------------------------------------------------------------------------ data
 
 
-def _cas_item(rng, target):
-    """Proposals of one (video, class) from a synthetic CAS, the published way."""
-    length = int(np.clip(rng.lognormal(np.log(500), 0.5), 60, 3000))
-    t = np.arange(length)
-    cas = np.zeros(length)
-    for _ in range(int(rng.integers(1, 12))):
-        centre, width, height = rng.uniform(0, length), rng.uniform(4, 60), rng.uniform(0.01, 0.08)
-        cas += height * np.exp(-0.5 * ((t - centre) / (width / 2)) ** 4)
-    noise_level = 0.004
-    while True:  # more noise, more fragments, until there are enough proposals
-        noise = np.convolve(rng.normal(0, 1, length), np.ones(3) / 3, "same")
-        signal = cas + noise_level * noise * (1 + 5 * cas / 0.04)
-        runs = []
-        for level in THRESHOLDS:
-            edges = np.diff(np.concatenate([[0], (signal > level).astype(np.int8), [0]]))
-            s, e = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-            runs.append(np.stack([s, e], -1)[e - s >= 2])
-        runs = np.concatenate(runs)
-        if len(runs) >= target or noise_level > 0.1:
-            break
-        noise_level *= 1.5
-    if len(runs) > target:
-        runs = runs[np.sort(rng.choice(len(runs), target, replace=False))]
-    s, e = runs[:, 0], runs[:, 1]
-    cumulative = np.concatenate([[0], np.cumsum(signal)])
-    inner = (cumulative[e] - cumulative[s]) / (e - s)
-    margin = np.maximum(1, (0.0785 * (e - s) ** 0.9).astype(int))
-    outer_s, outer_e = np.clip(s - margin, 0, length), np.clip(e + margin, 0, length)
-    outer_sum = (cumulative[s] - cumulative[outer_s]) + (cumulative[outer_e] - cumulative[e])
-    outer_count = (s - outer_s) + (outer_e - e)
-    outer = np.where(outer_count > 0, outer_sum / np.maximum(outer_count, 1), 0)
-    return runs.astype(np.float32), (inner - outer).astype(np.float32), inner.astype(np.float32)
-
-
 @pytest.fixture(scope="module", params=ITEM_COUNTS, ids=lambda items: f"{items}-items")
 def thumos_like(request):
     num_items = request.param
-    rng = np.random.default_rng(0)
-    sizes = np.exp(rng.uniform(np.log(MIN_PROPOSALS), np.log(MAX_PROPOSALS + 1), num_items)).astype(int)
-    items = [_cas_item(rng, int(n)) for n in sizes]
+    items = list(zip(*thumos_like_proposal_items(num_items, min_proposals=MIN_PROPOSALS,
+                                                 max_proposals=MAX_PROPOSALS)))
     batches = pack_proposals(*zip(*items))
     on_device = [
         tuple(jnp.asarray(x) for x in (b.segments, b.scores, b.weights, b.valid)) for b in batches

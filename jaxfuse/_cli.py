@@ -22,6 +22,9 @@ _SUBCOMMANDS = {
     "evaluate": ("jaxfuse.cli.evaluate", "detection mAP of a results file against its ground truth, as papers print it"),
 }
 
+# Commands that time compilation run without the persistent cache: nothing to announce or record.
+_MEASURES_COMPILATION = frozenset({"bench"})
+
 
 def _available_subcommands():
     for name, (module, help_text) in _SUBCOMMANDS.items():
@@ -41,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
             modules[name] = importlib.import_module(module)
             modules[name].configure(subparser)
     args = parser.parse_args(argv)
+    if args.command in _MEASURES_COMPILATION:
+        return int(modules[args.command].run(args) or 0)
     from jaxfuse import _compilation_cache
 
     _compilation_cache.announce_first_compilation(sys.stderr)

@@ -223,3 +223,16 @@ def test_persistent_cache_disabled_restores_the_settings(tmp_path, restore_cache
         assert jax.config.jax_compilation_cache_dir is None
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache")
     assert jaxfuse.compilation_cache_status() == before
+
+
+def test_the_cli_announces_the_first_compilation_once(tmp_path, restore_cache_settings, capsys):
+    from jaxfuse._cli import main
+
+    source = tmp_path / "detections.json"
+    source.write_text(json.dumps({"results": {"v": [{"label": "a", "score": 0.9, "segment": [0.0, 9.0]},
+                                                    {"label": "a", "score": 0.5, "segment": [1.0, 9.0]}]}}))
+    jaxfuse.set_compilation_cache(tmp_path / "cache")
+    assert main(["fuse", str(source), "-o", str(tmp_path / "out.json")]) == 0
+    assert capsys.readouterr().err.count("first run on this machine") == 1
+    assert main(["fuse", str(source), "-o", str(tmp_path / "out.json")]) == 0
+    assert "first run" not in capsys.readouterr().err

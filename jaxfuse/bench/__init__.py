@@ -11,7 +11,9 @@ importing only the ones above it in this list, so the graph stays acyclic:
 * one module per report section: :mod:`~jaxfuse.bench.floors`,
   :mod:`~jaxfuse.bench.templates` (also the G and M sweeps),
   :mod:`~jaxfuse.bench.ragged`, :mod:`~jaxfuse.bench.student_t`,
-  :mod:`~jaxfuse.bench.compilation`, :mod:`~jaxfuse.bench.pipeline`;
+  :mod:`~jaxfuse.bench.compilation`, :mod:`~jaxfuse.bench.pipeline`,
+  :mod:`~jaxfuse.bench.cold_start` (fresh processes, empty and warm
+  compilation cache);
 * :mod:`~jaxfuse.bench.report` (headline, markdown, JSON, plots) and
   :mod:`~jaxfuse.bench.command` (the ``jaxfuse bench`` command).
 
