@@ -89,8 +89,14 @@ SCRIPT = textwrap.dedent(
                 json.dump(document, f)
             call("fuse_detection_file", source, target)
         call("synthetic_videos", num_videos=2) if "num_videos" in jaxfuse.VideoParameters._fields else call("synthetic_videos")
+        labels = call("segments_to_snippets", segments[:, :2], scores[:, :2], np.ones((3, 2), bool), num_snippets=64)
+        assert labels.snippets.dtype == dtype and np.isfinite(labels.snippets).all()
+        pseudo = call("pseudo_labels", cas, video_scores, temperature=0.02, max_proposals=64, max_segments=8)
+        assert np.isfinite(np.asarray(pseudo.labels)).all()
         call("bucket_size", 5)
         call("compile_count")
+        call("compilation_cache_status")
+        call("set_compilation_cache", None)
     # float32 input with x64 on: the index arithmetic is int64 by default there.
     assert call("detect", cas.astype(np.float32), video_scores.astype(np.float32)).count.tolist() == [[1, 0, 0], [0, 0, 1]]
     assert call("fuse_proposals", segments.astype(np.float32), scores.astype(np.float32)).segments.dtype == np.float32
