@@ -14,7 +14,7 @@ from jaxfuse._presets import DEFAULT
 from jaxfuse._result import RESULT_DTYPE, ResultCode, raise_for_results
 from jaxfuse._student_t import StudentTOptions, student_t_fit
 from jaxfuse._validation import bool_array, choice, float_array, positive_int, positive_scalar
-from jaxfuse._weights import member_probabilities
+from jaxfuse._weights import member_probabilities, temperature_array, temperature_is_valid
 
 
 class FusionResult(NamedTuple):
@@ -47,6 +47,7 @@ class _Template(NamedTuple):
     fit: Callable  # (values [B, M, K], probabilities [B, M], mask [B, M], options) -> (parameters, result [B], steps [B])
     location: Callable  # parameters -> [B, K]
     options_type: type | None = None
+    infinite_allowed: tuple[str, ...] = ()  # parameter fields whose +inf is a documented value, not an overflow
 
 
 def _closed_form(fit_one_group):
@@ -64,18 +65,37 @@ def _closed_form(fit_one_group):
 TEMPLATES: dict[str, _Template] = {
     "gaussian": _Template(_closed_form(_templates.gaussian_fit), lambda p: p.location),
     "uniform": _Template(_closed_form(_templates.uniform_fit), _templates.uniform_location),
-    "exponential": _Template(_closed_form(_templates.exponential_fit), _templates.exponential_location),
+    "exponential": _Template(
+        _closed_form(_templates.exponential_fit), _templates.exponential_location, infinite_allowed=("rate",)
+    ),
     "laplace": _Template(_closed_form(_templates.laplace_fit), lambda p: p.location),
     "student_t": _Template(student_t_fit, lambda p: p.location, StudentTOptions),
 }
 
+_KEPT_RESULTS = (ResultCode.SUCCESSFUL, ResultCode.MAX_STEPS_REACHED)
+"""Codes whose group keeps its outputs; every other code zeroes them."""
+
+
+def _representable(template: _Template, parameters, location) -> jax.Array:
+    """``[B]`` whether a group's location and parameters are finite (a documented +inf aside)."""
+    finite = jnp.all(jnp.isfinite(location), axis=-1)
+    for name, leaf in zip(parameters._fields, parameters):
+        ok = (leaf == jnp.inf) | jnp.isfinite(leaf) if name in template.infinite_allowed else jnp.isfinite(leaf)
+        finite &= jnp.all(ok, axis=-1)
+    return finite
+
 
 @functools.partial(jax.jit, static_argnames=("template", "options"))
-def _fuse_flat(values, weights, mask, temperature, template: str, options) -> FusionResult:
-    """Fuse ``[B, M, K]`` padded groups with per-group result codes; one compile per (template, options, shapes, dtype)."""
+def _fuse_flat(values, weights, mask, temperature, temperature_ok, template: str, options) -> FusionResult:
+    """Fuse ``[B, M, K]`` padded groups with per-group result codes; one compile per (template, options, shapes, dtype).
+
+    Codes, most severe first: INVALID_OPTION (a traced temperature that is not
+    positive and finite; every group), EMPTY_GROUP, NONFINITE_INPUT, OVERFLOW
+    (finite input, a result the dtype cannot hold), then the fit's own code.
+    """
     finite = jnp.all(jnp.isfinite(values) | ~mask[..., None], axis=(1, 2)) & jnp.all(jnp.isfinite(weights) | ~mask, axis=1)
     nonempty = jnp.any(mask, axis=1)
-    usable = finite & nonempty
+    usable = finite & nonempty & temperature_ok
     # A failed group is fitted as a harmless one-member group, then zeroed: no NaN
     # is ever computed, so none can leak into values or gradients.
     fit_mask = jnp.where(usable[:, None], mask, jnp.arange(mask.shape[1]) == 0)
@@ -87,12 +107,15 @@ def _fuse_flat(values, weights, mask, temperature, template: str, options) -> Fu
     parameters, result, steps = kernel.fit(clean_values, probabilities, fit_mask, options)
     location = kernel.location(parameters)
 
-    def zero_if_failed(x):
-        return jnp.where(usable.reshape(usable.shape + (1,) * (x.ndim - 1)), x, jnp.zeros_like(x))
+    result = jnp.where(_representable(kernel, parameters, location), result, ResultCode.OVERFLOW)
+    result = jnp.where(finite, result, ResultCode.NONFINITE_INPUT)
+    result = jnp.where(nonempty, result, ResultCode.EMPTY_GROUP)
+    result = jnp.where(temperature_ok, result, ResultCode.INVALID_OPTION).astype(RESULT_DTYPE)
+    kept = jnp.isin(result, jnp.asarray(_KEPT_RESULTS, RESULT_DTYPE))
 
-    result = jnp.where(
-        nonempty, jnp.where(finite, result, ResultCode.NONFINITE_INPUT), ResultCode.EMPTY_GROUP
-    ).astype(RESULT_DTYPE)
+    def zero_if_failed(x):
+        return jnp.where(kept.reshape(kept.shape + (1,) * (x.ndim - 1)), x, jnp.zeros_like(x))
+
     return FusionResult(
         location=zero_if_failed(location),
         parameters=jax.tree_util.tree_map(zero_if_failed, parameters),
@@ -103,7 +126,7 @@ def _fuse_flat(values, weights, mask, temperature, template: str, options) -> Fu
 
 
 @jax.jit
-def _fuse_gaussian_fast(values, weights, mask, temperature) -> tuple[FusionResult, jax.Array]:
+def _fuse_gaussian_fast(values, weights, mask, temperature, temperature_ok) -> tuple[FusionResult, jax.Array]:
     """The Gaussian fit of a whole batch in two passes over ``values``, and whether it is valid.
 
     On CPU, XLA runs the weighted sum as a batched contraction several times
@@ -126,14 +149,16 @@ def _fuse_gaussian_fast(values, weights, mask, temperature) -> tuple[FusionResul
         result=jnp.where(nonempty, ResultCode.SUCCESSFUL, ResultCode.EMPTY_GROUP).astype(RESULT_DTYPE),
         steps=jnp.zeros(nonempty.shape, jnp.int32),
     )
-    return fused, finite_weights & finite_moments
+    return fused, finite_weights & finite_moments & temperature_ok
 
 
-def _fuse_batch(values, weights, mask, temperature, template: str, options) -> FusionResult:
+def _fuse_batch(values, weights, mask, temperature, temperature_ok, template: str, options) -> FusionResult:
+    careful = functools.partial(
+        _fuse_flat, values, weights, mask, temperature, temperature_ok, template=template, options=options
+    )
     if template != "gaussian":
-        return _fuse_flat(values, weights, mask, temperature, template=template, options=options)
-    fused, valid = _fuse_gaussian_fast(values, weights, mask, temperature)
-    careful = functools.partial(_fuse_flat, values, weights, mask, temperature, template=template, options=options)
+        return careful()
+    fused, valid = _fuse_gaussian_fast(values, weights, mask, temperature, temperature_ok)
     if isinstance(valid, jax.core.Tracer):
         return jax.lax.cond(valid, lambda: fused, careful)
     # Deciding on the host costs one scalar transfer; a lax.cond here costs a
@@ -256,11 +281,16 @@ def fuse_groups(
     options = _template_options(template, template_options)
 
     dtype = jnp.result_type(values.dtype, weights.dtype)
+    # A concrete temperature was checked above; a traced one is checked in the program.
+    temperature_ok = jnp.asarray(True) if not isinstance(temperature, jax.core.Tracer) else temperature_is_valid(
+        temperature if jnp.issubdtype(temperature.dtype, jnp.floating) else temperature.astype(dtype)
+    )
     flat = _fuse_batch(
         values.astype(dtype).reshape(-1, members, coordinates),
         weights.astype(dtype).reshape(-1, members),
         mask.reshape(-1, members),
-        jnp.asarray(temperature, dtype),
+        temperature_array(temperature, dtype),
+        temperature_ok,
         template=template,
         options=options,
     )
