@@ -125,50 +125,73 @@ def _fuse_flat(values, weights, mask, temperature, temperature_ok, template: str
     )
 
 
-@jax.jit
-def _fuse_gaussian_fast(values, weights, mask, temperature, temperature_ok) -> tuple[FusionResult, jax.Array]:
-    """The Gaussian fit of a whole batch in two passes over ``values``, and whether it is valid.
+_REPAIR_CHUNK = 256
+"""Groups the batched Gaussian hands to the careful kernel at a time (a static size: one compile)."""
 
-    On CPU, XLA runs the weighted sum as a batched contraction several times
-    faster than an element-wise loop over ``[B, M, K]`` with its short minor
-    axis, and every extra pass over the values costs a pass of memory traffic.
-    So this path skips the per-group sanitising of :func:`_fuse_flat`: any
-    non-finite value, padding included, makes its group's moments non-finite,
-    and the returned flag is False; the caller then recomputes the batch with
-    the careful per-group kernel, which gives the documented result codes.
+
+@jax.jit
+def _fuse_gaussian(values, weights, mask, temperature, temperature_ok) -> FusionResult:
+    """The Gaussian fit of a whole batch in two passes over ``values``, with every result code.
+
+    One program for eager calls and calls inside a caller's ``jit``. On CPU, XLA
+    runs the weighted sum as a batched contraction several times faster than an
+    element-wise loop over ``[B, M, K]`` with its short minor axis, and every
+    extra pass over the values costs a pass of memory traffic. So the batch is
+    fused without per-member sanitising: a non-finite value (padding included)
+    or an overflow makes its group's moments non-finite. Those groups, and
+    every group when a traced temperature is invalid, are then refitted by the
+    careful per-group kernel :func:`_fuse_flat` (which assigns the documented
+    codes) inside the same program: up to ``_REPAIR_CHUNK`` of them gathered
+    and scattered back in place, more by refitting the whole batch.
     """
+    groups, members = weights.shape
     probabilities = member_probabilities(weights, mask, temperature)
     parameters = _templates.gaussian_fit_batched(values, probabilities)
     nonempty = jnp.any(mask, axis=-1)
-    finite_weights = jnp.all(jnp.isfinite(weights) | ~mask)
-    finite_moments = jnp.all(jnp.isfinite(parameters.location) & jnp.isfinite(parameters.scale))
+    finite_weights = jnp.all(jnp.isfinite(weights) | ~mask, axis=-1)
+    finite_moments = jnp.all(jnp.isfinite(parameters.location) & jnp.isfinite(parameters.scale), axis=-1)
+    suspect = ~(finite_weights & finite_moments) | ~temperature_ok
     fused = FusionResult(
         location=parameters.location,
         parameters=parameters,
         probabilities=probabilities,
         result=jnp.where(nonempty, ResultCode.SUCCESSFUL, ResultCode.EMPTY_GROUP).astype(RESULT_DTYPE),
-        steps=jnp.zeros(nonempty.shape, jnp.int32),
+        steps=jnp.zeros((groups,), jnp.int32),
     )
-    return fused, finite_weights & finite_moments & temperature_ok
+    chunk = min(groups, _REPAIR_CHUNK)
+
+    def repair(carry):
+        fused, remaining = carry
+        index = jnp.nonzero(remaining, size=chunk, fill_value=groups)[0]
+        rows = lambda array: jnp.take(array, index, axis=0, mode="clip")  # noqa: E731
+        careful = _fuse_flat(
+            rows(values), rows(weights), rows(mask), temperature, temperature_ok, template="gaussian", options=None
+        )
+        # Filler slots (index == groups) are dropped on scatter.
+        fused = jax.tree_util.tree_map(lambda full, part: full.at[index].set(part, mode="drop"), fused, careful)
+        return fused, remaining.at[index].set(False, mode="drop")
+
+    # The first chunk is repaired unconditionally (a few hundred rows, in place);
+    # more suspect groups than that (every group, for an invalid traced T) take
+    # the careful kernel on the whole batch. A cond, not a loop over chunks:
+    # reverse-mode differentiation cannot go through a while loop.
+    fused, remaining = repair((fused, suspect))
+    return jax.lax.cond(
+        jnp.any(remaining),
+        lambda: _fuse_flat(values, weights, mask, temperature, temperature_ok, template="gaussian", options=None),
+        lambda: fused,
+    )
 
 
 def _fuse_batch(values, weights, mask, temperature, temperature_ok, template: str, options) -> FusionResult:
-    careful = functools.partial(
-        _fuse_flat, values, weights, mask, temperature, temperature_ok, template=template, options=options
-    )
-    if template != "gaussian":
-        return careful()
-    fused, valid = _fuse_gaussian_fast(values, weights, mask, temperature, temperature_ok)
-    if isinstance(valid, jax.core.Tracer):
-        return jax.lax.cond(valid, lambda: fused, careful)
-    # Deciding on the host costs one scalar transfer; a lax.cond here costs a
-    # copy of every output on CPU.
-    return fused if bool(valid) else careful()
+    if template == "gaussian":
+        return _fuse_gaussian(values, weights, mask, temperature, temperature_ok)
+    return _fuse_flat(values, weights, mask, temperature, temperature_ok, template=template, options=options)
 
 
 def compile_count() -> int:
     """How many executables the fusion kernel has compiled in this process (shapes x templates x dtypes)."""
-    return _fuse_flat._cache_size() + _fuse_gaussian_fast._cache_size()
+    return _fuse_flat._cache_size() + _fuse_gaussian._cache_size()
 
 
 def _template_options(template: str, options: dict[str, Any]):

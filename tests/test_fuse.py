@@ -360,3 +360,36 @@ def test_results_beyond_the_dtype_get_the_overflow_code_and_do_not_leak(template
         np.testing.assert_allclose(fused.location[1, 0], np.float32(3.3e38) / 2 + np.float32(-3.2e38) / 2, rtol=1e-6)
     if template == "gaussian":  # sums of squares beyond float32 (the scale itself would fit: a documented limit)
         assert fused.result[1] == ResultCode.OVERFLOW and fused.result[3] == ResultCode.OVERFLOW
+
+
+@pytest.mark.parametrize("suspects", [3, 300])
+def test_gaussian_codes_are_the_same_eager_and_inside_jit(suspects):
+    """One Gaussian program: non-finite or overflowing groups get their codes in it, few (repaired in place) or many."""
+    rng = np.random.default_rng(19)
+    values, weights, mask = random_groups(rng, groups=320, members=4, coordinates=2, dtype=np.float32)
+    bad = rng.choice(320, size=suspects, replace=False)
+    values[bad[::3], 0, 0] = np.nan  # slot 0 may be padding: then it must not matter
+    weights[bad[1::3], 0] = np.inf
+    values[bad[2::3]] = np.array([3e38, -3e38], np.float32)[np.arange(4) % 2, None]
+    eager = jaxfuse.fuse_gaussian(values, weights, mask)
+    traced = jax.jit(lambda v, w, m: jaxfuse.fuse_gaussian(v, w, m))(jnp.asarray(values), jnp.asarray(weights), jnp.asarray(mask))
+    np.testing.assert_array_equal(np.asarray(traced.result), eager.result)
+    np.testing.assert_allclose(np.asarray(traced.location), eager.location, rtol=tolerance(np.float32))
+    for group in range(320):
+        real = mask[group]
+        if not real.any():
+            expected = ResultCode.EMPTY_GROUP
+        elif not (np.isfinite(values[group][real]).all() and np.isfinite(weights[group][real]).all()):
+            expected = ResultCode.NONFINITE_INPUT
+        elif group in bad[2::3] and real.sum() > 1 and len(np.unique(values[group][real][:, 0])) > 1:
+            expected = ResultCode.OVERFLOW
+        else:
+            expected = None  # a lone (or one-valued) member near the limit fits
+        if expected is None:
+            assert eager.result[group] == ResultCode.SUCCESSFUL
+            if group not in bad:
+                location, _ = reference_fusion("gaussian", values[group][real], weights[group][real], 0.2)
+                np.testing.assert_allclose(eager.location[group], location, rtol=tolerance(np.float32), atol=1e-3)
+        else:
+            assert eager.result[group] == expected, group
+            assert (eager.location[group] == 0).all()
