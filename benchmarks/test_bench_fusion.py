@@ -5,7 +5,9 @@ Run: ``python -m pytest benchmarks/test_bench_fusion.py --benchmark-only``
 Workloads (seeded THUMOS-like groups, skewed sizes, K = 3 coordinates, float32,
 T = 0.2; see :func:`jaxfuse.bench.data.closed_form_groups`):
 
-* the headline, G x M = 200,000 x 32, every closed-form template;
+* the headline, G x M = 200,000 x 32, every closed-form template; the Gaussian
+  also inside a caller's ``jax.jit`` and against a float32 ``np.einsum``
+  implementation of the same outputs (target 2.5x);
 * a G sweep 10^2 .. 10^7 at M = 32 (sizes over the memory cap are skipped);
 * an M sweep 2 .. 1024 with G x M = 2^21 slots, so every point moves the same bytes;
 * skewed ragged sizes (Zipf, up to 256 members) through ``pack_groups`` (packing
@@ -104,6 +106,45 @@ def test_bench_headline_numpy_in_numpy_out(benchmark):
     _data.run_benchmark(benchmark, lambda: _fuse("gaussian", data))
     _data.record(benchmark, template="gaussian", **_shape_info(data), inputs="numpy", outputs="numpy",
                  speedup_of_numpy_baseline=None)
+
+
+def _float32_einsum_gaussian(values, weights, mask, temperature):
+    """What a careful numpy user writes for the same outputs (location, scale, probabilities), in float32."""
+    logits = np.where(mask, weights, -np.inf) / np.float32(temperature)
+    unnormalised = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities = unnormalised / unnormalised.sum(axis=1, keepdims=True)
+    location = np.einsum("bm,bmk->bk", probabilities, values)
+    variance = np.einsum("bm,bmk->bk", probabilities, np.square(values - location[:, None]))
+    return location, np.sqrt(variance), probabilities
+
+
+def test_bench_headline_inside_jit(benchmark):
+    """The Gaussian headline called inside a caller's jax.jit: the same program as the eager call."""
+    benchmark.group = f"headline {_data.HEADLINE_GROUPS:,} x {_data.MEMBERS} x 3: gaussian"
+    arrays = _data.device_groups(_data.HEADLINE_GROUPS, _data.MEMBERS)
+    jitted = jax.jit(lambda v, w, m: jaxfuse.fuse_gaussian(v, w, m, temperature=_data.TEMPERATURE))
+    fused = _data.run_benchmark(benchmark, lambda: jax.block_until_ready(jitted(*arrays)))
+    _medians[("headline jit",)] = _data.median_seconds(benchmark)
+    _bests[("headline jit",)] = _data.best_seconds(benchmark)
+    _data.record(benchmark, template="gaussian", called="inside jax.jit", result_codes=_data.result_counts(fused.result))
+
+
+def test_bench_headline_float32_einsum(benchmark):
+    """Baseline: float32 np.einsum on the same padded arrays; speed-ups of the eager and the jit call."""
+    benchmark.group = f"headline {_data.HEADLINE_GROUPS:,} x {_data.MEMBERS} x 3: gaussian"
+    data = _data.closed_form_groups(_data.HEADLINE_GROUPS, _data.MEMBERS)
+    location, _, _ = _data.run_benchmark(
+        benchmark, lambda: _float32_einsum_gaussian(data.values, data.weights, data.mask, _data.TEMPERATURE),
+        budget_seconds=4.0, min_rounds=3)
+    fused = _fuse("gaussian", _data.device_groups(_data.HEADLINE_GROUPS, _data.MEMBERS))
+    real = data.mask.any(-1)
+    np.testing.assert_allclose(np.asarray(fused.location)[real], location[real], rtol=1e-5, atol=1e-3)
+    median, best = _data.median_seconds(benchmark), _data.best_seconds(benchmark)
+    _data.record(benchmark, template="gaussian", baseline="float32 np.einsum (location, scale, probabilities)",
+                 speedup_eager=_data.ratio(median, _medians.get(("headline", "gaussian"))),
+                 speedup_jit=_data.ratio(median, _medians.get(("headline jit",))),
+                 speedup_eager_best=_data.ratio(best, _bests.get(("headline", "gaussian"))),
+                 speedup_jit_best=_data.ratio(best, _bests.get(("headline jit",))), speedup_target=2.5)
 
 
 # ---------------------------------------------------------------------------- G sweep

@@ -14,7 +14,7 @@ from jaxfuse._presets import DEFAULT
 from jaxfuse._result import RESULT_DTYPE, ResultCode, raise_for_results
 from jaxfuse._student_t import StudentTOptions, student_t_fit
 from jaxfuse._validation import bool_array, choice, float_array, positive_int, positive_scalar
-from jaxfuse._weights import member_probabilities
+from jaxfuse._weights import member_probabilities, temperature_array, temperature_is_valid
 
 
 class FusionResult(NamedTuple):
@@ -47,6 +47,7 @@ class _Template(NamedTuple):
     fit: Callable  # (values [B, M, K], probabilities [B, M], mask [B, M], options) -> (parameters, result [B], steps [B])
     location: Callable  # parameters -> [B, K]
     options_type: type | None = None
+    infinite_allowed: tuple[str, ...] = ()  # parameter fields whose +inf is a documented value, not an overflow
 
 
 def _closed_form(fit_one_group):
@@ -64,18 +65,37 @@ def _closed_form(fit_one_group):
 TEMPLATES: dict[str, _Template] = {
     "gaussian": _Template(_closed_form(_templates.gaussian_fit), lambda p: p.location),
     "uniform": _Template(_closed_form(_templates.uniform_fit), _templates.uniform_location),
-    "exponential": _Template(_closed_form(_templates.exponential_fit), _templates.exponential_location),
+    "exponential": _Template(
+        _closed_form(_templates.exponential_fit), _templates.exponential_location, infinite_allowed=("rate",)
+    ),
     "laplace": _Template(_closed_form(_templates.laplace_fit), lambda p: p.location),
     "student_t": _Template(student_t_fit, lambda p: p.location, StudentTOptions),
 }
 
+_KEPT_RESULTS = (ResultCode.SUCCESSFUL, ResultCode.MAX_STEPS_REACHED)
+"""Codes whose group keeps its outputs; every other code zeroes them."""
+
+
+def _representable(template: _Template, parameters, location) -> jax.Array:
+    """``[B]`` whether a group's location and parameters are finite (a documented +inf aside)."""
+    finite = jnp.all(jnp.isfinite(location), axis=-1)
+    for name, leaf in zip(parameters._fields, parameters):
+        ok = (leaf == jnp.inf) | jnp.isfinite(leaf) if name in template.infinite_allowed else jnp.isfinite(leaf)
+        finite &= jnp.all(ok, axis=-1)
+    return finite
+
 
 @functools.partial(jax.jit, static_argnames=("template", "options"))
-def _fuse_flat(values, weights, mask, temperature, template: str, options) -> FusionResult:
-    """Fuse ``[B, M, K]`` padded groups with per-group result codes; one compile per (template, options, shapes, dtype)."""
+def _fuse_flat(values, weights, mask, temperature, temperature_ok, template: str, options) -> FusionResult:
+    """Fuse ``[B, M, K]`` padded groups with per-group result codes; one compile per (template, options, shapes, dtype).
+
+    Codes, most severe first: INVALID_OPTION (a traced temperature that is not
+    positive and finite; every group), EMPTY_GROUP, NONFINITE_INPUT, OVERFLOW
+    (finite input, a result the dtype cannot hold), then the fit's own code.
+    """
     finite = jnp.all(jnp.isfinite(values) | ~mask[..., None], axis=(1, 2)) & jnp.all(jnp.isfinite(weights) | ~mask, axis=1)
     nonempty = jnp.any(mask, axis=1)
-    usable = finite & nonempty
+    usable = finite & nonempty & temperature_ok
     # A failed group is fitted as a harmless one-member group, then zeroed: no NaN
     # is ever computed, so none can leak into values or gradients.
     fit_mask = jnp.where(usable[:, None], mask, jnp.arange(mask.shape[1]) == 0)
@@ -87,12 +107,15 @@ def _fuse_flat(values, weights, mask, temperature, template: str, options) -> Fu
     parameters, result, steps = kernel.fit(clean_values, probabilities, fit_mask, options)
     location = kernel.location(parameters)
 
-    def zero_if_failed(x):
-        return jnp.where(usable.reshape(usable.shape + (1,) * (x.ndim - 1)), x, jnp.zeros_like(x))
+    result = jnp.where(_representable(kernel, parameters, location), result, ResultCode.OVERFLOW)
+    result = jnp.where(finite, result, ResultCode.NONFINITE_INPUT)
+    result = jnp.where(nonempty, result, ResultCode.EMPTY_GROUP)
+    result = jnp.where(temperature_ok, result, ResultCode.INVALID_OPTION).astype(RESULT_DTYPE)
+    kept = jnp.isin(result, jnp.asarray(_KEPT_RESULTS, RESULT_DTYPE))
 
-    result = jnp.where(
-        nonempty, jnp.where(finite, result, ResultCode.NONFINITE_INPUT), ResultCode.EMPTY_GROUP
-    ).astype(RESULT_DTYPE)
+    def zero_if_failed(x):
+        return jnp.where(kept.reshape(kept.shape + (1,) * (x.ndim - 1)), x, jnp.zeros_like(x))
+
     return FusionResult(
         location=zero_if_failed(location),
         parameters=jax.tree_util.tree_map(zero_if_failed, parameters),
@@ -102,48 +125,73 @@ def _fuse_flat(values, weights, mask, temperature, template: str, options) -> Fu
     )
 
 
-@jax.jit
-def _fuse_gaussian_fast(values, weights, mask, temperature) -> tuple[FusionResult, jax.Array]:
-    """The Gaussian fit of a whole batch in two passes over ``values``, and whether it is valid.
+_REPAIR_CHUNK = 256
+"""Groups the batched Gaussian hands to the careful kernel at a time (a static size: one compile)."""
 
-    On CPU, XLA runs the weighted sum as a batched contraction several times
-    faster than an element-wise loop over ``[B, M, K]`` with its short minor
-    axis, and every extra pass over the values costs a pass of memory traffic.
-    So this path skips the per-group sanitising of :func:`_fuse_flat`: any
-    non-finite value, padding included, makes its group's moments non-finite,
-    and the returned flag is False; the caller then recomputes the batch with
-    the careful per-group kernel, which gives the documented result codes.
+
+@jax.jit
+def _fuse_gaussian(values, weights, mask, temperature, temperature_ok) -> FusionResult:
+    """The Gaussian fit of a whole batch in two passes over ``values``, with every result code.
+
+    One program for eager calls and calls inside a caller's ``jit``. On CPU, XLA
+    runs the weighted sum as a batched contraction several times faster than an
+    element-wise loop over ``[B, M, K]`` with its short minor axis, and every
+    extra pass over the values costs a pass of memory traffic. So the batch is
+    fused without per-member sanitising: a non-finite value (padding included)
+    or an overflow makes its group's moments non-finite. Those groups, and
+    every group when a traced temperature is invalid, are then refitted by the
+    careful per-group kernel :func:`_fuse_flat` (which assigns the documented
+    codes) inside the same program: up to ``_REPAIR_CHUNK`` of them gathered
+    and scattered back in place, more by refitting the whole batch.
     """
+    groups, members = weights.shape
     probabilities = member_probabilities(weights, mask, temperature)
     parameters = _templates.gaussian_fit_batched(values, probabilities)
     nonempty = jnp.any(mask, axis=-1)
-    finite_weights = jnp.all(jnp.isfinite(weights) | ~mask)
-    finite_moments = jnp.all(jnp.isfinite(parameters.location) & jnp.isfinite(parameters.scale))
+    finite_weights = jnp.all(jnp.isfinite(weights) | ~mask, axis=-1)
+    finite_moments = jnp.all(jnp.isfinite(parameters.location) & jnp.isfinite(parameters.scale), axis=-1)
+    suspect = ~(finite_weights & finite_moments) | ~temperature_ok
     fused = FusionResult(
         location=parameters.location,
         parameters=parameters,
         probabilities=probabilities,
         result=jnp.where(nonempty, ResultCode.SUCCESSFUL, ResultCode.EMPTY_GROUP).astype(RESULT_DTYPE),
-        steps=jnp.zeros(nonempty.shape, jnp.int32),
+        steps=jnp.zeros((groups,), jnp.int32),
     )
-    return fused, finite_weights & finite_moments
+    chunk = min(groups, _REPAIR_CHUNK)
+
+    def repair(carry):
+        fused, remaining = carry
+        index = jnp.nonzero(remaining, size=chunk, fill_value=groups)[0]
+        rows = lambda array: jnp.take(array, index, axis=0, mode="clip")  # noqa: E731
+        careful = _fuse_flat(
+            rows(values), rows(weights), rows(mask), temperature, temperature_ok, template="gaussian", options=None
+        )
+        # Filler slots (index == groups) are dropped on scatter.
+        fused = jax.tree_util.tree_map(lambda full, part: full.at[index].set(part, mode="drop"), fused, careful)
+        return fused, remaining.at[index].set(False, mode="drop")
+
+    # The first chunk is repaired unconditionally (a few hundred rows, in place);
+    # more suspect groups than that (every group, for an invalid traced T) take
+    # the careful kernel on the whole batch. A cond, not a loop over chunks:
+    # reverse-mode differentiation cannot go through a while loop.
+    fused, remaining = repair((fused, suspect))
+    return jax.lax.cond(
+        jnp.any(remaining),
+        lambda: _fuse_flat(values, weights, mask, temperature, temperature_ok, template="gaussian", options=None),
+        lambda: fused,
+    )
 
 
-def _fuse_batch(values, weights, mask, temperature, template: str, options) -> FusionResult:
-    if template != "gaussian":
-        return _fuse_flat(values, weights, mask, temperature, template=template, options=options)
-    fused, valid = _fuse_gaussian_fast(values, weights, mask, temperature)
-    careful = functools.partial(_fuse_flat, values, weights, mask, temperature, template=template, options=options)
-    if isinstance(valid, jax.core.Tracer):
-        return jax.lax.cond(valid, lambda: fused, careful)
-    # Deciding on the host costs one scalar transfer; a lax.cond here costs a
-    # copy of every output on CPU.
-    return fused if bool(valid) else careful()
+def _fuse_batch(values, weights, mask, temperature, temperature_ok, template: str, options) -> FusionResult:
+    if template == "gaussian":
+        return _fuse_gaussian(values, weights, mask, temperature, temperature_ok)
+    return _fuse_flat(values, weights, mask, temperature, temperature_ok, template=template, options=options)
 
 
 def compile_count() -> int:
     """How many executables the fusion kernel has compiled in this process (shapes x templates x dtypes)."""
-    return _fuse_flat._cache_size() + _fuse_gaussian_fast._cache_size()
+    return _fuse_flat._cache_size() + _fuse_gaussian._cache_size()
 
 
 def _template_options(template: str, options: dict[str, Any]):
@@ -256,11 +304,16 @@ def fuse_groups(
     options = _template_options(template, template_options)
 
     dtype = jnp.result_type(values.dtype, weights.dtype)
+    # A concrete temperature was checked above; a traced one is checked in the program.
+    temperature_ok = jnp.asarray(True) if not isinstance(temperature, jax.core.Tracer) else temperature_is_valid(
+        temperature if jnp.issubdtype(temperature.dtype, jnp.floating) else temperature.astype(dtype)
+    )
     flat = _fuse_batch(
         values.astype(dtype).reshape(-1, members, coordinates),
         weights.astype(dtype).reshape(-1, members),
         mask.reshape(-1, members),
-        jnp.asarray(temperature, dtype),
+        temperature_array(temperature, dtype),
+        temperature_ok,
         template=template,
         options=options,
     )

@@ -13,35 +13,48 @@ The likelihood in :math:`\mu` is not concave and can be multimodal for small
 :math:`\nu`, so the solver
 
 * works in standardised coordinates :math:`z = (x - m_0) / s_0` around a robust
-  start (weighted median :math:`m_0`, weighted mean absolute deviation :math:`s_0`),
-  which makes the tolerances scale free;
+  start: the weighted median :math:`m_0` and half the weighted interquartile
+  range :math:`s_0` (close to :math:`\sigma` for small :math:`\nu`), which a far
+  outlier does not move (a mean absolute deviation would: one member 1e5
+  spreads away made it 2e4 spreads, the start a hundred Newton steps away);
 * takes a Newton step on :math:`(\mu, \log\sigma[, \nu])` when the Hessian is
   positive definite, otherwise a diagonally scaled gradient step, with Armijo
   backtracking; when no step length decreases the loss it falls back to the EM
   (iteratively reweighted least squares) step, which never increases it;
-* stops on the Cauchy criterion :math:`|\Delta y| < atol + rtol |y|` on
-  :math:`(\mu, \sigma[, \log\nu])` in standardised units.
+* stops on the Cauchy criterion :math:`|\Delta y| < atol + rtol |y|` with the
+  location and scale measured in units of the current scale :math:`\sigma`:
+  :math:`|\Delta\mu| < atol\,\sigma + rtol\,|\mu|` (:math:`\mu` in the caller's
+  units, so the rounding of large coordinates is allowed for) and
+  :math:`|\Delta\sigma| < (atol + rtol)\,\sigma`. A criterion in units of the
+  start's spread stopped fits whose scale was still shrinking;
+* checks the answer: every stationary point of the loss lies within
+  :math:`[\min x, \max x]` (the gradient in :math:`\mu` has one sign outside),
+  so a location outside it, a non-finite or a zero scale is ``DIVERGED``.
 
 When one value carries weight :math:`\ge \nu / (\nu + 1)`, the loss is unbounded
 below as :math:`\sigma \to 0` at that value: the fit is that point mass
 (``scale = 0``), which is also the T -> 0 limit of the fusion.
 
-The fused location is differentiable with respect to values and weights by
-implicit differentiation: one Newton correction at the optimum, with the
-Hessian held constant, has the implicit-function-theorem derivative
-:math:`d y^* / d\theta = -H^{-1} \partial_\theta \nabla_y L`.
+The fit is differentiable with respect to values and weights by implicit
+differentiation, :math:`d y^* / d\theta = -H^{-1} \partial_\theta \nabla_y L`
+at the optimum, in a custom JVP rule: the Hessian solve runs only when
+derivatives are asked for. With :math:`\nu` fixed, the gradient and Hessian of
+the two-parameter problem are analytic (see :func:`_gradient_and_hessian`).
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import gammaln
 
 from jaxfuse._result import RESULT_DTYPE, ResultCode
-from jaxfuse._templates import PAIRWISE_LIMIT, masked_extremes, weighted_median
+from jaxfuse._templates import PAIRWISE_LIMIT, masked_extremes, weighted_quantiles
 
 DEFAULT_DF = 3.0
 """Default degrees of freedom: heavy tails, yet a finite variance."""
@@ -75,7 +88,7 @@ class NewtonState(NamedTuple):
         y: ``[P]`` the iterate: (mu, log sigma) and, when df is fitted, log df.
         loss: the loss at ``y``.
         step: number of steps taken.
-        diff: ``[P]`` the last change of (mu, sigma[, log df]), for the Cauchy criterion.
+        diff: ``[P]`` the last change of ``y``, for the Cauchy criterion.
         converged: whether the Cauchy criterion holds.
     """
 
@@ -110,10 +123,6 @@ def _lower_upper(y, options: StudentTOptions):
         return -infinite, infinite
     low, high = (jnp.log(jnp.asarray(b, y.dtype))[None] for b in options.df_bounds)
     return jnp.concatenate([-infinite, low]), jnp.concatenate([infinite, high])
-
-
-def _with_scale(y):
-    return y.at[1].set(jnp.exp(y[1]))
 
 
 def loss(y, z, probabilities, mask, options: StudentTOptions):
@@ -165,10 +174,63 @@ def _newton_direction(gradient, hessian):
     return -(upper @ gradient / magnitudes[0] + lower @ gradient / magnitudes[1])
 
 
-def _newton_step(state: NewtonState, z, probabilities, mask, options, rtol, atol) -> NewtonState:
+def _gradient_and_hessian(y, z, probabilities, mask, options: StudentTOptions):
+    r"""Gradient and Hessian of :func:`loss` in ``y``.
+
+    With :math:`\nu` fixed, in closed form: with :math:`r_k = (z_k - \mu) e^{-s}`,
+    :math:`s = \log\sigma`, :math:`d_k = \nu + r_k^2`,
+
+    .. math::
+        \partial_\mu L = -e^{-s} \sum_k g_k \frac{(\nu + 1) r_k}{d_k}, \qquad
+        \partial_s L = 1 - \sum_k g_k \frac{(\nu + 1) r_k^2}{d_k},
+
+        \partial^2_{\mu\mu} L = e^{-2s} \sum_k g_k \frac{(\nu + 1)(\nu - r_k^2)}{d_k^2}, \quad
+        \partial^2_{\mu s} L = e^{-s} \sum_k g_k \frac{2\nu(\nu + 1) r_k}{d_k^2}, \quad
+        \partial^2_{ss} L = \sum_k g_k \frac{2\nu(\nu + 1) r_k^2}{d_k^2},
+
+    each ratio written so that a residual whose square overflows gives its limit
+    (zero, or :math:`\nu + 1`) rather than NaN. Autodiff when :math:`\nu` is fitted.
+    """
+    if options.fit_df:
+        objective = lambda y: loss(y, z, probabilities, mask, options)  # noqa: E731
+        return jax.grad(objective)(y), jax.hessian(objective)(y)
+    df = jnp.asarray(options.df, y.dtype)
+    inverse_scale = jnp.exp(-y[1])
+    residual = jnp.where(mask, (z - y[0]) * inverse_scale, 0)
+    # r / (df + r^2), and its limit 1 / r where r^2 would overflow (the inner
+    # where keeps derivatives finite at r = 0).
+    huge = jnp.abs(residual) > np.sqrt(jnp.finfo(y.dtype).max) / 4
+    reciprocal = jnp.where(huge, 1 / jnp.where(huge, residual, 1), residual / (df + jnp.square(residual)))
+    g = jnp.where(mask, probabilities, 0)
+    weighted_residual = g @ reciprocal  # sum g r / d
+    weighted_square = g @ (residual * reciprocal)  # sum g r^2 / d
+    weighted_square_2 = g @ jnp.square(reciprocal)  # sum g r^2 / d^2
+    weighted_cube = g @ (reciprocal / (df + jnp.square(residual)))  # sum g r / d^2
+    inverse_square = g @ jnp.square(1 / (df + jnp.square(residual)))  # sum g / d^2
+    gradient = jnp.stack([-(df + 1) * inverse_scale * weighted_residual, 1 - (df + 1) * weighted_square])
+    mixed = 2 * df * (df + 1) * inverse_scale * weighted_cube
+    hessian = jnp.stack([
+        jnp.stack([(df + 1) * jnp.square(inverse_scale) * (df * inverse_square - weighted_square_2), mixed]),
+        jnp.stack([mixed, 2 * df * (df + 1) * weighted_square_2]),
+    ])
+    return gradient, hessian
+
+
+def _converged(y, diff, offset, rtol, atol):
+    """The Cauchy criterion in units of the current scale (see the module docstring).
+
+    ``offset`` is the start's location over its spread, so ``offset + mu`` is the
+    location in the caller's units over that spread: its rounding is allowed for.
+    """
+    scale = jnp.exp(y[1])
+    location_ok = jnp.abs(diff[0]) < atol * scale + rtol * jnp.abs(offset + y[0])
+    rest_ok = jnp.abs(diff[1:]) < atol + rtol * jnp.abs(y[1:]).at[0].set(1)
+    return location_ok & jnp.all(rest_ok)
+
+
+def _newton_step(state: NewtonState, z, probabilities, mask, offset, options, rtol, atol) -> NewtonState:
     objective = lambda y: loss(y, z, probabilities, mask, options)  # noqa: E731
-    gradient = jax.grad(objective)(state.y)
-    hessian = jax.hessian(objective)(state.y)
+    gradient, hessian = _gradient_and_hessian(state.y, z, probabilities, mask, options)
     # Projected Newton: a coordinate held at its bound by a gradient pointing
     # outwards is frozen for this step, the others take the reduced Newton step.
     lower, upper = _lower_upper(state.y, options)
@@ -176,7 +238,11 @@ def _newton_step(state: NewtonState, z, probabilities, mask, options, rtol, atol
     gradient = jnp.where(frozen, 0, gradient)
     both_free = ~frozen[:, None] & ~frozen[None, :]
     hessian = jnp.where(both_free, hessian, jnp.eye(gradient.size, dtype=gradient.dtype))
-    direction = _newton_direction(gradient, hessian)
+    # In units of the current scale: the location's curvature is 1 / sigma^2,
+    # far from the others' O(1) when sigma is far from the start's spread, and
+    # the eigenvalue floor of the direction would then cut the location's step.
+    units = jnp.ones_like(state.y).at[0].set(jnp.exp(state.y[1]))
+    direction = units * _newton_direction(units * gradient, units[:, None] * hessian * units[None, :])
     slope = gradient @ direction
 
     factors = jnp.asarray(_BACKTRACKING_FACTORS, state.y.dtype)
@@ -195,17 +261,71 @@ def _newton_step(state: NewtonState, z, probabilities, mask, options, rtol, atol
     use_newton = jnp.any(sufficient)
     y = jnp.where(use_newton, backtracked, jnp.where(fallback_improves, fallback, state.y))
     new_loss = jnp.where(use_newton, backtracked_loss, jnp.where(fallback_improves, fallback_loss, state.loss))
-    # Cauchy criterion on (mu, sigma) in units of the group's spread, not on
-    # log sigma: near a point mass the optimum's log sigma creeps towards -inf
-    # while location and scale no longer move.
-    converged_y = _with_scale(y)
-    diff = converged_y - _with_scale(state.y)
-    converged = jnp.all(jnp.abs(diff) < atol + rtol * jnp.abs(converged_y))
+    diff = y - state.y
+    converged = _converged(y, diff, offset, rtol, atol)
     return state._replace(y=y, loss=new_loss, step=state.step + 1, diff=diff, converged=converged)
 
 
-def _heaviest_value(values, probabilities, mask):
-    """Index of a real member holding the most probability among equal values, and that probability."""
+def _robust_start(values, probabilities, mask):
+    """Weighted median and a positive spread: half the weighted interquartile range.
+
+    Quartiles ignore a far outlier, as the median does. When the middle half of
+    the weight sits on one value (a zero range), the mean absolute deviation from
+    the median is taken, else the standard deviation, else 1. Halves are
+    subtracted so that coordinates near the dtype's limit do not overflow.
+    """
+    lower, median, upper = weighted_quantiles(values[:, None], probabilities, mask, (0.25, 0.5, 0.75))[:, 0]
+    half_range = upper / 2 - lower / 2
+    deviation = jnp.where(mask, values - median, 0)
+    mean_absolute = probabilities @ jnp.abs(deviation)
+    standard = jnp.sqrt(probabilities @ jnp.square(deviation))
+    spread = jnp.where(half_range > 0, half_range, jnp.where(mean_absolute > 0, mean_absolute, standard))
+    return median, jnp.where(spread > 0, spread, 1)
+
+
+class LaneProblem(NamedTuple):
+    """One coordinate of one group, prepared for the solver (fields of one lane).
+
+    Attributes:
+        standardised: ``[M]`` (x - median) / spread.
+        probabilities: ``[M]`` the g_k.
+        mask: ``[M]`` real members.
+        median: the robust start's location.
+        spread: the robust start's scale.
+        point_mass: whether one value holds weight >= df / (df + 1).
+        heaviest_member: index of a real member holding that value.
+    """
+
+    standardised: jax.Array
+    probabilities: jax.Array
+    mask: jax.Array
+    median: jax.Array
+    spread: jax.Array
+    point_mass: jax.Array
+    heaviest_member: jax.Array
+
+
+def _smallest_df(options: StudentTOptions) -> float:
+    return options.df_bounds[0] if options.fit_df else options.df
+
+
+def _tolerances(dtype, options: StudentTOptions) -> tuple[float, float]:
+    epsilon = float(jnp.finfo(dtype).eps)
+    rtol = epsilon**0.5 if options.rtol is None else options.rtol
+    atol = epsilon**0.5 if options.atol is None else options.atol
+    return rtol, atol
+
+
+def _heaviest_value(values, probabilities, mask, median, options: StudentTOptions):
+    """A real member holding the most weight on one value when that can be a point mass, and the weight.
+
+    A point mass needs weight >= df / (df + 1), which is at least 1/2 for
+    df >= 1: such a value is the weighted median, whose weight is one pass.
+    Smaller df compare the members pairwise (or sort them).
+    """
+    if _smallest_df(options) >= 1:
+        at_median = mask & (values == median)
+        return jnp.argmax(at_median), probabilities @ at_median.astype(values.dtype)
     if values.shape[0] <= PAIRWISE_LIMIT:
         same = (values[None, :] == values[:, None]) & mask[None, :]
         aggregated = jnp.where(mask, same.astype(values.dtype) @ probabilities, -1)
@@ -224,73 +344,29 @@ def _heaviest_value(values, probabilities, mask):
     return order[first_of_run], run_weight[heaviest_run]
 
 
-def _robust_start(values, probabilities, mask):
-    """Weighted median and a positive spread around it (mean absolute deviation, else std)."""
-    median = weighted_median(values[:, None], probabilities, mask)[0]
-    deviation = jnp.where(mask, values - median, 0)
-    mean_absolute = probabilities @ jnp.abs(deviation)
-    standard = jnp.sqrt(probabilities @ jnp.square(deviation))
-    spread = jnp.where(mean_absolute > 0, mean_absolute, standard)
-    return median, jnp.where(spread > 0, spread, 1)
-
-
-class LaneProblem(NamedTuple):
-    """One coordinate of one group, prepared for the solver (fields of one lane).
-
-    Attributes:
-        standardised: ``[M]`` (x - median) / spread, differentiable in x.
-        probabilities: ``[M]`` the g_k, differentiable in the weights.
-        mask: ``[M]`` real members.
-        median: the robust start's location (held constant in derivatives).
-        spread: the robust start's scale (held constant in derivatives).
-        point_mass: whether one value holds weight >= df / (df + 1).
-        heaviest_value: that value, differentiable in x.
-    """
-
-    standardised: jax.Array
-    probabilities: jax.Array
-    mask: jax.Array
-    median: jax.Array
-    spread: jax.Array
-    point_mass: jax.Array
-    heaviest_value: jax.Array
-
-
-def _smallest_df(options: StudentTOptions) -> float:
-    return options.df_bounds[0] if options.fit_df else options.df
-
-
-def _tolerances(dtype, options: StudentTOptions) -> tuple[float, float]:
-    epsilon = float(jnp.finfo(dtype).eps)
-    rtol = epsilon**0.5 if options.rtol is None else options.rtol
-    atol = epsilon**0.5 if options.atol is None else options.atol
-    return rtol, atol
-
-
 def _prepare_lane(values, probabilities, mask, options: StudentTOptions) -> tuple[LaneProblem, NewtonState]:
-    heaviest_member, heaviest_weight = _heaviest_value(
-        jax.lax.stop_gradient(values), jax.lax.stop_gradient(probabilities), mask
-    )
+    median, spread = _robust_start(values, probabilities, mask)
+    heaviest_member, heaviest_weight = _heaviest_value(values, probabilities, mask, median, options)
     smallest_df = _smallest_df(options)
     point_mass = heaviest_weight >= smallest_df / (smallest_df + 1)
-    median, spread = jax.lax.stop_gradient(_robust_start(values, probabilities, mask))
+    # Halves first: x - median overflows for coordinates near the dtype's limit.
+    standardised = jnp.where(mask, (values / 2 - median / 2) / (spread / 2), 0)
     problem = LaneProblem(
-        standardised=jnp.where(mask, (values - median) / spread, 0),
+        standardised=standardised,
         probabilities=probabilities,
         mask=mask,
         median=median,
         spread=spread,
         point_mass=point_mass,
-        heaviest_value=values[heaviest_member],
+        heaviest_member=heaviest_member,
     )
     start = [jnp.zeros((), values.dtype), jnp.zeros((), values.dtype)]
     if options.fit_df:
         start.append(jnp.log(jnp.asarray(options.df, values.dtype)))
     y0 = jnp.stack(start)
-    z, g = jax.lax.stop_gradient(problem.standardised), jax.lax.stop_gradient(probabilities)
     initial = NewtonState(
         y=y0,
-        loss=loss(y0, z, g, mask, options),
+        loss=loss(y0, standardised, probabilities, mask, options),
         step=jnp.zeros((), jnp.int32),
         diff=jnp.full_like(y0, jnp.inf),
         converged=point_mass,
@@ -305,15 +381,14 @@ def _run_lanes(states: NewtonState, problems: LaneProblem, options: StudentTOpti
     on which other lanes share its batch.
     """
     rtol, atol = _tolerances(states.y.dtype, options)
-    z = jax.lax.stop_gradient(problems.standardised)
-    g = jax.lax.stop_gradient(problems.probabilities)
-    step = jax.vmap(lambda state, zl, gl, ml: _newton_step(state, zl, gl, ml, options, rtol, atol))
+    offsets = problems.median / problems.spread
+    step = jax.vmap(lambda state, z, g, m, o: _newton_step(state, z, g, m, o, options, rtol, atol))
 
     def active(state):
         return ~state.converged & (state.step < step_limit)
 
     def body(state):
-        stepped = step(state, z, g, problems.mask)
+        stepped = step(state, problems.standardised, problems.probabilities, problems.mask, offsets)
         keep = active(state)
         return jax.tree_util.tree_map(lambda new, old: jnp.where(_lane_mask(keep, new), new, old), stepped, state)
 
@@ -372,44 +447,89 @@ def _solve_symmetric(matrix, vector):
     return jnp.linalg.solve(matrix, vector)
 
 
-def _finish_lane(problem: LaneProblem, final: NewtonState, options: StudentTOptions):
-    """Parameters in the caller's units, with the implicit-differentiation correction, and the result code."""
-    dtype = final.y.dtype
-    fixed_z = jax.lax.stop_gradient(problem.standardised)
-    fixed_probabilities = jax.lax.stop_gradient(problem.probabilities)
-    # Implicit differentiation: a Newton correction with a constant Hessian is zero
-    # in value at the optimum and carries -H^{-1} d(grad)/d(theta) as derivative.
-    objective = lambda y, z, g: loss(y, z, g, problem.mask, options)  # noqa: E731
-    hessian = jax.hessian(objective)(final.y, fixed_z, fixed_probabilities)
-    at_bound = jnp.zeros(final.y.shape, bool)
-    if options.fit_df:
-        # df at a bound stays there under small perturbations: differentiate (mu, sigma) only.
-        lower, upper = _lower_upper(final.y, options)
-        at_bound = (final.y <= lower) | (final.y >= upper)
-        both_free = ~at_bound[:, None] & ~at_bound[None, :]
-        hessian = jnp.where(both_free, hessian, jnp.eye(final.y.size, dtype=dtype))
-    positive_definite = _is_positive_definite(hessian)
-    differentiable = final.converged & ~problem.point_mass & positive_definite
-    safe_hessian = jnp.where(differentiable, hessian, jnp.eye(final.y.size, dtype=dtype))
-    gradient = jnp.where(at_bound, 0, jax.grad(objective)(final.y, problem.standardised, problem.probabilities))
-    correction = -_solve_symmetric(safe_hessian, gradient)
-    y = final.y + jnp.where(differentiable, correction, 0)
+def _polish(problem: LaneProblem, final: NewtonState, options: StudentTOptions) -> NewtonState:
+    """One last full Newton step from a converged iterate, kept only if it is within the tolerance.
 
+    The Cauchy criterion leaves an error of about ``atol`` scales; near the
+    optimum one more Newton step squares it, for one gradient and Hessian pass.
+    A step larger than the tolerance means the quadratic model is not yet
+    trusted there, and the iterate is kept as it is.
+    """
+    if options.fit_df:
+        return final
+    rtol, atol = _tolerances(final.y.dtype, options)
+    gradient, hessian = _gradient_and_hessian(
+        final.y, problem.standardised, problem.probabilities, problem.mask, options
+    )
+    usable = final.converged & ~problem.point_mass & _is_positive_definite(hessian)
+    correction = -_solve_symmetric(jnp.where(usable, hessian, jnp.eye(2, dtype=hessian.dtype)), gradient)
+    small = _converged(final.y + correction, correction, problem.median / problem.spread, rtol, atol)
+    return final._replace(y=jnp.where(usable & small, final.y + correction, final.y))
+
+
+def _finish_lane(values, problem: LaneProblem, final: NewtonState, options: StudentTOptions):
+    """Parameters in the caller's units, the result code, and whether the lane's outputs are kept."""
+    dtype = final.y.dtype
+    final = _polish(problem, final, options)
     fitted = StudentTParameters(
-        location=problem.median + problem.spread * y[0],
-        scale=problem.spread * jnp.exp(y[1]),
-        df=_degrees_of_freedom(y, options),
+        location=problem.median + problem.spread * final.y[0],
+        scale=problem.spread * jnp.exp(final.y[1]),
+        df=_degrees_of_freedom(final.y, options),
     )
     collapsed = StudentTParameters(
-        location=problem.heaviest_value,
+        location=values[problem.heaviest_member],
         scale=jnp.zeros((), dtype),
         df=jnp.asarray(_smallest_df(options), dtype),
     )
     parameters = jax.tree_util.tree_map(lambda a, b: jnp.where(problem.point_mass, a, b), collapsed, fitted)
-    result = jnp.where(final.converged, ResultCode.SUCCESSFUL, ResultCode.MAX_STEPS_REACHED).astype(RESULT_DTYPE)
-    return parameters, result
+    low, high = masked_extremes(values[:, None], problem.mask)
+    # Every stationary point lies in the members' hull and has a positive scale.
+    valid = (
+        (parameters.location >= low[0])
+        & (parameters.location <= high[0])
+        & jnp.isfinite(parameters.scale)
+        & ((parameters.scale > 0) | problem.point_mass)
+    )
+    representable = jnp.isfinite(problem.spread) & (jnp.isfinite(final.loss) | problem.point_mass)
+    result = jnp.where(final.converged, ResultCode.SUCCESSFUL, ResultCode.MAX_STEPS_REACHED)
+    result = jnp.where(valid, result, ResultCode.DIVERGED)
+    result = jnp.where(representable, result, ResultCode.OVERFLOW).astype(RESULT_DTYPE)
+    keep = valid & representable
+    parameters = jax.tree_util.tree_map(lambda leaf: jnp.where(keep, leaf, 0), parameters)
+    return parameters, result, keep, final
 
 
+class _Lanes(NamedTuple):
+    """Per-lane state the derivative rule reuses: lane b * K + k is coordinate k of group b."""
+
+    problems: LaneProblem
+    final: NewtonState
+    keep: jax.Array
+
+
+def _lane_view(values, probabilities, mask):
+    groups, members, coordinates = values.shape
+    lane_values = jnp.swapaxes(values, 1, 2).reshape(groups * coordinates, members)
+    return lane_values, jnp.repeat(probabilities, coordinates, axis=0), jnp.repeat(mask, coordinates, axis=0)
+
+
+def _fit_lanes(values, probabilities, mask, options: StudentTOptions):
+    groups, _, coordinates = values.shape
+    lane_values, lane_probabilities, lane_mask = _lane_view(values, probabilities, mask)
+    problems, initial = jax.vmap(lambda x, g, m: _prepare_lane(x, g, m, options))(
+        lane_values, lane_probabilities, lane_mask
+    )
+    final = _solve_lanes(initial, problems, options)
+    parameters, result, keep, final = jax.vmap(lambda x, p, f: _finish_lane(x, p, f, options))(
+        lane_values, problems, final
+    )
+    per_group = lambda leaf: leaf.reshape(groups, coordinates)  # noqa: E731
+    parameters = jax.tree_util.tree_map(per_group, parameters)
+    steps = jnp.max(per_group(final.step), axis=1)
+    return parameters, jnp.max(per_group(result), axis=1), steps, _Lanes(problems, final, keep)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def student_t_fit(values, probabilities, mask, options: StudentTOptions):
     """Fit every coordinate of a batch of groups.
 
@@ -419,16 +539,59 @@ def student_t_fit(values, probabilities, mask, options: StudentTOptions):
 
     Returns:
         ``[B, K]`` parameters, ``[B]`` worst result code, ``[B]`` most steps.
+        Lanes whose code is ``DIVERGED`` or ``OVERFLOW`` have zero parameters.
     """
-    groups, members, coordinates = values.shape
-    # One lane per (group, coordinate): lane b * K + k.
-    lane_values = jnp.swapaxes(values, 1, 2).reshape(groups * coordinates, members)
-    lane_probabilities = jnp.repeat(probabilities, coordinates, axis=0)
-    lane_mask = jnp.repeat(mask, coordinates, axis=0)
-    prepare = jax.vmap(lambda x, g, m: _prepare_lane(x, g, m, options))
-    problems, initial = prepare(lane_values, lane_probabilities, lane_mask)
-    final = _solve_lanes(initial, problems, options)
-    parameters, result = jax.vmap(lambda problem, state: _finish_lane(problem, state, options))(problems, final)
-    per_group = lambda leaf: leaf.reshape(groups, coordinates)  # noqa: E731
-    parameters = jax.tree_util.tree_map(per_group, parameters)
-    return parameters, jnp.max(per_group(result), axis=1), jnp.max(per_group(final.step), axis=1)
+    parameters, result, steps, _ = _fit_lanes(values, probabilities, mask, options)
+    return parameters, result, steps
+
+
+def _lane_tangent(value_tangent, probability_tangent, problem: LaneProblem, final: NewtonState, keep, options):
+    """Implicit-function-theorem tangent of one lane's parameters."""
+    dtype = final.y.dtype
+    standardised_tangent = jnp.where(problem.mask, value_tangent / problem.spread, 0)
+
+    def gradient_at_optimum(z, g):
+        return _gradient_and_hessian(final.y, z, g, problem.mask, options)[0]
+
+    _, gradient_tangent = jax.jvp(
+        gradient_at_optimum, (problem.standardised, problem.probabilities), (standardised_tangent, probability_tangent)
+    )
+    _, hessian = _gradient_and_hessian(final.y, problem.standardised, problem.probabilities, problem.mask, options)
+    at_bound = jnp.zeros(final.y.shape, bool)
+    if options.fit_df:
+        # df at a bound stays there under small perturbations: differentiate (mu, sigma) only.
+        lower, upper = _lower_upper(final.y, options)
+        at_bound = (final.y <= lower) | (final.y >= upper)
+        both_free = ~at_bound[:, None] & ~at_bound[None, :]
+        hessian = jnp.where(both_free, hessian, jnp.eye(final.y.size, dtype=dtype))
+    differentiable = keep & final.converged & ~problem.point_mass & _is_positive_definite(hessian)
+    safe_hessian = jnp.where(differentiable, hessian, jnp.eye(final.y.size, dtype=dtype))
+    y_tangent = -_solve_symmetric(safe_hessian, jnp.where(at_bound, 0, gradient_tangent))
+    y_tangent = jnp.where(differentiable, y_tangent, 0)
+    scale = problem.spread * jnp.exp(final.y[1])
+    fitted = StudentTParameters(
+        location=problem.spread * y_tangent[0],
+        scale=scale * y_tangent[1],
+        df=_degrees_of_freedom(final.y, options) * y_tangent[2] if options.fit_df else jnp.zeros((), dtype),
+    )
+    collapsed = StudentTParameters(
+        location=jnp.where(keep, value_tangent[problem.heaviest_member], 0),
+        scale=jnp.zeros((), dtype),
+        df=jnp.zeros((), dtype),
+    )
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(problem.point_mass, a, b), collapsed, fitted)
+
+
+@student_t_fit.defjvp
+def _student_t_fit_jvp(options, primals, tangents):
+    values, probabilities, mask = primals
+    value_tangents, probability_tangents, _ = tangents
+    parameters, result, steps, lanes = _fit_lanes(values, probabilities, mask, options)
+    groups, _, coordinates = values.shape
+    lane_value_tangents, lane_probability_tangents, _ = _lane_view(value_tangents, probability_tangents, mask)
+    lane_tangents = jax.vmap(lambda dx, dg, p, f, k: _lane_tangent(dx, dg, p, f, k, options))(
+        lane_value_tangents, lane_probability_tangents, lanes.problems, lanes.final, lanes.keep
+    )
+    parameter_tangents = jax.tree_util.tree_map(lambda leaf: leaf.reshape(groups, coordinates), lane_tangents)
+    integer_tangent = lambda x: np.zeros(x.shape, jax.dtypes.float0)  # noqa: E731
+    return (parameters, result, steps), (parameter_tangents, integer_tangent(result), integer_tangent(steps))

@@ -148,8 +148,9 @@ def uniform_fit(values, probabilities, mask) -> UniformParameters:
 
 
 def uniform_location(parameters: UniformParameters) -> jax.Array:
-    # low + half-width rather than (low + high) / 2, which can overflow.
-    return parameters.low + (parameters.high - parameters.low) / 2
+    # Halves first: (low + high) / 2 and low + (high - low) / 2 overflow near the
+    # dtype's limit; halving is exact, so this rounds once, like (low + high) / 2.
+    return parameters.low / 2 + parameters.high / 2
 
 
 def exponential_fit(values, probabilities, mask) -> ExponentialParameters:
@@ -170,27 +171,36 @@ XLA's CPU sort of many short rows costs several times numpy's; M^2 comparisons
 reduced by a contraction are cheaper for the group sizes TAL produces."""
 
 
-def weighted_median(values: jax.Array, probabilities: jax.Array, mask: jax.Array) -> jax.Array:
-    r"""``[K]`` the lower weighted median of each coordinate.
+def weighted_quantiles(values: jax.Array, probabilities: jax.Array, mask: jax.Array, levels) -> jax.Array:
+    r"""``[len(levels), K]`` lower weighted quantiles of each coordinate.
 
-    The smallest member value :math:`x_i` whose cumulative weight
-    :math:`\sum_{j: x_j \le x_i} g_j` reaches half the total (half of the
-    actual total, so a sum that rounds to 1 - eps still finds its median).
-    Padding carries no probability and is never chosen.
+    The quantile at level p is the smallest member value :math:`x_i` whose
+    cumulative weight :math:`\sum_{j: x_j \le x_i} g_j` reaches p times the
+    total (of the actual total, so a sum that rounds to 1 - eps still finds
+    its quantiles). Padding carries no probability and is never chosen. All
+    levels share one cumulative-weight pass.
     """
     _, high = masked_extremes(values, mask)
-    half = jnp.sum(probabilities) / 2
+    total = jnp.sum(probabilities)
+    thresholds = [level * total for level in levels]
     if values.shape[0] <= PAIRWISE_LIMIT:
         at_or_below = (values[None, :, :] <= values[:, None, :]) & mask[None, :, None]
         cumulative = jnp.einsum("ijk,j->ik", at_or_below.astype(values.dtype), probabilities)
-        reaches_half = mask[:, None] & (cumulative >= half)
-        return jnp.min(jnp.where(reaches_half, values, high), axis=0)
+        return jnp.stack(
+            [jnp.min(jnp.where(mask[:, None] & (cumulative >= t), values, high), axis=0) for t in thresholds]
+        )
     sort_keys = jnp.where(mask[:, None], values, high)
     order = jnp.argsort(sort_keys, axis=0, stable=True)
     sorted_values = jnp.take_along_axis(sort_keys, order, axis=0)
     cumulative = jnp.cumsum(probabilities[order], axis=0)
-    first_over_half = jnp.argmax(cumulative >= half, axis=0)
-    return jnp.take_along_axis(sorted_values, first_over_half[None], axis=0)[0]
+    return jnp.stack(
+        [jnp.take_along_axis(sorted_values, jnp.argmax(cumulative >= t, axis=0)[None], axis=0)[0] for t in thresholds]
+    )
+
+
+def weighted_median(values: jax.Array, probabilities: jax.Array, mask: jax.Array) -> jax.Array:
+    r"""``[K]`` the lower weighted median of each coordinate (:func:`weighted_quantiles` at 1/2)."""
+    return weighted_quantiles(values, probabilities, mask, (0.5,))[0]
 
 
 def laplace_fit(values, probabilities, mask) -> LaplaceParameters:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def member_probabilities(weights: jax.Array, mask: jax.Array, temperature) -> jax.Array:
@@ -35,6 +36,41 @@ def member_probabilities(weights: jax.Array, mask: jax.Array, temperature) -> ja
     # The floor for an empty group is the dtype's lowest value (never -inf), and
     # a zero total divides zeros by the smallest normal number.
     largest = jnp.max(jnp.where(finite_mask, weights, jnp.finfo(weights.dtype).min), axis=-1, keepdims=True)
-    unnormalised = jnp.where(finite_mask, jnp.exp(jnp.where(finite_mask, weights - largest, 0) / temperature), 0)
+    # The largest logits get exactly 0, never (w - max) / T = 0 / T: XLA on CPU
+    # flushes a subnormal T (1e-39 in float32) to zero, and 0 / 0 was NaN. The
+    # others are -inf there, so T -> 0 gives the highest-weight members exactly.
+    below = jnp.where(finite_mask, weights - largest, 0)
+    logits = jnp.where(below == 0, 0, below / jnp.where(below == 0, 1, temperature))
+    unnormalised = jnp.where(finite_mask, jnp.exp(logits), 0)
     total = jnp.sum(unnormalised, axis=-1, keepdims=True)
     return unnormalised / jnp.maximum(total, jnp.finfo(weights.dtype).tiny)
+
+
+def temperature_array(temperature, dtype) -> jax.Array:
+    """The temperature as a ``dtype`` scalar, clipped into the dtype's positive normal range.
+
+    A concrete positive T below the dtype's smallest normal number (``1e-39`` in
+    float32, ``1e-8`` in float16, which even rounds to zero there) is raised to
+    it: every logit difference the dtype can hold then divides to ``-inf`` or to
+    far below ``log(tiny)``, so the probabilities are the exact T -> 0 limit.
+    A traced T is clipped the same way inside the program; whether it was a
+    valid temperature at all is :func:`temperature_is_valid`.
+    """
+    info = jnp.finfo(dtype)
+    if isinstance(temperature, jax.core.Tracer):
+        return jnp.clip(jnp.asarray(temperature, dtype), info.tiny, info.max)
+    return jnp.asarray(min(max(float(temperature), float(info.tiny)), float(info.max)), dtype)
+
+
+def temperature_is_valid(temperature) -> jax.Array:
+    """Whether a (traced) scalar temperature is positive and finite.
+
+    Read from its bits, not by ``T > 0``: XLA on CPU treats a subnormal operand
+    of a comparison as zero, and a subnormal T is a valid (tiny) temperature.
+    """
+    temperature = jnp.asarray(temperature)
+    bits_type = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}[temperature.dtype.itemsize]
+    bits = jax.lax.bitcast_convert_type(temperature, bits_type)
+    infinity = jax.lax.bitcast_convert_type(jnp.asarray(np.inf, temperature.dtype), bits_type)
+    # A positive float's bits, as a signed integer, lie in (0, bits of +inf); NaNs and negatives do not.
+    return (bits > 0) & (bits < infinity)

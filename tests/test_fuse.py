@@ -239,6 +239,7 @@ def test_bad_input_is_rejected_before_tracing():
         (dict(temperature=0.0), ValueError, "temperature"),
         (dict(temperature=-1.0), ValueError, "temperature"),
         (dict(temperature=np.inf), ValueError, "temperature"),
+        (dict(temperature=np.nan), ValueError, "temperature"),
         (dict(template="cauchy"), ValueError, "template"),
         (dict(template="gaussian", df=3.0), TypeError, "gaussian"),
         (dict(template="student_t", dof=3.0), TypeError, "dof"),
@@ -292,3 +293,103 @@ def test_changing_temperature_does_not_recompile():
     for temperature in (0.1, 0.02, 0.0016):
         jaxfuse.fuse_gaussian(values, weights, mask, temperature=temperature)
     assert jaxfuse.compile_count() == before
+
+
+@pytest.mark.parametrize("dtype, temperature", [(np.float16, 1e-8), (np.float32, 1e-39), (np.float32, 1e-45), (np.float32, 1e-30)])
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_temperature_below_the_dtype_range_is_the_exact_limit(template, dtype, temperature):
+    """Issue 8: T = 1e-39 in float32 (subnormal, flushed to zero on CPU) or 1e-8 in float16 gave NaN, SUCCESSFUL."""
+    rng = np.random.default_rng(16)
+    values, weights, mask = random_groups(rng, groups=16, members=6, coordinates=2, dtype=dtype)
+    fused = jaxfuse.fuse_groups(values, weights, mask, template=template, temperature=temperature)
+    assert (fused.result == ResultCode.SUCCESSFUL).all()
+    best = np.argmax(np.where(mask, weights, -np.inf), axis=1)
+    expected_probabilities = np.zeros(weights.shape, dtype)
+    expected_probabilities[np.arange(16), best] = 1
+    np.testing.assert_array_equal(fused.probabilities, expected_probabilities)
+    if template == "uniform":
+        return
+    # Exact, up to the rounding of origin + (x - origin) in the exponential's parametrisation.
+    atol = 2 * np.finfo(dtype).eps * np.abs(values).max() if template == "exponential" else 0
+    np.testing.assert_allclose(fused.location, values[np.arange(16), best], rtol=2 * np.finfo(dtype).eps, atol=atol)
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_traced_invalid_temperature_gives_invalid_option_and_zeros(template):
+    """Inside a caller's jit a temperature cannot raise: a non-positive or non-finite one is a result code."""
+    rng = np.random.default_rng(17)
+    values, weights, mask = random_groups(rng, groups=4, members=5, coordinates=2, dtype=np.float32)
+    fuse = jax.jit(lambda t: jaxfuse.fuse_groups(jnp.asarray(values), jnp.asarray(weights), jnp.asarray(mask), template=template, temperature=t))
+    for temperature in (0.0, -0.0, np.nan, -1.0, np.inf, -np.inf):
+        fused = fuse(jnp.float32(temperature))
+        assert (np.asarray(fused.result) == ResultCode.INVALID_OPTION).all(), temperature
+        for leaf in jax.tree_util.tree_leaves(fused._replace(result=jnp.zeros(()))):
+            assert (np.asarray(leaf) == 0).all(), temperature
+    for temperature in (0.3, 1e-39):  # valid traced values fuse as concrete ones do
+        traced = fuse(jnp.float32(temperature))
+        eager = jaxfuse.fuse_groups(values, weights, mask, template=template, temperature=temperature)
+        assert (np.asarray(traced.result) == ResultCode.SUCCESSFUL).all()
+        np.testing.assert_allclose(traced.location, eager.location, rtol=tolerance(np.float32))
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_results_beyond_the_dtype_get_the_overflow_code_and_do_not_leak(template):
+    """Issue 8: finite float32 coordinates near +-3e38 gave inf/NaN, SUCCESSFUL, from the closed forms."""
+    rng = np.random.default_rng(18)
+    values, weights, mask = random_groups(rng, groups=6, members=4, coordinates=2, dtype=np.float32, min_size=4)
+    values[1, :, 0] = [3e38, -3e38, 3.3e38, -3.2e38]  # offsets between members overflow
+    values[2, :, 1] = [3.3e38, 3.4e38, 3.35e38, 3.3e38]  # near the limit, but representable differences
+    values[3, :, 0] = [1e20, -1e20, 2e20, 0]  # a variance beyond float32, a representable location
+    clean = jaxfuse.fuse_groups(values[[0, 4, 5]], weights[[0, 4, 5]], mask[[0, 4, 5]], template=template)
+    fused = jaxfuse.fuse_groups(values, weights, mask, template=template)
+    np.testing.assert_allclose(fused.location[[0, 4, 5]], clean.location, rtol=tolerance(np.float32))  # fast path or careful
+    low, high = values.min(axis=1), values.max(axis=1)
+    for group in (1, 2, 3):
+        code = ResultCode(int(fused.result[group]))
+        if code == ResultCode.SUCCESSFUL:
+            assert np.isfinite(fused.location[group]).all()
+            assert ((fused.location[group] >= low[group]) & (fused.location[group] <= high[group])).all()
+            for name, leaf in zip(fused.parameters._fields, fused.parameters):
+                assert (np.isfinite(leaf[group]) | ((name == "rate") & (leaf[group] == np.inf))).all()
+        else:
+            assert code == ResultCode.OVERFLOW, (group, code)
+            assert (fused.location[group] == 0).all() and (fused.probabilities[group] == 0).all()
+    # The uniform and the Gaussian location of values near the limit are representable and exact enough.
+    if template == "uniform":
+        assert (fused.result[[1, 2, 3]] == ResultCode.SUCCESSFUL).all()
+        np.testing.assert_allclose(fused.location[1, 0], np.float32(3.3e38) / 2 + np.float32(-3.2e38) / 2, rtol=1e-6)
+    if template == "gaussian":  # sums of squares beyond float32 (the scale itself would fit: a documented limit)
+        assert fused.result[1] == ResultCode.OVERFLOW and fused.result[3] == ResultCode.OVERFLOW
+
+
+@pytest.mark.parametrize("suspects", [3, 300])
+def test_gaussian_codes_are_the_same_eager_and_inside_jit(suspects):
+    """One Gaussian program: non-finite or overflowing groups get their codes in it, few (repaired in place) or many."""
+    rng = np.random.default_rng(19)
+    values, weights, mask = random_groups(rng, groups=320, members=4, coordinates=2, dtype=np.float32)
+    bad = rng.choice(320, size=suspects, replace=False)
+    values[bad[::3], 0, 0] = np.nan  # slot 0 may be padding: then it must not matter
+    weights[bad[1::3], 0] = np.inf
+    values[bad[2::3]] = np.array([3e38, -3e38], np.float32)[np.arange(4) % 2, None]
+    eager = jaxfuse.fuse_gaussian(values, weights, mask)
+    traced = jax.jit(lambda v, w, m: jaxfuse.fuse_gaussian(v, w, m))(jnp.asarray(values), jnp.asarray(weights), jnp.asarray(mask))
+    np.testing.assert_array_equal(np.asarray(traced.result), eager.result)
+    np.testing.assert_allclose(np.asarray(traced.location), eager.location, rtol=tolerance(np.float32))
+    for group in range(320):
+        real = mask[group]
+        if not real.any():
+            expected = ResultCode.EMPTY_GROUP
+        elif not (np.isfinite(values[group][real]).all() and np.isfinite(weights[group][real]).all()):
+            expected = ResultCode.NONFINITE_INPUT
+        elif group in bad[2::3] and real.sum() > 1 and len(np.unique(values[group][real][:, 0])) > 1:
+            expected = ResultCode.OVERFLOW
+        else:
+            expected = None  # a lone (or one-valued) member near the limit fits
+        if expected is None:
+            assert eager.result[group] == ResultCode.SUCCESSFUL
+            if group not in bad:
+                location, _ = reference_fusion("gaussian", values[group][real], weights[group][real], 0.2)
+                np.testing.assert_allclose(eager.location[group], location, rtol=tolerance(np.float32), atol=1e-3)
+        else:
+            assert eager.result[group] == expected, group
+            assert (eager.location[group] == 0).all()
