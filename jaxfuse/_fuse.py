@@ -125,10 +125,6 @@ def _fuse_flat(values, weights, mask, temperature, temperature_ok, template: str
     )
 
 
-_REPAIR_CHUNK = 256
-"""Groups the batched Gaussian hands to the careful kernel at a time (a static size: one compile)."""
-
-
 @jax.jit
 def _fuse_gaussian(values, weights, mask, temperature, temperature_ok) -> FusionResult:
     """The Gaussian fit of a whole batch in two passes over ``values``, with every result code.
@@ -138,13 +134,14 @@ def _fuse_gaussian(values, weights, mask, temperature, temperature_ok) -> Fusion
     element-wise loop over ``[B, M, K]`` with its short minor axis, and every
     extra pass over the values costs a pass of memory traffic. So the batch is
     fused without per-member sanitising: a non-finite value (padding included)
-    or an overflow makes its group's moments non-finite. Those groups, and
-    every group when a traced temperature is invalid, are then refitted by the
-    careful per-group kernel :func:`_fuse_flat` (which assigns the documented
-    codes) inside the same program: up to ``_REPAIR_CHUNK`` of them gathered
-    and scattered back in place, more by refitting the whole batch.
+    or an overflow makes its group's moments non-finite. When any group is
+    suspect (or a traced temperature is invalid), the careful per-group kernel
+    :func:`_fuse_flat`, which assigns the documented codes, refits the batch
+    inside the same program. Only bad input pays for it; an earlier version
+    also repaired a fixed chunk of suspect rows in place, which doubled the
+    first call's compile time and cost every call that chunk's refit.
     """
-    groups, members = weights.shape
+    groups, _ = weights.shape
     probabilities = member_probabilities(weights, mask, temperature)
     parameters = _templates.gaussian_fit_batched(values, probabilities)
     nonempty = jnp.any(mask, axis=-1)
@@ -158,26 +155,8 @@ def _fuse_gaussian(values, weights, mask, temperature, temperature_ok) -> Fusion
         result=jnp.where(nonempty, ResultCode.SUCCESSFUL, ResultCode.EMPTY_GROUP).astype(RESULT_DTYPE),
         steps=jnp.zeros((groups,), jnp.int32),
     )
-    chunk = min(groups, _REPAIR_CHUNK)
-
-    def repair(carry):
-        fused, remaining = carry
-        index = jnp.nonzero(remaining, size=chunk, fill_value=groups)[0]
-        rows = lambda array: jnp.take(array, index, axis=0, mode="clip")  # noqa: E731
-        careful = _fuse_flat(
-            rows(values), rows(weights), rows(mask), temperature, temperature_ok, template="gaussian", options=None
-        )
-        # Filler slots (index == groups) are dropped on scatter.
-        fused = jax.tree_util.tree_map(lambda full, part: full.at[index].set(part, mode="drop"), fused, careful)
-        return fused, remaining.at[index].set(False, mode="drop")
-
-    # The first chunk is repaired unconditionally (a few hundred rows, in place);
-    # more suspect groups than that (every group, for an invalid traced T) take
-    # the careful kernel on the whole batch. A cond, not a loop over chunks:
-    # reverse-mode differentiation cannot go through a while loop.
-    fused, remaining = repair((fused, suspect))
     return jax.lax.cond(
-        jnp.any(remaining),
+        jnp.any(suspect),
         lambda: _fuse_flat(values, weights, mask, temperature, temperature_ok, template="gaussian", options=None),
         lambda: fused,
     )
