@@ -433,7 +433,9 @@ def _outside_hull(location, values, mask):
     """
     low = jnp.min(jnp.where(mask[..., None], values, jnp.inf), axis=1)
     high = jnp.max(jnp.where(mask[..., None], values, -jnp.inf), axis=1)
-    slack = 8 * jnp.finfo(values.dtype).eps * jnp.maximum(jnp.abs(low), jnp.abs(high))
+    # Rounding, and XLA's flush of subnormal values to zero on CPU.
+    finfo = jnp.finfo(values.dtype)
+    slack = 8 * finfo.eps * jnp.maximum(jnp.abs(low), jnp.abs(high)) + finfo.tiny
     return jnp.any((location < low - slack) | (location > high + slack), axis=-1)
 
 
@@ -518,6 +520,16 @@ def _soft_nms_checked(segments, scores, valid, threshold, sigma, floor, use_iou,
     options_ok = (temperature_code(sigma, dtype) == ResultCode.SUCCESSFUL) & jnp.isfinite(jnp.asarray(floor, dtype))
     option_code = jnp.where(options_ok, threshold_code(threshold), ResultCode.INVALID_OPTION).astype(RESULT_DTYPE)
     return kept, problems, jnp.maximum(codes, option_code)
+
+
+@functools.partial(jax.jit, static_argnames=("linear",))
+def _soft_nms_program(segments, scores, valid, threshold, sigma, floor, use_iou, offset, extra, *, linear):
+    """Soft-NMS, value checks and the output in one program: one compile, one dispatch."""
+    kept, problems, codes = _soft_nms_checked(
+        segments, scores, valid, threshold, sigma, floor, use_iou, offset, extra, linear=linear
+    )
+    groups = ProposalGroups(kept.slot, kept.order, kept.count)
+    return _soft_nms_output(segments, kept.scores, groups, codes), problems
 
 
 @jax.jit
@@ -704,11 +716,9 @@ def fuse_proposals(
 
     if method == "soft_nms":
         linear, sigma, floor = options
-        kept, problems, codes = _soft_nms_checked(
+        fused, problems = _soft_nms_program(
             segments, scores, valid, threshold, sigma, floor, use_iou, offset, checked, linear=linear
         )
-        groups = ProposalGroups(kept.slot, kept.order, kept.count)
-        fused = _soft_nms_output(segments, kept.scores, groups, codes)
     elif method in PADDED_TEMPLATES:
         groups, problems, codes = _group_batch_checked(segments, scores, valid, threshold, use_iou, offset, checked)
         weights = scores if weights is None else weights
