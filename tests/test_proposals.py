@@ -530,6 +530,12 @@ def test_messages_name_the_argument_and_the_real_dtype():
     for bad in (0, -3):
         with pytest.raises(ValueError, match="`max_items` must be a positive integer"):
             fuse_proposal_lists([segments], [scores], max_items=bad)
+    with pytest.raises(ValueError, match="`growth` must be at least 2"):
+        pack_proposals([segments], [scores], growth=1)
+    # Padded sizes are min_size * growth**k: 20 proposals pad to 64 by fours, 32 by twos.
+    items = [np.zeros((20, 2), np.float32)], [np.zeros(20, np.float32)]
+    assert pack_proposals(*items)[0].segments.shape == (1, 64, 2)
+    assert pack_proposals(*items, growth=2)[0].segments.shape == (1, 32, 2)
     # The caller's arrays are never modified.
     before = segments.copy()
     fuse_proposals(segments, scores, method="laplace")
