@@ -45,7 +45,6 @@ from jaxfuse._grouping import (
     validate_overlap,
     validate_proposals,
     validate_threshold,
-    value_problems,
 )
 from jaxfuse._interop import ArrayKind, array_kind, from_jax
 from jaxfuse._presets import FusionSettings, resolve_settings
