@@ -133,7 +133,7 @@ def thumos_like_videos():
 
 
 def _detect(cas, video_scores, length):
-    return detect(cas, video_scores, length=length, temperature=TEMPERATURE)
+    return detect(cas, video_scores, length=length, preset="published", temperature=TEMPERATURE)
 
 
 def _sizes(result) -> dict:

@@ -81,7 +81,7 @@ def thumos_like(request):
 
 def fuse_dataset(on_device):
     results = [
-        fuse_proposals(segments, scores, weights, valid, temperature=TEMPERATURE)
+        fuse_proposals(segments, scores, weights, valid, preset="published", temperature=TEMPERATURE)
         for segments, scores, weights, valid in on_device
     ]
     return jax.block_until_ready(results)
@@ -98,7 +98,8 @@ def _peak_bytes(on_device) -> dict[str, int]:
     segments, scores, weights, valid = max(on_device, key=lambda batch: batch[1].size)
     grouping = _group_batch_jit.lower(segments, scores, valid, 0.25, *overlap_settings("candidate", True)).compile()
     groups = _group_batch_jit(segments, scores, valid, 0.25, *overlap_settings("candidate", True))
-    fusion = _fuse_closed_form.lower(segments, scores, weights, groups, TEMPERATURE, method="gaussian").compile()
+    codes = jnp.zeros(scores.shape[:1], jnp.int32)
+    fusion = _fuse_closed_form.lower(segments, scores, weights, groups, TEMPERATURE, codes, method="gaussian").compile()
     info = {"largest_bucket_shape": list(scores.shape)}
     for name, compiled in (("grouping", grouping), ("fusion", fusion)):
         memory = compiled.memory_analysis()

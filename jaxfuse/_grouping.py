@@ -108,9 +108,12 @@ def segment_overlap(leader_start, leader_end, starts, ends, use_iou, offset):
 
 
 # Compaction stops at this many rows: each stage is one more while loop to
-# compile (about half a second each on a loaded 2-core CPU), and below a few
-# rows the wasted work is small.
-_MIN_STAGE_ROWS = 4
+# compile, and below a few dozen rows the wasted work is small. Measured on
+# 400 THUMOS-like items (fuse_proposal_lists, CPU seconds in a fresh process):
+# stopping at 16 rows instead of 4 cuts the first call from 19.2 s to 13.7 s
+# for 7% more warm time (30.3 vs 28.4 ms); 32 rows or no compaction at all
+# save a little more compile time but cost 28-56% warm.
+_MIN_STAGE_ROWS = 16
 
 
 def compacted_while_loop(body: Callable, inputs: Any, state: Any, *, min_rows: int = _MIN_STAGE_ROWS) -> Any:

@@ -45,7 +45,6 @@ from jaxfuse._grouping import (
     validate_overlap,
     validate_proposals,
     validate_threshold,
-    value_problems,
 )
 from jaxfuse._interop import ArrayKind, array_kind, from_jax
 from jaxfuse._presets import FusionSettings, resolve_settings
@@ -302,6 +301,21 @@ def _fused_scores(scores, weights, groups: ProposalGroups, temperature):
     return means.mean[:, 0]
 
 
+@functools.partial(jax.jit, static_argnames=("method",))
+def _group_and_fuse(segments, scores, weights, valid, threshold, use_iou, offset, temperature, *, method: str):
+    """Grouping, value checks and a closed-form (or NMS) fusion in one program: one compile, one dispatch.
+
+    Returns:
+        ``(fused, problems)``, see :func:`jaxfuse._grouping.value_problems`.
+    """
+    checked = () if weights is None else (weights,)
+    groups, problems, codes = _group_batch_checked(segments, scores, valid, threshold, use_iou, offset, checked)
+    if method == "nms":
+        return _fuse_nms(segments, scores, groups, codes), problems
+    weights = scores if weights is None else weights
+    return _fuse_closed_form(segments, scores, weights, groups, temperature, codes, method=method), problems
+
+
 # ------------------------------------------------------------------ padded templates
 
 # Groups of up to this many members share the first size bucket: below it a
@@ -418,7 +432,9 @@ def _outside_hull(location, values, mask):
     """
     low = jnp.min(jnp.where(mask[..., None], values, jnp.inf), axis=1)
     high = jnp.max(jnp.where(mask[..., None], values, -jnp.inf), axis=1)
-    slack = 8 * jnp.finfo(values.dtype).eps * jnp.maximum(jnp.abs(low), jnp.abs(high))
+    # Rounding, and XLA's flush of subnormal values to zero on CPU.
+    finfo = jnp.finfo(values.dtype)
+    slack = 8 * finfo.eps * jnp.maximum(jnp.abs(low), jnp.abs(high)) + finfo.tiny
     return jnp.any((location < low - slack) | (location > high + slack), axis=-1)
 
 
@@ -503,6 +519,16 @@ def _soft_nms_checked(segments, scores, valid, threshold, sigma, floor, use_iou,
     options_ok = (temperature_code(sigma, dtype) == ResultCode.SUCCESSFUL) & jnp.isfinite(jnp.asarray(floor, dtype))
     option_code = jnp.where(options_ok, threshold_code(threshold), ResultCode.INVALID_OPTION).astype(RESULT_DTYPE)
     return kept, problems, jnp.maximum(codes, option_code)
+
+
+@functools.partial(jax.jit, static_argnames=("linear",))
+def _soft_nms_program(segments, scores, valid, threshold, sigma, floor, use_iou, offset, extra, *, linear):
+    """Soft-NMS, value checks and the output in one program: one compile, one dispatch."""
+    kept, problems, codes = _soft_nms_checked(
+        segments, scores, valid, threshold, sigma, floor, use_iou, offset, extra, linear=linear
+    )
+    groups = ProposalGroups(kept.slot, kept.order, kept.count)
+    return _soft_nms_output(segments, kept.scores, groups, codes), problems
 
 
 @jax.jit
@@ -689,20 +715,19 @@ def fuse_proposals(
 
     if method == "soft_nms":
         linear, sigma, floor = options
-        kept, problems, codes = _soft_nms_checked(
+        fused, problems = _soft_nms_program(
             segments, scores, valid, threshold, sigma, floor, use_iou, offset, checked, linear=linear
         )
-        groups = ProposalGroups(kept.slot, kept.order, kept.count)
-        fused = _soft_nms_output(segments, kept.scores, groups, codes)
-    else:
+    elif method in PADDED_TEMPLATES:
         groups, problems, codes = _group_batch_checked(segments, scores, valid, threshold, use_iou, offset, checked)
         weights = scores if weights is None else weights
-        if method == "nms":
-            fused = _fuse_nms(segments, scores, groups, codes)
-        elif method in CLOSED_FORM_TEMPLATES:
-            fused = _fuse_closed_form(segments, scores, weights, groups, temperature, codes, method=method)
-        else:
-            fused = _fuse_padded(segments, scores, weights, groups, temperature, codes, method, options)
+        fused = _fuse_padded(segments, scores, weights, groups, temperature, codes, method, options)
+    else:
+        # NMS (whose fusion needs no temperature; 1.0 keeps the program's signature) and the closed forms.
+        fused, problems = _group_and_fuse(
+            segments, scores, weights, valid, threshold, use_iou, offset, 1.0 if method == "nms" else temperature,
+            method=method,
+        )
     if inputs.check_on_device and not _is_traced(problems):
         # Checked after the kernels are queued: one small transfer, no extra round trip.
         raise_for_value_problems(problems, segments, scores, valid, [("weights", w) for w in checked])
@@ -745,26 +770,43 @@ def _require_concrete(*lists, what: str) -> None:
             )
 
 
+def _padded_size(n: int, min_size: int, growth: int) -> int:
+    """The smallest ``min_size * growth**k`` holding ``n``."""
+    size = min_size
+    while size < n:
+        size *= growth
+    return size
+
+
 def pack_proposals(
     segments_list: Sequence[Any],
     scores_list: Sequence[Any],
     weights_list: Sequence[Any] | None = None,
     *,
     min_size: int = 16,
+    growth: int = 4,
     max_items: int | None = None,
 ) -> list[PaddedProposals]:
-    """Pad ragged per-item proposals into a few batches of power-of-two sizes.
+    """Pad ragged per-item proposals into a few batches of sizes ``min_size * growth**k``.
 
-    Compiled kernels are specialised to shapes; bucketing item sizes to powers
-    of two means a dataset compiles a handful of shapes (one per bucket, e.g.
-    16 ... 1024 for THUMOS14), not one per item. Items keep their list order
-    within a bucket; buckets come out from small to large N.
+    Compiled kernels are specialised to shapes; bucketing item sizes means a
+    dataset compiles a handful of shapes (one per bucket: 16, 64, 256, 1024
+    for THUMOS14), not one per item. Items keep their list order within a
+    bucket; buckets come out from small to large N.
+
+    Why ``growth=4``: on a one-shot call compilation dominates. On 400
+    THUMOS-like items (20 to 800 proposals), powers of four instead of two
+    make 3 programs instead of 6: the first call of
+    :func:`fuse_proposal_lists` in a fresh process takes 8.6 instead of 13.5
+    CPU-seconds, for 7% more warm time (padding is at most 4x, 2x on average).
 
     Args:
         segments_list: per item, ``[n_i, 2]`` (numpy, JAX or lists).
         scores_list: per item, ``[n_i]``.
         weights_list: per item, ``[n_i]``, or None.
         min_size: the smallest padded N.
+        growth: the ratio of consecutive padded sizes (2 pads less, compiles
+            more shapes).
         max_items: split buckets into batches of at most this many items
             (bounds memory; each distinct batch height is one more compile).
 
@@ -803,7 +845,11 @@ def pack_proposals(
         max_items = positive_int(max_items, "max_items")
     dtype = np.result_type(*(a.dtype for a in arrays)) if arrays else np.float32
     sizes = np.array([len(q) for q in scores_list], dtype=np.int64)
-    padded = np.array([bucket_size(n, min_size) for n in sizes], dtype=np.int64)
+    min_size = positive_int(min_size, "min_size")
+    growth = positive_int(growth, "growth")
+    if growth < 2:
+        raise ValueError(f"`growth` must be at least 2, got {growth}")
+    padded = np.array([_padded_size(n, min_size, growth) for n in sizes], dtype=np.int64)
     batches = []
     for size in np.unique(padded):
         members = np.flatnonzero(padded == size)
@@ -865,6 +911,7 @@ def fuse_proposal_lists(
     weights_list: Sequence[Any] | None = None,
     *,
     min_size: int = 16,
+    growth: int = 4,
     max_items: int | None = None,
     **fuse_options,
 ) -> list[FusedProposals]:
@@ -879,6 +926,7 @@ def fuse_proposal_lists(
         scores_list: per item, ``[n_i]``.
         weights_list: per item, ``[n_i]``, or None (the scores).
         min_size: the smallest padded N.
+        growth: the ratio of consecutive padded sizes (see :func:`pack_proposals`).
         max_items: the most items per batch.
         **fuse_options: keyword arguments of :func:`fuse_proposals`.
 
@@ -900,7 +948,9 @@ def fuse_proposal_lists(
                 f"fuse_proposal_lists cannot take a traced `{name}`: its per-item outputs are sized on the "
                 "host from the counts. Pass a Python float, or pad the items and call fuse_proposals inside jit"
             )
-    batches = pack_proposals(segments_list, scores_list, weights_list, min_size=min_size, max_items=max_items)
+    batches = pack_proposals(
+        segments_list, scores_list, weights_list, min_size=min_size, growth=growth, max_items=max_items
+    )
     results = [
         fuse_proposals(batch.segments, batch.scores, batch.weights, batch.valid, **fuse_options) for batch in batches
     ]

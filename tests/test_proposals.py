@@ -530,6 +530,12 @@ def test_messages_name_the_argument_and_the_real_dtype():
     for bad in (0, -3):
         with pytest.raises(ValueError, match="`max_items` must be a positive integer"):
             fuse_proposal_lists([segments], [scores], max_items=bad)
+    with pytest.raises(ValueError, match="`growth` must be at least 2"):
+        pack_proposals([segments], [scores], growth=1)
+    # Padded sizes are min_size * growth**k: 20 proposals pad to 64 by fours, 32 by twos.
+    items = [np.zeros((20, 2), np.float32)], [np.zeros(20, np.float32)]
+    assert pack_proposals(*items)[0].segments.shape == (1, 64, 2)
+    assert pack_proposals(*items, growth=2)[0].segments.shape == (1, 32, 2)
     # The caller's arrays are never modified.
     before = segments.copy()
     fuse_proposals(segments, scores, method="laplace")
@@ -675,5 +681,38 @@ def test_fuzz_finite_input_never_gives_a_nonfinite_or_out_of_hull_success(batch,
             location = fused.segments[item, j]
             assert np.isfinite(location).all() and np.isfinite(fused.scores[item, j]), (method, code)
             low, high = segments[item][members].min(axis=0), segments[item][members].max(axis=0)
-            slack = 16 * np.finfo(dtype).eps * np.maximum(np.abs(low), np.abs(high))
+            # Rounding, and XLA's flush of subnormal values (e.g. 1e-45 in float32) to zero.
+            slack = 16 * np.finfo(dtype).eps * np.maximum(np.abs(low), np.abs(high)) + np.finfo(dtype).tiny
             assert ((location >= low - slack) & (location <= high + slack)).all(), (method, location, low, high)
+
+
+# ---------------------------------------------------------------- memory of the padded templates (issue 8)
+
+
+def test_padded_templates_pack_by_size_bucket_memory_follows_the_members():
+    """One item of 4,096 identical segments beside one of 4,096 disjoint ones: slots ~ members, not groups x largest."""
+    from jaxfuse._proposals import _bucket_layout, bucket_shapes, size_buckets
+
+    size = 4096
+    segments = np.zeros((2, size, 2), np.float32)
+    segments[0] = [0.0, 10.0]
+    segments[1, :, 0] = 3.0 * np.arange(size)
+    segments[1, :, 1] = segments[1, :, 0] + 1
+    scores = np.tile(np.linspace(1, 0, size, dtype=np.float32), (2, 1))
+    groups = jaxfuse.group_proposals(segments, scores)
+    assert groups.count.tolist() == [1, size]
+    counts = np.asarray(_bucket_layout(groups, capacities=size_buckets(size)).counts)
+    shapes = bucket_shapes(counts, size, 2)
+    members, num_groups = 2 * size, 1 + size
+    slots = sum(rows * capacity for rows, capacity in shapes)
+    assert [shape for shape in shapes if shape[0]] == [(size, 4), (1, size)]
+    # The documented bound: under 4x the members plus 4 per group (here 20,480 slots; one
+    # [groups, largest] batch would be 8,192 x 4,096 = 33.5M).
+    assert slots <= 4 * members + 4 * num_groups
+    # Under a caller's jit the rows are static bounds, still O(B N log N).
+    static = sum(rows * capacity for rows, capacity in bucket_shapes(None, size, 2))
+    assert static <= (4 + 2 * np.log2(size)) * members
+    fused = fuse_proposals(segments, scores, method="laplace")
+    assert fused.segments[0, 0].tolist() == [0.0, 10.0]
+    np.testing.assert_array_equal(fused.segments[1], segments[1])
+    assert (fused.result[fused.valid] == ResultCode.SUCCESSFUL).all()

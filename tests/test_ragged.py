@@ -64,3 +64,11 @@ def test_bucket_sizes_and_errors():
         jaxfuse.pack_groups(np.zeros(3), np.zeros(2), lengths=[3])
     with pytest.raises(ValueError, match="members"):
         jaxfuse.pack_groups(np.zeros(3), np.zeros(3), lengths=[3], members=2)
+
+
+def test_empty_input_packs_to_empty_padding():
+    for kwargs in ({"lengths": []}, {"group_ids": []}, {"group_ids": np.zeros(0, np.int64)}):
+        packed = jaxfuse.pack_groups(np.zeros(0), np.zeros(0), **kwargs)
+        assert packed.num_groups == 0 and not packed.mask.any() and packed.values.shape == (256, 16, 1)
+    with pytest.raises(TypeError, match="`lengths` must be integers"):
+        jaxfuse.pack_groups(np.zeros(2), np.zeros(2), lengths=[1.0, 1.0])
