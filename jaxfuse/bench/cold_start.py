@@ -89,7 +89,7 @@ def _proposal_lists_workload(sizes: Sizes) -> Workload:
     segments, contrast, inner = thumos_like_proposal_items(sizes.cold_items)
 
     def call():
-        return jaxfuse.fuse_proposal_lists(segments, contrast, inner, temperature=TEMPERATURE,
+        return jaxfuse.fuse_proposal_lists(segments, contrast, inner, preset="published", temperature=TEMPERATURE,
                                            overlap_threshold=PUBLISHED_OVERLAP)
 
     def loop():
@@ -111,7 +111,7 @@ def _detect_workload(sizes: Sizes) -> Workload:
     selected = np.argwhere(video_scores >= jaxfuse.PUBLISHED_CLASS_THRESHOLD)
 
     def call():
-        return jaxfuse.detect(cas, video_scores, length=length, temperature=TEMPERATURE)
+        return jaxfuse.detect(cas, video_scores, length=length, preset="published", temperature=TEMPERATURE)
 
     def loop():
         out = []

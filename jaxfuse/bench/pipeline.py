@@ -32,7 +32,7 @@ def _jaxfuse_pipeline(cas: ThumosLikeCas):
     proposals = proposals_from_cas(cas.cas, CAS_THRESHOLDS, classes_last=True, length=cas.length)
     items = _cas_items(proposals, cas.cas.shape[0], cas.cas.shape[2])
     batches = pack_proposals(*zip(*items))
-    results = [fuse_proposals(b.segments, b.scores, b.weights, b.valid, temperature=TEMPERATURE) for b in batches]
+    results = [fuse_proposals(b.segments, b.scores, b.weights, b.valid, preset="published", temperature=TEMPERATURE) for b in batches]
     return unpack_proposals(batches, results)
 
 
@@ -67,7 +67,7 @@ def measure_pipeline(sizes: Sizes) -> Section:
     on_device = [device_arrays(b.segments, b.scores, b.weights, b.valid) for b in batches]
 
     def fuse_only():
-        return [fuse_proposals(*batch, temperature=TEMPERATURE) for batch in on_device]
+        return [fuse_proposals(*batch, preset="published", temperature=TEMPERATURE) for batch in on_device]
 
     cas_device, length_device = device_arrays(cas.cas, cas.length)
     stage_cas = time_call(lambda: proposals_from_cas(cas_device, CAS_THRESHOLDS, classes_last=True,

@@ -113,7 +113,7 @@ def run_study(videos: SyntheticVideos, methods: Sequence[str], temperatures: Seq
         options = SOFT_NMS_OPTIONS if method == "soft_nms" else {}
         start = time.perf_counter()
         found = detect(
-            videos.cas, videos.video_scores, length=videos.length, method=method,
+            videos.cas, videos.video_scores, length=videos.length, preset="published", method=method,
             temperature=0.2 if temperature is None else temperature,
             class_threshold=PUBLISHED_CLASS_THRESHOLD, **options,
         )
