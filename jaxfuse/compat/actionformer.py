@@ -58,7 +58,7 @@ from jaxfuse._validation import choice, positive_scalar
 
 METHODS = ("soft_nms", "nms", "gaussian")
 DEFAULT_TEMPERATURE = 0.2  # the published evaluation temperature
-_MIN_WIDTH = 16
+_MIN_WIDTH = 64  # narrower rows save little and each width is one more program to compile
 
 
 class NMSResult(NamedTuple):
@@ -481,8 +481,10 @@ def batched_nms_videos(
     labels = np.concatenate([c.astype(np.int64) for _, _, c in videos])
     video_of = np.repeat(np.arange(len(videos)), sizes)
     if multiclass:
-        pairs, item_ids = np.unique(np.stack([video_of, labels], axis=1), axis=0, return_inverse=True)
-        item_video = pairs[:, 0]
+        # One integer key per (video, class), ordered by video then class.
+        lowest = labels.min()
+        keys, item_ids = np.unique(video_of * (labels.max() - lowest + 1) + (labels - lowest), return_inverse=True)
+        item_video = keys // (labels.max() - lowest + 1)
     else:
         item_video, item_ids = np.unique(video_of, return_inverse=True)
     item_ids = item_ids.reshape(-1)
