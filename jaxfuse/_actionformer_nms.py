@@ -16,12 +16,17 @@ operations on a padded batch ``[B, W]`` of items, one selection per item per
   resolves them; the kernel carries the permuted arrays, not an input order.
   The first selection is never checked against ``min_score`` (the C++ only
   drops proposals after decaying them), so an item whose scores are all
-  below ``min_score`` keeps its best one;
+  below ``min_score`` keeps its best one. Carrying the permutation costs a
+  scatter, two cumulative sums and four gathers per selection, so
+  :func:`fast_soft_nms_batch` runs first, by input index, and flags the rows
+  where equal scores met at a selection; only those need this kernel;
 * hard NMS: proposals with ``score > min_score`` (when ``min_score > 0``), in
   descending score order, each suppressing later ones whose overlap is
   ``>= iou_threshold``. The C++ orders them with ``torch.sort`` (not stable:
   libstdc++'s introsort, which keeps equal scores in input order only up to
-  16 elements); here equal scores go to the lower input index, always;
+  16 elements); here the order is a ``priority`` array: the scores (equal
+  ones by lower input index), or minus the ranks of the caller's own
+  ``torch.sort`` to reproduce its order;
 * segment voting (``seg_voting`` of ``libs/utils/nms.py``) for the
   class-agnostic mode.
 
