@@ -376,7 +376,7 @@ def batched_nms(
         >>> out = batched_nms(segs, torch.tensor([0.9, 0.8, 0.7]), torch.tensor([0, 0, 1]),
         ...                   0.1, 0.001, 200)
         >>> out.cls_idxs.tolist(), [round(s, 4) for s in out.scores.tolist()]
-        ([0, 1, 0], [0.9, 0.7, 0.1596])
+        ([0, 1, 0], [0.9, 0.7, 0.1583])
     """
     options = _options(iou_threshold, min_score, max_seg_num, use_soft_nms, sigma, voting_thresh, method, temperature)
     segments, score_values, labels = _video_arrays(segs, scores, cls_idxs)
