@@ -269,8 +269,10 @@ def test_dataset_call_numpy_in_numpy_out_and_empty_videos():
     out = batched_nms_videos(*zip(*arrays), 0.3, 0.001, 25)
     assert isinstance(out[0].segs, np.ndarray) and [len(x) for x in out[1]] == [0, 0, 0]
     expected = reference(*videos[0], 0.3, 0.001, 25, True, True)
-    np.testing.assert_array_equal(out[0].cls_idxs, expected[2])
-    np.testing.assert_allclose(out[0].scores, expected[1], rtol=1e-5)
+    for result in (out[0], batched_nms(*arrays[0], 0.3, 0.001, 25)):
+        np.testing.assert_array_equal(result.cls_idxs, expected[2])
+        np.testing.assert_allclose(result.scores, expected[1], rtol=1e-5)
+        np.testing.assert_array_equal(result.segs, expected[0])
 
 
 def ref_gaussian(segs, scores, labels, iou_threshold, min_score, max_seg_num, temperature):
