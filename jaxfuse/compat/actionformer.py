@@ -154,11 +154,12 @@ class _Items(NamedTuple):
     count: np.ndarray  # [I]
 
 
-def _bucket_rows(item_ids: np.ndarray, num_items: int):
+def _bucket_rows(item_ids: np.ndarray, num_items: int, row_limit=None):
     """Pack candidates (``item_ids [T]``, items ``0..I-1``) into power-of-two ``[R, W]`` buckets.
 
     One bucket per width: a video's few large classes and many small ones go
     to different kernel calls (padding all to the widest took 2.4x longer).
+    ``row_limit(width)``: the most rows per bucket (a power of two), or None.
 
     Yields ``(items [r], member [R, W])``: the bucket's items and, per row, the
     global indices of its candidates in their input order (-1 in padding).
@@ -169,14 +170,21 @@ def _bucket_rows(item_ids: np.ndarray, num_items: int):
     rank = np.arange(order.size) - first[item_ids[order]]
     widths = np.array([bucket_size(n, _MIN_WIDTH) for n in sizes])
     for width in np.unique(widths):
-        items = np.flatnonzero(widths == width)
-        row_of = np.full(num_items, -1)
-        row_of[items] = np.arange(items.size)
-        rows = row_of[item_ids[order]]
-        in_bucket = rows >= 0
-        member = np.full((bucket_size(items.size), int(width)), -1, np.int64)
-        member[rows[in_bucket], rank[in_bucket]] = order[in_bucket]
-        yield items, member
+        same_width = np.flatnonzero(widths == width)
+        step = same_width.size if row_limit is None else row_limit(int(width))
+        for start in range(0, same_width.size, step):
+            yield _bucket(same_width[start : start + step], int(width), item_ids, order, rank, num_items)
+
+
+def _bucket(items, width, item_ids, order, rank, num_items):
+    """``(items, member [R, W])`` for these items: R their number rounded up to a power of two."""
+    row_of = np.full(num_items, -1)
+    row_of[items] = np.arange(items.size)
+    rows = row_of[item_ids[order]]
+    in_bucket = rows >= 0
+    member = np.full((bucket_size(items.size), width), -1, np.int64)
+    member[rows[in_bucket], rank[in_bucket]] = order[in_bucket]
+    return items, member
 
 
 @functools.partial(jax.jit, static_argnames=("keep",))
@@ -204,7 +212,9 @@ def _select_items(segments, scores, item_ids, num_items, options, voting: bool, 
     )
     if keep_all == 0:
         return result
-    for items, member in _bucket_rows(item_ids, num_items):
+    # Voting forms a [rows, keep, width] matrix: at most 2**24 elements (64 MB) per bucket.
+    row_limit = (lambda width: 1 << (max(1, 2**24 // (keep_all * width)).bit_length() - 1)) if voting else None
+    for items, member in _bucket_rows(item_ids, num_items, row_limit):
         valid = member >= 0
         take = np.maximum(member, 0)
         bucket_segments = np.where(valid[..., None], segments[take], 0).astype(np.float32)
