@@ -3,8 +3,7 @@
 ActionFormer (Zhang et al., ECCV 2022) post-processes every (video, class) with
 a C++ loop. These kernels reproduce that loop's arithmetic and its order of
 operations on a padded batch ``[B, W]`` of items, one selection per item per
-``lax.while_loop`` iteration, with the row compaction of
-:func:`jaxfuse._grouping.compacted_while_loop`:
+``lax.while_loop`` iteration:
 
 * overlap ``inter / (area_i + area_j - inter)`` with ``area = end - start +
   1e-6`` and ``inter = max(0, min(ends) - max(starts))``, all in float32 in
@@ -17,12 +16,17 @@ operations on a padded batch ``[B, W]`` of items, one selection per item per
   resolves them; the kernel carries the permuted arrays, not an input order.
   The first selection is never checked against ``min_score`` (the C++ only
   drops proposals after decaying them), so an item whose scores are all
-  below ``min_score`` keeps its best one;
+  below ``min_score`` keeps its best one. Carrying the permutation costs a
+  scatter, two cumulative sums and four gathers per selection, so
+  :func:`fast_soft_nms_batch` runs first, by input index, and flags the rows
+  where equal scores met at a selection; only those need this kernel;
 * hard NMS: proposals with ``score > min_score`` (when ``min_score > 0``), in
   descending score order, each suppressing later ones whose overlap is
   ``>= iou_threshold``. The C++ orders them with ``torch.sort`` (not stable:
   libstdc++'s introsort, which keeps equal scores in input order only up to
-  16 elements); here equal scores go to the lower input index, always;
+  16 elements); here the order is a ``priority`` array: the scores (equal
+  ones by lower input index), or minus the ranks of the caller's own
+  ``torch.sort`` to reproduce its order;
 * segment voting (``seg_voting`` of ``libs/utils/nms.py``) for the
   class-agnostic mode.
 
@@ -40,7 +44,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxfuse._grouping import compacted_while_loop, first_best
 
 # The C++ adds 1e-6 (a double literal, rounded to float32 by ATen's float add) to every length.
 LENGTH_OFFSET = 1e-6
@@ -70,6 +73,29 @@ def overlap(start, end, length, starts, ends, all_lengths):
     """ActionFormer's 1-D IoU of one segment ``(start, end, length)`` with many, in the C++ order."""
     intersection = jnp.maximum(0.0, jnp.minimum(end, ends) - jnp.maximum(start, starts))
     return intersection / ((length + all_lengths) - intersection)
+
+
+def first_best(scores: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per row, the first index of the largest score, and whether it is above -inf.
+
+    A ``max`` then a ``min`` over the matching indices: on CPU faster than
+    ``argmax``'s variadic reduction, with the same first-index tie-break.
+    """
+    size = scores.shape[-1]
+    best = jnp.max(scores, axis=-1, keepdims=True)
+    index = jnp.min(jnp.where(scores == best, jnp.arange(size, dtype=jnp.int32), size), axis=-1)
+    return index, best[..., 0] > -jnp.inf
+
+
+def _while_active(body, inputs, state):
+    """``body`` until no row is active: one plain ``while_loop`` per program.
+
+    Not :func:`jaxfuse._grouping.compacted_while_loop`: its extra loop per
+    halving stage doubled the compile time here (2.3 s to 5.8 s per bucket
+    shape on the loaded 2-core CPU) and did not make warm runs faster, since
+    a bucket's rows need similar numbers of selections (at most ``keep``).
+    """
+    return jax.lax.while_loop(lambda s: jnp.any(s.active), lambda s: body(inputs, s), state)
 
 
 def _take(array, index):
@@ -167,7 +193,7 @@ def soft_nms_batch(segments, scores, count, sigma, min_score, *, keep: int) -> S
         segments[..., 0], segments[..., 1], scores, index, jnp.zeros((items,), jnp.int32), count,
         (count > 0) & (keep > 0),
     )
-    final = compacted_while_loop(_soft_step, inputs, state)
+    final = _while_active(_soft_step, inputs, state)
     chosen = jnp.arange(keep_width)[None, :] < final.selected[:, None]
     return Selections(
         jnp.where(chosen, final.index[:, :keep_width], -1),
@@ -243,7 +269,7 @@ def fast_soft_nms_batch(segments, scores, valid, sigma, min_score, *, keep: int)
     current, has_first, tie = _first_best_and_tie(live)
     unset = jnp.full((items, width), -1, jnp.int32)
     state = _FastSoftState(live, unset, jnp.zeros_like(scores), jnp.zeros((items,), jnp.int32), current, has_first, tie)
-    final = compacted_while_loop(_fast_soft_step, inputs, state)
+    final = _while_active(_fast_soft_step, inputs, state)
     rows = jnp.broadcast_to(jnp.arange(items)[:, None], (items, width))
     target = jnp.where(final.slot >= 0, final.slot, keep_width)
     inputs_index = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (items, width))
@@ -308,7 +334,7 @@ def hard_nms_batch(segments, scores, priority, eligible, iou_threshold, *, keep:
     current, has_next = first_best(remaining)
     unset = jnp.full((items, width), -1, jnp.int32)
     state = _HardState(remaining, unset, jnp.zeros((items,), jnp.int32), current, has_next)
-    final = compacted_while_loop(_hard_step, inputs, state)
+    final = _while_active(_hard_step, inputs, state)
     rows = jnp.broadcast_to(jnp.arange(items)[:, None], (items, width))
     target = jnp.where(final.slot >= 0, final.slot, keep_width)
     inputs_index = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (items, width))

@@ -27,11 +27,13 @@ Where the results can differ from ActionFormer's, and why:
 
 * ActionFormer sorts with ``torch.sort``, which is not stable: equal scores
   come out in libstdc++ introsort's order, unspecified beyond 16 elements.
-  :func:`batched_nms` makes step 4 with the very same ``torch.sort`` call, so
-  its order is ActionFormer's. Inside hard NMS (the C++'s own sort) and in
-  :func:`batched_nms_videos`, equal scores go to the lower input index (hard
-  NMS) and to the lower class, then the earlier selection (step 4): the order
-  ``torch.sort`` gives up to 16 elements, and ``stable=True`` always.
+  With torch input, :func:`batched_nms` calls ``torch.sort`` on the same
+  arrays (hard NMS's order within each class, and step 4), so equal scores
+  come out in ActionFormer's order. :func:`batched_nms` on numpy input and
+  :func:`batched_nms_videos` order equal scores by lower input index (hard
+  NMS), then lower class, then earlier selection (step 4): ``torch.sort``'s
+  order up to 16 elements, and ``stable=True``'s always. Soft-NMS ties follow
+  the C++'s own swaps in every case.
 * Computation is in float32, as the C++ (which refuses other dtypes); outputs
   are cast back to the input dtype and device. Kept segments and hard-NMS
   scores are the caller's own values.
@@ -58,7 +60,7 @@ from jaxfuse._validation import choice, positive_scalar
 
 METHODS = ("soft_nms", "nms", "gaussian")
 DEFAULT_TEMPERATURE = 0.2  # the published evaluation temperature
-_MIN_WIDTH = 16
+_MIN_WIDTH = 64  # narrower rows save little and each width is one more program to compile
 
 
 class NMSResult(NamedTuple):
@@ -152,12 +154,12 @@ class _Items(NamedTuple):
     count: np.ndarray  # [I]
 
 
-def _bucket_rows(item_ids: np.ndarray, num_items: int, one_width: bool):
+def _bucket_rows(item_ids: np.ndarray, num_items: int, row_limit=None):
     """Pack candidates (``item_ids [T]``, items ``0..I-1``) into power-of-two ``[R, W]`` buckets.
 
-    ``one_width``: a single bucket as wide as the largest item (one kernel call,
-    as suits one video); otherwise one bucket per width (less padding, as suits
-    a dataset).
+    One bucket per width: a video's few large classes and many small ones go
+    to different kernel calls (padding all to the widest took 2.4x longer).
+    ``row_limit(width)``: the most rows per bucket (a power of two), or None.
 
     Yields ``(items [r], member [R, W])``: the bucket's items and, per row, the
     global indices of its candidates in their input order (-1 in padding).
@@ -167,17 +169,22 @@ def _bucket_rows(item_ids: np.ndarray, num_items: int, one_width: bool):
     first = np.cumsum(sizes) - sizes
     rank = np.arange(order.size) - first[item_ids[order]]
     widths = np.array([bucket_size(n, _MIN_WIDTH) for n in sizes])
-    if one_width:
-        widths[:] = widths.max()
     for width in np.unique(widths):
-        items = np.flatnonzero(widths == width)
-        row_of = np.full(num_items, -1)
-        row_of[items] = np.arange(items.size)
-        rows = row_of[item_ids[order]]
-        in_bucket = rows >= 0
-        member = np.full((bucket_size(items.size), int(width)), -1, np.int64)
-        member[rows[in_bucket], rank[in_bucket]] = order[in_bucket]
-        yield items, member
+        same_width = np.flatnonzero(widths == width)
+        step = same_width.size if row_limit is None else row_limit(int(width))
+        for start in range(0, same_width.size, step):
+            yield _bucket(same_width[start : start + step], int(width), item_ids, order, rank, num_items)
+
+
+def _bucket(items, width, item_ids, order, rank, num_items):
+    """``(items, member [R, W])`` for these items: R their number rounded up to a power of two."""
+    row_of = np.full(num_items, -1)
+    row_of[items] = np.arange(items.size)
+    rows = row_of[item_ids[order]]
+    in_bucket = rows >= 0
+    member = np.full((bucket_size(items.size), width), -1, np.int64)
+    member[rows[in_bucket], rank[in_bucket]] = order[in_bucket]
+    return items, member
 
 
 @functools.partial(jax.jit, static_argnames=("keep",))
@@ -188,9 +195,7 @@ def _top_fused(scores, count, *, keep: int):
     return values, jnp.where(values > -jnp.inf, index, -1)
 
 
-def _select_items(
-    segments, scores, item_ids, num_items, options, voting: bool, priority=None, one_width: bool = False
-) -> _Items:
+def _select_items(segments, scores, item_ids, num_items, options, voting: bool, priority=None) -> _Items:
     """Run the chosen method on every item, bucket by bucket (one compiled program per bucket shape).
 
     ``priority [T]``: hard NMS's processing order (default: the scores).
@@ -207,7 +212,9 @@ def _select_items(
     )
     if keep_all == 0:
         return result
-    for items, member in _bucket_rows(item_ids, num_items, one_width):
+    # Voting forms a [rows, keep, width] matrix: at most 2**24 elements (64 MB) per bucket.
+    row_limit = (lambda width: 1 << (max(1, 2**24 // (keep_all * width)).bit_length() - 1)) if voting else None
+    for items, member in _bucket_rows(item_ids, num_items, row_limit):
         valid = member >= 0
         take = np.maximum(member, 0)
         bucket_segments = np.where(valid[..., None], segments[take], 0).astype(np.float32)
@@ -278,11 +285,11 @@ def _outputs(member, kept_scores, kept_segments, segs, scores, cls_idxs, method,
         if method != "gaussian" and not voting:
             out_segments = segs[index]
         else:
-            out_segments = torch.from_numpy(np.ascontiguousarray(kept_segments)).to(segs.device, segs.dtype)
+            out_segments = torch.from_numpy(np.array(kept_segments)).to(segs.device, segs.dtype)
         if method == "nms":
             out_scores = scores[index.to(scores.device)]
         else:
-            out_scores = torch.from_numpy(np.ascontiguousarray(kept_scores)).to(scores.device, scores.dtype)
+            out_scores = torch.from_numpy(np.array(kept_scores)).to(scores.device, scores.dtype)
         return NMSResult(out_segments, out_scores, labels)
     segs, scores, cls_idxs = _host(segs), _host(scores), _host(cls_idxs)
     exact_segments = method != "gaussian" and not voting
@@ -379,7 +386,7 @@ def batched_nms(
         >>> out = batched_nms(segs, torch.tensor([0.9, 0.8, 0.7]), torch.tensor([0, 0, 1]),
         ...                   0.1, 0.001, 200)
         >>> out.cls_idxs.tolist(), [round(s, 4) for s in out.scores.tolist()]
-        ([0, 1, 0], [0.9, 0.7, 0.1596])
+        ([0, 1, 0], [0.9, 0.7, 0.1583])
     """
     options = _options(iou_threshold, min_score, max_seg_num, use_soft_nms, sigma, voting_thresh, method, temperature)
     segments, score_values, labels = _video_arrays(segs, scores, cls_idxs)
@@ -394,9 +401,7 @@ def batched_nms(
     priority = None
     if options["method"] == "nms" and _is_torch(scores):
         priority = _torch_sort_priority(scores, score_values, item_ids, options["min_score"])
-    chosen = _select_items(
-        segments, score_values, item_ids, int(item_ids.max()) + 1, options, voting, priority, one_width=True
-    )
+    chosen = _select_items(segments, score_values, item_ids, int(item_ids.max()) + 1, options, voting, priority)
     # ActionFormer's last step, with its own call so that equal scores come out in its order.
     kept = np.arange(chosen.member.shape[1])[None, :] < chosen.count[:, None]
     member, kept_scores, kept_segments = chosen.member[kept], chosen.scores[kept], chosen.segments[kept]
@@ -481,8 +486,10 @@ def batched_nms_videos(
     labels = np.concatenate([c.astype(np.int64) for _, _, c in videos])
     video_of = np.repeat(np.arange(len(videos)), sizes)
     if multiclass:
-        pairs, item_ids = np.unique(np.stack([video_of, labels], axis=1), axis=0, return_inverse=True)
-        item_video = pairs[:, 0]
+        # One integer key per (video, class), ordered by video then class.
+        lowest = labels.min()
+        keys, item_ids = np.unique(video_of * (labels.max() - lowest + 1) + (labels - lowest), return_inverse=True)
+        item_video = keys // (labels.max() - lowest + 1)
     else:
         item_video, item_ids = np.unique(video_of, return_inverse=True)
     item_ids = item_ids.reshape(-1)
