@@ -22,7 +22,7 @@ from jaxfuse import _compilation_cache
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
-# One small program with a while loop (the grouping kernel): it takes well over
+# One small program with a while loop (grouping and fusion): it takes well over
 # MIN_COMPILE_TIME_SECS to compile, so the cache must store it. The script prints
 # the status, the JAX settings and how many programs JAX read from the cache.
 _SCRIPT_HEAD = """
@@ -73,7 +73,7 @@ def test_programs_are_stored_then_read_by_the_next_process(tmp_path):
     assert first["min_compile_time"] == _compilation_cache.MIN_COMPILE_TIME_SECS
     assert first["min_entry_size"] == -1
     stored = _entries(cache)
-    assert any(p.name.startswith("jit__group_batch") for p in stored), sorted(p.name for p in stored)
+    assert any(p.name.startswith("jit__group_and_fuse") for p in stored), sorted(p.name for p in stored)
     assert first["hits"] == 0  # an empty cache: everything compiled
     second = _run(tmp_path, env={"JAXFUSE_COMPILATION_CACHE": str(cache)})
     assert second["hits"] >= len(stored)  # every stored program loaded, none compiled again

@@ -357,7 +357,8 @@ def test_pack_items_matches_pack_proposals():
     scores = rng.uniform(0, 1, total).astype(np.float32)
     weights = rng.uniform(0, 1, total).astype(np.float32)
     split = lambda x: [x[s : s + n] for s, n in zip(starts, sizes)]  # noqa: E731
-    expected = pack_proposals(split(segments), split(scores), split(weights))
+    # pack_items buckets by powers of two: pack_proposals with growth=2 (its default is 4).
+    expected = pack_proposals(split(segments), split(scores), split(weights), growth=2)
     got = pack_items(segments, scores, weights, starts, sizes, rows=lambda size, n: 1 << 20, merge_budget=0)
     assert len(got) == len(expected)
     for ours, theirs in zip(got, expected):

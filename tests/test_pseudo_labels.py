@@ -82,14 +82,23 @@ def test_tiny_training_temperature_is_finite(videos):
 
 
 def test_max_classes_keeps_the_best_scores_and_flags_the_rest(videos):
-    out = pseudo_labels(videos.cas, videos.video_scores, length=videos.length, temperature=0.02,
-                        **{**OPTIONS, "max_classes": 1})
-    passing = videos.video_scores >= 0.16
-    assert (out.selected.sum(1) == np.minimum(passing.sum(1), 1)).all()
-    best = np.argmax(np.where(passing, videos.video_scores, -np.inf), axis=1)
+    # Same shapes and options as the fixture (one compile): the video scores make more classes pass
+    # than max_classes = 3 in some videos, ties and all-fail included.
+    scores = videos.video_scores.copy()
+    scores[0] = [0.9, 0.5, 0.3, 0.2]  # four pass: the 0.2 is flagged
+    scores[1] = [0.17, 0.8, 0.16, 0.95]  # four pass, the smallest at the threshold
+    scores[2] = [0.1, 0.05, 0.0, 0.15]  # none passes
+    out = pseudo_labels(videos.cas, scores, length=videos.length, temperature=0.02, **OPTIONS)
+    max_classes = OPTIONS["max_classes"]
+    passing = scores >= 0.16
+    assert (passing.sum(1) > max_classes).sum() >= 2
+    assert (out.selected.sum(1) == np.minimum(passing.sum(1), max_classes)).all()
+    ranked = np.argsort(-np.where(passing, scores, -np.inf), axis=1, kind="stable")
     for video in np.flatnonzero(passing.any(1)):
-        assert out.selected[video, best[video]]
+        best = ranked[video, : min(passing[video].sum(), max_classes)]
+        assert out.selected[video, best].all()
     np.testing.assert_array_equal(out.truncated, passing & ~out.selected)
+    assert not np.moveaxis(np.asarray(out.labels), 2, 1)[~np.asarray(out.selected)].any()  # unselected: no labels
 
 
 @pytest.mark.parametrize(

@@ -83,48 +83,60 @@ def test_matches_highs_on_thumos_like_segments(generated):
     assert len(statuses) >= 8 and statuses.count(0) >= 6  # enough real LPs for the comparison to mean something
 
 
-def test_infeasible_items_get_the_paint_fallback(generated):
-    items, (segments, scores, valid, length), labels = generated
-    painted = segments_to_snippets(segments, scores, valid, length=length, num_snippets=NUM_SNIPPETS, method="paint")
-    infeasible = labels.result == LPResultCode.INFEASIBLE
-    np.testing.assert_array_equal(labels.snippets[infeasible], painted.snippets[infeasible])
-    zeros = segments_to_snippets(segments, scores, valid, length=length, num_snippets=NUM_SNIPPETS, fallback="zeros")
-    assert not zeros.snippets[infeasible].any()
+# Every small case is one item of up to 4 segments in 16 snippets, sent as a row of one
+# batch of SMALL_ITEMS items (the other rows empty) so that all of them share one compile.
+SMALL_ITEMS, SMALL_ROWS, SMALL_SNIPPETS = 8, 4, 16
 
 
-def test_jit_matches_eager(generated):
-    _, (segments, scores, valid, length), labels = generated
-    run = jax.jit(lambda s, q, v, n: segments_to_snippets(s, q, v, length=n, num_snippets=NUM_SNIPPETS))
-    jitted = run(jnp.asarray(segments), jnp.asarray(scores), jnp.asarray(valid), jnp.asarray(length))
-    np.testing.assert_array_equal(np.asarray(jitted.result), labels.result)
-    np.testing.assert_allclose(np.asarray(jitted.snippets), labels.snippets, atol=1e-6)
+def small_arrays(cases, dtype=np.float32):
+    """Segments, scores, valid and length of up to SMALL_ITEMS cases ``(segments, scores, length[, valid])``."""
+    segments = np.zeros((SMALL_ITEMS, SMALL_ROWS, 2), dtype)
+    scores = np.zeros((SMALL_ITEMS, SMALL_ROWS), dtype)
+    valid = np.zeros((SMALL_ITEMS, SMALL_ROWS), bool)
+    length = np.full(SMALL_ITEMS, SMALL_SNIPPETS, np.int32)
+    for i, (case_segments, case_scores, case_length, *case_valid) in enumerate(cases):
+        case_segments = np.asarray(case_segments, dtype).reshape(-1, 2)
+        rows = case_segments.shape[0]
+        segments[i, :rows], scores[i, :rows], length[i] = case_segments, case_scores, case_length
+        valid[i, :rows] = case_valid[0] if case_valid else True
+    return segments, scores, valid, length
+
+
+def small_batch(cases, dtype=np.float32, **options):
+    """Labels of up to SMALL_ITEMS cases, padded to the one shared shape."""
+    segments, scores, valid, length = small_arrays(cases, dtype)
+    return segments_to_snippets(segments, scores, valid, length=length, num_snippets=SMALL_SNIPPETS, **options)
 
 
 def small(segments, scores, length, dtype=np.float32, **options):
-    """One item of up to 4 segments in 16 snippets, padded to 4 rows so that the small cases share one compile."""
-    segments = np.asarray(segments, dtype).reshape(-1, 2)
-    rows = segments.shape[0]
-    valid = np.arange(4) < rows
-    segments = np.concatenate([segments, np.zeros((4 - rows, 2), dtype)])
-    scores = np.concatenate([np.asarray(scores, dtype), np.zeros(4 - rows, dtype)])
-    return segments_to_snippets(segments, scores, valid, length=np.int32(length), num_snippets=16, **options)
+    """The labels of one small case (row 0 of the shared batch)."""
+    return jax.tree.map(lambda x: x[0], small_batch([(segments, scores, length)], dtype, **options))
 
 
-@pytest.mark.parametrize(
-    "segments, scores, length, expected",
-    [
-        ([[0, 16]], [-0.2], 16, LPResultCode.INFEASIBLE),  # the whole video: no margin holds a negative score
-        ([[0, 4], [0, 4]], [2.0, 1.0], 16, LPResultCode.INFEASIBLE),  # the same segment, two sums
-        ([[0, 1]], [0.5], 1, LPResultCode.SUCCESSFUL),  # one-snippet video
-        ([[0, 1]], [1.5], 1, LPResultCode.INFEASIBLE),  # more than one snippet can hold
-        ([[0, 2]], [-0.1], 1, LPResultCode.INFEASIBLE),  # one snippet, no margin
-        ([[12, 17]], [-0.3], 16, LPResultCode.SUCCESSFUL),  # past the end: the left margin holds it
-        ([[0, 5]], [-0.3], 16, LPResultCode.SUCCESSFUL),  # at the start: the right margin holds it
-        ([[2, 10], [6, 14]], [3.0, 2.5], 16, LPResultCode.SUCCESSFUL),  # overlapping, consistent
-    ],
-)
-def test_degenerate_cases_against_highs(segments, scores, length, expected):
-    labels = small(segments, scores, length)
+DEGENERATE_CASES = [  # (segments, scores, length, expected code)
+    ([[0, 16]], [-0.2], 16, LPResultCode.INFEASIBLE),  # the whole video: no margin holds a negative score
+    ([[0, 4], [0, 4]], [2.0, 1.0], 16, LPResultCode.INFEASIBLE),  # the same segment, two sums
+    ([[0, 1]], [0.5], 1, LPResultCode.SUCCESSFUL),  # one-snippet video
+    ([[0, 1]], [1.5], 1, LPResultCode.INFEASIBLE),  # more than one snippet can hold
+    ([[0, 2]], [-0.1], 1, LPResultCode.INFEASIBLE),  # one snippet, no margin
+    ([[12, 17]], [-0.3], 16, LPResultCode.SUCCESSFUL),  # past the end: the left margin holds it
+    ([[0, 5]], [-0.3], 16, LPResultCode.SUCCESSFUL),  # at the start: the right margin holds it
+    ([[2, 10], [6, 14]], [3.0, 2.5], 16, LPResultCode.SUCCESSFUL),  # overlapping, consistent
+]
+DEGENERATE_INPUTS = [case[:3] for case in DEGENERATE_CASES]
+DEGENERATE_CODES = np.array([case[3] for case in DEGENERATE_CASES])
+
+
+@pytest.fixture(scope="module")
+def degenerate():
+    """The degenerate cases as the rows of one batch (one compile)."""
+    return small_batch(DEGENERATE_INPUTS)
+
+
+@pytest.mark.parametrize("case", range(len(DEGENERATE_CASES)))
+def test_degenerate_cases_against_highs(degenerate, case):
+    segments, scores, length, expected = DEGENERATE_CASES[case]
+    labels = jax.tree.map(lambda x: x[case], degenerate)
     assert labels.result == expected
     fused = np.column_stack([np.asarray(segments, np.float64), scores])
     matrix, target = published_rows(fused, length)
@@ -134,6 +146,38 @@ def test_degenerate_cases_against_highs(segments, scores, length, expected):
     if expected == LPResultCode.SUCCESSFUL:
         assert labels.objective == pytest.approx(reference.fun, rel=1e-3, abs=1e-4)
         assert np.abs(matrix @ labels.snippets[:length] - target).max() <= 1e-3
+
+
+# A caller's jit compiles the whole call again: the tests under jit share this one program, which
+# also takes the other fallback (zeros) so that no further program is compiled for it.
+jitted_small = jax.jit(
+    lambda s, q, v, n: segments_to_snippets(s, q, v, length=n, num_snippets=SMALL_SNIPPETS, fallback="zeros")
+)
+
+
+def degenerate_under_jit():
+    return jitted_small(*map(jnp.asarray, small_arrays(DEGENERATE_INPUTS)))
+
+
+def test_infeasible_items_get_the_paint_fallback(degenerate):
+    cases = len(DEGENERATE_CASES)
+    infeasible = DEGENERATE_CODES == LPResultCode.INFEASIBLE
+    assert infeasible.sum() >= 3 and (degenerate.result[:cases] == DEGENERATE_CODES).all()
+    painted = small_batch(DEGENERATE_INPUTS, method="paint").snippets[:cases]
+    ours = degenerate.snippets[:cases]
+    assert painted[infeasible].any()  # the comparison below is not between zeros
+    np.testing.assert_array_equal(ours[infeasible], painted[infeasible])
+    zeros = np.asarray(degenerate_under_jit().snippets)[:cases]  # fallback="zeros"
+    assert not zeros[infeasible].any()
+
+
+def test_jit_matches_eager(degenerate):
+    jitted = degenerate_under_jit()
+    np.testing.assert_array_equal(np.asarray(jitted.result), degenerate.result)
+    solved = np.asarray(degenerate.result) != LPResultCode.INFEASIBLE  # there the fallbacks differ (zeros, paint)
+    assert solved[: len(DEGENERATE_CASES)].sum() >= 4
+    np.testing.assert_allclose(np.asarray(jitted.snippets)[solved], degenerate.snippets[solved], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(jitted.objective)[solved], degenerate.objective[solved], rtol=1e-6, atol=1e-6)
 
 
 def test_unique_optimum_is_reproduced(dtype):
@@ -164,8 +208,8 @@ def test_padding_rows_and_row_order_change_nothing():
     base = small(segments / 3, scores, 16)
     order = np.array([2, 0, 1])
     extra = np.concatenate([segments[order] / 3, [[1e6, -5]]]).astype(np.float32)  # an invalid row may hold anything
-    shuffled = segments_to_snippets(extra, np.append(scores[order], np.nan).astype(np.float32),
-                                    np.array([True, True, True, False]), length=np.int32(16), num_snippets=16)
+    shuffled = small_batch([(extra, np.append(scores[order], np.nan), 16, [True, True, True, False])])
+    shuffled = jax.tree.map(lambda x: x[0], shuffled)
     assert base.result == shuffled.result == LPResultCode.SUCCESSFUL
     assert shuffled.objective == pytest.approx(float(base.objective), rel=1e-4)
 
@@ -179,11 +223,12 @@ def test_paint_is_the_largest_covering_score():
 
 
 def test_value_problems_inside_jit_give_codes():
-    segments = jnp.zeros((3, 4, 2)).at[:, 0].set(jnp.array([[2.0, 1.0], [jnp.nan, 3.0], [1.0, 3.0]]))
-    valid = jnp.arange(4) < 1
-    run = jax.jit(lambda s: segments_to_snippets(s, jnp.ones((3, 4)), jnp.broadcast_to(valid, (3, 4)), num_snippets=16).result)
+    segments = jnp.zeros((SMALL_ITEMS, SMALL_ROWS, 2)).at[:3, 0].set(jnp.array([[2.0, 1.0], [jnp.nan, 3.0], [1.0, 3.0]]))
+    valid = jnp.zeros((SMALL_ITEMS, SMALL_ROWS), bool).at[:3, 0].set(True)
+    length = jnp.full(SMALL_ITEMS, SMALL_SNIPPETS, jnp.int32)
+    result = jitted_small(segments, jnp.ones((SMALL_ITEMS, SMALL_ROWS)), valid, length).result
     np.testing.assert_array_equal(
-        run(segments), [LPResultCode.INVALID_INPUT, LPResultCode.NONFINITE_INPUT, LPResultCode.SUCCESSFUL]
+        result[:3], [LPResultCode.INVALID_INPUT, LPResultCode.NONFINITE_INPUT, LPResultCode.SUCCESSFUL]
     )
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from jaxfuse._cli import main
 from jaxfuse._evaluate import THUMOS14_THRESHOLDS
-from jaxfuse.tools.study import BASELINES, TEMPLATES, run_study
+from jaxfuse.tools import study
+from jaxfuse.tools.study import BASELINES, SENSITIVITY, SENSITIVITY_METHODS, TEMPLATES, run_study
 from jaxfuse.tools.videos import VideoParameters, synthetic_videos
 
 # Small videos, few classes: every run shares these shapes (and so its compiled programs).
@@ -90,7 +91,20 @@ def test_clean_rectangular_cas_gives_perfect_map_for_every_method():
         assert row.mean_average_precision.tolist() == [1.0] * len(THUMOS14_THRESHOLDS), row.method
 
 
-def test_study_command_writes_a_sane_table(tmp_path, capsys):
+def test_sensitivity_settings_are_easier_and_harder():
+    defaults = VideoParameters()
+    easier, harder = (defaults._replace(**SENSITIVITY[name]) for name in ("easier", "harder"))
+    assert set(SENSITIVITY) == {"easier", "harder"}
+    assert easier.noise < defaults.noise < harder.noise and easier.ramp < harder.ramp
+    assert easier.spurious_rate < harder.spurious_rate
+    assert set(SENSITIVITY_METHODS) <= set(BASELINES + TEMPLATES)
+
+
+def test_study_command_writes_a_sane_table(tmp_path, capsys, monkeypatch):
+    # The sensitivity reruns are wired as usual but with settings equal to the main one (the real
+    # settings change the CAS, hence the padded shapes, and would compile every method twice more;
+    # they are checked above): each rerun must then reproduce the main rows exactly.
+    monkeypatch.setattr(study, "SENSITIVITY", {"easier": {"seed": TINY["seed"]}, "harder": {"noise": VideoParameters().noise}})
     arguments = ["study", *TINY_ARGUMENTS, "--methods", "nms", "gaussian", "exponential", "uniform",
                  "--temperatures", "0.05", "0.2", "--output-dir", str(tmp_path)]
     assert main(arguments) == 0
@@ -103,6 +117,10 @@ def test_study_command_writes_a_sane_table(tmp_path, capsys):
     # The sensitivity reruns: nms and gaussian (both temperatures) in three settings.
     sensitivity = [line for line in report.splitlines() if re.match(r"\| (main|easier|harder) \|", line)]
     assert len(sensitivity) == 3 * (1 + 2)
+    settings = {line.split("|")[1].strip(): [] for line in sensitivity}
+    for line in sensitivity:
+        settings[line.split("|")[1].strip()].append(line.split("|")[2:])
+    assert settings["easier"] == settings["main"] == settings["harder"]
     rows = [line for line in report.splitlines() if re.match(r"\| (nms|gaussian|exponential|uniform) \|", line)]
     assert len(rows) == 1 + 3 * 2
     table = {}
