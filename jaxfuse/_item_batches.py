@@ -75,8 +75,11 @@ def pack_items(
 
     Item ``i`` is ``segments[starts[i] : starts[i] + sizes[i]]`` (and the same
     rows of ``scores``, ``weights``). The buckets are those of
-    :func:`jaxfuse.pack_proposals` (power-of-two sizes, smallest first, items
-    in order within a bucket), with two differences that save compiles:
+    :func:`jaxfuse.pack_proposals` with ``growth=2`` (power-of-two sizes,
+    smallest first, items in order within a bucket), with two differences
+    that save compiles (merging small buckets upwards does here, for a file's
+    known size distribution, what ``pack_proposals``' default ``growth=4``
+    does blindly):
 
     * a bucket is padded into the next larger bucket when that adds at most
       ``merge_budget`` padded detections (see :func:`merged_buckets`);
