@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from jaxfuse._templates import laplace_fit, weighted_quantiles
+from jaxfuse._templates import SNAPPED_BISECTION_LIMIT, laplace_fit, weighted_quantiles
 
-GROUPS, MEMBERS, COORDINATES = 6, 7, 2
+COORDINATES = 2
+SHAPES = [(6, 7), (2, 80)]  # (groups, members) on both sides of SNAPPED_BISECTION_LIMIT
 LEVELS = (0.25, 0.5, 0.75)
 
 
@@ -44,33 +45,37 @@ def _pool(dtype):
     return np.array([-big, -3.5, -1.0, -0.0, 0.0, 1.0, np.nextafter(dtype(1), dtype(2)), 2.5, 1e6, big], dtype)
 
 
-def _groups(draw_data, dtype):
+def _groups(draw_data, dtype, shape):
     pool = _pool(dtype)
     real_pool = pool[1:-1]  # the extremes only pad, so a chosen extreme would be a chosen pad
-    shape = (GROUPS, MEMBERS, COORDINATES)
-    slots = GROUPS * MEMBERS * COORDINATES
-    mask = np.array(draw_data.draw(st.lists(st.booleans(), min_size=GROUPS * MEMBERS, max_size=GROUPS * MEMBERS)))
-    mask = mask.reshape(GROUPS, MEMBERS)
+    groups, members = shape
+    shape = (groups, members, COORDINATES)
+    slots = groups * members * COORDINATES
+    mask = np.array(draw_data.draw(st.lists(st.booleans(), min_size=groups * members, max_size=groups * members)))
+    mask = mask.reshape(groups, members)
     mask[:, 0] |= ~mask.any(axis=1)  # every group has a member; padding may sit anywhere
     picks = draw_data.draw(st.lists(st.integers(0, len(real_pool) - 1), min_size=slots, max_size=slots))
     values = real_pool[np.array(picks)].reshape(shape)
     padding = np.array([np.nan, np.inf, -np.inf, pool[0], pool[-1]], dtype)
     pad_picks = draw_data.draw(st.lists(st.integers(0, len(padding) - 1), min_size=slots, max_size=slots))
     values = np.where(mask[..., None], values, padding[np.array(pad_picks)].reshape(shape))
-    sixty_fourths = draw_data.draw(st.lists(st.integers(0, 8), min_size=GROUPS * MEMBERS, max_size=GROUPS * MEMBERS))
-    weights = np.where(mask, np.array(sixty_fourths).reshape(GROUPS, MEMBERS) / 64, 0).astype(dtype)
+    sixty_fourths = draw_data.draw(st.lists(st.integers(0, 8), min_size=groups * members, max_size=groups * members))
+    weights = np.where(mask, np.array(sixty_fourths).reshape(groups, members) / 64, 0).astype(dtype)
     return values, weights, mask
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"M={s[1]}")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @settings(max_examples=25, deadline=None)
 @given(draw_data=st.data())
-def test_weighted_quantiles_match_the_definition(dtype, draw_data):
-    values, weights, mask = _groups(draw_data, dtype)
+def test_weighted_quantiles_match_the_definition(dtype, shape, draw_data):
+    assert min(m for _, m in SHAPES) <= SNAPPED_BISECTION_LIMIT < max(m for _, m in SHAPES)
+    values, weights, mask = _groups(draw_data, dtype, shape)
+    groups = shape[0]
     with jax.enable_x64(dtype == np.float64):
         quantiles = np.asarray(_batched_quantiles()(jnp.asarray(values), jnp.asarray(weights), jnp.asarray(mask)))
     assert quantiles.dtype == dtype
-    for group in range(GROUPS):
+    for group in range(groups):
         for coordinate in range(COORDINATES):
             x = values[group, :, coordinate]
             for level_index, level in enumerate(LEVELS):
