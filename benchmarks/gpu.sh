@@ -11,7 +11,10 @@
 #
 # Needs a Python whose jax sees the GPU (jax[cuda12]) and the bench extra
 # (pytest-benchmark, matplotlib, scipy) already installed: the GPU machines
-# cannot reach a package index. Writes, under benchmarks/results/:
+# cannot reach a package index. The H200 image has all of these and tqdm, but
+# not msgspec (a jaxfuse dependency that `import jaxfuse` loads): carry its
+# cp312 manylinux wheel and pip-install it with --target first, as the device
+# tool's README shows. Writes, under benchmarks/results/:
 #   <gpu>.md, <gpu>.json, <gpu>-*.png   the report (kept up to date section by section)
 #   <gpu>.log                           the command's output
 #   <gpu>-pytest.json                   pytest-benchmark's statistics
