@@ -88,7 +88,7 @@ def test_large_df_tends_to_the_gaussian_location(dtype):
     values, weights, mask = random_groups(rng, SHARED_GROUPS, SHARED_MEMBERS, SHARED_COORDINATES, dtype=dtype, min_size=6)
     gaussian = jaxfuse.fuse_gaussian(values, weights, mask, temperature=2.0)
     distances = []
-    for df in (3.0, 300.0, 3e6):
+    for df in (3.0, 10.0, 3e6):  # 3 and 10 are compiled by other tests already
         t_fit = jaxfuse.fuse_student_t(values, weights, mask, temperature=2.0, df=df)
         distances.append(np.max(np.abs(t_fit.location - gaussian.location) / gaussian.parameters.scale))
     assert distances[0] > distances[1] > distances[2]
@@ -115,7 +115,7 @@ def test_a_dominant_member_is_a_point_mass_fit():
     fused = fit_t(values, weights, df=3.0, temperature=1.0)
     assert fused.result[0] == ResultCode.SUCCESSFUL
     assert fused.location[0, 0] == 2.0 and fused.parameters.scale[0, 0] == 0
-    spread_out = fit_t(values, weights, df=5.0, temperature=1.0)  # 0.8 < 5/6: a proper fit
+    spread_out = fit_t(values, weights, df=10.0, temperature=1.0)  # 0.8 < 10/11: a proper fit
     assert spread_out.parameters.scale[0, 0] > 0
 
 
