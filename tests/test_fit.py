@@ -10,7 +10,7 @@ import pytest
 
 import jaxfuse
 from jaxfuse import ResultCode
-from conftest import random_groups
+from conftest import SHARED_GROUPS, SHARED_MEMBERS, fuse_in_shared_shape, random_groups
 
 DENSITIES = {
     "gaussian": jaxfuse.gaussian_density,
@@ -48,8 +48,8 @@ def closed_form_losses(template, density, fused, values, mask):
 def test_closed_forms_are_the_fitters_optimum(template):
     rng = np.random.default_rng(len(template))
     with jax.enable_x64(True):
-        values, weights, mask = random_groups(rng, groups=48, members=12, coordinates=1, min_size=4)
-        fused = jaxfuse.fuse_groups(values, weights, mask, template=template, temperature=2.0)
+        values, weights, mask = random_groups(rng, SHARED_GROUPS, SHARED_MEMBERS, coordinates=1, min_size=4)
+        fused = fuse_in_shared_shape(jaxfuse.fuse_groups, values, weights, mask, template=template, temperature=2.0)
         fitted = jaxfuse.fit_template(DENSITIES[template], values[..., 0], weights, mask, temperature=2.0, tolerance=1e-9, max_steps=3000)
         fit_ok = fitted.result == ResultCode.SUCCESSFUL
         assert fit_ok.mean() > 0.9
@@ -66,9 +66,9 @@ def test_closed_forms_are_the_fitters_optimum(template):
 def test_uniform_fit_approaches_the_member_range():
     rng = np.random.default_rng(30)
     with jax.enable_x64(True):
-        values, weights, mask = random_groups(rng, groups=32, members=8, coordinates=1, min_size=2)
+        values, weights, mask = random_groups(rng, SHARED_GROUPS, SHARED_MEMBERS, coordinates=1, min_size=2)
         fitted = jaxfuse.fit_template(jaxfuse.uniform_density, values[..., 0], weights, mask, tolerance=1e-9)
-        fused = jaxfuse.fuse_uniform(values, weights, mask)
+        fused = fuse_in_shared_shape(jaxfuse.fuse_uniform, values, weights, mask)
     width = fused.parameters.high[:, 0] - fused.parameters.low[:, 0]
     assert (fitted.loss >= np.log(width)).all()  # erratum 2: no support holding every member is shorter
     np.testing.assert_allclose(fitted.loss, np.log(width), atol=1e-6)
@@ -78,13 +78,13 @@ def test_laplace_weighted_median_is_the_fitters_optimum():
     """A template beyond the paper through the generic path: its non-smooth loss needs a first-order optimiser."""
     rng = np.random.default_rng(31)
     with jax.enable_x64(True):
-        values, weights, mask = random_groups(rng, groups=48, members=12, coordinates=1, min_size=3)
+        values, weights, mask = random_groups(rng, SHARED_GROUPS, SHARED_MEMBERS, coordinates=1, min_size=3)
         optimizer = optax.adam(optax.exponential_decay(0.5, transition_steps=300, decay_rate=0.3))
         fitted = jaxfuse.fit_template(jaxfuse.laplace_density, values[..., 0], weights, mask, temperature=2.0, optimizer=optimizer, max_steps=4000)
-        fused = jaxfuse.fuse_laplace(values, weights, mask, temperature=2.0)
+        fused = fuse_in_shared_shape(jaxfuse.fuse_laplace, values, weights, mask, temperature=2.0)
         closed_loss = closed_form_losses("laplace", jaxfuse.laplace_density, fused, values, mask)
         fitted_loss = np.asarray(fitted.loss)
-        assert closed_loss.shape == (48,)
+        assert closed_loss.shape == (SHARED_GROUPS,)
         assert (closed_loss <= fitted_loss + 1e-9).all()
         assert (fitted_loss - closed_loss < 1e-5).all()
     assert (np.abs(fitted.location - fused.location[:, 0]) <= 1e-2 * fused.parameters.scale[:, 0]).all()

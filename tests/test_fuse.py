@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 
 import jaxfuse
 from jaxfuse import ResultCode
-from conftest import random_groups, tolerance
+from conftest import SHARED_COORDINATES, SHARED_GROUPS, SHARED_MEMBERS, fuse_in_shared_shape, random_groups, tolerance
 
 CLOSED_FORMS = ["gaussian", "uniform", "exponential", "laplace"]
 TEMPLATES = CLOSED_FORMS + ["student_t"]
@@ -45,8 +47,17 @@ def reference_fusion(template, values, weights, temperature):
     raise AssertionError(template)
 
 
-def maybe_jit(use_jit, function):
-    return jax.jit(function) if use_jit else function
+SHARED = (SHARED_GROUPS, SHARED_MEMBERS, SHARED_COORDINATES)  # most tests use it: one compile per template and dtype
+
+
+def shared_groups(rng, dtype=np.float64, min_size=1):
+    return random_groups(rng, *SHARED, dtype=dtype, min_size=min_size)
+
+
+@functools.cache
+def jitted_fuse(template):
+    """One caller's jit per template for the whole module, temperature traced: tests share its compiles."""
+    return jax.jit(lambda v, w, m, t: jaxfuse.fuse_groups(v, w, m, template=template, temperature=t))
 
 
 @pytest.mark.parametrize("use_jit", [False, True], ids=["eager", "jit"])
@@ -54,9 +65,11 @@ def maybe_jit(use_jit, function):
 @pytest.mark.parametrize("temperature", [0.2, 1.0])
 def test_closed_forms_match_numpy_reference(template, temperature, dtype, use_jit):
     rng = np.random.default_rng([hash(template) % 2**32, int(temperature * 10)])
-    values, weights, mask = random_groups(rng, groups=64, members=16, dtype=dtype)
-    fuse = maybe_jit(use_jit, lambda v, w, m: jaxfuse.fuse_groups(v, w, m, template=template, temperature=temperature))
-    fused = fuse(jnp.asarray(values), jnp.asarray(weights), jnp.asarray(mask))
+    values, weights, mask = shared_groups(rng, dtype)
+    if use_jit:
+        fused = jitted_fuse(template)(jnp.asarray(values), jnp.asarray(weights), jnp.asarray(mask), jnp.asarray(temperature, dtype))
+    else:
+        fused = jaxfuse.fuse_groups(jnp.asarray(values), jnp.asarray(weights), jnp.asarray(mask), template=template, temperature=temperature)
     assert fused.location.dtype == dtype
     assert (np.asarray(fused.result) == ResultCode.SUCCESSFUL).all()
     for group in range(values.shape[0]):
@@ -79,13 +92,13 @@ def test_closed_forms_match_numpy_reference(template, temperature, dtype, use_ji
 @pytest.mark.parametrize("template", TEMPLATES)
 def test_padding_and_mask_equal_the_unpadded_group(template, dtype):
     rng = np.random.default_rng(1)
-    values, weights, _ = random_groups(rng, groups=8, members=5, dtype=dtype, min_size=5)
+    values, weights, _ = random_groups(rng, groups=SHARED_GROUPS, members=5, coordinates=SHARED_COORDINATES, dtype=dtype, min_size=5)
     unpadded = jaxfuse.fuse_groups(values, weights, template=template, temperature=0.5)
-    # Interleave garbage-free but wild padding between the real members.
-    padded_values = np.full((8, 12, 3), 1e4, dtype)
-    padded_weights = np.full((8, 12), 50.0, dtype)
-    mask = np.zeros((8, 12), bool)
-    slots = np.sort(rng.choice(12, size=5, replace=False))
+    # Interleave garbage-free but wild padding between the real members (the padded batch has the shared shape).
+    padded_values = np.full(SHARED, 1e4, dtype)
+    padded_weights = np.full(SHARED[:2], 50.0, dtype)
+    mask = np.zeros(SHARED[:2], bool)
+    slots = np.sort(rng.choice(SHARED_MEMBERS, size=5, replace=False))
     padded_values[:, slots], padded_weights[:, slots], mask[:, slots] = values, weights, True
     padded = jaxfuse.fuse_groups(padded_values, padded_weights, mask, template=template, temperature=0.5)
     np.testing.assert_allclose(padded.location, unpadded.location, rtol=tolerance(dtype))
@@ -96,8 +109,8 @@ def test_padding_and_mask_equal_the_unpadded_group(template, dtype):
 @pytest.mark.parametrize("template", TEMPLATES)
 def test_permuting_members_changes_nothing(template, dtype):
     rng = np.random.default_rng(2)
-    values, weights, mask = random_groups(rng, groups=16, members=8, dtype=dtype)
-    permutation = rng.permutation(8)
+    values, weights, mask = shared_groups(rng, dtype)
+    permutation = rng.permutation(SHARED_MEMBERS)
     fused = jaxfuse.fuse_groups(values, weights, mask, template=template)
     permuted = jaxfuse.fuse_groups(values[:, permutation], weights[:, permutation], mask[:, permutation], template=template)
     np.testing.assert_allclose(permuted.location, fused.location, rtol=tolerance(dtype), atol=tolerance(dtype) * 500)
@@ -107,7 +120,7 @@ def test_permuting_members_changes_nothing(template, dtype):
 @pytest.mark.parametrize("template", TEMPLATES)
 def test_translation_and_scaling_move_the_location(template, dtype):
     rng = np.random.default_rng(3)
-    values, weights, mask = random_groups(rng, groups=16, members=8, dtype=dtype)
+    values, weights, mask = shared_groups(rng, dtype)
     fused = jaxfuse.fuse_groups(values, weights, mask, template=template)
     shift, factor = dtype(137.5), dtype(2.5)
     moved = jaxfuse.fuse_groups(values * factor + shift, weights, mask, template=template)
@@ -118,16 +131,16 @@ def test_translation_and_scaling_move_the_location(template, dtype):
 @pytest.mark.parametrize("template", ["gaussian", "exponential", "laplace", "student_t"])
 def test_vanishing_temperature_gives_the_highest_weight_member(template, dtype):
     rng = np.random.default_rng(4)
-    values, weights, mask = random_groups(rng, groups=32, members=8, dtype=dtype)
+    values, weights, mask = shared_groups(rng, dtype)
     fused = jaxfuse.fuse_groups(values, weights, mask, template=template, temperature=1e-6)
     best = np.argmax(np.where(mask, weights, -np.inf), axis=1)
     # Exact up to the rounding of origin + (x - origin) in the exponential's parametrisation.
-    np.testing.assert_allclose(fused.location, values[np.arange(32), best], rtol=4 * np.finfo(dtype).eps, atol=0)
+    np.testing.assert_allclose(fused.location, values[np.arange(SHARED_GROUPS), best], rtol=4 * np.finfo(dtype).eps, atol=0)
 
 
 def test_float32_tiny_temperature_and_large_coordinates_do_not_overflow():
     rng = np.random.default_rng(5)
-    values, weights, mask = random_groups(rng, groups=32, members=16, dtype=np.float32)
+    values, weights, mask = shared_groups(rng, np.float32)
     values = (values + 1e6).astype(np.float32)
     weights = (weights * 30).astype(np.float32)  # logits up to 3e5 at T = 1e-4
     for template in TEMPLATES:
@@ -142,7 +155,7 @@ def test_float32_tiny_temperature_and_large_coordinates_do_not_overflow():
 def test_exponential_location_equals_gaussian_location(dtype):
     """Erratum 3: softmax is shift invariant, so eq. (12) is the Gaussian's eq. (4)."""
     rng = np.random.default_rng(6)
-    values, weights, mask = random_groups(rng, groups=64, members=16, dtype=dtype)
+    values, weights, mask = shared_groups(rng, dtype)
     gaussian = jaxfuse.fuse_gaussian(values, weights, mask, temperature=0.3)
     exponential = jaxfuse.fuse_exponential(values, weights, mask, temperature=0.3)
     np.testing.assert_allclose(exponential.location, gaussian.location, rtol=tolerance(dtype), atol=tolerance(dtype) * 500)
@@ -155,7 +168,7 @@ def test_exponential_location_equals_gaussian_location(dtype):
 
 def test_uniform_ignores_weights(dtype):
     rng = np.random.default_rng(7)
-    values, weights, mask = random_groups(rng, groups=32, members=8, dtype=dtype)
+    values, weights, mask = shared_groups(rng, dtype)
     first = jaxfuse.fuse_uniform(values, weights, mask)
     second = jaxfuse.fuse_uniform(values, rng.normal(size=weights.shape).astype(dtype) * 10, mask, temperature=0.01)
     np.testing.assert_array_equal(first.location, second.location)
@@ -164,15 +177,15 @@ def test_uniform_ignores_weights(dtype):
 
 def test_empty_and_nonfinite_groups_get_codes_and_do_not_leak(dtype):
     rng = np.random.default_rng(8)
-    values, weights, mask = random_groups(rng, groups=6, members=8, dtype=dtype)
-    clean = {t: jaxfuse.fuse_groups(values, weights, mask, template=t) for t in TEMPLATES}
+    values, weights, mask = random_groups(rng, groups=6, members=8, coordinates=2, dtype=dtype)
+    clean = {t: fuse_in_shared_shape(jaxfuse.fuse_groups, values, weights, mask, template=t) for t in TEMPLATES}
     mask[1] = False
     first_real = np.argmax(mask[2])
     values[2, first_real, 1] = np.nan
     weights[3, np.argmax(mask[3])] = np.inf
     values[4, ~mask[4]] = np.nan  # non-finite padding is ignored
     for template in TEMPLATES:
-        fused = jaxfuse.fuse_groups(values, weights, mask, template=template)
+        fused = fuse_in_shared_shape(jaxfuse.fuse_groups, values, weights, mask, template=template)
         expected_codes = [0, ResultCode.EMPTY_GROUP, ResultCode.NONFINITE_INPUT, ResultCode.NONFINITE_INPUT, 0, 0]
         np.testing.assert_array_equal(fused.result, expected_codes)
         for leaf in jax.tree_util.tree_leaves(fused):
@@ -187,7 +200,7 @@ def test_empty_and_nonfinite_groups_get_codes_and_do_not_leak(dtype):
 @pytest.mark.parametrize("template", TEMPLATES)
 def test_gradients_are_finite_and_zero_in_padding(template, dtype):
     rng = np.random.default_rng(9)
-    values, weights, mask = random_groups(rng, groups=8, members=8, dtype=dtype)
+    values, weights, mask = shared_groups(rng, dtype)  # the derivative programs test_student_t also compiles
     mask[0] = False  # an empty group too
 
     def total_location(v, w):
@@ -201,7 +214,7 @@ def test_gradients_are_finite_and_zero_in_padding(template, dtype):
 
 def test_inputs_are_never_modified():
     rng = np.random.default_rng(10)
-    values, weights, mask = random_groups(rng, groups=8, members=8)
+    values, weights, mask = shared_groups(rng, np.float32)
     values[0, 0, 0] = np.nan
     copies = [values.copy(), weights.copy(), mask.copy()]
     for template in TEMPLATES:
@@ -212,18 +225,20 @@ def test_inputs_are_never_modified():
 
 def test_numpy_in_numpy_out_and_jax_in_jax_out():
     rng = np.random.default_rng(11)
-    values, weights, mask = random_groups(rng, groups=4, members=4, dtype=np.float32)
+    values, weights, mask = shared_groups(rng, np.float32)
     assert isinstance(jaxfuse.fuse_gaussian(values, weights, mask).location, np.ndarray)
     assert isinstance(jaxfuse.fuse_gaussian(jnp.asarray(values), weights, mask).location, jax.Array)
 
 
 def test_leading_batch_dimensions_are_kept():
     rng = np.random.default_rng(12)
-    values, weights, mask = random_groups(rng, groups=12, members=4, dtype=np.float32)
+    values, weights, mask = shared_groups(rng, np.float32)
     flat = jaxfuse.fuse_student_t(values, weights, mask)
-    nested = jaxfuse.fuse_student_t(values.reshape(3, 4, 4, 3), weights.reshape(3, 4, 4), mask.reshape(3, 4, 4))
-    assert nested.location.shape == (3, 4, 3) and nested.result.shape == (3, 4)
-    np.testing.assert_array_equal(nested.location.reshape(12, 3), flat.location)
+    nested_shape = (4, SHARED_GROUPS // 4)
+    nested = jaxfuse.fuse_student_t(values.reshape(nested_shape + SHARED[1:]), weights.reshape(nested_shape + SHARED[1:2]),
+                                    mask.reshape(nested_shape + SHARED[1:2]))
+    assert nested.location.shape == nested_shape + SHARED[2:] and nested.result.shape == nested_shape
+    np.testing.assert_array_equal(nested.location.reshape(SHARED_GROUPS, SHARED_COORDINATES), flat.location)
 
 
 def test_bad_input_is_rejected_before_tracing():
@@ -256,10 +271,10 @@ def test_bad_input_is_rejected_before_tracing():
 def test_throw_raises_for_failed_groups_but_not_empty_ones():
     values, weights, mask = np.zeros((2, 3, 1)), np.zeros((2, 3)), np.ones((2, 3), bool)
     mask[1] = False
-    jaxfuse.fuse_groups(values, weights, mask, throw=True)  # an empty group is not a failure
+    fuse_in_shared_shape(jaxfuse.fuse_groups, values, weights, mask, throw=True)  # an empty group is not a failure
     values[0, 0, 0] = np.inf
     with pytest.raises(RuntimeError, match="NONFINITE_INPUT"):
-        jaxfuse.fuse_groups(values, weights, mask, throw=True)
+        fuse_in_shared_shape(jaxfuse.fuse_groups, values, weights, mask, throw=True)
 
 
 @pytest.mark.parametrize("template", TEMPLATES)
@@ -267,7 +282,7 @@ def test_default_temperature_is_the_published_one_everywhere(template):
     """One default (0.2, the published evaluation's) for fuse_groups, every fuse_<template> and fit_template."""
     assert jaxfuse._presets.DEFAULT.temperature == 0.2
     rng = np.random.default_rng(14)
-    values, weights, mask = random_groups(rng, groups=8, members=6, dtype=np.float32, min_size=3)
+    values, weights, mask = shared_groups(rng, np.float32, min_size=3)
     weights = weights * 4  # spread logits, so that T = 0.2 and T = 1 give clearly different weights
     explicit = jaxfuse.fuse_groups(values, weights, mask, template=template, temperature=0.2)
     for fused in (jaxfuse.fuse_groups(values, weights, mask, template=template), getattr(jaxfuse, f"fuse_{template}")(values, weights, mask)):
@@ -287,7 +302,7 @@ def test_fit_template_default_temperature_is_the_published_one():
 
 def test_changing_temperature_does_not_recompile():
     rng = np.random.default_rng(13)
-    values, weights, mask = random_groups(rng, groups=8, members=8, dtype=np.float32)
+    values, weights, mask = shared_groups(rng, np.float32)
     jaxfuse.fuse_gaussian(values, weights, mask, temperature=0.5)
     before = jaxfuse.compile_count()
     for temperature in (0.1, 0.02, 0.0016):
@@ -300,26 +315,26 @@ def test_changing_temperature_does_not_recompile():
 def test_temperature_below_the_dtype_range_is_the_exact_limit(template, dtype, temperature):
     """Issue 8: T = 1e-39 in float32 (subnormal, flushed to zero on CPU) or 1e-8 in float16 gave NaN, SUCCESSFUL."""
     rng = np.random.default_rng(16)
-    values, weights, mask = random_groups(rng, groups=16, members=6, coordinates=2, dtype=dtype)
+    values, weights, mask = shared_groups(rng, dtype)
     fused = jaxfuse.fuse_groups(values, weights, mask, template=template, temperature=temperature)
     assert (fused.result == ResultCode.SUCCESSFUL).all()
     best = np.argmax(np.where(mask, weights, -np.inf), axis=1)
     expected_probabilities = np.zeros(weights.shape, dtype)
-    expected_probabilities[np.arange(16), best] = 1
+    expected_probabilities[np.arange(SHARED_GROUPS), best] = 1
     np.testing.assert_array_equal(fused.probabilities, expected_probabilities)
     if template == "uniform":
         return
     # Exact, up to the rounding of origin + (x - origin) in the exponential's parametrisation.
     atol = 2 * np.finfo(dtype).eps * np.abs(values).max() if template == "exponential" else 0
-    np.testing.assert_allclose(fused.location, values[np.arange(16), best], rtol=2 * np.finfo(dtype).eps, atol=atol)
+    np.testing.assert_allclose(fused.location, values[np.arange(SHARED_GROUPS), best], rtol=2 * np.finfo(dtype).eps, atol=atol)
 
 
 @pytest.mark.parametrize("template", TEMPLATES)
 def test_traced_invalid_temperature_gives_invalid_option_and_zeros(template):
     """Inside a caller's jit a temperature cannot raise: a non-positive or non-finite one is a result code."""
     rng = np.random.default_rng(17)
-    values, weights, mask = random_groups(rng, groups=4, members=5, coordinates=2, dtype=np.float32)
-    fuse = jax.jit(lambda t: jaxfuse.fuse_groups(jnp.asarray(values), jnp.asarray(weights), jnp.asarray(mask), template=template, temperature=t))
+    values, weights, mask = shared_groups(rng, np.float32)
+    fuse = functools.partial(jitted_fuse(template), jnp.asarray(values), jnp.asarray(weights), jnp.asarray(mask))
     for temperature in (0.0, -0.0, np.nan, -1.0, np.inf, -np.inf):
         fused = fuse(jnp.float32(temperature))
         assert (np.asarray(fused.result) == ResultCode.INVALID_OPTION).all(), temperature
@@ -340,8 +355,8 @@ def test_results_beyond_the_dtype_get_the_overflow_code_and_do_not_leak(template
     values[1, :, 0] = [3e38, -3e38, 3.3e38, -3.2e38]  # offsets between members overflow
     values[2, :, 1] = [3.3e38, 3.4e38, 3.35e38, 3.3e38]  # near the limit, but representable differences
     values[3, :, 0] = [1e20, -1e20, 2e20, 0]  # a variance beyond float32, a representable location
-    clean = jaxfuse.fuse_groups(values[[0, 4, 5]], weights[[0, 4, 5]], mask[[0, 4, 5]], template=template)
-    fused = jaxfuse.fuse_groups(values, weights, mask, template=template)
+    clean = fuse_in_shared_shape(jaxfuse.fuse_groups, values[[0, 4, 5]], weights[[0, 4, 5]], mask[[0, 4, 5]], template=template)
+    fused = fuse_in_shared_shape(jaxfuse.fuse_groups, values, weights, mask, template=template)
     np.testing.assert_allclose(fused.location[[0, 4, 5]], clean.location, rtol=tolerance(np.float32))  # fast path or careful
     low, high = values.min(axis=1), values.max(axis=1)
     for group in (1, 2, 3):
