@@ -43,7 +43,7 @@ import numpy as np
 
 from jaxfuse._cas import proposals_from_cas
 from jaxfuse._grouping import group_proposals
-from jaxfuse._interop import array_kind, from_jax, to_jax
+from jaxfuse._interop import array_kind, from_jax
 from jaxfuse._interval_lp import LPResultCode
 from jaxfuse._snippets import (
     DEFAULT_CHECK_EVERY,

@@ -47,7 +47,6 @@ Where the results can differ from ActionFormer's, and why:
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, NamedTuple, Sequence
 
 import jax
