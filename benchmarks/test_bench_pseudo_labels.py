@@ -36,7 +36,7 @@ import numpy as np
 import pytest
 
 import jaxfuse
-from jaxfuse._published_labels import (
+from jaxfuse.bench.published_labels import (
     published_fusion,
     published_proposals,
     published_pseudo_labels,

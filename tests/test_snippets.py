@@ -9,7 +9,7 @@ import pytest
 
 import jaxfuse
 from jaxfuse import LPResultCode, segments_to_snippets
-from jaxfuse._published_labels import (
+from jaxfuse.bench.published_labels import (
     optimum_is_unique,
     published_fusion,
     published_proposals,
