@@ -281,7 +281,7 @@ def test_static_bound_is_reached_and_never_truncates():
 
 def test_max_proposals_keeps_the_first_in_order_and_reports_truncation():
     rng = np.random.default_rng(6)
-    cas = smooth_cas(rng, (2, 100))
+    cas = smooth_cas(rng, (2, 30))  # the shape of the tests below: `full` shares their program
     full = proposals_from_cas(cas, PUBLISHED_THRESHOLDS)
     short = proposals_from_cas(cas, PUBLISHED_THRESHOLDS, max_proposals=7)
     assert short.inner.shape == (2, 7)

@@ -157,9 +157,26 @@ def assert_item_matches(fused, item, expected, dtype, *, check_spread=True):
 # ---------------------------------------------------------------- against the loop
 
 
-@pytest.mark.parametrize("overlap,discrete", CONVENTIONS, ids=CONVENTION_IDS)
-@pytest.mark.parametrize("method", REFERENCE_METHODS)
+def fusion_cases():
+    """Every (method, convention) in float32; float64 (a separate program each) for every method at
+    the default convention and every convention for gaussian: the float64 arithmetic is per method,
+    and the conventions' float64 threshold decisions are checked bit for bit in test_grouping.py."""
+    cases = []
+    for method in REFERENCE_METHODS:
+        for (overlap, discrete), name in zip(CONVENTIONS, CONVENTION_IDS):
+            cases.append(pytest.param(method, overlap, discrete, np.float32, id=f"{method}-{name}-float32"))
+            if method == "gaussian" or (overlap, discrete) == ("candidate", False):
+                cases.append(pytest.param(method, overlap, discrete, np.float64, id=f"{method}-{name}-float64"))
+    return cases
+
+
+@pytest.mark.parametrize("method,overlap,discrete,float_dtype", fusion_cases())
 def test_fusion_matches_published_loop(method, overlap, discrete, float_dtype):
+    with jax.enable_x64(float_dtype == np.float64):
+        check_fusion_matches_published_loop(method, overlap, discrete, float_dtype)
+
+
+def check_fusion_matches_published_loop(method, overlap, discrete, float_dtype):
     rng = np.random.default_rng([len(method), len(overlap), discrete])
     segments, scores, weights, valid = random_batch(rng, ITEMS, SIZE, float_dtype)
     fused = fuse_proposals(
@@ -216,9 +233,22 @@ def test_nms_returns_exactly_the_leaders():
         assert (np.diff(fused.scores[item][:count]) < 0).all()
 
 
-@pytest.mark.parametrize("decay", ["linear", "gaussian"])
-@pytest.mark.parametrize("overlap,discrete", [("iou", False), ("candidate", True)], ids=["iou", "published"])
+@pytest.mark.parametrize(
+    "decay,overlap,discrete,float_dtype",
+    [
+        pytest.param(decay, overlap, discrete, dtype, id=f"{decay}-{name}-{np.dtype(dtype).name}")
+        for decay in ("linear", "gaussian")
+        for (overlap, discrete), name in [(("iou", False), "iou"), (("candidate", True), "published")]
+        # float64 (its own program) for both decays at one convention: the decay is the float64 arithmetic.
+        for dtype in ((np.float32, np.float64) if name == "iou" else (np.float32,))
+    ],
+)
 def test_soft_nms_matches_sequential_loop(decay, overlap, discrete, float_dtype):
+    with jax.enable_x64(float_dtype == np.float64):
+        check_soft_nms_matches_sequential_loop(decay, overlap, discrete, float_dtype)
+
+
+def check_soft_nms_matches_sequential_loop(decay, overlap, discrete, float_dtype):
     rng = np.random.default_rng([len(decay), discrete])
     segments, scores, weights, valid = random_batch(rng, ITEMS, SIZE, float_dtype)
     options = dict(decay=decay, sigma=0.3, score_floor=0.05)

@@ -35,12 +35,17 @@ FOUR_DEVICE_SCRIPT = textwrap.dedent(
     from jaxfuse._sharding import fuse_proposals_sharded
 
     report = {"devices": len(jax.devices())}
+    # Each device compiles its own copy of every program, so the whole script uses one
+    # shape: the batch fuse_detections_json makes of SMALL_RESULTS below (float64 under
+    # x64, 4 items padded to 16 proposals), one item per device.
+    x64 = jax.enable_x64(True)
+    x64.__enter__()
     rng = np.random.default_rng(0)
-    items, size = 8, 32
-    starts = rng.uniform(0, 300, (items, size)).astype(np.float32)
-    segments = np.stack([starts, starts + rng.uniform(1, 30, (items, size)).astype(np.float32)], -1)
-    scores = rng.uniform(0, 1, (items, size)).astype(np.float32)
-    weights = rng.uniform(0, 1, (items, size)).astype(np.float32)
+    items, size = 4, 16
+    starts = rng.uniform(0, 300, (items, size))
+    segments = np.stack([starts, starts + rng.uniform(1, 30, (items, size))], -1)
+    scores = rng.uniform(0, 1, (items, size))
+    weights = rng.uniform(0, 1, (items, size))
     valid = rng.uniform(size=(items, size)) < 0.8
 
     def same(a, b):
@@ -49,9 +54,9 @@ FOUR_DEVICE_SCRIPT = textwrap.dedent(
             np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(leaves_a, leaves_b))
 
     options = dict(temperature=0.2, overlap_threshold=0.25)
-    one_device = fuse_proposals(jnp.asarray(segments), jnp.asarray(scores), jnp.asarray(weights), jnp.asarray(valid), **options)
     sharded = fuse_proposals_sharded(
         jnp.asarray(segments), jnp.asarray(scores), jnp.asarray(weights), jnp.asarray(valid), **options)
+    one_device = fuse_proposals(jnp.asarray(segments), jnp.asarray(scores), jnp.asarray(weights), jnp.asarray(valid), **options)
     report["jax_identical"] = same(one_device, sharded)
     shardings = {type(x.sharding).__name__ + str(x.sharding.spec) for x in jax.tree.leaves(sharded)}
     report["shardings"] = sorted(shardings)
@@ -59,22 +64,29 @@ FOUR_DEVICE_SCRIPT = textwrap.dedent(
     report["shard_rows"] = sorted({s.data.shape[0] for s in sharded.segments.addressable_shards})
     report["shard_devices"] = len({s.device for s in sharded.segments.addressable_shards})
 
-    # numpy in, numpy out; 6 items are padded to 8 (blocks of 2, as above: no new compile).
-    host = fuse_proposals_sharded(segments[:6], scores[:6], weights[:6], valid[:6], **options)
-    report["numpy_identical"] = same(fuse_proposals(segments[:6], scores[:6], weights[:6], valid[:6], **options), host)
+    # numpy in, numpy out; 3 items are padded to 4 (blocks of 1, as above: no new compile).
+    # Items are independent, so the reference is the first 3 rows of the one-device result.
+    host = fuse_proposals_sharded(segments[:3], scores[:3], weights[:3], valid[:3], **options)
+    report["numpy_identical"] = same(jax.tree.map(lambda x: np.asarray(x)[:3], one_device), host)
     report["numpy_type"] = type(host.segments).__name__
+    report["dtype"] = str(host.segments.dtype)
+    x64.__exit__(None, None, None)
 
-    # jaxfuse fuse goes through the sharded path when several devices are visible.
+    # jaxfuse fuse goes through the sharded path when several devices are visible
+    # (and reuses the programs compiled above).
     data = json.loads(input())
-    report["file"] = fuse_detections_json(data, temperature=0.5)
+    report["file"] = fuse_detections_json(data, temperature=0.5, weight_field="weight")
     print("REPORT " + json.dumps(report))
     """
 )
 
+# Four (video, label) items with weights: one batch of the script's shape, weights included.
 SMALL_RESULTS = {"results": {
-    "a": [{"label": "x", "score": 0.9, "segment": [0.0, 10.0]}, {"label": "x", "score": 0.6, "segment": [1.0, 9.0]}],
-    "b": [], "c": [{"label": "y", "score": 0.3, "segment": [5.0, 6.0]}],
-    "d": [{"label": "x", "score": 0.2, "segment": [3.0, 4.0]}, {"label": "y", "score": 0.8, "segment": [3.0, 5.0]}],
+    "a": [{"label": "x", "score": 0.9, "segment": [0.0, 10.0], "weight": 0.1},
+          {"label": "x", "score": 0.6, "segment": [1.0, 9.0], "weight": 0.7}],
+    "b": [], "c": [{"label": "y", "score": 0.3, "segment": [5.0, 6.0], "weight": 0.5}],
+    "d": [{"label": "x", "score": 0.2, "segment": [3.0, 4.0], "weight": 0.2},
+          {"label": "y", "score": 0.8, "segment": [3.0, 5.0], "weight": 0.9}],
 }}
 
 
@@ -95,35 +107,49 @@ def test_four_virtual_devices_give_identical_sharded_results():
     assert report["devices"] == 4
     assert report["jax_identical"] and report["numpy_identical"]
     assert report["shardings"] == [f"NamedSharding{jax.sharding.PartitionSpec(ITEMS_AXIS)}"]
-    assert report["devices_per_leaf"] == [4] and report["shard_devices"] == 4 and report["shard_rows"] == [2]
-    assert report["numpy_type"] == "ndarray"
+    assert report["devices_per_leaf"] == [4] and report["shard_devices"] == 4 and report["shard_rows"] == [1]
+    assert report["numpy_type"] == "ndarray" and report["dtype"] == "float64"
     from jaxfuse._detection_file import fuse_detections_json
 
-    assert report["file"] == fuse_detections_json(SMALL_RESULTS, temperature=0.5)
+    assert report["file"] == fuse_detections_json(SMALL_RESULTS, temperature=0.5, weight_field="weight")
 
 
 # --------------------------------------------------------------- one device, in process
 
 
-def test_single_device_mesh_matches_fuse_proposals():
+# The batch shape of tests/test_torch_interop.py (weights and valid given): one compiled program for both.
+ITEMS, PROPOSALS = 3, 16
+
+
+@pytest.fixture(scope="module")
+def proposals():
     rng = np.random.default_rng(1)
-    starts = rng.uniform(0, 50, (3, 16)).astype(np.float32)
+    starts = rng.uniform(0, 50, (ITEMS, PROPOSALS)).astype(np.float32)
     segments = np.stack([starts, starts + 5], -1)
-    scores = rng.uniform(0, 1, (3, 16)).astype(np.float32)
-    expected = fuse_proposals(segments, scores, temperature=0.3)
-    got = fuse_proposals_sharded(segments, scores, temperature=0.3)
+    scores = rng.uniform(0, 1, (ITEMS, PROPOSALS)).astype(np.float32)
+    weights = rng.uniform(0, 1, (ITEMS, PROPOSALS)).astype(np.float32)
+    valid = rng.uniform(size=(ITEMS, PROPOSALS)) < 0.9
+    return segments, scores, weights, valid
+
+
+def test_single_device_mesh_matches_fuse_proposals(proposals):
+    expected = fuse_proposals(*proposals, temperature=0.2)
+    got = fuse_proposals_sharded(*proposals, temperature=0.2)
     for name, want in expected._asdict().items():
         if name != "parameters":
             np.testing.assert_array_equal(getattr(got, name), want, err_msg=name)
     np.testing.assert_array_equal(got.parameters.scale, expected.parameters.scale)
 
 
-def test_leading_dimensions_are_kept():
-    segments = np.tile(np.array([[0.0, 10.0], [1.0, 9.0]], np.float32), (2, 3, 1, 1))
-    scores = np.tile(np.array([0.9, 0.5], np.float32), (2, 3, 1))
-    fused = fuse_proposals_sharded(segments, scores)
-    assert fused.segments.shape == (2, 3, 2, 2) and fused.count.shape == (2, 3)
-    np.testing.assert_array_equal(fused.count, 1)
+def test_leading_dimensions_are_kept(proposals):
+    # [3, 16] items as a [3, 1] grid: the same program, the grid shape kept in every field.
+    grid = [x[:, None] for x in proposals]
+    fused = fuse_proposals_sharded(*grid, temperature=0.2)
+    assert fused.segments.shape == (ITEMS, 1, PROPOSALS, 2) and fused.count.shape == (ITEMS, 1)
+    flat = fuse_proposals(*proposals, temperature=0.2)
+    for name, want in flat._asdict().items():
+        if name != "parameters":
+            np.testing.assert_array_equal(getattr(fused, name), np.asarray(want)[:, None], err_msg=name)
 
 
 def test_bad_arguments_are_rejected_before_anything_runs():
