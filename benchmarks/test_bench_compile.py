@@ -19,7 +19,6 @@ must stay at about a dozen.
 
 from __future__ import annotations
 
-import time
 
 import jax
 import numpy as np
@@ -28,21 +27,10 @@ import pytest
 import _data
 import jaxfuse
 from jaxfuse._compilation_cache import persistent_cache_disabled
-from jaxfuse.bench.compilation import PADDING_POLICIES, serve_request
+from jaxfuse.bench.compilation import PADDING_POLICIES, serve_stream
 
 REQUESTS = 1_000
 COMPILE_TARGET = 12
-
-
-def _serve_stream(stream, policy):
-    latencies, compiled = [], []
-    for request in stream:
-        before = jaxfuse.compile_count()
-        start = time.perf_counter()
-        serve_request(request, policy)
-        latencies.append(time.perf_counter() - start)
-        compiled.append(jaxfuse.compile_count() > before)
-    return np.asarray(latencies), np.asarray(compiled)
 
 
 @pytest.mark.parametrize("policy_name", list(PADDING_POLICIES))
@@ -52,7 +40,7 @@ def test_bench_request_stream(benchmark, policy_name):
     benchmark.group = f"compile: {REQUESTS:,} random-size requests"
     with persistent_cache_disabled():  # every bucket compiled, none loaded from disk
         latencies, compiled = benchmark.pedantic(
-            _serve_stream, args=(stream, policy), setup=jax.clear_caches, rounds=1, iterations=1)
+            serve_stream, args=(stream, policy), setup=jax.clear_caches, rounds=1, iterations=1)
     count = jaxfuse.compile_count()
     shapes = {bucket_size_pair(r, policy) for r in stream}
     warm = latencies[~compiled]

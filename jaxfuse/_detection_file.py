@@ -33,7 +33,6 @@ line is :mod:`jaxfuse.cli.fuse`.
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import sys
 import threading
@@ -51,6 +50,7 @@ from jaxfuse._validation import choice, positive_int, positive_scalar
 from jaxfuse.formats.activitynet import (
     DetectionFileError,
     DetectionTable,
+    garbage_collector_paused,
     detection_table,
     encode_results,
     read_predictions,
@@ -136,17 +136,6 @@ class _Settings(NamedTuple):
     min_score: float | None
 
 
-@contextlib.contextmanager
-def _garbage_collector_paused():
-    """Pause the cyclic garbage collector: parsed JSON holds no cycles, and millions of new objects
-    would otherwise be traversed again and again (measured: parsing 29 s instead of 8 s)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 # ---------------------------------------------------------------------- options
@@ -525,7 +514,7 @@ def fuse_detection_file(
             on_phase(phase, counts)
 
     source = os.fspath(input_path)
-    with _garbage_collector_paused():
+    with garbage_collector_paused():
         read = read_predictions(sys.stdin.buffer.read() if source == "-" else source, weight_field)
     table = read.table
     lap("read", videos=len(table.video_ids), detections=int(table.scores.size))

@@ -82,9 +82,8 @@ def measure_compile(sizes: Sizes) -> Section:
     return section
 
 
-def _serve_stream(section: Section, name: str, policy: PaddingPolicy, stream: list[RaggedMembers]) -> None:
-    """Serve the stream from a cold in-memory cache under one policy; add its row and numbers to ``section``."""
-    jax.clear_caches()
+def serve_stream(stream: list[RaggedMembers], policy: PaddingPolicy) -> tuple[np.ndarray, np.ndarray]:
+    """Serve every request in order: ``(latencies [s], compiled [bool])`` per request."""
     latencies, compiled = [], []
     for request in stream:
         before = jaxfuse.compile_count()
@@ -92,7 +91,13 @@ def _serve_stream(section: Section, name: str, policy: PaddingPolicy, stream: li
         serve_request(request, policy)
         latencies.append(time.perf_counter() - start)
         compiled.append(jaxfuse.compile_count() > before)
-    latencies, compiled = np.asarray(latencies), np.asarray(compiled)
+    return np.asarray(latencies), np.asarray(compiled)
+
+
+def _serve_stream(section: Section, name: str, policy: PaddingPolicy, stream: list[RaggedMembers]) -> None:
+    """Serve the stream from a cold in-memory cache under one policy; add its row and numbers to ``section``."""
+    jax.clear_caches()
+    latencies, compiled = serve_stream(stream, policy)
     count = jaxfuse.compile_count()
     warm = latencies[~compiled]
     slots = sum(policy.slots(request) for request in stream)

@@ -35,7 +35,9 @@ Functions for other tools (the evaluator): :func:`read_predictions`,
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import itertools
 import json
 import math
@@ -43,10 +45,29 @@ import numbers
 import os
 import re
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import msgspec
 import numpy as np
+
+
+
+@contextlib.contextmanager
+def garbage_collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while files are parsed and coded.
+
+    Parsed JSON holds no cycles, but its hundreds of thousands of new objects
+    make the collector traverse them again and again: parsing a 5,000 x 1,000
+    detection file took 29 s instead of 8 s with it on, and reading and coding
+    a 200,000-prediction file for evaluation 1.56 s instead of 0.63 s.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 RESULTS = "results"
 DATABASE = "database"
