@@ -15,7 +15,8 @@ import numpy as np
 
 
 def published_fusion_loop(
-    segments, scores, weights=None, *, temperature: float = 0.2, threshold: float = 0.25, discrete: bool = True
+    segments, scores, weights=None, *, temperature: float = 0.2, threshold: float = 0.25, discrete: bool = True,
+    about_leader: bool = False,
 ) -> np.ndarray:
     """Fuse one item's proposals with the published rule: ``[groups, 3]`` (start, end, score), leader order.
 
@@ -28,6 +29,9 @@ def published_fusion_loop(
             segments' dtype (as the kernels compare).
         discrete: lengths ``end - start + 1`` (frames) or ``end - start``; a
             zero-length candidate has overlap 0.
+        about_leader: fuse starts and ends as the leader's plus the weighted
+            mean offset from it (float64), so that whole-snippet ends stay
+            exact at tiny temperatures, as the pseudo-label chain needs.
     """
     segments, scores = np.asarray(segments), np.asarray(scores)
     weights = scores if weights is None else np.asarray(weights)
@@ -49,7 +53,12 @@ def published_fusion_loop(
         logits = weights[members].astype(np.float64) / temperature
         g = np.exp(logits - logits.max())
         g /= g.sum()
-        fused.append([g @ starts[members], g @ ends[members], g @ scores[members]])
+        if about_leader:
+            start = starts[leader] + g @ (starts[members] - starts[leader])
+            end = ends[leader] + g @ (ends[members] - ends[leader])
+        else:
+            start, end = g @ starts[members], g @ ends[members]
+        fused.append([start, end, g @ scores[members]])
     return np.asarray(fused, np.float64).reshape(-1, 3)
 
 

@@ -23,6 +23,8 @@ import math
 
 import numpy as np
 
+from jaxfuse.bench.published import published_fusion_loop
+
 
 def published_proposals(cas: np.ndarray, thresholds) -> np.ndarray:
     """``[n, 4]`` (start, end, contrast, inner) of one class's CAS ``[L]``, published convention."""
@@ -49,25 +51,9 @@ def published_proposals(cas: np.ndarray, thresholds) -> np.ndarray:
 
 def published_fusion(proposals: np.ndarray, temperature: float, threshold: float = 0.25) -> np.ndarray:
     """``[groups, 3]`` fused (start, end, score) in leader order; leaders by descending contrast."""
-    starts, ends, scores, weights = proposals.T
-    remaining = np.argsort(-scores, kind="stable")
-    fused = []
-    while remaining.size:
-        leader = remaining[0]
-        intersection = np.maximum(0, np.minimum(ends[leader], ends[remaining]) - np.maximum(starts[leader], starts[remaining]) + 1)
-        absorbed = intersection / (ends[remaining] - starts[remaining] + 1) > threshold
-        absorbed[0] = True
-        members = remaining[absorbed]
-        remaining = remaining[~absorbed]
-        logits = weights[members] / temperature
-        g = np.exp(logits - logits.max())
-        g /= g.sum()
-        fused.append([
-            starts[leader] + g @ (starts[members] - starts[leader]),
-            ends[leader] + g @ (ends[members] - ends[leader]),
-            g @ scores[members],
-        ])
-    return np.asarray(fused, np.float64).reshape(-1, 3)
+    return published_fusion_loop(
+        proposals[:, :2], proposals[:, 2], proposals[:, 3], temperature=temperature, threshold=threshold, about_leader=True
+    )
 
 
 def published_rows(fused: np.ndarray, length: int, margin_scale: float = 0.0785, margin_power: float = 0.9):
