@@ -127,7 +127,9 @@ def test_bench_fuse_proposals(benchmark, thumos_like):
 
 def test_bench_reference_loop(benchmark, thumos_like):
     items, batches, on_device, info = thumos_like
-    expected = benchmark.pedantic(reference_dataset, args=(items,), rounds=3, iterations=1)
+    # One round of the 4,000-item loop (tens of seconds on a host CPU) keeps gpu.sh within its time.
+    rounds = 3 if info["items"] <= 400 else 1
+    expected = benchmark.pedantic(reference_dataset, args=(items,), rounds=rounds, iterations=1)
     benchmark.extra_info.update(info)
 
     # Same outputs: counts, fused segments and scores, in leader order.
