@@ -32,7 +32,9 @@ import numpy as np
 import pytest
 
 from jaxfuse._grouping import _group_batch_jit, overlap_settings
-from jaxfuse._proposals import _fuse_closed_form, fuse_proposals, pack_proposals
+from jaxfuse._proposal_lists import pack_proposals
+from jaxfuse._proposals import fuse_proposals
+from jaxfuse._segment_fusion import _fuse_closed_form
 from jaxfuse.bench.data import thumos_like_proposal_items
 from jaxfuse.bench.published import published_fusion_loop
 

@@ -45,14 +45,8 @@ from jaxfuse._fuse import (
 from jaxfuse._grouping import ProposalGroups, group_proposals
 from jaxfuse._interval_lp import LPResultCode
 from jaxfuse._pseudo_labels import PseudoLabels, pseudo_labels
-from jaxfuse._proposals import (
-    FusedProposals,
-    PaddedProposals,
-    fuse_proposal_lists,
-    fuse_proposals,
-    pack_proposals,
-    unpack_proposals,
-)
+from jaxfuse._proposal_lists import PaddedProposals, fuse_proposal_lists, pack_proposals, unpack_proposals
+from jaxfuse._proposals import FusedProposals, fuse_proposals
 from jaxfuse._presets import DEFAULT, PRESETS, PUBLISHED, FusionSettings
 from jaxfuse._ragged import PackedGroups, bucket_size, pack_groups, unpack_groups, unpack_members
 from jaxfuse._result import ResultCode

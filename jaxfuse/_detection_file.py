@@ -44,7 +44,8 @@ import numpy as np
 
 from jaxfuse._grouping import validate_overlap, validate_threshold
 from jaxfuse._item_batches import TableItems, batch_rows, merged_buckets, pack_items, table_items
-from jaxfuse._proposals import METHODS, PaddedProposals, fuse_proposals
+from jaxfuse._proposal_lists import PaddedProposals
+from jaxfuse._proposals import METHODS, fuse_proposals
 from jaxfuse._result import ResultCode
 from jaxfuse._validation import choice, positive_int, positive_scalar
 from jaxfuse.formats.activitynet import (

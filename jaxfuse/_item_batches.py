@@ -6,7 +6,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from jaxfuse._proposals import PaddedProposals
+from jaxfuse._proposal_lists import PaddedProposals
 from jaxfuse._ragged import bucket_size
 from jaxfuse.formats.activitynet import DetectionTable
 

@@ -31,7 +31,7 @@ from jaxfuse._detection_file import (
     merged_buckets,
     pack_items,
 )
-from jaxfuse._proposals import pack_proposals
+from jaxfuse._proposal_lists import pack_proposals
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

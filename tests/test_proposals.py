@@ -11,14 +11,8 @@ from hypothesis import strategies as st
 
 import jaxfuse
 from jaxfuse import ResultCode
-from jaxfuse._proposals import (
-    METHODS,
-    FusedProposals,
-    fuse_proposal_lists,
-    fuse_proposals,
-    pack_proposals,
-    unpack_proposals,
-)
+from jaxfuse._proposal_lists import fuse_proposal_lists, pack_proposals, unpack_proposals
+from jaxfuse._proposals import METHODS, FusedProposals, fuse_proposals
 
 CONVENTIONS = [("candidate", True), ("candidate", False), ("iou", True), ("iou", False)]
 CONVENTION_IDS = ["candidate-discrete", "candidate-continuous", "iou-discrete", "iou-continuous"]
@@ -721,7 +715,7 @@ def test_fuzz_finite_input_never_gives_a_nonfinite_or_out_of_hull_success(batch,
 
 def test_padded_templates_pack_by_size_bucket_memory_follows_the_members():
     """One item of 4,096 identical segments beside one of 4,096 disjoint ones: slots ~ members, not groups x largest."""
-    from jaxfuse._proposals import _bucket_layout, bucket_shapes, size_buckets
+    from jaxfuse._bucketed_templates import _bucket_layout, bucket_shapes, size_buckets
 
     size = 4096
     segments = np.zeros((2, size, 2), np.float32)
