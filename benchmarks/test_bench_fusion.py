@@ -28,7 +28,7 @@ import pytest
 
 import _data
 import jaxfuse
-from jaxfuse.bench.baselines import numpy_closed_form
+from jaxfuse.bench.baselines import float32_einsum_gaussian, numpy_closed_form
 from jaxfuse.bench.sizes import CLOSED_FORMS
 
 GROUP_SWEEP = [100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000]
@@ -108,16 +108,6 @@ def test_bench_headline_numpy_in_numpy_out(benchmark):
                  speedup_of_numpy_baseline=None)
 
 
-def _float32_einsum_gaussian(values, weights, mask, temperature):
-    """What a careful numpy user writes for the same outputs (location, scale, probabilities), in float32."""
-    logits = np.where(mask, weights, -np.inf) / np.float32(temperature)
-    unnormalised = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probabilities = unnormalised / unnormalised.sum(axis=1, keepdims=True)
-    location = np.einsum("bm,bmk->bk", probabilities, values)
-    variance = np.einsum("bm,bmk->bk", probabilities, np.square(values - location[:, None]))
-    return location, np.sqrt(variance), probabilities
-
-
 def test_bench_headline_inside_jit(benchmark):
     """The Gaussian headline called inside a caller's jax.jit: the same program as the eager call."""
     benchmark.group = f"headline {_data.HEADLINE_GROUPS:,} x {_data.MEMBERS} x 3: gaussian"
@@ -134,7 +124,7 @@ def test_bench_headline_float32_einsum(benchmark):
     benchmark.group = f"headline {_data.HEADLINE_GROUPS:,} x {_data.MEMBERS} x 3: gaussian"
     data = _data.closed_form_groups(_data.HEADLINE_GROUPS, _data.MEMBERS)
     location, _, _ = _data.run_benchmark(
-        benchmark, lambda: _float32_einsum_gaussian(data.values, data.weights, data.mask, _data.TEMPERATURE),
+        benchmark, lambda: float32_einsum_gaussian(data.values, data.weights, data.mask, _data.TEMPERATURE),
         budget_seconds=4.0, min_rounds=3)
     fused = _fuse("gaussian", _data.device_groups(_data.HEADLINE_GROUPS, _data.MEMBERS))
     real = data.mask.any(-1)

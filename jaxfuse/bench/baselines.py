@@ -33,6 +33,17 @@ def numpy_closed_form(template: str, values, weights, mask, temperature: float =
         ])
 
 
+def float32_einsum_gaussian(values, weights, mask, temperature: float = TEMPERATURE):
+    """What a careful numpy user writes for the Gaussian's outputs (location, scale, probabilities), in float32."""
+    logits = np.where(mask, weights, -np.inf) / np.float32(temperature)
+    with np.errstate(invalid="ignore", divide="ignore"):  # empty padding groups give harmless NaN rows
+        unnormalised = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probabilities = unnormalised / unnormalised.sum(axis=1, keepdims=True)
+        location = np.einsum("bm,bmk->bk", probabilities, values)
+        variance = np.einsum("bm,bmk->bk", probabilities, np.square(values - location[:, None]))
+    return location, np.sqrt(variance), probabilities
+
+
 class ScipyStudentT(NamedTuple):
     """Per-lane Student-t fits of the scipy loop: ``location``, ``scale`` ``[G, K]``; ``iterations`` per fitted lane."""
 

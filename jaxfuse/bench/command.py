@@ -113,7 +113,7 @@ def all_agree(sections: dict[str, Section]) -> bool:
     ok = True
     if "templates" in sections:
         ok &= all(d["max_difference"] < 1e-4 and d["failed_groups"] == 0
-                  for d in sections["templates"].data.values() if isinstance(d, dict))
+                  for d in sections["templates"].data.values() if isinstance(d, dict) and "max_difference" in d)
     if "pipeline" in sections:
         ok &= bool(sections["pipeline"].data["matches"])
     return ok

@@ -41,6 +41,27 @@ def headline(sections: dict[str, Section], sizes: Sizes) -> Section:
             f"({format_fraction(gaussian['copy_fraction'])})",
             on_best and on_median,
             status="**borderline**: met on best times, missed on medians" if on_best and not on_median else None)
+    if "templates" in sections and "gaussian_einsum" in sections["templates"].data:
+        templates = sections["templates"].data
+        versus = templates["gaussian_einsum"]
+        ratios = [versus[f"{call}_{kind}"] for call in ("eager", "jit") for kind in ("speedup", "best_speedup")]
+        on_best = min(versus["eager_best_speedup"], versus["jit_best_speedup"]) >= TARGETS["gaussian_einsum_speedup"]
+        add(f"Gaussian {sizes.headline_groups:,} x {sizes.members} x 3 float32: >= 2.5x a float32 np.einsum, eager "
+            "and inside a caller's jit",
+            f"eager {versus['eager_speedup']:.2f}x medians ({versus['eager_best_speedup']:.2f}x best), inside jit "
+            f"{versus['jit_speedup']:.2f}x ({versus['jit_best_speedup']:.2f}x)",
+            min(ratios) >= TARGETS["gaussian_einsum_speedup"],
+            status="**borderline**: met on best times, missed on medians"
+            if on_best and min(ratios) < TARGETS["gaussian_einsum_speedup"] else None)
+        fraction = templates["gaussian"]["copy_fraction"]
+        add("Gaussian: >= 60% of the copy floor (bytes that must move / read-plus-write bandwidth)",
+            format_fraction(fraction), fraction >= TARGETS["gaussian_copy_fraction"])
+        large = templates["laplace_large_groups"]
+        small = templates["laplace"]
+        add("Laplace: at least numpy's speed at M = 32 and M = 256",
+            f"M = {sizes.members}: {small['speedup']:.2f}x medians ({small['best_speedup']:.2f}x best); "
+            f"M = {large['members']}: {large['speedup']:.2f}x ({large['best_speedup']:.2f}x)",
+            min(small["speedup"], large["speedup"]) >= TARGETS["laplace_speedup"])
     if "student_t" in sections:
         data = sections["student_t"].data
         if "scipy_speedup" in data:

@@ -10,12 +10,12 @@ import numpy as np
 
 import jaxfuse
 from jaxfuse._result import ResultCode
-from jaxfuse.bench.baselines import numpy_closed_form
+from jaxfuse.bench.baselines import float32_einsum_gaussian, numpy_closed_form
 from jaxfuse.bench.data import closed_form_groups
 from jaxfuse.bench.machine import closed_form_footprint
 from jaxfuse.bench.section import Section, format_fraction, format_ratio, format_seconds
 from jaxfuse.bench.sizes import CLOSED_FORMS, NUMPY_CHUNK_SLOTS, SYNTHETIC_BLOCK, TEMPERATURE, Sizes
-from jaxfuse.bench.timing import device_arrays, time_call, tree_bytes
+from jaxfuse.bench.timing import device_arrays, time_call, time_interleaved, tree_bytes
 from jaxfuse.tools.synthetic import SyntheticGroups
 
 
@@ -113,8 +113,50 @@ def measure_templates(sizes: Sizes, floors: dict[str, float]) -> Section:
         section.data[template] = dict(measured._asdict(), speedup=speedup, best_speedup=best_speedup,
                                       host_speedup=host_speedup, gbps=gbps, copy_fraction=copy_fraction,
                                       floor_fraction=floor_fraction)
+    section.data["gaussian_einsum"] = _gaussian_against_einsum(data, sizes, section)
+    section.data["laplace_large_groups"] = _laplace_large_groups(groups * members, sizes, section)
     section.data.update(groups=groups, members=members, real_members=real)
     return section
+
+
+def _gaussian_against_einsum(data: SyntheticGroups, sizes: Sizes, section: Section) -> dict[str, float]:
+    """The Gaussian eagerly and inside a caller's jit against a float32 ``np.einsum``, round-robin in one loop."""
+    values, weights, mask = device_arrays(*data)
+    in_jit = jax.jit(lambda v, w, m: jaxfuse.fuse_gaussian(v, w, m, temperature=TEMPERATURE))
+    timings = time_interleaved({
+        "eager": lambda: jaxfuse.fuse_gaussian(values, weights, mask, temperature=TEMPERATURE),
+        "jit": lambda: in_jit(values, weights, mask),
+        "einsum": lambda: float32_einsum_gaussian(*data),
+    }, rounds=max(sizes.repeats, 7), max_seconds=4 * sizes.max_seconds)
+    einsum = timings["einsum"]
+    out = {"einsum_seconds": einsum.median, "einsum_best": einsum.best}
+    for call in ("eager", "jit"):
+        out.update({f"{call}_seconds": timings[call].median, f"{call}_best": timings[call].best,
+                    f"{call}_speedup": einsum.median / timings[call].median,
+                    f"{call}_best_speedup": einsum.best / timings[call].best})
+    section.notes.append(
+        "Gaussian against a float32 `np.einsum` computing the same outputs (location, scale, probabilities; "
+        "`jaxfuse.bench.baselines.float32_einsum_gaussian`), timed round-robin: einsum "
+        f"{format_seconds(einsum.median)}; jaxfuse eager {format_seconds(out['eager_seconds'])} "
+        f"({format_ratio(out['eager_speedup'])} medians, {format_ratio(out['eager_best_speedup'])} best), inside a "
+        f"caller's jit {format_seconds(out['jit_seconds'])} ({format_ratio(out['jit_speedup'])}, "
+        f"{format_ratio(out['jit_best_speedup'])}).")
+    return out
+
+
+def _laplace_large_groups(slots: int, sizes: Sizes, section: Section) -> dict[str, float]:
+    """Laplace at M = 256 (the same padded slots as the headline) against numpy: its sort-free median's hard case."""
+    members = 256
+    measured = measure_closed_form("laplace", closed_form_groups(max(slots // members, 1), members), sizes, host=False)
+    out = dict(measured._asdict(), members=members, groups=max(slots // members, 1),
+               speedup=measured.numpy_seconds / measured.jax_seconds,
+               best_speedup=measured.numpy_best / measured.jax_best)
+    section.notes.append(
+        f"Laplace at M = {members} ({out['groups']:,} groups, same slots): jaxfuse "
+        f"{format_seconds(measured.jax_seconds)}, numpy {format_seconds(measured.numpy_seconds)}: "
+        f"{format_ratio(out['speedup'])} medians, {format_ratio(out['best_speedup'])} best; max diff / spread "
+        f"{measured.max_difference:.1e}.")
+    return out
 
 
 def _skipped_for_memory(groups: int, members: int, budget: int) -> bool:

@@ -19,6 +19,29 @@ class Timing(NamedTuple):
     result: Any = None
 
 
+def time_interleaved(functions: dict[str, Callable[[], Any]], *, rounds: int, max_seconds: float = 10.0
+                     ) -> dict[str, Timing]:
+    """Time several calls round-robin (one warm-up each), so that a shared machine's load hits them alike.
+
+    Stops after ``rounds`` rounds, or earlier (after at least three) once ``max_seconds`` were timed.
+    """
+    for function in functions.values():
+        jax.block_until_ready(function())
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    results: dict[str, Any] = {}
+    total = 0.0
+    for round_index in range(rounds):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            results[name] = jax.block_until_ready(function())
+            elapsed = time.perf_counter() - start
+            times[name].append(elapsed)
+            total += elapsed
+        if round_index >= 2 and total >= max_seconds:
+            break
+    return {name: Timing(float(np.median(t)), float(np.min(t)), len(t), results[name]) for name, t in times.items()}
+
+
 def time_call(function: Callable[[], Any], *, repeats: int, warmup: int = 1, min_seconds: float = 0.2,
               max_seconds: float = 4.0, max_rounds: int = 200) -> Timing:
     """Time ``function`` (its result is waited for with ``jax.block_until_ready``).
