@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfuse._bucketed_templates import _fuse_padded
+from jaxfuse._executable_cache import stored_executable
 from jaxfuse._grouping import (
     ProposalGroups,
     _group_batch_checked,
@@ -74,6 +75,7 @@ def _soft_nms_checked(segments, scores, valid, threshold, sigma, floor, use_iou,
     return kept, problems, jnp.maximum(codes, option_code)
 
 
+@functools.partial(stored_executable, static_argnames=("linear",))
 @functools.partial(jax.jit, static_argnames=("linear",))
 def _soft_nms_program(segments, scores, valid, threshold, sigma, floor, use_iou, offset, extra, *, linear):
     """Soft-NMS, value checks and the output in one program: one compile, one dispatch."""

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxfuse._executable_cache import stored_executable
 from jaxfuse._grouping import ProposalGroups, _group_batch_checked
 from jaxfuse._result import RESULT_DTYPE, ResultCode
 from jaxfuse._templates import (
@@ -256,7 +257,7 @@ def _fused_scores(scores, weights, groups: ProposalGroups, temperature):
 
 
 @functools.partial(jax.jit, static_argnames=("method",))
-def _group_and_fuse(segments, scores, weights, valid, threshold, use_iou, offset, temperature, *, method: str):
+def _group_and_fuse_program(segments, scores, weights, valid, threshold, use_iou, offset, temperature, *, method: str):
     """Grouping, value checks and a closed-form (or NMS) fusion in one program: one compile, one dispatch.
 
     Returns:
@@ -268,3 +269,7 @@ def _group_and_fuse(segments, scores, weights, valid, threshold, use_iou, offset
         return _fuse_nms(segments, scores, groups, codes), problems
     weights = scores if weights is None else weights
     return _fuse_closed_form(segments, scores, weights, groups, temperature, codes, method=method), problems
+
+
+# The program of a fuse_proposals call; kept whole on disk so that a fresh process skips tracing it.
+_group_and_fuse = stored_executable(_group_and_fuse_program, static_argnames=("method",))
