@@ -42,7 +42,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from jaxfuse._compilation_cache import compilation_cache_status
+from jaxfuse._compilation_cache import compilation_cache_status, persistent_cache_disabled
 
 FORMAT = 1
 """Bumped when the stored layout changes."""
@@ -130,6 +130,17 @@ def _save(path: Path, compiled) -> None:
     _write_atomically(path, pickle.dumps(serialize_executable.serialize(compiled), protocol=pickle.HIGHEST_PROTOCOL))
 
 
+def _compile_afresh(jitted: Callable, args, kwargs, statics):
+    """Compile without JAX's persistent cache: an executable JAX loaded from it serializes without its code.
+
+    (XLA:CPU, jax 0.10: such an entry deserializes, then fails at run time with
+    "Function ... not found".) The program is compiled once per key, so the
+    store costs one full compile where JAX's cache would have served it.
+    """
+    with persistent_cache_disabled():
+        return jitted.lower(*args, **kwargs, **statics).compile()
+
+
 def stored_executable(jitted: Callable, *, static_argnames: tuple[str, ...] = ()) -> Callable:
     """Serve concrete calls of the ``jax.jit`` function ``jitted`` from executables kept on disk.
 
@@ -169,10 +180,23 @@ def stored_executable(jitted: Callable, *, static_argnames: tuple[str, ...] = ()
         options = tuple(getattr(jax.config, option, None) for option in _TRACING_OPTIONS)
         key = (str(tree), tuple(signature), repr(statics), options)
         executable = in_memory.get(key)
-        if executable is None:
-            executable = _executable(directory, key, args, kwargs, dict(statics))
+        if executable is not None:
+            return executable(*args, **kwargs)
+        executable, path = _executable(directory, key, args, kwargs, dict(statics))
+        if path is None:
             in_memory[key] = executable
-        return executable(*args, **kwargs)
+            return executable(*args, **kwargs)
+        # The first run of a loaded executable is waited for: an entry that loads but cannot
+        # run (see _compile_afresh) is replaced by a fresh compile instead of failing the call.
+        try:
+            result = jax.block_until_ready(executable(*args, **kwargs))
+        except jax.errors.JaxRuntimeError:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            executable, _ = _executable(directory, key, args, kwargs, dict(statics))
+            result = executable(*args, **kwargs)
+        in_memory[key] = executable
+        return result
 
     def _executable(directory: Path, key, args, kwargs, statics):
         digest = hashlib.sha256(repr((_environment(), name, key)).encode()).hexdigest()
@@ -181,16 +205,16 @@ def stored_executable(jitted: Callable, *, static_argnames: tuple[str, ...] = ()
             try:
                 executable = _load(path)
                 call.stored_calls += 1
-                return executable
+                return executable, path
             except Exception:  # noqa: BLE001 - a damaged or foreign entry is rebuilt, never trusted
                 pass
-        compiled = jitted.lower(*args, **kwargs, **statics).compile()
+        compiled = _compile_afresh(jitted, args, kwargs, statics)
         call.compiled_calls += 1
         try:
             _save(path, compiled)
         except Exception:  # noqa: BLE001 - an executable that cannot be stored still runs
             pass
-        return compiled
+        return compiled, None
 
     call.jitted = jitted
     call.stored_calls = 0

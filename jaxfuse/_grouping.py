@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfuse._interop import warn_if_narrowed
+from jaxfuse._interop import host_to_device, warn_if_narrowed
 from jaxfuse._presets import resolve_settings
 from jaxfuse._result import RESULT_DTYPE, ResultCode
 from jaxfuse._validation import bool_array, choice, float_array
@@ -439,12 +439,12 @@ def validate_proposals(segments: Any, scores: Any, valid: Any = None, extra=()) 
     def convert(x):
         if x is None or (isinstance(x, jax.Array) and x.dtype == dtype):
             return x  # no conversion op: each one is a dispatch
-        return jnp.asarray(x, dtype)
+        return host_to_device(x, dtype) if isinstance(x, np.ndarray) else jnp.asarray(x, dtype)
 
     return ProposalInputs(
         convert(segments),
         convert(checked[0][1]),
-        valid if isinstance(valid, jax.Array) else jnp.asarray(valid),
+        valid if isinstance(valid, jax.Array) else host_to_device(np.asarray(valid)),
         tuple(convert(array) for _, array in checked[1:]),
         check_on_device=not on_host and not _is_traced(*arrays),
     )

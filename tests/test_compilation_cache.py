@@ -76,7 +76,6 @@ def test_programs_are_stored_then_read_by_the_next_process(tmp_path):
     assert first["min_compile_time"] == _compilation_cache.MIN_COMPILE_TIME_SECS
     assert first["min_entry_size"] == -1
     stored = _entries(cache)
-    assert any(p.name.startswith("jit__group_and_fuse") for p in stored), sorted(p.name for p in stored)
     assert first["hits"] == 0 and first["loaded"] == 0 and first["compiled"] == 1  # an empty cache: all compiled
     executables = sorted((cache / "jaxfuse-executables").glob("*.bin"))
     assert len(executables) == 1  # the grouping + fusion program, kept whole
@@ -103,7 +102,9 @@ def test_configuring_jax_after_import_wins(tmp_path):
     result = _run(tmp_path, env={"JAXFUSE_COMPILATION_CACHE": str(tmp_path / "ours")},
                   body=f"jax.config.update('jax_compilation_cache_dir', {str(later)!r})\n" + _FUSE)
     assert result["directory"] == str(later) and result["source"] == "user"
-    assert _entries(later) and not _entries(tmp_path / "ours")
+    # The fusion program is kept whole in jaxfuse's store beside JAX's entries, in the user's directory.
+    assert list((later / "jaxfuse-executables").glob("*.bin"))
+    assert not _entries(tmp_path / "ours") and not (tmp_path / "ours" / "jaxfuse-executables").exists()
 
 
 @pytest.fixture
@@ -247,3 +248,17 @@ def test_the_cli_announces_the_first_compilation_once(tmp_path, restore_cache_se
     assert capsys.readouterr().err.count("first run on this machine") == 1
     assert main(["fuse", str(source), "-o", str(tmp_path / "out.json")]) == 0
     assert "first run" not in capsys.readouterr().err
+
+
+def test_a_lost_executable_is_rebuilt_runnable_while_jax_holds_other_programs(tmp_path):
+    """The store compiles without JAX's cache: an executable JAX loaded from disk would serialize without its code."""
+    cache = tmp_path / "cache"
+    body = "jax.jit(lambda x: x.cumsum() * 2)(np.ones(100, np.float32)).block_until_ready()\n" + _FUSE
+    first = _run(tmp_path, env={"JAXFUSE_COMPILATION_CACHE": str(cache)}, body=body)
+    for entry in (cache / "jaxfuse-executables").glob("*.bin"):
+        entry.unlink()
+    rebuilt = _run(tmp_path, env={"JAXFUSE_COMPILATION_CACHE": str(cache)}, body=body)
+    assert rebuilt["compiled"] == 1 and rebuilt["hits"] >= 1  # JAX's cache was checked and in use
+    loaded = _run(tmp_path, env={"JAXFUSE_COMPILATION_CACHE": str(cache)}, body=body)
+    assert loaded["loaded"] == 1 and loaded["compiled"] == 0
+    assert first["segments"] == rebuilt["segments"] == loaded["segments"]
