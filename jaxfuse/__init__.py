@@ -54,7 +54,18 @@ from jaxfuse._proposals import (
     unpack_proposals,
 )
 from jaxfuse._presets import DEFAULT, PRESETS, PUBLISHED, FusionSettings
-from jaxfuse._ragged import PackedGroups, bucket_size, pack_groups, unpack_groups, unpack_members
+from jaxfuse._ragged import (
+    PackedGroups,
+    RaggedBuckets,
+    bucket_size,
+    pack_groups,
+    pack_ragged,
+    unpack_groups,
+    unpack_members,
+    unpack_ragged,
+    unpack_ragged_members,
+)
+from jaxfuse._ragged_fusion import RaggedFusion, fuse_ragged
 from jaxfuse._result import ResultCode
 from jaxfuse._snippets import SnippetLabels, segments_to_snippets
 from jaxfuse._sharding import fuse_proposals_sharded, item_mesh
@@ -96,6 +107,8 @@ __all__ = [
     "PaddedProposals",
     "ProposalGroups",
     "PseudoLabels",
+    "RaggedBuckets",
+    "RaggedFusion",
     "ResultCode",
     "SnippetLabels",
     "StudentTParameters",
@@ -123,6 +136,7 @@ __all__ = [
     "fuse_proposal_lists",
     "fuse_proposals",
     "fuse_proposals_sharded",
+    "fuse_ragged",
     "fuse_student_t",
     "fuse_uniform",
     "gaussian_density",
@@ -134,6 +148,7 @@ __all__ = [
     "member_probabilities",
     "pack_groups",
     "pack_proposals",
+    "pack_ragged",
     "proposals_from_cas",
     "pseudo_labels",
     "segments_to_snippets",
@@ -144,4 +159,6 @@ __all__ = [
     "unpack_groups",
     "unpack_members",
     "unpack_proposals",
+    "unpack_ragged",
+    "unpack_ragged_members",
 ]
