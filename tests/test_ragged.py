@@ -1,4 +1,4 @@
-"""pack_groups: ragged members to padded buckets and back, with a bounded number of compiles."""
+"""pack_groups, pack_ragged, fuse_ragged: ragged members to padded buckets and back, with a bounded number of compiles."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def test_empty_input_packs_to_empty_padding():
 TEMPLATES = ["gaussian", "uniform", "exponential", "laplace", "student_t"]
 # Groups of 1-16 members go to capacities 8 ([64, 8, 2]) and 16 ([32, 16, 2], the suite's shared shape): two
 # programs per template and dtype, the second shared with tests/test_fuse.py.
-SMALL_BUCKETS = dict(min_members=8, min_slots=512)
+SMALL_BUCKETS = dict(min_members=8, min_slots=512, merge_slots=0)
 
 
 def ragged_members(rng, sizes, dtype=np.float32, coordinates: int = 2):
@@ -176,8 +176,10 @@ def test_single_huge_group_beside_small_ones():
     rng = np.random.default_rng(53)
     sizes = np.array([2, 3000, 1])
     values, weights = ragged_members(rng, sizes)
-    packed = jaxfuse.pack_ragged(values, weights, lengths=sizes)
-    assert [b.mask.shape for b in packed.batches] == [(4096, 4), (4, 4096)]  # the floors: 4 members, 2^14 slots
+    # The floors (4 members, 2^14 slots); the two small groups join the big batch (8,184 more padded slots).
+    assert [b.mask.shape for b in jaxfuse.pack_ragged(values, weights, lengths=sizes, merge_slots=0).batches] == [
+        (4096, 4), (4, 4096)]
+    assert [b.mask.shape for b in jaxfuse.pack_ragged(values, weights, lengths=sizes).batches] == [(4, 4096)]
     fused = jaxfuse.fuse_ragged(values, weights, lengths=sizes)
     huge = slice(2, 3002)
     logits = weights[huge].astype(np.float64) / 0.2
@@ -203,7 +205,7 @@ def test_pack_ragged_layout_round_trips_and_bounds_padding():
     sizes = np.minimum(rng.zipf(1.7, size=3000), 300)
     values, weights = ragged_members(rng, sizes, np.float64, coordinates=3)
     labels = shuffled_labels(rng, sizes)
-    packed = jaxfuse.pack_ragged(values, weights, labels, min_slots=1)
+    packed = jaxfuse.pack_ragged(values, weights, labels, min_slots=1, merge_slots=0)
     capacities = [b.mask.shape[1] for b in packed.batches]
     assert capacities == sorted(set(capacities)) and capacities[0] == 4
     for batch in packed.batches:  # a batch's groups need more than half its capacity (the smallest: up to 4)
@@ -222,6 +224,19 @@ def test_pack_ragged_layout_round_trips_and_bounds_padding():
     np.testing.assert_array_equal(counts, np.bincount(np.searchsorted(np.unique(labels), labels)))
     for batch in packed.batches:  # each batch is also a PackedGroups for unpack_members
         np.testing.assert_array_equal(batch.values[batch.mask], values[batch.member_index[batch.mask]])
+
+
+def test_small_buckets_merge_upwards_within_the_budget():
+    sizes = np.array([1] * 100 + [5] * 10 + [40])
+    values, weights = ragged_members(np.random.default_rng(57), sizes)
+
+    def capacities(**kwargs):
+        return [b.mask.shape[1] for b in jaxfuse.pack_ragged(values, weights, lengths=sizes, **kwargs).batches]
+
+    assert capacities(merge_slots=0) == [4, 8, 64]
+    assert capacities(merge_slots=10 * (64 - 8)) == [4, 64]  # the 8s join the 64s; then the 4s would add 6,000 slots
+    assert capacities(merge_slots=100 * (64 - 4)) == [64]
+    assert capacities() == [64]
 
 
 def test_inputs_are_never_modified_and_kinds_follow_the_input():
@@ -259,6 +274,7 @@ def test_inputs_are_never_modified_and_kinds_follow_the_input():
         (dict(template="gaussian", df=3.0), TypeError, "takes no options"),
         (dict(min_members=0), ValueError, "`min_members`"),
         (dict(min_slots=-1), ValueError, "`min_slots`"),
+        (dict(merge_slots=1.5), ValueError, "`merge_slots`"),
     ],
 )
 def test_bad_input_names_the_argument(kwargs, error, match):
