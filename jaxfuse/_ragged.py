@@ -282,7 +282,7 @@ def pack_ragged(
     group_ids=None,
     *,
     lengths=None,
-    min_members: int = 4,
+    min_members: int = 2,
     min_slots: int = 1 << 14,
     merge_slots: int = 1 << 14,
 ) -> RaggedBuckets:

@@ -75,7 +75,7 @@ def fuse_ragged(
     template: str = "gaussian",
     temperature=DEFAULT.temperature,
     throw: bool = False,
-    min_members: int = 4,
+    min_members: int = 2,
     min_slots: int = 1 << 14,
     merge_slots: int = 1 << 14,
     **template_options,

@@ -176,9 +176,9 @@ def test_single_huge_group_beside_small_ones():
     rng = np.random.default_rng(53)
     sizes = np.array([2, 3000, 1])
     values, weights = ragged_members(rng, sizes)
-    # The floors (4 members, 2^14 slots); the two small groups join the big batch (8,184 more padded slots).
+    # The floors (2 members, 2^14 slots); the two small groups join the big batch (8,188 more padded slots).
     assert [b.mask.shape for b in jaxfuse.pack_ragged(values, weights, lengths=sizes, merge_slots=0).batches] == [
-        (4096, 4), (4, 4096)]
+        (8192, 2), (4, 4096)]
     assert [b.mask.shape for b in jaxfuse.pack_ragged(values, weights, lengths=sizes).batches] == [(4, 4096)]
     fused = jaxfuse.fuse_ragged(values, weights, lengths=sizes)
     huge = slice(2, 3002)
@@ -207,10 +207,10 @@ def test_pack_ragged_layout_round_trips_and_bounds_padding():
     labels = shuffled_labels(rng, sizes)
     packed = jaxfuse.pack_ragged(values, weights, labels, min_slots=1, merge_slots=0)
     capacities = [b.mask.shape[1] for b in packed.batches]
-    assert capacities == sorted(set(capacities)) and capacities[0] == 4
-    for batch in packed.batches:  # a batch's groups need more than half its capacity (the smallest: up to 4)
+    assert capacities == sorted(set(capacities)) and capacities[0] == 2
+    for batch in packed.batches:  # a batch's groups need more than half its capacity (the smallest: up to 2)
         filled, capacity = batch.mask.sum(axis=1)[: batch.num_groups], batch.mask.shape[1]
-        assert (filled <= capacity).all() and (capacity == 4 or (filled > capacity // 2).all())
+        assert (filled <= capacity).all() and (capacity == 2 or (filled > capacity // 2).all())
         assert not batch.mask[batch.num_groups :].any()
     slots = sum(b.mask.size for b in packed.batches)
     assert slots < 4 * (sizes.sum() + 4 * sizes.size)
@@ -233,9 +233,9 @@ def test_small_buckets_merge_upwards_within_the_budget():
     def capacities(**kwargs):
         return [b.mask.shape[1] for b in jaxfuse.pack_ragged(values, weights, lengths=sizes, **kwargs).batches]
 
-    assert capacities(merge_slots=0) == [4, 8, 64]
-    assert capacities(merge_slots=10 * (64 - 8)) == [4, 64]  # the 8s join the 64s; then the 4s would add 6,000 slots
-    assert capacities(merge_slots=100 * (64 - 4)) == [64]
+    assert capacities(merge_slots=0) == [2, 8, 64]
+    assert capacities(merge_slots=10 * (64 - 8)) == [2, 64]  # the 8s join the 64s; then the 2s would add 6,200 slots
+    assert capacities(merge_slots=100 * (64 - 2)) == [64]
     assert capacities() == [64]
 
 
@@ -305,5 +305,5 @@ def test_random_ragged_requests_compile_once_per_bucket():
         packed = jaxfuse.pack_ragged(values, weights, lengths=sizes)
         shapes |= {b.values.shape for b in packed.batches}
         jaxfuse.fuse_ragged(values, weights, lengths=sizes)
-    # Capacities 4 ... 64, each in one row count (the 2^14-slot floor holds these requests).
+    # Most requests are one merged batch; 5 shapes here ([8192, 2] ... [256, 64], [512, 64]), the floors hold the rows.
     assert jaxfuse.compile_count() - before <= len(shapes) <= 5
