@@ -299,8 +299,8 @@ def pack_ragged(
 
     Compiles: one program per (rows, capacity) shape met, so at most
     ``log2(largest / min_members) + 1`` per call; the floors keep a stream of
-    varying requests in few shapes: 9 over the 1,000 random-size requests of
-    ``benchmarks/test_bench_compile.py`` (1.13 batches per request).
+    varying requests in few shapes: 12 over the 1,000 random-size requests of
+    ``benchmarks/test_bench_compile.py`` (1.08 batches per request).
 
     Args:
         values: ``[N, K]`` (or ``[N]``, taken as K = 1) member values.

@@ -88,8 +88,8 @@ def fuse_ragged(
     order. Padding stays under about 4x the members whatever the size skew,
     and each bucket's shape is a power of two, so varying sizes reuse the
     compiled programs: one per (rows, capacity) shape met, at most
-    ``log2(largest group / min_members) + 1`` per call; 7 for 200,000 Zipf
-    groups up to 256 members, 9 over a stream of 1,000 random-size requests
+    ``log2(largest group / min_members) + 1`` per call; 8 for 200,000 Zipf
+    groups up to 256 members, 12 over a stream of 1,000 random-size requests
     (``benchmarks/test_bench_ragged.py``).
 
     Each group's result equals fusing that group alone (see
