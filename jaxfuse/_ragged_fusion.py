@@ -78,6 +78,7 @@ def fuse_ragged(
     min_members: int = 2,
     min_slots: int = 1 << 14,
     merge_slots: int = 1 << 14,
+    max_slots: int = 1 << 20,
     **template_options,
 ) -> RaggedFusion:
     r"""Fuse flat ragged members into one instance per group, groups packed by size.
@@ -106,8 +107,8 @@ def fuse_ragged(
         temperature: positive scalar T (default 0.2).
         throw: raise ``RuntimeError`` when a non-empty group failed, instead of
             reporting it in ``result``.
-        min_members, min_slots, merge_slots: bucket floors and merging, see
-            :func:`pack_ragged`.
+        min_members, min_slots, merge_slots, max_slots: bucket floors,
+            merging and splitting, see :func:`pack_ragged`.
         **template_options: as for :func:`fuse_groups` (``df``, ``max_steps``,
             ... for ``"student_t"``).
 
@@ -141,7 +142,7 @@ def fuse_ragged(
 
     packed = pack_ragged(_host(values), _host(weights), None if group_ids is None else _host(group_ids),
                          lengths=None if lengths is None else _host(lengths), min_members=min_members,
-                         min_slots=min_slots, merge_slots=merge_slots)
+                         min_slots=min_slots, merge_slots=merge_slots, max_slots=max_slots)
     fused = [fuse_groups(batch.values, batch.weights, batch.mask, template=template, temperature=temperature,
                          **template_options) for batch in packed.batches]
     dtype = np.result_type(*(np.asarray(f.location).dtype for f in fused)) if fused else \

@@ -239,6 +239,20 @@ def test_small_buckets_merge_upwards_within_the_budget():
     assert capacities() == [64]
 
 
+def test_buckets_over_max_slots_split_into_equal_batches_and_a_rest():
+    rng = np.random.default_rng(58)
+    sizes = np.r_[np.full(21, 3), np.full(5, 16)]
+    values, weights = ragged_members(rng, sizes)
+    labels = shuffled_labels(rng, sizes)
+    packed = jaxfuse.pack_ragged(values, weights, labels, min_slots=1, merge_slots=0, max_slots=32)
+    # 21 groups of capacity 4 in batches of 8 rows: 8 + 8 + 5 (padded to 8); 5 of capacity 16: 2 + 2 + 1.
+    assert [b.mask.shape for b in packed.batches] == [(8, 4)] * 3 + [(2, 16)] * 2 + [(1, 16)]
+    assert [b.num_groups for b in packed.batches] == [8, 8, 5, 2, 2, 1]
+    np.testing.assert_array_equal(jaxfuse.unpack_ragged_members([b.values for b in packed.batches], packed), values)
+    np.testing.assert_array_equal(jaxfuse.unpack_ragged([b.mask.sum(axis=1) for b in packed.batches], packed),
+                                  np.bincount(np.searchsorted(np.unique(labels), labels)))
+
+
 def test_inputs_are_never_modified_and_kinds_follow_the_input():
     import jax
 
@@ -275,6 +289,7 @@ def test_inputs_are_never_modified_and_kinds_follow_the_input():
         (dict(min_members=0), ValueError, "`min_members`"),
         (dict(min_slots=-1), ValueError, "`min_slots`"),
         (dict(merge_slots=1.5), ValueError, "`merge_slots`"),
+        (dict(max_slots=0), ValueError, "`max_slots`"),
     ],
 )
 def test_bad_input_names_the_argument(kwargs, error, match):
