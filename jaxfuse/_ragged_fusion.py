@@ -43,8 +43,8 @@ class RaggedFusion(NamedTuple):
             its group, in the caller's member order.
         result: ``[num_groups]`` int32 :class:`ResultCode` of each group.
         steps: ``[num_groups]`` int32 iterations taken (zero for closed forms).
-        group_ids: ``[num_groups]`` the caller's id of each row: ascending
-            ``group_ids``, or ``0 .. len(lengths) - 1``.
+        group_ids: ``[num_groups]`` numpy array, the caller's id of each row:
+            ascending ``group_ids``, or ``0 .. len(lengths) - 1``.
     """
 
     location: Any
@@ -89,7 +89,7 @@ def fuse_ragged(
     order. Padding stays under about 4x the members whatever the size skew,
     and each bucket's shape is a power of two, so varying sizes reuse the
     compiled programs: one per (rows, capacity) shape met, at most
-    ``log2(largest group / min_members) + 1`` per call; 8 for 200,000 Zipf
+    ``log2(largest group / min_members) + 1`` per call; 9 for 200,000 Zipf
     groups up to 256 members, 12 over a stream of 1,000 random-size requests
     (``benchmarks/test_bench_ragged.py``).
 
@@ -132,12 +132,16 @@ def fuse_ragged(
                [11., 21.]], dtype=float32))
     """
     kind = array_kind(values, weights)
+    for name, x in (("values", values), ("weights", weights), ("group_ids", group_ids), ("lengths", lengths)):
+        if isinstance(x, jax.core.Tracer):
+            raise TypeError(f"`{name}` is traced: fuse_ragged packs on the host, so call it outside jit "
+                            "(inside, use fuse_groups on arrays packed beforehand by pack_ragged)")
     _check_float(values, "values")
     _check_float(weights, "weights")
     choice(template, "template", TEMPLATES)
     temperature = positive_scalar(temperature, "temperature")
     if isinstance(temperature, jax.core.Tracer):
-        raise TypeError("`temperature` must be concrete: fuse_ragged packs on the host, outside any jit")
+        raise TypeError("`temperature` is traced: fuse_ragged packs on the host, so call it outside jit")
     _template_options(template, template_options)  # errors before any packing
 
     packed = pack_ragged(_host(values), _host(weights), None if group_ids is None else _host(group_ids),
@@ -172,4 +176,6 @@ def fuse_ragged(
         raise_for_results(np.where(out.result == ResultCode.EMPTY_GROUP, ResultCode.SUCCESSFUL, out.result))
     if kind is ArrayKind.NUMPY:
         return out
-    return from_jax(jax.tree_util.tree_map(jnp.asarray, out), kind)
+    # The labels stay numpy: without x64 JAX would narrow int64 ids to int32.
+    converted = from_jax(jax.tree_util.tree_map(jnp.asarray, out._replace(group_ids=None)), kind)
+    return converted._replace(group_ids=out.group_ids)

@@ -265,8 +265,11 @@ def test_inputs_are_never_modified_and_kinds_follow_the_input():
     for original, copy in zip((values, weights, labels), copies):
         np.testing.assert_array_equal(original, copy)
     on_device = jaxfuse.fuse_ragged(jax.numpy.asarray(values), jax.numpy.asarray(weights), labels, **SMALL_BUCKETS)
-    assert isinstance(on_device.location, jax.Array)
+    assert isinstance(on_device.location, jax.Array) and isinstance(on_device.parameters.scale, jax.Array)
     np.testing.assert_array_equal(np.asarray(on_device.location), fused.location)
+    np.testing.assert_array_equal(on_device.group_ids, fused.group_ids)
+    with pytest.raises(TypeError, match="`values` is traced"):
+        jax.jit(lambda v: jaxfuse.fuse_ragged(v, weights, labels).location)(values)
 
 
 @pytest.mark.parametrize(
@@ -322,3 +325,16 @@ def test_random_ragged_requests_compile_once_per_bucket():
         jaxfuse.fuse_ragged(values, weights, lengths=sizes)
     # Most requests are one merged batch; 5 shapes here ([8192, 2] ... [256, 64], [512, 64]), the floors hold the rows.
     assert jaxfuse.compile_count() - before <= len(shapes) <= 5
+
+
+def test_torch_in_torch_out():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(59)
+    sizes = rng.integers(1, 17, size=10)
+    values, weights = ragged_members(rng, sizes)
+    lengths = torch.from_numpy(sizes)
+    fused = jaxfuse.fuse_ragged(torch.from_numpy(values), torch.from_numpy(weights), lengths=lengths, **SMALL_BUCKETS)
+    assert isinstance(fused.location, torch.Tensor) and isinstance(fused.probabilities, torch.Tensor)
+    expected = jaxfuse.fuse_ragged(values, weights, lengths=sizes, **SMALL_BUCKETS)
+    np.testing.assert_array_equal(fused.location.numpy(), expected.location)
+    np.testing.assert_array_equal(fused.result.numpy(), expected.result)
