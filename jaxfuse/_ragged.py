@@ -192,7 +192,8 @@ def _batches(buffers, layout: _Layout, shapes, groups_of) -> tuple[PackedGroups,
     for (rows, capacity), groups in zip(shapes, groups_of):
         view = slice(offset, offset + rows * capacity)
         batches.append(PackedGroups(
-            flat_values[view].reshape((rows, capacity) + flat_values.shape[1:]), flat_weights[view].reshape(rows, capacity),
+            flat_values[view].reshape((rows, capacity) + flat_values.shape[1:]),
+            flat_weights[view].reshape(rows, capacity),
             mask[view].reshape(rows, capacity), flat_index[view].reshape(rows, capacity), layout.group_ids[groups],
             int(groups.size)))
         offset += rows * capacity
@@ -409,7 +410,7 @@ def unpack_ragged(batch_arrays, packed: RaggedBuckets) -> np.ndarray:
 
 
 def unpack_ragged_members(batch_arrays, packed: RaggedBuckets) -> np.ndarray:
-    """Per-batch per-slot results (``[rows, capacity, ...]`` each, e.g. probabilities) to the flat members ``[N, ...]``."""
+    """Per-batch per-slot results (``[rows, capacity, ...]`` each, e.g. probabilities) to the members ``[N, ...]``."""
     arrays = [_host(a) for a in batch_arrays]
     if len(arrays) != len(packed.batches) or any(
         a.shape[:2] != b.mask.shape or a.shape[2:] != arrays[0].shape[2:] for a, b in zip(arrays, packed.batches)

@@ -1,4 +1,4 @@
-"""pack_groups, pack_ragged, fuse_ragged: ragged members to padded buckets and back, with a bounded number of compiles."""
+"""pack_groups, pack_ragged, fuse_ragged: ragged members to padded buckets and back, with few compiles."""
 
 from __future__ import annotations
 

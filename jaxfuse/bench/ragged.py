@@ -1,4 +1,5 @@
-"""The *ragged* section: skewed ragged group sizes through ``pack_groups`` (one bucket) and ``pack_ragged`` (by size), and ``fuse_ragged`` end to end against numpy ``reduceat``."""
+"""The *ragged* section: skewed ragged sizes through ``pack_groups`` (one bucket), ``pack_ragged`` (by size), and
+``fuse_ragged`` end to end against numpy ``reduceat`` on the flat members."""
 
 from __future__ import annotations
 
