@@ -32,11 +32,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import _data
 import jax
 import numpy as np
 import pytest
 
+import _data
 import jaxfuse
 from jaxfuse._compilation_cache import persistent_cache_disabled
 from jaxfuse.bench.baselines import numpy_ragged_gaussian
