@@ -78,11 +78,11 @@ def bucket_size(n: int, minimum: int = 1) -> int:
     return 1 << (max(int(n), int(minimum), 1) - 1).bit_length()
 
 
-def bucket_sizes(n: np.ndarray, minimum: int = 1) -> np.ndarray:
-    """:func:`bucket_size` of every element of an int array, vectorised."""
+def _bucket_exponents(n: np.ndarray, minimum: int = 1) -> np.ndarray:
+    """``log2`` of :func:`bucket_size` of every element of an int array, as uint8 (vectorised)."""
     n = np.maximum(np.asarray(n, np.int64), max(int(minimum), 1))
     # frexp(n - 1) = (m, e) with n - 1 = m 2^e, m in [0.5, 1): e is the bit length of n - 1 (exact below 2^53).
-    return np.left_shift(np.int64(1), np.frexp((n - 1).astype(np.float64))[1].astype(np.int64))
+    return np.frexp((n - 1).astype(np.float64))[1].astype(np.uint8)
 
 
 class _Layout(NamedTuple):
@@ -154,6 +154,20 @@ def _stable_order(ids: np.ndarray) -> np.ndarray:
     return order
 
 
+# Buffers start on a 64-byte boundary, and so does every batch whose predecessors hold multiples of 64
+# slots (always with pack_ragged's default floors): JAX's CPU client then takes a batch without copying it
+# (jax.device_put of a 64-byte aligned array is zero-copy; 32 ms saved per 50 MB on this CPU).
+_ALIGNMENT = 64
+
+
+def _aligned_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """``np.zeros(shape, dtype)`` starting on a 64-byte boundary (np.zeros guarantees 16)."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.zeros(size + _ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % _ALIGNMENT
+    return raw[start : start + size].view(dtype).reshape(shape)
+
+
 def _scatter(values, weights, layout: _Layout, first_slot: np.ndarray, total: int):
     """Copy every member into one flat buffer of ``total`` slots, group ``g`` from slot ``first_slot[g]`` on.
 
@@ -169,18 +183,19 @@ def _scatter(values, weights, layout: _Layout, first_slot: np.ndarray, total: in
         member_slot = np.empty(num_members, np.int64)
         member_slot[layout.order] = sorted_slot
         member_index = layout.order
-    flat_values = np.zeros((total,) + values.shape[1:], values.dtype)
+    flat_values = _aligned_zeros((total,) + values.shape[1:], values.dtype)
     row_bytes = values.dtype.itemsize * int(np.prod(values.shape[1:]))
     if row_bytes:
         # A member's K values as one opaque element: a 1-D put, several times faster than a 2-D fancy assignment.
         row = np.dtype((np.void, row_bytes))
         np.put(flat_values.view(row).reshape(total), member_slot,
                np.ascontiguousarray(values).view(row).reshape(num_members))
-    flat_weights = np.zeros(total, weights.dtype)
+    flat_weights = _aligned_zeros((total,), weights.dtype)
     np.put(flat_weights, member_slot, weights)
-    mask = np.zeros(total, bool)
+    mask = _aligned_zeros((total,), bool)
     np.put(mask, member_slot, True)
-    flat_index = np.full(total, -1, np.int64)
+    flat_index = _aligned_zeros((total,), np.int64)
+    flat_index.fill(-1)
     np.put(flat_index, sorted_slot, member_index)
     return flat_values, flat_weights, mask, flat_index, member_slot
 
@@ -262,21 +277,21 @@ def pack_groups(
     return _batches(buffers, layout, [(groups, members)], [np.arange(num_groups)])[0]
 
 
-def _merged(capacity: np.ndarray, budget: int) -> np.ndarray:
-    """Each group's capacity after merging small buckets upwards.
+def _merged(counts: np.ndarray, budget: int) -> np.ndarray:
+    """The capacity exponent each bucket's groups get after merging small buckets upwards.
 
-    From the largest bucket down, a bucket joins the nearest larger kept one
-    when its groups gain at most ``budget`` padded slots in all (``groups x
-    (larger - own capacity)``): running a few thousand padded slots costs less
-    than one more call and one more program.
+    ``counts[e]`` groups have capacity ``2**e``. From the largest bucket down,
+    a bucket joins the nearest larger kept one when its groups gain at most
+    ``budget`` padded slots in all (``groups x (larger - own capacity)``):
+    running a few thousand padded slots costs less than one more call and one
+    more program.
     """
-    capacities, counts = np.unique(capacity, return_counts=True)
-    target = capacities.copy()
-    for index in range(capacities.size - 2, -1, -1):
-        larger = target[index + 1]
-        if counts[index] * (larger - capacities[index]) <= budget:
-            target[index] = larger
-    return target[np.searchsorted(capacities, capacity)] if capacities.size else capacity
+    target = np.arange(counts.size)
+    present = np.flatnonzero(counts)
+    for index, larger in zip(present[-2::-1].tolist(), present[:0:-1].tolist()):
+        if counts[index] * ((1 << int(target[larger])) - (1 << index)) <= budget:
+            target[index] = target[larger]
+    return target
 
 
 def pack_ragged(
@@ -348,10 +363,13 @@ def pack_ragged(
             raise ValueError(f"`{name}` must be an integer >= {least}, got {value!r}")
     values, weights = _members(values, weights)
     layout = _layout(values.shape[0], group_ids, lengths)
-    capacity = _merged(bucket_sizes(layout.sizes, min_members), merge_slots)
-    # Groups sorted by capacity (a stable sort of few distinct keys): each bucket is a slice, in group order.
-    by_capacity = np.argsort(capacity, kind="stable")
-    capacities, first, counts = np.unique(capacity[by_capacity], return_index=True, return_counts=True)
+    exponent = _bucket_exponents(layout.sizes, min_members)
+    exponent = _merged(np.bincount(exponent, minlength=64), merge_slots).astype(np.uint8)[exponent]
+    # Groups sorted by capacity (a radix sort of 8-bit keys): each bucket is a slice, in group order.
+    by_capacity = np.argsort(exponent, kind="stable")
+    counts = np.bincount(exponent, minlength=64)
+    present = np.flatnonzero(counts)
+    capacities, first, counts = 1 << present, (np.cumsum(counts) - counts)[present], counts[present]
     shapes, group_index = [], []
     for c, begin, n in zip(capacities.tolist(), first.tolist(), counts.tolist()):
         # Full batches of the largest power-of-two height within max_slots, then one for the rest.
@@ -362,7 +380,7 @@ def pack_ragged(
             group_index.append(by_capacity[start : start + size])
     # Batches lie one after another in one flat buffer; a group's first slot is its batch's offset + row x capacity.
     offsets = np.cumsum([0] + [rows * c for rows, c in shapes])
-    first_slot = np.empty(capacity.size, np.int64)
+    first_slot = np.empty(exponent.size, np.int64)
     for offset, (_, c), groups in zip(offsets.tolist(), shapes, group_index):
         first_slot[groups] = offset + c * np.arange(groups.size)
     *buffers, member_slot = _scatter(values, weights, layout, first_slot, int(offsets[-1]))

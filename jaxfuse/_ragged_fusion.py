@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfuse._fuse import TEMPLATES, _template_options, fuse_groups
-from jaxfuse._interop import ArrayKind, array_kind, from_jax, source_dtype
+from jaxfuse._interop import ArrayKind, array_kind, from_jax, source_dtype, warn_if_narrowed
 from jaxfuse._presets import DEFAULT
 from jaxfuse._ragged import pack_ragged, unpack_ragged, unpack_ragged_members
 from jaxfuse._result import RESULT_DTYPE, ResultCode, raise_for_results
@@ -147,8 +147,10 @@ def fuse_ragged(
     packed = pack_ragged(_host(values), _host(weights), None if group_ids is None else _host(group_ids),
                          lengths=None if lengths is None else _host(lengths), min_members=min_members,
                          min_slots=min_slots, merge_slots=merge_slots, max_slots=max_slots)
-    fused = [fuse_groups(batch.values, batch.weights, batch.mask, template=template, temperature=temperature,
-                         **template_options) for batch in packed.batches]
+    warn_if_narrowed(np.result_type(source_dtype(values, "values"), source_dtype(weights, "weights")))
+    # device_put of the aligned packed buffers is zero-copy on CPU (fuse_groups' jnp.asarray would copy them).
+    fused = [fuse_groups(*jax.device_put((batch.values, batch.weights, batch.mask)), template=template,
+                         temperature=temperature, **template_options) for batch in packed.batches]
     dtype = np.result_type(*(np.asarray(f.location).dtype for f in fused)) if fused else \
         jnp.result_type(source_dtype(values, "values"), source_dtype(weights, "weights"))
     coordinates = 1 if np.ndim(values) == 1 else np.shape(values)[1]
