@@ -136,6 +136,20 @@ def test_fuse_ragged_equals_fusing_each_group_alone(template, dtype):
                                    rtol=tolerance(dtype), atol=tolerance(dtype))
 
 
+@pytest.mark.parametrize("template", ["gaussian", "laplace"])
+def test_fuse_ragged_equals_fusing_a_group_alone_unpadded(template):
+    rng = np.random.default_rng(60)
+    sizes = np.array([5, 3, 16, 9])
+    values, weights = ragged_members(rng, sizes)
+    fused = jaxfuse.fuse_ragged(values, weights, lengths=sizes, template=template, **SMALL_BUCKETS)
+    starts = np.cumsum(sizes) - sizes
+    members = slice(starts[1], starts[1] + 3)  # padded to 8 in its batch; alone: [1, 3, 2], no padding at all
+    alone = jaxfuse.fuse_groups(values[None, members], weights[None, members], template=template)
+    np.testing.assert_allclose(fused.location[1], alone.location[0], rtol=2e-5, atol=2e-5 * np.abs(values).max())
+    np.testing.assert_allclose(fused.parameters.scale[1], alone.parameters.scale[0], rtol=2e-5, atol=1e-5)
+    np.testing.assert_allclose(fused.probabilities[members], alone.probabilities[0], rtol=2e-5, atol=1e-7)
+
+
 def test_gaussian_matches_a_float64_reduceat_reference_and_keeps_lengths_order():
     rng = np.random.default_rng(51)
     sizes = np.array([3, 0, 1, 16, 7, 0, 2])
