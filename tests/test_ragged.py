@@ -352,3 +352,21 @@ def test_torch_in_torch_out():
     expected = jaxfuse.fuse_ragged(values, weights, lengths=sizes, **SMALL_BUCKETS)
     np.testing.assert_array_equal(fused.location.numpy(), expected.location)
     np.testing.assert_array_equal(fused.result.numpy(), expected.result)
+
+
+@pytest.mark.parametrize("dtype, low, high", [
+    (np.int8, -128, 127), (np.uint16, 0, 65535), (np.int32, -(2**31), 2**31 - 1), (np.int64, -5, 70_000),
+    (np.int64, -(2**40), 2**40), (np.uint64, 2**63, 2**63 + 2**20),
+])
+def test_group_order_is_numpys_stable_argsort_for_every_id_dtype_and_span(dtype, low, high):
+    rng = np.random.default_rng(61)
+    distinct = np.array([low, high, (low + high) // 2, low + 1, high - 1], dtype=object).astype(dtype)
+    ids = rng.choice(distinct, size=300)
+    values = np.arange(300.0)
+    packed = jaxfuse.pack_ragged(values, np.zeros(300), ids, min_slots=1, merge_slots=0)
+    np.testing.assert_array_equal(packed.group_ids, np.unique(ids))
+    # Members keep their input order within a group: the slots hold numpy's stable argsort order.
+    by_group = np.concatenate([b.values[b.mask][:, 0] for b in packed.batches])
+    expected = np.concatenate([np.flatnonzero(ids == packed.group_ids[i]) for b, index in
+                               zip(packed.batches, packed.group_index) for i in index])
+    np.testing.assert_array_equal(by_group, values[expected])
