@@ -13,8 +13,9 @@ Two layouts:
   batch each, so the slots stay within about 4x the members whatever the skew.
 
 Both are vectorised numpy: at most one stable argsort by group id (none when
-the members already come group by group), then cumsums and one gather per
-array and bucket; no Python loop over groups.
+the members already come group by group), then cumsums and one scatter per
+array over the members into one flat buffer whose consecutive slices are the
+batches; no Python loop over groups.
 """
 
 from __future__ import annotations
