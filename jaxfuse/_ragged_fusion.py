@@ -151,8 +151,8 @@ def fuse_ragged(
     # device_put of the aligned packed buffers is zero-copy on CPU (fuse_groups' jnp.asarray would copy them).
     fused = [fuse_groups(*jax.device_put((batch.values, batch.weights, batch.mask)), template=template,
                          temperature=temperature, **template_options) for batch in packed.batches]
-    dtype = np.result_type(*(np.asarray(f.location).dtype for f in fused)) if fused else \
-        jnp.result_type(source_dtype(values, "values"), source_dtype(weights, "weights"))
+    dtype = fused[0].location.dtype if fused else jnp.result_type(source_dtype(values, "values"),
+                                                                  source_dtype(weights, "weights"))
     coordinates = 1 if np.ndim(values) == 1 else np.shape(values)[1]
 
     def per_group(field, empty_shape, empty_dtype):
