@@ -169,12 +169,12 @@ def _aligned_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
     return raw[start : start + size].view(dtype).reshape(shape)
 
 
-def _scatter(values, weights, layout: _Layout, first_slot: np.ndarray, total: int):
+def _scatter(values, weights, layout: _Layout, first_slot: np.ndarray, total: int, with_index: bool = True):
     """Copy every member into one flat buffer of ``total`` slots, group ``g`` from slot ``first_slot[g]`` on.
 
     Returns ``(values [total, K], weights [total], mask [total], member_index
-    [total], member_slot [N])``: one scatter per array over the N members (no
-    pass over the padding beyond zeroing it).
+    [total] (None without ``with_index``), member_slot [N])``: one scatter per
+    array over the N members (no pass over the padding beyond zeroing it).
     """
     num_members = values.shape[0]
     sorted_slot = np.repeat(first_slot - layout.starts, layout.sizes) + np.arange(num_members)
@@ -195,9 +195,11 @@ def _scatter(values, weights, layout: _Layout, first_slot: np.ndarray, total: in
     np.put(flat_weights, member_slot, weights)
     mask = _aligned_zeros((total,), bool)
     np.put(mask, member_slot, True)
-    flat_index = _aligned_zeros((total,), np.int64)
-    flat_index.fill(-1)
-    np.put(flat_index, sorted_slot, member_index)
+    flat_index = None
+    if with_index:
+        flat_index = _aligned_zeros((total,), np.int64)
+        flat_index.fill(-1)
+        np.put(flat_index, sorted_slot, member_index)
     return flat_values, flat_weights, mask, flat_index, member_slot
 
 
@@ -210,8 +212,8 @@ def _batches(buffers, layout: _Layout, shapes, groups_of) -> tuple[PackedGroups,
         batches.append(PackedGroups(
             flat_values[view].reshape((rows, capacity) + flat_values.shape[1:]),
             flat_weights[view].reshape(rows, capacity),
-            mask[view].reshape(rows, capacity), flat_index[view].reshape(rows, capacity), layout.group_ids[groups],
-            int(groups.size)))
+            mask[view].reshape(rows, capacity), None if flat_index is None else flat_index[view].reshape(rows, capacity),
+            layout.group_ids[groups], int(groups.size)))
         offset += rows * capacity
     return tuple(batches)
 
@@ -358,6 +360,15 @@ def pack_ragged(
         >>> [b.values.shape for b in jaxfuse.pack_ragged(np.arange(12.0), np.zeros(12), lengths=[1, 9, 2]).batches]
         [(1024, 16, 1)]
     """
+    return _pack_ragged(values, weights, group_ids, lengths, min_members, min_slots, merge_slots, max_slots)
+
+
+def _pack_ragged(values, weights, group_ids, lengths, min_members, min_slots, merge_slots, max_slots,
+                 with_index: bool = True) -> RaggedBuckets:
+    """:func:`pack_ragged`; without ``with_index`` the batches' ``member_index`` is None (8 of 37 ms on 2 M members).
+
+    :func:`jaxfuse.fuse_ragged` maps members back through ``member_slot`` and never reads ``member_index``.
+    """
     for name, value, least in (("min_members", min_members, 1), ("min_slots", min_slots, 1),
                                ("merge_slots", merge_slots, 0), ("max_slots", max_slots, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
@@ -384,7 +395,7 @@ def pack_ragged(
     first_slot = np.empty(exponent.size, np.int64)
     for offset, (_, c), groups in zip(offsets.tolist(), shapes, group_index):
         first_slot[groups] = offset + c * np.arange(groups.size)
-    *buffers, member_slot = _scatter(values, weights, layout, first_slot, int(offsets[-1]))
+    *buffers, member_slot = _scatter(values, weights, layout, first_slot, int(offsets[-1]), with_index)
     group_index = tuple(group_index)
     return RaggedBuckets(_batches(buffers, layout, shapes, group_index), group_index, layout.group_ids, member_slot)
 

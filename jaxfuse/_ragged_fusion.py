@@ -11,7 +11,7 @@ import numpy as np
 from jaxfuse._fuse import TEMPLATES, _template_options, fuse_groups
 from jaxfuse._interop import ArrayKind, array_kind, from_jax, source_dtype, warn_if_narrowed
 from jaxfuse._presets import DEFAULT
-from jaxfuse._ragged import pack_ragged, unpack_ragged, unpack_ragged_members
+from jaxfuse._ragged import _pack_ragged, unpack_ragged, unpack_ragged_members
 from jaxfuse._result import RESULT_DTYPE, ResultCode, raise_for_results
 from jaxfuse._student_t import StudentTParameters
 from jaxfuse._templates import (
@@ -144,9 +144,9 @@ def fuse_ragged(
         raise TypeError("`temperature` is traced: fuse_ragged packs on the host, so call it outside jit")
     _template_options(template, template_options)  # errors before any packing
 
-    packed = pack_ragged(_host(values), _host(weights), None if group_ids is None else _host(group_ids),
-                         lengths=None if lengths is None else _host(lengths), min_members=min_members,
-                         min_slots=min_slots, merge_slots=merge_slots, max_slots=max_slots)
+    packed = _pack_ragged(_host(values), _host(weights), None if group_ids is None else _host(group_ids),
+                          None if lengths is None else _host(lengths), min_members, min_slots, merge_slots, max_slots,
+                          with_index=False)
     warn_if_narrowed(np.result_type(source_dtype(values, "values"), source_dtype(weights, "weights")))
     # device_put of the aligned packed buffers is zero-copy on CPU (fuse_groups' jnp.asarray would copy them).
     fused = [fuse_groups(*jax.device_put((batch.values, batch.weights, batch.mask)), template=template,
