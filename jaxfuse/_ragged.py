@@ -212,7 +212,8 @@ def _batches(buffers, layout: _Layout, shapes, groups_of) -> tuple[PackedGroups,
         batches.append(PackedGroups(
             flat_values[view].reshape((rows, capacity) + flat_values.shape[1:]),
             flat_weights[view].reshape(rows, capacity),
-            mask[view].reshape(rows, capacity), None if flat_index is None else flat_index[view].reshape(rows, capacity),
+            mask[view].reshape(rows, capacity),
+            None if flat_index is None else flat_index[view].reshape(rows, capacity),
             layout.group_ids[groups], int(groups.size)))
         offset += rows * capacity
     return tuple(batches)
