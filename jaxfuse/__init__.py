@@ -48,7 +48,18 @@ from jaxfuse._pseudo_labels import PseudoLabels, pseudo_labels
 from jaxfuse._proposal_lists import PaddedProposals, fuse_proposal_lists, pack_proposals, unpack_proposals
 from jaxfuse._proposals import FusedProposals, fuse_proposals
 from jaxfuse._presets import DEFAULT, PRESETS, PUBLISHED, FusionSettings
-from jaxfuse._ragged import PackedGroups, bucket_size, pack_groups, unpack_groups, unpack_members
+from jaxfuse._ragged import (
+    PackedGroups,
+    RaggedBuckets,
+    bucket_size,
+    pack_groups,
+    pack_ragged,
+    unpack_groups,
+    unpack_members,
+    unpack_ragged,
+    unpack_ragged_members,
+)
+from jaxfuse._ragged_fusion import RaggedFusion, fuse_ragged
 from jaxfuse._result import ResultCode
 from jaxfuse._snippets import SnippetLabels, segments_to_snippets
 from jaxfuse._sharding import fuse_proposals_sharded, item_mesh
@@ -90,6 +101,8 @@ __all__ = [
     "PaddedProposals",
     "ProposalGroups",
     "PseudoLabels",
+    "RaggedBuckets",
+    "RaggedFusion",
     "ResultCode",
     "SnippetLabels",
     "StudentTParameters",
@@ -117,6 +130,7 @@ __all__ = [
     "fuse_proposal_lists",
     "fuse_proposals",
     "fuse_proposals_sharded",
+    "fuse_ragged",
     "fuse_student_t",
     "fuse_uniform",
     "gaussian_density",
@@ -128,6 +142,7 @@ __all__ = [
     "member_probabilities",
     "pack_groups",
     "pack_proposals",
+    "pack_ragged",
     "proposals_from_cas",
     "pseudo_labels",
     "segments_to_snippets",
@@ -138,4 +153,6 @@ __all__ = [
     "unpack_groups",
     "unpack_members",
     "unpack_proposals",
+    "unpack_ragged",
+    "unpack_ragged_members",
 ]

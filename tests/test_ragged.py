@@ -1,9 +1,10 @@
-"""pack_groups: ragged members to padded buckets and back, with a bounded number of compiles."""
+"""pack_groups, pack_ragged, fuse_ragged: ragged members to padded buckets and back, with few compiles."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import fuse_in_shared_shape, tolerance
 
 import jaxfuse
 
@@ -75,3 +76,297 @@ def test_empty_input_packs_to_empty_padding():
         assert packed.num_groups == 0 and not packed.mask.any() and packed.values.shape == (256, 16, 1)
     with pytest.raises(TypeError, match="`lengths` must be integers"):
         jaxfuse.pack_groups(np.zeros(2), np.zeros(2), lengths=[1.0, 1.0])
+
+
+# ------------------------------------------------------------------ size-bucketed path (pack_ragged, fuse_ragged)
+
+TEMPLATES = ["gaussian", "uniform", "exponential", "laplace", "student_t"]
+# Groups of 1-16 members go to capacities 8 ([64, 8, 2]) and 16 ([32, 16, 2], the suite's shared shape): two
+# programs per template and dtype, the second shared with tests/test_fuse.py.
+SMALL_BUCKETS = dict(min_members=8, min_slots=512, merge_slots=0)
+
+
+def ragged_members(rng, sizes, dtype=np.float32, coordinates: int = 2):
+    """Flat members of groups of ``sizes``: segment-like values around a centre per group, uniform weights."""
+    centres = np.repeat(rng.uniform(-50, 500, size=(len(sizes), 1)), sizes, axis=0)
+    spread = np.repeat(rng.uniform(0.5, 20, size=(len(sizes), 1)), sizes, axis=0)
+    values = centres + spread * rng.normal(size=(int(np.sum(sizes)), coordinates))
+    return values.astype(dtype), rng.uniform(0, 1, size=int(np.sum(sizes))).astype(dtype)
+
+
+def shuffled_labels(rng, sizes):
+    """Distinct, unordered, partly negative group labels, members interleaved across groups."""
+    labels = rng.choice(np.arange(-5000, 5000), size=len(sizes), replace=False)
+    return rng.permutation(np.repeat(labels, sizes))
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_fuse_ragged_equals_fusing_each_group_alone(template, dtype):
+    rng = np.random.default_rng(50)
+    sizes = np.r_[1, 16, rng.integers(1, 17, size=18)]
+    values, weights = ragged_members(rng, sizes, dtype)
+    labels = shuffled_labels(rng, sizes)
+    # Student-t compiles slowly: all its groups in the shared shape (the packing is the same for every template).
+    buckets = dict(SMALL_BUCKETS, min_members=16) if template == "student_t" else SMALL_BUCKETS
+    fused = jaxfuse.fuse_ragged(values, weights, labels, template=template, temperature=0.3, **buckets)
+
+    np.testing.assert_array_equal(fused.group_ids, np.unique(labels))
+    # Each group in a row of its own (padding + mask equal the unpadded group: tests/test_fuse.py).
+    alone_values = np.zeros((len(sizes), 16, 2), dtype)
+    alone_weights = np.zeros((len(sizes), 16), dtype)
+    alone_mask = np.zeros((len(sizes), 16), bool)
+    for row, label in enumerate(fused.group_ids):
+        members = np.flatnonzero(labels == label)
+        alone_values[row, : members.size], alone_weights[row, : members.size] = values[members], weights[members]
+        alone_mask[row, : members.size] = True
+    alone = fuse_in_shared_shape(jaxfuse.fuse_groups, alone_values, alone_weights, alone_mask, template=template,
+                                 temperature=0.3)
+
+    scale = np.abs(values).max()
+    rtol = tolerance(dtype)
+    assert fused.location.dtype == dtype and fused.location.shape == (len(sizes), 2)
+    np.testing.assert_array_equal(fused.result, alone.result)
+    assert (fused.result == jaxfuse.ResultCode.SUCCESSFUL).all()
+    np.testing.assert_allclose(fused.location, alone.location, rtol=rtol, atol=rtol * scale)
+    for ours, theirs in zip(fused.parameters, alone.parameters):
+        np.testing.assert_allclose(ours, theirs, rtol=rtol, atol=rtol * scale)
+    for row, label in enumerate(fused.group_ids):
+        members = np.flatnonzero(labels == label)
+        np.testing.assert_allclose(fused.probabilities[members], alone.probabilities[row, : members.size],
+                                   rtol=tolerance(dtype), atol=tolerance(dtype))
+
+
+@pytest.mark.parametrize("template", ["gaussian", "laplace"])
+def test_fuse_ragged_equals_fusing_a_group_alone_unpadded(template):
+    rng = np.random.default_rng(60)
+    sizes = np.array([5, 3, 16, 9])
+    values, weights = ragged_members(rng, sizes)
+    fused = jaxfuse.fuse_ragged(values, weights, lengths=sizes, template=template, **SMALL_BUCKETS)
+    starts = np.cumsum(sizes) - sizes
+    members = slice(starts[1], starts[1] + 3)  # padded to 8 in its batch; alone: [1, 3, 2], no padding at all
+    alone = jaxfuse.fuse_groups(values[None, members], weights[None, members], template=template)
+    np.testing.assert_allclose(fused.location[1], alone.location[0], rtol=2e-5, atol=2e-5 * np.abs(values).max())
+    np.testing.assert_allclose(fused.parameters.scale[1], alone.parameters.scale[0], rtol=2e-5, atol=1e-5)
+    np.testing.assert_allclose(fused.probabilities[members], alone.probabilities[0], rtol=2e-5, atol=1e-7)
+
+
+def test_gaussian_matches_a_float64_reduceat_reference_and_keeps_lengths_order():
+    rng = np.random.default_rng(51)
+    sizes = np.array([3, 0, 1, 16, 7, 0, 2])
+    values, weights = ragged_members(rng, sizes)
+    fused = jaxfuse.fuse_ragged(values, weights, lengths=sizes, temperature=0.3, **SMALL_BUCKETS)
+    np.testing.assert_array_equal(fused.group_ids, np.arange(sizes.size))
+    empty = sizes == 0
+    assert (fused.result[empty] == jaxfuse.ResultCode.EMPTY_GROUP).all()
+    assert (fused.result[~empty] == jaxfuse.ResultCode.SUCCESSFUL).all()
+    assert not fused.location[empty].any()
+    # Independent reference: softmax(w / T) weighted moments by np.add.reduceat, float64, over non-empty groups.
+    nonempty = sizes[~empty]
+    starts = np.cumsum(nonempty) - nonempty
+    logits = weights.astype(np.float64) / 0.3
+    g = np.exp(logits - np.repeat(np.maximum.reduceat(logits, starts), nonempty))
+    g /= np.repeat(np.add.reduceat(g, starts), nonempty)
+    mean = np.add.reduceat(g[:, None] * values, starts)
+    std = np.sqrt(np.add.reduceat(g[:, None] * (values - np.repeat(mean, nonempty, axis=0)) ** 2, starts))
+    np.testing.assert_allclose(fused.location[~empty], mean, rtol=2e-5, atol=2e-5 * np.abs(values).max())
+    np.testing.assert_allclose(fused.parameters.scale[~empty], std, rtol=2e-4, atol=2e-5 * np.abs(values).max())
+    np.testing.assert_allclose(fused.probabilities, g, rtol=2e-5, atol=1e-7)
+
+
+def test_permuting_members_and_groups_changes_nothing():
+    rng = np.random.default_rng(52)
+    sizes = rng.integers(1, 17, size=25)
+    values, weights = ragged_members(rng, sizes)
+    labels = shuffled_labels(rng, sizes)
+    fused = jaxfuse.fuse_ragged(values, weights, labels, **SMALL_BUCKETS)
+    permutation = rng.permutation(labels.size)
+    permuted = jaxfuse.fuse_ragged(values[permutation], weights[permutation], labels[permutation], **SMALL_BUCKETS)
+    np.testing.assert_array_equal(permuted.group_ids, fused.group_ids)
+    np.testing.assert_allclose(permuted.location, fused.location, rtol=2e-5, atol=2e-5 * np.abs(values).max())
+    np.testing.assert_allclose(permuted.probabilities, fused.probabilities[permutation], rtol=2e-5, atol=1e-7)
+
+
+def test_single_huge_group_beside_small_ones():
+    rng = np.random.default_rng(53)
+    sizes = np.array([2, 3000, 1])
+    values, weights = ragged_members(rng, sizes)
+    # The floors (2 members, 2^14 slots); the two small groups join the big batch (8,188 more padded slots).
+    assert [b.mask.shape for b in jaxfuse.pack_ragged(values, weights, lengths=sizes, merge_slots=0).batches] == [
+        (8192, 2), (4, 4096)]
+    assert [b.mask.shape for b in jaxfuse.pack_ragged(values, weights, lengths=sizes).batches] == [(4, 4096)]
+    fused = jaxfuse.fuse_ragged(values, weights, lengths=sizes)
+    huge = slice(2, 3002)
+    logits = weights[huge].astype(np.float64) / 0.2
+    g = np.exp(logits - logits.max())
+    np.testing.assert_allclose(fused.location[1], g / g.sum() @ values[huge].astype(np.float64), rtol=2e-5)
+    np.testing.assert_allclose(fused.probabilities[huge].sum(), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(fused.location[2], values[-1])
+
+
+def test_empty_input():
+    for kwargs in ({"group_ids": np.zeros(0, np.int64)}, {"lengths": []}):
+        fused = jaxfuse.fuse_ragged(np.zeros((0, 2), np.float32), np.zeros(0, np.float32), template="laplace", **kwargs)
+        assert fused.location.shape == (0, 2) and fused.probabilities.shape == (0,) and fused.result.shape == (0,)
+        assert isinstance(fused.parameters, jaxfuse.LaplaceParameters)
+        assert jaxfuse.pack_ragged(np.zeros(0), np.zeros(0), **kwargs).batches == ()
+    only_empty = jaxfuse.fuse_ragged(np.zeros((0, 2), np.float32), np.zeros(0, np.float32), lengths=[0, 0],
+                                     **SMALL_BUCKETS)
+    assert (only_empty.result == jaxfuse.ResultCode.EMPTY_GROUP).all() and only_empty.location.shape == (2, 2)
+
+
+def test_pack_ragged_layout_round_trips_and_bounds_padding():
+    rng = np.random.default_rng(54)
+    sizes = np.minimum(rng.zipf(1.7, size=3000), 300)
+    values, weights = ragged_members(rng, sizes, np.float64, coordinates=3)
+    labels = shuffled_labels(rng, sizes)
+    packed = jaxfuse.pack_ragged(values, weights, labels, min_slots=1, merge_slots=0)
+    capacities = [b.mask.shape[1] for b in packed.batches]
+    assert capacities == sorted(set(capacities)) and capacities[0] == 2
+    for batch in packed.batches:  # a batch's groups need more than half its capacity (the smallest: up to 2)
+        filled, capacity = batch.mask.sum(axis=1)[: batch.num_groups], batch.mask.shape[1]
+        assert (filled <= capacity).all() and (capacity == 2 or (filled > capacity // 2).all())
+        assert not batch.mask[batch.num_groups :].any()
+    slots = sum(b.mask.size for b in packed.batches)
+    assert slots < 4 * (sizes.sum() + 4 * sizes.size)
+    # Round trips: every member back in its place, every group's label back in output order.
+    np.testing.assert_array_equal(jaxfuse.unpack_ragged_members([b.values for b in packed.batches], packed), values)
+    np.testing.assert_array_equal(jaxfuse.unpack_ragged_members([b.weights for b in packed.batches], packed), weights)
+    np.testing.assert_array_equal(packed.group_ids, np.unique(labels))
+    for batch, index in zip(packed.batches, packed.group_index):
+        np.testing.assert_array_equal(batch.group_ids, packed.group_ids[index])
+    counts = jaxfuse.unpack_ragged([b.mask.sum(axis=1) for b in packed.batches], packed)
+    np.testing.assert_array_equal(counts, np.bincount(np.searchsorted(np.unique(labels), labels)))
+    for batch in packed.batches:  # each batch is also a PackedGroups for unpack_members
+        np.testing.assert_array_equal(batch.values[batch.mask], values[batch.member_index[batch.mask]])
+
+
+def test_small_buckets_merge_upwards_within_the_budget():
+    sizes = np.array([1] * 100 + [5] * 10 + [40])
+    values, weights = ragged_members(np.random.default_rng(57), sizes)
+
+    def capacities(**kwargs):
+        return [b.mask.shape[1] for b in jaxfuse.pack_ragged(values, weights, lengths=sizes, **kwargs).batches]
+
+    assert capacities(merge_slots=0) == [2, 8, 64]
+    assert capacities(merge_slots=10 * (64 - 8)) == [2, 64]  # the 8s join the 64s; then the 2s would add 6,200 slots
+    assert capacities(merge_slots=100 * (64 - 2)) == [64]
+    assert capacities() == [64]
+
+
+def test_buckets_over_max_slots_split_into_equal_batches_and_a_rest():
+    rng = np.random.default_rng(58)
+    sizes = np.r_[np.full(21, 3), np.full(5, 16)]
+    values, weights = ragged_members(rng, sizes)
+    labels = shuffled_labels(rng, sizes)
+    packed = jaxfuse.pack_ragged(values, weights, labels, min_slots=1, merge_slots=0, max_slots=32)
+    # 21 groups of capacity 4 in batches of 8 rows: 8 + 8 + 5 (padded to 8); 5 of capacity 16: 2 + 2 + 1.
+    assert [b.mask.shape for b in packed.batches] == [(8, 4)] * 3 + [(2, 16)] * 2 + [(1, 16)]
+    assert [b.num_groups for b in packed.batches] == [8, 8, 5, 2, 2, 1]
+    np.testing.assert_array_equal(jaxfuse.unpack_ragged_members([b.values for b in packed.batches], packed), values)
+    np.testing.assert_array_equal(jaxfuse.unpack_ragged([b.mask.sum(axis=1) for b in packed.batches], packed),
+                                  np.bincount(np.searchsorted(np.unique(labels), labels)))
+
+
+def test_inputs_are_never_modified_and_kinds_follow_the_input():
+    import jax
+
+    rng = np.random.default_rng(55)
+    sizes = rng.integers(1, 17, size=10)
+    values, weights = ragged_members(rng, sizes)
+    labels = shuffled_labels(rng, sizes)
+    copies = values.copy(), weights.copy(), labels.copy()
+    fused = jaxfuse.fuse_ragged(values, weights, labels, **SMALL_BUCKETS)
+    for original, copy in zip((values, weights, labels), copies):
+        np.testing.assert_array_equal(original, copy)
+    on_device = jaxfuse.fuse_ragged(jax.numpy.asarray(values), jax.numpy.asarray(weights), labels, **SMALL_BUCKETS)
+    assert isinstance(on_device.location, jax.Array) and isinstance(on_device.parameters.scale, jax.Array)
+    np.testing.assert_array_equal(np.asarray(on_device.location), fused.location)
+    np.testing.assert_array_equal(on_device.group_ids, fused.group_ids)
+    with pytest.raises(TypeError, match="`values` is traced"):
+        jax.jit(lambda v: jaxfuse.fuse_ragged(v, weights, labels).location)(values)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(values=np.zeros((4, 2), np.int32)), TypeError, "`values`"),
+        (dict(weights=np.zeros(4, np.int64)), TypeError, "`weights`"),
+        (dict(weights=np.zeros(3, np.float32)), ValueError, "`weights`"),
+        (dict(values=np.zeros((4, 2, 1), np.float32)), ValueError, "`values`"),
+        (dict(group_ids=None), ValueError, "exactly one of `group_ids` and `lengths`"),
+        (dict(lengths=[2, 2]), ValueError, "exactly one of `group_ids` and `lengths`"),
+        (dict(group_ids=None, lengths=[2, 1]), ValueError, "`lengths`"),
+        (dict(group_ids=None, lengths=[2, 3, -1]), ValueError, "`lengths`"),
+        (dict(group_ids=None, lengths=[2.0, 2.0]), TypeError, "`lengths`"),
+        (dict(group_ids=np.zeros(4)), TypeError, "`group_ids`"),
+        (dict(group_ids=np.zeros(3, int)), ValueError, "`group_ids`"),
+        (dict(template="cauchy"), ValueError, "`template`"),
+        (dict(temperature=0.0), ValueError, "`temperature`"),
+        (dict(template="gaussian", df=3.0), TypeError, "takes no options"),
+        (dict(min_members=0), ValueError, "`min_members`"),
+        (dict(min_slots=-1), ValueError, "`min_slots`"),
+        (dict(merge_slots=1.5), ValueError, "`merge_slots`"),
+        (dict(max_slots=0), ValueError, "`max_slots`"),
+    ],
+)
+def test_bad_input_names_the_argument(kwargs, error, match):
+    arguments = dict(values=np.zeros((4, 2), np.float32), weights=np.zeros(4, np.float32), group_ids=np.arange(4))
+    arguments.update(kwargs)
+    before = jaxfuse.compile_count()
+    with pytest.raises(error, match=match):
+        jaxfuse.fuse_ragged(arguments.pop("values"), arguments.pop("weights"), **arguments)
+    assert jaxfuse.compile_count() == before  # raised before anything was compiled
+
+
+def test_throw_raises_for_failed_groups_only():
+    values = np.array([[1.0], [np.nan], [2.0]], np.float32)
+    fused = jaxfuse.fuse_ragged(values, np.zeros(3, np.float32), lengths=[1, 1, 0, 1], **SMALL_BUCKETS)
+    assert fused.result.tolist() == [0, jaxfuse.ResultCode.NONFINITE_INPUT, jaxfuse.ResultCode.EMPTY_GROUP, 0]
+    with pytest.raises(RuntimeError, match="NONFINITE_INPUT"):
+        jaxfuse.fuse_ragged(values, np.zeros(3, np.float32), lengths=[1, 1, 0, 1], throw=True, **SMALL_BUCKETS)
+    jaxfuse.fuse_ragged(values[::2], np.zeros(2, np.float32), lengths=[1, 0, 1], throw=True, **SMALL_BUCKETS)
+
+
+def test_random_ragged_requests_compile_once_per_bucket():
+    rng = np.random.default_rng(56)
+    shapes = set()
+    before = jaxfuse.compile_count()
+    for _ in range(40):
+        sizes = np.minimum(rng.zipf(1.8, size=rng.integers(1, 400)), 40)
+        values, weights = ragged_members(rng, sizes, coordinates=3)
+        packed = jaxfuse.pack_ragged(values, weights, lengths=sizes)
+        shapes |= {b.values.shape for b in packed.batches}
+        jaxfuse.fuse_ragged(values, weights, lengths=sizes)
+    # Most requests are one merged batch; 5 shapes here ([8192, 2] ... [256, 64], [512, 64]), the floors hold the rows.
+    assert jaxfuse.compile_count() - before <= len(shapes) <= 5
+
+
+def test_torch_in_torch_out():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(59)
+    sizes = rng.integers(1, 17, size=10)
+    values, weights = ragged_members(rng, sizes)
+    lengths = torch.from_numpy(sizes)
+    fused = jaxfuse.fuse_ragged(torch.from_numpy(values), torch.from_numpy(weights), lengths=lengths, **SMALL_BUCKETS)
+    assert isinstance(fused.location, torch.Tensor) and isinstance(fused.probabilities, torch.Tensor)
+    expected = jaxfuse.fuse_ragged(values, weights, lengths=sizes, **SMALL_BUCKETS)
+    np.testing.assert_array_equal(fused.location.numpy(), expected.location)
+    np.testing.assert_array_equal(fused.result.numpy(), expected.result)
+
+
+@pytest.mark.parametrize("dtype, low, high", [
+    (np.int8, -128, 127), (np.uint16, 0, 65535), (np.int32, -(2**31), 2**31 - 1), (np.int64, -5, 70_000),
+    (np.int64, -(2**40), 2**40), (np.uint64, 2**63, 2**63 + 2**20),
+])
+def test_group_order_is_numpys_stable_argsort_for_every_id_dtype_and_span(dtype, low, high):
+    rng = np.random.default_rng(61)
+    distinct = np.array([low, high, (low + high) // 2, low + 1, high - 1], dtype=object).astype(dtype)
+    ids = rng.choice(distinct, size=300)
+    values = np.arange(300.0)
+    packed = jaxfuse.pack_ragged(values, np.zeros(300), ids, min_slots=1, merge_slots=0)
+    np.testing.assert_array_equal(packed.group_ids, np.unique(ids))
+    # Members keep their input order within a group: the slots hold numpy's stable argsort order.
+    by_group = np.concatenate([b.values[b.mask][:, 0] for b in packed.batches])
+    expected = np.concatenate([np.flatnonzero(ids == packed.group_ids[i]) for b, index in
+                               zip(packed.batches, packed.group_index) for i in index])
+    np.testing.assert_array_equal(by_group, values[expected])

@@ -61,6 +61,10 @@ SCRIPT = textwrap.dedent(
         packed = call("pack_groups", values, weights, lengths=[5, 7])
         call("unpack_groups", packed.values[:, 0], packed)
         call("unpack_members", packed.values, packed)
+        ragged = call("pack_ragged", values, weights, lengths=[5, 7])
+        call("unpack_ragged", [b.values[:, 0] for b in ragged.batches], ragged)
+        call("unpack_ragged_members", [b.values for b in ragged.batches], ragged)
+        assert call("fuse_ragged", values, weights, lengths=[5, 7]).location.dtype == dtype
 
         cas = np.zeros((2, 40, 3), dtype)
         cas[0, 5:12, 0] = 0.05

@@ -194,3 +194,30 @@ def actionformer_postprocess_loop(segments, scores, labels, *, sigma: float = 0.
         best = np.argsort(-all_scores, kind="stable")[:max_seg_num]
         out.append((np.concatenate(kept_segments)[best], all_scores[best], np.concatenate(kept_labels)[best]))
     return out
+
+
+class NumpyRaggedGaussian(NamedTuple):
+    """The Gaussian fusion of flat ragged groups: ``location``, ``scale`` ``[G, K]``; ``probabilities`` ``[N]``."""
+
+    location: np.ndarray
+    scale: np.ndarray
+    probabilities: np.ndarray
+
+
+def numpy_ragged_gaussian(values: np.ndarray, weights: np.ndarray, lengths: np.ndarray,
+                          temperature: float = TEMPERATURE) -> NumpyRaggedGaussian:
+    """Gaussian fusion of contiguous ragged groups, no padding: ``np.*.reduceat`` weighted moments.
+
+    What a careful numpy user writes for flat members (``lengths`` > 0, groups
+    contiguous): a shift-safe softmax per group (``np.maximum.reduceat``), the
+    weighted mean and the weighted variance about it, all in the input dtype.
+    Work is O(N K), with no padded slot.
+    """
+    starts = np.cumsum(lengths) - lengths
+    logits = weights / np.asarray(temperature, weights.dtype)
+    shifted = np.exp(logits - np.repeat(np.maximum.reduceat(logits, starts), lengths))
+    probabilities = shifted / np.repeat(np.add.reduceat(shifted, starts), lengths)
+    location = np.add.reduceat(probabilities[:, None] * values, starts, axis=0)
+    deviation = values - np.repeat(location, lengths, axis=0)
+    variance = np.add.reduceat(probabilities[:, None] * deviation * deviation, starts, axis=0)
+    return NumpyRaggedGaussian(location, np.sqrt(variance), probabilities)

@@ -1,12 +1,14 @@
-"""The *ragged* section: skewed ragged group sizes through ``pack_groups``, one bucket against buckets by size."""
+"""The *ragged* section: skewed ragged sizes through ``pack_groups`` (one bucket), ``pack_ragged`` (by size), and
+``fuse_ragged`` end to end against numpy ``reduceat`` on the flat members."""
 
 from __future__ import annotations
 
 import numpy as np
 
 import jaxfuse
-from jaxfuse._ragged import pack_groups, unpack_groups
-from jaxfuse.bench.baselines import numpy_closed_form
+from jaxfuse._ragged import pack_groups, pack_ragged, unpack_groups
+from jaxfuse._ragged_fusion import fuse_ragged
+from jaxfuse.bench.baselines import numpy_closed_form, numpy_ragged_gaussian
 from jaxfuse.bench.data import RaggedMembers, skewed_ragged_members
 from jaxfuse.bench.section import Section, format_fraction, format_ratio, format_seconds
 from jaxfuse.bench.sizes import TEMPERATURE, Sizes
@@ -14,17 +16,8 @@ from jaxfuse.bench.timing import time_call
 
 
 def _pack_by_size(ragged: RaggedMembers) -> list:
-    """Split the groups by power-of-two size and pack each bucket: padding follows each group's own size."""
-    # Power-of-two bucket of each group: 2 ** ceil(log2(size)), computed without a Python loop.
-    bucket_of = np.left_shift(1, np.ceil(np.log2(np.maximum(ragged.lengths, 1))).astype(np.int64))
-    bucket_of_member = np.repeat(bucket_of, ragged.lengths)
-    packed = []
-    for bucket in np.unique(bucket_of):
-        # Members are contiguous in group order, so a bucket's members stay contiguous too.
-        members = bucket_of_member == bucket
-        packed.append(pack_groups(ragged.values[members], ragged.weights[members],
-                                  lengths=ragged.lengths[bucket_of == bucket], members=int(bucket)))
-    return packed
+    """``pack_ragged``: one padded batch per power-of-two size bucket (what ``fuse_ragged`` runs)."""
+    return list(pack_ragged(ragged.values, ragged.weights, lengths=ragged.lengths).batches)
 
 
 def _fuse_packed(packed_list) -> list:
@@ -41,10 +34,12 @@ def measure_ragged(sizes: Sizes) -> Section:
         f"Group sizes follow a Zipf law capped at {sizes.ragged_max_size} (median {int(np.median(lengths))}, "
         f"mean {lengths.mean():.1f}, max {int(lengths.max())}). Flat numpy members in, per-group numpy "
         "results out, Gaussian, float32. *One bucket*: `pack_groups` pads every group to the largest; *by size*: "
-        "groups are split by power-of-two size and each bucket packed and fused on its own (one compile per "
-        "bucket). *Fuse* is `fuse_groups` + `unpack_groups` on the packed numpy arrays (numpy in, numpy out); "
-        "the baseline is vectorized numpy on the same padded arrays, so the speed-up compares like with like. "
-        "Packing, which either would need, is timed apart."),
+        "`pack_ragged` splits groups by power-of-two size, one batch per bucket (one compile each). *Fuse* is "
+        "`fuse_groups` + `unpack_groups` on the packed numpy arrays (numpy in, numpy out); the baseline is "
+        "vectorized numpy on the same padded arrays, so the speed-up compares like with like. Packing, which "
+        "either would need, is timed apart. *fuse_ragged end to end* (flat members in, per-group results and "
+        "per-member probabilities out) is compared with numpy on the flat members, no padding at all "
+        "(`numpy_ragged_gaussian`: `np.*.reduceat` weighted moments, float32)."),
         ["packing", "padded slots", "slots used", "pack", "fuse", "numpy baseline", "speed-up (fuse)",
          "speed-up incl. packing"])
     strategies = {
@@ -71,4 +66,13 @@ def measure_ragged(sizes: Sizes) -> Section:
         section.data[name] = dict(slots=int(slots), pack_seconds=pack_time.median, fuse_seconds=fuse_time.median,
                                   numpy_seconds=baseline.median, speedup=speedup, speedup_with_packing=with_packing,
                                   buckets=len(packed_list))
+    end_to_end = time_call(lambda: fuse_ragged(ragged.values, ragged.weights, lengths=lengths, temperature=TEMPERATURE),
+                           repeats=sizes.repeats, min_seconds=sizes.min_seconds, max_seconds=sizes.max_seconds)
+    flat = time_call(lambda: numpy_ragged_gaussian(ragged.values, ragged.weights, lengths, TEMPERATURE),
+                     repeats=sizes.baseline_repeats, min_seconds=min(0.05, sizes.min_seconds),
+                     max_seconds=2 * sizes.max_seconds, max_rounds=20)
+    speedup = flat.median / end_to_end.median
+    section.rows.append(["fuse_ragged end to end", "(by size)", "", "", format_seconds(end_to_end.median),
+                         format_seconds(flat.median) + " (reduceat)", format_ratio(speedup), format_ratio(speedup)])
+    section.data["fuse_ragged"] = dict(seconds=end_to_end.median, numpy_reduceat_seconds=flat.median, speedup=speedup)
     return section
