@@ -27,7 +27,10 @@ silently and :func:`compilation_cache_status` says why; the CLI prints it.
 
 The cache is JAX's own: its entries are keyed by the program, the jax and
 jaxlib versions and the device, so a stale entry is never used. As JAX warns,
-only point it at a directory that nobody else can write to.
+only point it at a directory that nobody else can write to. jaxfuse's store
+of whole executables (:mod:`jaxfuse._executable_cache`, which also skips
+tracing) lives in its ``jaxfuse-executables`` subdirectory and follows the
+same switches.
 """
 
 from __future__ import annotations
