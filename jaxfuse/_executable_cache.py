@@ -219,4 +219,13 @@ def stored_executable(jitted: Callable, *, static_argnames: tuple[str, ...] = ()
     call.jitted = jitted
     call.stored_calls = 0
     call.compiled_calls = 0
+    _WRAPPED.append(call)
     return call
+
+
+_WRAPPED: list[Callable] = []
+
+
+def store_counts() -> tuple[int, int]:
+    """``(loaded, compiled)``: executables this process took from the store, and compiled for it."""
+    return sum(f.stored_calls for f in _WRAPPED), sum(f.compiled_calls for f in _WRAPPED)
