@@ -185,13 +185,47 @@ def _window_min(levels, window: int, *, forward: bool):
     return lax.reduce_window(padded, jnp.inf, lax.min, dims, (1,) * levels.ndim, "VALID")
 
 
+# Block width of :func:`_running_count`: each block's running count is one
+# small matrix product, then the blocks' totals are counted the same way.
+_COUNT_BLOCK = 16
+
+
+def _running_count(flags):
+    """Inclusive running count of ``flags [..., n]`` along the last axis, int32 (``cumsum``, computed faster).
+
+    XLA:CPU lowers ``cumsum`` to an associative scan: about log2(n) passes,
+    each re-evaluating the fused producer of its input. Here each block of
+    16 entries is counted by one product with a triangular matrix of ones, and
+    the block totals recursively: three passes for 3,420 entries, 4-6x faster
+    than ``jnp.cumsum`` on the proposal flags. The products run on 0/1 values
+    in float32 at the highest precision (no TF32 on GPUs), so every count
+    below 2**24 is exact.
+    """
+    *batch, size = flags.shape
+    num_blocks = -(-size // _COUNT_BLOCK)
+    padding = [(0, 0)] * len(batch) + [(0, num_blocks * _COUNT_BLOCK - size)]
+    blocks = jnp.pad(flags.astype(jnp.float32), padding).reshape(*batch, num_blocks, _COUNT_BLOCK)
+    ones_on_and_above = jnp.asarray(np.triu(np.ones((_COUNT_BLOCK, _COUNT_BLOCK), np.float32)))
+    within = jnp.matmul(blocks, ones_on_and_above, precision=lax.Precision.HIGHEST)
+    totals = within[..., -1]
+    if num_blocks == 1:
+        before = jnp.zeros_like(totals)
+    elif num_blocks <= _COUNT_BLOCK:
+        strictly_above = jnp.asarray(np.triu(np.ones((num_blocks, num_blocks), np.float32), 1))
+        before = jnp.matmul(totals, strictly_above, precision=lax.Precision.HIGHEST)
+    else:
+        before = _running_count(totals).astype(jnp.float32) - totals
+    counts = (within + before[..., None]).reshape(*batch, num_blocks * _COUNT_BLOCK)
+    return counts[..., :size].astype(jnp.int32)
+
+
 def _compact_flags(flags, spacing: int, num_slots: int):
     """Where the set entries of ``flags [B, T, L]`` are, in (threshold, position) order.
 
     Two set flags of a row are at least ``spacing`` apart, so each chunk of
     ``spacing`` positions holds at most one: compacting chunks instead of
-    positions divides the cumsum and the scatter (the costly parts) by
-    ``spacing``. Each flag's slot is its rank among the set flags of its
+    positions divides the running count and the scatter (the costly parts)
+    by ``spacing``. Each flag's slot is its rank among the set flags of its
     sequence; ranks past the last slot are dropped.
 
     Returns:
@@ -208,14 +242,18 @@ def _compact_flags(flags, spacing: int, num_slots: int):
     row = jnp.arange(num_rows, dtype=jnp.int32)[:, None] * length
     chunk_start = jnp.arange(num_chunks, dtype=jnp.int32)[None, :] * spacing
     index_in_sequence = (row + chunk_start + offset_in_chunk).reshape(batch, num_rows * num_chunks)
-    rank = jnp.cumsum(chunk_has_flag, axis=-1, dtype=jnp.int32) - 1
-    # One flat scatter for the whole batch: a batched (vmapped) scatter is
-    # several times slower on CPU.
+    running = _running_count(chunk_has_flag)
+    rank = running - 1
+    # One flat scatter for the whole batch (a batched, vmapped scatter is
+    # several times slower on CPU). Flags without a slot go to one spare slot
+    # past the end, so every index is in bounds: no bounds checks (about a
+    # third of the scatter's time).
     keep = chunk_has_flag & (rank < num_slots)
     sequence_offset = jnp.arange(batch, dtype=jnp.int32)[:, None] * num_slots
-    target = jnp.where(keep, rank + sequence_offset, batch * num_slots).reshape(-1)
-    slots = jnp.zeros((batch * num_slots,), jnp.int32).at[target].set(index_in_sequence.reshape(-1), mode="drop")
-    return slots.reshape(batch, num_slots), jnp.sum(chunk_has_flag, axis=-1, dtype=jnp.int32)
+    spare = batch * num_slots
+    target = jnp.where(keep, rank + sequence_offset, spare).reshape(-1)
+    slots = jnp.zeros((spare + 1,), jnp.int32).at[target].set(index_in_sequence.reshape(-1), mode="promise_in_bounds")
+    return slots[:spare].reshape(batch, num_slots), running[:, -1]
 
 
 def _gather_rows(table, index):
