@@ -256,6 +256,34 @@ def _compact_flags(flags, spacing: int, num_slots: int):
     return slots[:spare].reshape(batch, num_slots), running[:, -1]
 
 
+def _last_above(levels, start, level):
+    """Last snippet of the run above ``level`` that starts at ``start``: ``[B, P]`` for ``levels [B, L]``.
+
+    Binary lifting on a table of range minima: ``minima[s][i]`` is the
+    smallest of snippets ``i .. i + 2**s - 1`` (-inf past the end). From the
+    start, the run is extended by ``2**s`` snippets, largest ``s`` first,
+    whenever all of them are above the level: ``ceil(log2 L)`` flat gathers
+    of ``[B, P]``, instead of flagging and compacting the run ends of every
+    threshold and snippet (``[B, T, L]``). The comparisons are the run
+    finder's own (the same values against the same level), so the end is
+    exactly the run's.
+    """
+    batch, length = levels.shape
+    # One spare column of -inf: a run never extends past the last snippet.
+    minima = [jnp.pad(levels, ((0, 0), (0, 1)), constant_values=-jnp.inf)]
+    while 2 ** len(minima) < length:
+        width = 2 ** (len(minima) - 1)
+        shifted = jnp.pad(minima[-1][:, width:], ((0, 0), (0, width)), constant_values=-jnp.inf)
+        minima.append(jnp.minimum(minima[-1], shifted))
+    table = jnp.stack(minima).reshape(-1)  # [S, B, L + 1], flat
+    row = jnp.arange(batch, dtype=jnp.int32)[:, None] * (length + 1)
+    last = start
+    for step in reversed(range(len(minima))):
+        following = table[step * batch * (length + 1) + row + last + 1]
+        last = jnp.where(following > level, last + 2**step, last)
+    return last
+
+
 def _gather_rows(table, index):
     """``table[b, index[b, p]]`` for ``table [B, N]``, ``index [B, P]``, as one flat gather.
 
@@ -278,28 +306,23 @@ def _proposals(cas, length, thresholds, *, min_length, left_widths, right_widths
 
     # A run of at least min_length snippets starts at i when snippet i - 1 is
     # not above the threshold and the smallest of snippets i .. i + min_length - 1
-    # is; it ends at i when i + 1 is not above and the smallest of
-    # i - min_length + 1 .. i is. Window minima are computed once per sequence
-    # ([B, L]), so the [B, T, L] work is two comparisons per flag.
+    # is. Window minima are computed once per sequence ([B, L]), so the
+    # [B, T, L] work is two comparisons per flag.
     level = thresholds[None, :, None]
     ahead = _window_min(levels, min_length, forward=True)[:, None, :]
-    behind = _window_min(levels, min_length, forward=False)[:, None, :]
     before = _shift_values(levels, 1)[:, None, :]
-    after = _shift_values(levels, -1)[:, None, :]
     long_run_starts = (ahead > level) & ~(before > level)  # [B, T, L]
-    long_run_ends = (behind > level) & ~(after > level)
 
-    # The k-th long-run start and the k-th long-run end (in threshold, then
-    # position, order) belong to the same proposal.
+    # Slots in (threshold, start) order; each run's last snippet is then found
+    # from its start in O(log L) lookups (no second [B, T, L] compaction).
     spacing = min_length + 1  # a run and at least one snippet below the level
     start_index, num_found = _compact_flags(long_run_starts, spacing, num_slots)
-    last_index, _ = _compact_flags(long_run_ends, spacing, num_slots)
     count = jnp.minimum(num_found, num_slots)
     valid = jnp.arange(num_slots, dtype=jnp.int32)[None, :] < count[:, None]
 
     threshold_index = start_index // num_snippets
     start = jnp.where(valid, start_index % num_snippets, 0)
-    last = jnp.where(valid, last_index % num_snippets, 0)
+    last = jnp.where(valid, _last_above(levels, start, thresholds[threshold_index]), 0)
     run_length = last - start + 1
     left_width = jnp.asarray(left_widths)[run_length]
     right_width = jnp.asarray(right_widths)[run_length]
