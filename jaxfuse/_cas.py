@@ -53,10 +53,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxfuse._rows import gather_rows, running_count
 from jaxfuse._interop import array_kind, from_jax
 from jaxfuse._validation import choice, float_array, positive_int
 
 CONVENTIONS = ("spec", "published")
+MARGIN_SCALE, MARGIN_POWER = 0.0785, 0.9
+"""The published outer margin, ``0.0785 * len ** 0.9`` snippets."""
 MARGIN_ROUNDINGS = ("ceil", "floor")
 
 
@@ -185,40 +188,6 @@ def _window_min(levels, window: int, *, forward: bool):
     return lax.reduce_window(padded, jnp.inf, lax.min, dims, (1,) * levels.ndim, "VALID")
 
 
-# Block width of :func:`_running_count`: each block's running count is one
-# small matrix product, then the blocks' totals are counted the same way.
-_COUNT_BLOCK = 16
-
-
-def _running_count(flags):
-    """Inclusive running count of ``flags [..., n]`` along the last axis, int32 (``cumsum``, computed faster).
-
-    XLA:CPU lowers ``cumsum`` to an associative scan: about log2(n) passes,
-    each re-evaluating the fused producer of its input. Here each block of
-    16 entries is counted by one product with a triangular matrix of ones, and
-    the block totals recursively: three passes for 3,420 entries, 4-6x faster
-    than ``jnp.cumsum`` on the proposal flags. The products run on 0/1 values
-    in float32 at the highest precision (no TF32 on GPUs), so every count
-    below 2**24 is exact.
-    """
-    *batch, size = flags.shape
-    num_blocks = -(-size // _COUNT_BLOCK)
-    padding = [(0, 0)] * len(batch) + [(0, num_blocks * _COUNT_BLOCK - size)]
-    blocks = jnp.pad(flags.astype(jnp.float32), padding).reshape(*batch, num_blocks, _COUNT_BLOCK)
-    ones_on_and_above = jnp.asarray(np.triu(np.ones((_COUNT_BLOCK, _COUNT_BLOCK), np.float32)))
-    within = jnp.matmul(blocks, ones_on_and_above, precision=lax.Precision.HIGHEST)
-    totals = within[..., -1]
-    if num_blocks == 1:
-        before = jnp.zeros_like(totals)
-    elif num_blocks <= _COUNT_BLOCK:
-        strictly_above = jnp.asarray(np.triu(np.ones((num_blocks, num_blocks), np.float32), 1))
-        before = jnp.matmul(totals, strictly_above, precision=lax.Precision.HIGHEST)
-    else:
-        before = _running_count(totals).astype(jnp.float32) - totals
-    counts = (within + before[..., None]).reshape(*batch, num_blocks * _COUNT_BLOCK)
-    return counts[..., :size].astype(jnp.int32)
-
-
 def _compact_flags(flags, spacing: int, num_slots: int):
     """Where the set entries of ``flags [B, T, L]`` are, in (threshold, position) order.
 
@@ -230,7 +199,8 @@ def _compact_flags(flags, spacing: int, num_slots: int):
 
     Returns:
         ``[B, num_slots]`` int32 indices ``t * L + position`` (0 in unused
-        slots) and ``[B]`` int32 numbers of set flags.
+        slots), ``[B]`` int32 numbers of set flags, and ``[B, T * chunks]``
+        int32 running counts of the flagged chunks (a flag's slot plus one).
     """
     batch, num_rows, length = flags.shape
     num_chunks = -(-length // spacing)
@@ -242,7 +212,7 @@ def _compact_flags(flags, spacing: int, num_slots: int):
     row = jnp.arange(num_rows, dtype=jnp.int32)[:, None] * length
     chunk_start = jnp.arange(num_chunks, dtype=jnp.int32)[None, :] * spacing
     index_in_sequence = (row + chunk_start + offset_in_chunk).reshape(batch, num_rows * num_chunks)
-    running = _running_count(chunk_has_flag)
+    running = running_count(chunk_has_flag)
     rank = running - 1
     # One flat scatter for the whole batch (a batched, vmapped scatter is
     # several times slower on CPU). Flags without a slot go to one spare slot
@@ -253,7 +223,7 @@ def _compact_flags(flags, spacing: int, num_slots: int):
     spare = batch * num_slots
     target = jnp.where(keep, rank + sequence_offset, spare).reshape(-1)
     slots = jnp.zeros((spare + 1,), jnp.int32).at[target].set(index_in_sequence.reshape(-1), mode="promise_in_bounds")
-    return slots[:spare].reshape(batch, num_slots), running[:, -1]
+    return slots[:spare].reshape(batch, num_slots), running[:, -1], running
 
 
 def _last_above(levels, start, level):
@@ -284,17 +254,6 @@ def _last_above(levels, start, level):
     return last
 
 
-def _gather_rows(table, index):
-    """``table[b, index[b, p]]`` for ``table [B, N]``, ``index [B, P]``, as one flat gather.
-
-    A batched gather (what vmap or take_along_axis produce) is several times
-    slower on CPU than a gather from a flat table with flat indices.
-    """
-    batch, size = table.shape
-    flat_index = index + jnp.arange(batch, dtype=index.dtype)[:, None] * size
-    return table.reshape(-1)[flat_index.reshape(-1)].reshape(index.shape)
-
-
 def _proposals(cas, length, thresholds, *, min_length, left_widths, right_widths, convention, num_slots):
     """Proposals of ``cas [B, L]`` with ``length [B]`` real snippets each (see ``proposals_from_cas``)."""
     batch, num_snippets = cas.shape
@@ -316,7 +275,7 @@ def _proposals(cas, length, thresholds, *, min_length, left_widths, right_widths
     # Slots in (threshold, start) order; each run's last snippet is then found
     # from its start in O(log L) lookups (no second [B, T, L] compaction).
     spacing = min_length + 1  # a run and at least one snippet below the level
-    start_index, num_found = _compact_flags(long_run_starts, spacing, num_slots)
+    start_index, num_found, running = _compact_flags(long_run_starts, spacing, num_slots)
     count = jnp.minimum(num_found, num_slots)
     valid = jnp.arange(num_slots, dtype=jnp.int32)[None, :] < count[:, None]
 
@@ -348,8 +307,8 @@ def _proposals(cas, length, thresholds, *, min_length, left_widths, right_widths
 
     def window_sum(begin, end):
         # hi and lo are differenced separately: adding them first would round lo away.
-        hi_sum = _gather_rows(hi, end) - _gather_rows(hi, begin)
-        return hi_sum + (_gather_rows(lo, end) - _gather_rows(lo, begin))
+        hi_sum = gather_rows(hi, end) - gather_rows(hi, begin)
+        return hi_sum + (gather_rows(lo, end) - gather_rows(lo, begin))
 
     dtype = cas.dtype
     inner = window_sum(inner_begin, inner_end) / jnp.maximum(inner_end - inner_begin, 1).astype(dtype)
@@ -361,7 +320,7 @@ def _proposals(cas, length, thresholds, *, min_length, left_widths, right_widths
     inner = jnp.where(valid, inner, zero)
     outer = jnp.where(valid, outer, zero)
     segments = jnp.where(valid[..., None], jnp.stack([start, segment_end], axis=-1).astype(dtype), zero)
-    return CasProposals(
+    proposals = CasProposals(
         segments=segments,
         inner=inner,
         outer=outer,
@@ -371,6 +330,19 @@ def _proposals(cas, length, thresholds, *, min_length, left_widths, right_widths
         count=count,
         num_found=num_found,
     )
+    # The same run is often found at several consecutive levels (a steep edge
+    # crosses them all at the same snippets): the same segment, the same
+    # scores. It is a run at level t exactly when t is at least the number of
+    # levels below each of its two outside neighbours, so it was first found
+    # at the larger of the two; its slot there is the running count of that
+    # level's flags at its start.
+    levels_below = jnp.sum(levels[:, :, None] > thresholds, axis=-1, dtype=jnp.int32)  # [B, L]
+    neighbours = jnp.pad(levels_below, ((0, 0), (1, 1)))  # 0 outside: no level below
+    first_level = jnp.maximum(gather_rows(neighbours, start), gather_rows(neighbours, last + 2))
+    num_chunks = running.shape[1] // thresholds.shape[0]
+    first_chunk = first_level * num_chunks + start // spacing
+    first_slot = jnp.where(valid, gather_rows(running, first_chunk) - 1, jnp.arange(num_slots, dtype=jnp.int32))
+    return proposals, first_slot
 
 
 @functools.partial(
@@ -383,6 +355,7 @@ def _proposals(cas, length, thresholds, *, min_length, left_widths, right_widths
         "margin_rounding",
         "convention",
         "num_slots",
+        "first_slots",
     ),
 )
 def _batch_proposals(
@@ -397,11 +370,15 @@ def _batch_proposals(
     margin_rounding,
     convention,
     num_slots,
+    first_slots=False,
 ):
     """``_proposals`` over every sequence of ``cas`` (layout handled here).
 
     Everything shape-related happens inside this one compiled function: eager
     reshapes and casts would each compile a kernel of their own per shape.
+    With ``first_slots``, also each proposal's ``first_slot [..., P]``: the
+    slot of the first proposal (lowest level) with the same segment, its own
+    slot if it is the first, and in padding (XLA drops this work otherwise).
     """
     if cas.dtype in (jnp.float16, jnp.bfloat16):
         cas = cas.astype(jnp.float32)
@@ -416,7 +393,7 @@ def _batch_proposals(
         # The published int(s - m) ceils the left margin, int(e + m + 1) floors the right one.
         left_widths = _margin_widths(num_snippets, margin_scale, margin_power, "ceil")
         right_widths = _margin_widths(num_snippets, margin_scale, margin_power, "floor")
-    flat = _proposals(
+    flat, first_slot = _proposals(
         cas.reshape(-1, num_snippets),
         sequence_length.reshape(-1),
         thresholds.astype(cas.dtype),
@@ -426,7 +403,10 @@ def _batch_proposals(
         convention=convention,
         num_slots=num_slots,
     )
-    return CasProposals(*(field.reshape(batch_shape + field.shape[1:]) for field in flat))
+    proposals = CasProposals(*(field.reshape(batch_shape + field.shape[1:]) for field in flat))
+    if first_slots:
+        return proposals, first_slot.reshape(batch_shape + first_slot.shape[1:])
+    return proposals
 
 
 @functools.partial(jax.jit, static_argnames=("classes_last",))
@@ -513,8 +493,8 @@ def proposals_from_cas(
     thresholds,
     *,
     min_length: int = 2,
-    margin_scale: float = 0.0785,
-    margin_power: float = 0.9,
+    margin_scale: float = MARGIN_SCALE,
+    margin_power: float = MARGIN_POWER,
     margin_rounding: str | None = None,
     convention: str = "spec",
     classes_last: bool = False,

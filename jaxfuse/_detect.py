@@ -64,11 +64,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfuse._cas import CONVENTIONS, max_runs_per_threshold, proposals_from_cas
+from jaxfuse._cas import CONVENTIONS, MARGIN_POWER, MARGIN_SCALE, _batch_proposals, max_runs_per_threshold
 from jaxfuse._evaluate import Detections
 from jaxfuse._interop import _is_torch_tensor, array_kind, from_jax
 from jaxfuse._presets import resolve_settings
-from jaxfuse._proposals import _check_options, fuse_proposals, resolve_fusion_settings
+from jaxfuse._grouping import overlap_settings, raise_for_value_problems
+from jaxfuse._proposals import CLOSED_FORM_TEMPLATES, _check_options, _group_and_fuse, fuse_proposals, resolve_fusion_settings
 from jaxfuse._ragged import bucket_size
 from jaxfuse._validation import choice, float_array, positive_int, positive_scalar
 
@@ -245,13 +246,23 @@ def _item_sequences(cas, length, video_index, class_index, item_valid, levels, *
     return sequences, item_length, largest_count, first_bad
 
 
-@functools.partial(jax.jit, static_argnames=("thresholds", "convention", "min_length", "max_proposals"))
-def _item_proposals(sequences, item_length, *, thresholds, convention, min_length, max_proposals):
-    """:func:`jaxfuse.proposals_from_cas` of the items, with ``max_proposals`` slots each."""
-    return proposals_from_cas(
-        sequences, np.asarray(thresholds), length=item_length, convention=convention, min_length=min_length,
-        max_proposals=max_proposals,
+@functools.partial(jax.jit, static_argnames=("convention", "min_length", "max_proposals"))
+def _item_proposals(sequences, item_length, levels, *, convention, min_length, max_proposals):
+    """:func:`jaxfuse.proposals_from_cas` of the items, with ``max_proposals`` slots each.
+
+    Also each proposal's first occurrence (the same run found at a lower
+    level, see :func:`jaxfuse._grouping.group_batch_distinct`), and the
+    largest numbers of proposals and of first occurrences of any item, which
+    size the grouping.
+    """
+    found, first_slot = _batch_proposals(
+        sequences, item_length, levels, classes_last=False, min_length=min_length, margin_scale=MARGIN_SCALE,
+        margin_power=MARGIN_POWER, margin_rounding="ceil", convention=convention, num_slots=max_proposals,
+        first_slots=True,
     )
+    is_first = found.valid & (first_slot == jnp.arange(max_proposals, dtype=jnp.int32))
+    most_distinct = jnp.max(jnp.sum(is_first, axis=-1, dtype=jnp.int32), initial=0)
+    return found, first_slot, jnp.max(found.num_found, initial=0), most_distinct
 
 
 def _comparable_levels(levels: tuple[float, ...], dtype) -> np.ndarray:
@@ -499,8 +510,9 @@ def detect(
     padded_length = bucket_size(num_snippets, _MIN_BUCKET)
     compute_dtype = np.float32 if cas.dtype in (jnp.float16, jnp.bfloat16) else np.dtype(cas.dtype)
 
+    levels_in_dtype = _comparable_levels(levels, compute_dtype)
     sequences, item_length, largest_count, first_bad = _item_sequences(
-        cas, video_length, video_index, class_index, item_valid, _comparable_levels(levels, compute_dtype),
+        cas, video_length, video_index, class_index, item_valid, levels_in_dtype,
         padded_length=padded_length, min_length=min_length,
     )
     largest_count, first_bad = (int(x) for x in jax.device_get((largest_count, first_bad)))
@@ -511,22 +523,37 @@ def detect(
     sound_bound = len(levels) * max_runs_per_threshold(padded_length, min_length)
     proposal_slots = min(_slots(largest_count), sound_bound) if max_proposals is None else max_proposals
 
-    def proposals_and_fusion(slots):
-        found = _item_proposals(
-            sequences, item_length, thresholds=levels, convention=convention, min_length=min_length, max_proposals=slots
+    def item_proposals(slots):
+        found, first_slot, most_found, most_distinct = _item_proposals(
+            sequences, item_length, levels_in_dtype, convention=convention, min_length=min_length, max_proposals=slots
         )
+        return found, first_slot, *(int(x) for x in jax.device_get((most_found, most_distinct)))
+
+    found, first_slot, most_found, most_distinct = item_proposals(proposal_slots)
+    if max_proposals is None and most_found > proposal_slots:
+        # The count above and proposals_from_cas disagree: never seen, but never drop proposals for it.
+        proposal_slots = sound_bound
+        found, first_slot, most_found, most_distinct = item_proposals(proposal_slots)
+    weights = found.inner if weight_column == "inner" else None
+    if (method in CLOSED_FORM_TEMPLATES or method == "nms") and overlap_threshold < 1:
+        # Repeated proposals (the same run at several levels) join their first
+        # occurrence's group: the greedy loop runs on first occurrences only,
+        # in as many columns as the item with the most of them needs.
+        fused, problems = _group_and_fuse(
+            found.segments, found.contrast, weights, found.valid, overlap_threshold,
+            *overlap_settings(overlap, discrete), 1.0 if method == "nms" else temperature, first_slot,
+            method=method, num_distinct=min(_slots(most_distinct), proposal_slots),
+        )
+        extra = [] if weights is None else [("weights", weights)]
+        raise_for_value_problems(problems, found.segments, found.contrast, found.valid, extra)
+    else:
         fused = fuse_proposals(
-            found.segments, found.contrast, found.inner if weight_column == "inner" else None, found.valid,
+            found.segments, found.contrast, weights, found.valid,
             overlap_threshold=overlap_threshold, overlap=overlap, discrete=discrete,
             method=method, temperature=temperature, **options,
         )
-        # One host read of [items] counts: no extra compiled program.
-        return found, fused, *(int(np.max(np.asarray(x), initial=0)) for x in (found.num_found, fused.count))
-
-    found, fused, most_found, most_fused = proposals_and_fusion(proposal_slots)
-    if max_proposals is None and most_found > proposal_slots:
-        # The count above and proposals_from_cas disagree: never seen, but never drop proposals for it.
-        found, fused, most_found, most_fused = proposals_and_fusion(sound_bound)
+    # One host read of [items] counts: no extra compiled program.
+    most_fused = int(np.max(np.asarray(fused.count), initial=0))
     detection_slots = _slots(most_fused) if max_detections is None else max_detections
     result = _dense_detections(
         fused.segments, fused.scores, fused.spread, fused.count, found.num_found, found.count,

@@ -32,6 +32,7 @@ narrower loop saved).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -42,6 +43,7 @@ import numpy as np
 from jaxfuse._interop import warn_if_narrowed
 from jaxfuse._presets import resolve_settings
 from jaxfuse._result import RESULT_DTYPE, ResultCode
+from jaxfuse._rows import gather_rows, running_count
 from jaxfuse._validation import bool_array, choice, float_array
 
 OVERLAP_MEASURES = ("candidate", "iou")
@@ -255,6 +257,59 @@ def group_batch(segments, scores, valid, threshold, use_iou, offset) -> Proposal
 _group_batch_jit = jax.jit(group_batch)
 
 
+def group_batch_distinct(segments, scores, valid, first_slot, threshold, use_iou, offset, *, num_distinct: int):
+    """:func:`group_batch` for batches where many proposals repeat an earlier one (traceable).
+
+    CAS proposals repeat: the same run, found at several levels, gives the same
+    segment and scores each time (3 of every 5 proposals on THUMOS-like data).
+    A repeat joins whatever group its first occurrence joins: it is tied with
+    it on score and comes later (so it never leads before it), and its
+    overlap with every leader is the same (with itself it is 1, above any
+    threshold below 1). So the greedy loop runs on the first occurrences
+    alone, ``num_distinct`` columns instead of ``N``, and every repeat is
+    given its first occurrence's group. Leaders are first occurrences (the
+    first index among tied scores), so the result equals :func:`group_batch`
+    on all proposals exactly, for overlap thresholds below 1.
+
+    Args:
+        segments, scores, valid, threshold, use_iou, offset: as :func:`group_batch`.
+        first_slot: ``[B, N]`` int32, the index of the first proposal with the
+            same segment and scores (its own index for a first occurrence
+            and for invalid slots); as returned by the CAS run finder.
+        num_distinct: static, at least every item's number of valid first
+            occurrences, and at most ``N``.
+
+    Returns:
+        :class:`ProposalGroups` with leading dim ``B``, equal to
+        ``group_batch(segments, scores, valid, ...)``.
+    """
+    items, size = scores.shape
+    positions = jnp.arange(size, dtype=jnp.int32)
+    is_first = valid & (first_slot == positions)
+    # Materialised once: fused into the gathers below, XLA would recompute it per element.
+    running = jax.lax.optimization_barrier(running_count(is_first))
+    # Compact the first occurrences to the front, in index order (so ties
+    # still go to the lower index), with one flat scatter; the rest go to a
+    # spare slot past the end.
+    spare = items * num_distinct
+    row_offset = jnp.arange(items, dtype=jnp.int32)[:, None] * num_distinct
+    target = jnp.where(is_first & (running <= num_distinct), running - 1 + row_offset, spare)
+    source = jnp.zeros((spare + 1,), jnp.int32).at[target.reshape(-1)].set(
+        jnp.broadcast_to(positions, (items, size)).reshape(-1), mode="promise_in_bounds"
+    )[:spare].reshape(items, num_distinct)
+    distinct_valid = jnp.arange(num_distinct, dtype=jnp.int32) < running[:, -1:]
+    distinct_segments = jnp.stack([gather_rows(segments[..., 0], source), gather_rows(segments[..., 1], source)], -1)
+    distinct = group_batch(
+        distinct_segments, gather_rows(scores, source), distinct_valid, threshold, use_iou, offset
+    )
+    # Each proposal's column among the first occurrences: its first occurrence's rank.
+    column = jnp.maximum(gather_rows(running, first_slot) - 1, 0)
+    group = jnp.where(valid, gather_rows(distinct.group, column), -1)
+    leader = jnp.where(distinct.leader >= 0, gather_rows(source, jnp.maximum(distinct.leader, 0)), -1)
+    leader = jnp.pad(leader, ((0, 0), (0, size - num_distinct)), constant_values=-1)
+    return ProposalGroups(group, leader, distinct.count)
+
+
 def item_codes(segments, scores, valid, extra=()) -> jax.Array:
     """``[B]`` int32 per item: ``NONFINITE_INPUT`` or ``INVALID_INPUT`` (start > end) if a valid proposal has one.
 
@@ -288,9 +343,13 @@ def _proposal_flags(segments, scores, valid, extra):
     return value_problems(segments, scores, valid, extra), codes, sound
 
 
-@jax.jit
-def _group_batch_checked(segments, scores, valid, threshold, use_iou, offset, extra=()):
+@functools.partial(jax.jit, static_argnames=("num_distinct",))
+def _group_batch_checked(segments, scores, valid, threshold, use_iou, offset, extra=(), first_slot=None, *,
+                         num_distinct=None):
     """:func:`group_batch`, :func:`value_problems` and :func:`item_codes` in one program (one dispatch).
+
+    With ``first_slot`` (and ``num_distinct``), the grouping runs on first
+    occurrences only (:func:`group_batch_distinct`); same result.
 
     Returns:
         ``(groups, problems, codes)``: ``codes [B]`` is each item's
@@ -298,7 +357,12 @@ def _group_batch_checked(segments, scores, valid, threshold, use_iou, offset, ex
         join no group) and the threshold.
     """
     problems, codes, sound = _proposal_flags(segments, scores, valid, extra)
-    groups = group_batch(segments, scores, sound, threshold, use_iou, offset)
+    if first_slot is None:
+        groups = group_batch(segments, scores, sound, threshold, use_iou, offset)
+    else:
+        groups = group_batch_distinct(
+            segments, scores, sound, first_slot, threshold, use_iou, offset, num_distinct=num_distinct
+        )
     return groups, problems, jnp.maximum(codes, threshold_code(threshold))
 
 

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfuse._cas import CasProposals, _running_count, max_runs_per_threshold, proposals_from_cas
+from jaxfuse._cas import CasProposals, max_runs_per_threshold, proposals_from_cas
+from jaxfuse._rows import running_count
 
 PUBLISHED_THRESHOLDS = np.arange(0.001, 0.04, 0.002)
 
@@ -142,7 +143,7 @@ def test_running_count_equals_cumsum(size):
     """The blocked running count behind the compaction, at sizes that end mid-block and recurse."""
     flags = np.random.default_rng(size).random((3, size)) < 0.4
     flags[1] = True  # the largest counts
-    np.testing.assert_array_equal(np.asarray(_running_count(jnp.asarray(flags))), np.cumsum(flags, axis=-1))
+    np.testing.assert_array_equal(np.asarray(running_count(jnp.asarray(flags))), np.cumsum(flags, axis=-1))
 
 
 @pytest.mark.parametrize(
