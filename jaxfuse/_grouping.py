@@ -264,20 +264,25 @@ def group_batch_distinct(segments, scores, valid, first_slot, threshold, use_iou
     segment and scores each time (3 of every 5 proposals on THUMOS-like data).
     A repeat joins whatever group its first occurrence joins: it is tied with
     it on score and comes later (so it never leads before it), and its
-    overlap with every leader is the same (with itself it is 1, above any
-    threshold below 1). So the greedy loop runs on the first occurrences
-    alone, ``num_distinct`` columns instead of ``N``, and every repeat is
-    given its first occurrence's group. Leaders are first occurrences (the
-    first index among tied scores), so the result equals :func:`group_batch`
-    on all proposals exactly, for overlap thresholds below 1.
+    overlap with every leader is the same, with itself too (1 for a
+    segment of positive length). So the greedy loop runs on the first
+    occurrences alone, ``num_distinct`` columns instead of ``N``, and every
+    repeat is given its first occurrence's group. Leaders are first
+    occurrences (the first index among tied scores), so the result equals
+    :func:`group_batch` on all proposals exactly. A repeat whose overlap with
+    itself is not above the threshold (zero length with continuous lengths,
+    or a threshold of 1) would not join its first occurrence: it is grouped
+    as a proposal of its own.
 
     Args:
         segments, scores, valid, threshold, use_iou, offset: as :func:`group_batch`.
         first_slot: ``[B, N]`` int32, the index of the first proposal with the
             same segment and scores (its own index for a first occurrence
             and for invalid slots); as returned by the CAS run finder.
-        num_distinct: static, at least every item's number of valid first
-            occurrences, and at most ``N``.
+        num_distinct: static, at most ``N`` and at least every item's number
+            of valid proposals grouped on their own (first occurrences, and
+            the repeats above); with fewer, the proposals past it join no
+            group.
 
     Returns:
         :class:`ProposalGroups` with leading dim ``B``, equal to
@@ -285,7 +290,12 @@ def group_batch_distinct(segments, scores, valid, first_slot, threshold, use_iou
     """
     items, size = scores.shape
     positions = jnp.arange(size, dtype=jnp.int32)
-    is_first = valid & (first_slot == positions)
+    starts, ends = segments[..., 0], segments[..., 1]
+    # A repeat that its first occurrence would not absorb (a zero-length
+    # continuous segment, a threshold of 1) is grouped on its own.
+    absorbed_by_first = segment_overlap(starts, ends, starts, ends, use_iou, offset) > threshold
+    own_slot = jnp.where(absorbed_by_first, first_slot, positions)
+    is_first = valid & (own_slot == positions)
     # Materialised once: fused into the gathers below, XLA would recompute it per element.
     running = jax.lax.optimization_barrier(running_count(is_first))
     # Compact the first occurrences to the front, in index order (so ties
@@ -298,12 +308,12 @@ def group_batch_distinct(segments, scores, valid, first_slot, threshold, use_iou
         jnp.broadcast_to(positions, (items, size)).reshape(-1), mode="promise_in_bounds"
     )[:spare].reshape(items, num_distinct)
     distinct_valid = jnp.arange(num_distinct, dtype=jnp.int32) < running[:, -1:]
-    distinct_segments = jnp.stack([gather_rows(segments[..., 0], source), gather_rows(segments[..., 1], source)], -1)
+    distinct_segments = jnp.stack([gather_rows(starts, source), gather_rows(ends, source)], -1)
     distinct = group_batch(
         distinct_segments, gather_rows(scores, source), distinct_valid, threshold, use_iou, offset
     )
     # Each proposal's column among the first occurrences: its first occurrence's rank.
-    column = jnp.maximum(gather_rows(running, first_slot) - 1, 0)
+    column = jnp.maximum(gather_rows(running, own_slot) - 1, 0)
     group = jnp.where(valid, gather_rows(distinct.group, column), -1)
     leader = jnp.where(distinct.leader >= 0, gather_rows(source, jnp.maximum(distinct.leader, 0)), -1)
     leader = jnp.pad(leader, ((0, 0), (0, size - num_distinct)), constant_values=-1)
