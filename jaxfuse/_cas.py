@@ -332,10 +332,11 @@ def _proposals(cas, length, thresholds, *, min_length, left_widths, right_widths
     )
     # The same run is often found at several consecutive levels (a steep edge
     # crosses them all at the same snippets): the same segment, the same
-    # scores. It is a run at level t exactly when t is at least the number of
-    # levels below each of its two outside neighbours, so it was first found
-    # at the larger of the two; its slot there is the running count of that
-    # level's flags at its start.
+    # scores. With ascending levels, it is a run at level t exactly when t is
+    # at least the number of levels below each of its two outside neighbours,
+    # so it was first found at the larger of the two; its slot there is the
+    # running count of that level's flags at its start. (Meaningless for
+    # levels in any other order; only asked for with ascending ones.)
     levels_below = jnp.sum(levels[:, :, None] > thresholds, axis=-1, dtype=jnp.int32)  # [B, L]
     neighbours = jnp.pad(levels_below, ((0, 0), (1, 1)))  # 0 outside: no level below
     first_level = jnp.maximum(gather_rows(neighbours, start), gather_rows(neighbours, last + 2))
@@ -376,9 +377,10 @@ def _batch_proposals(
 
     Everything shape-related happens inside this one compiled function: eager
     reshapes and casts would each compile a kernel of their own per shape.
-    With ``first_slots``, also each proposal's ``first_slot [..., P]``: the
-    slot of the first proposal (lowest level) with the same segment, its own
-    slot if it is the first, and in padding (XLA drops this work otherwise).
+    With ``first_slots`` (ascending thresholds only), also each proposal's
+    ``first_slot [..., P]``: the slot of the first proposal (lowest level)
+    with the same segment, its own slot if it is the first, and in padding
+    (XLA drops this work otherwise).
     """
     if cas.dtype in (jnp.float16, jnp.bfloat16):
         cas = cas.astype(jnp.float32)

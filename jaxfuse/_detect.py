@@ -535,10 +535,12 @@ def detect(
         proposal_slots = sound_bound
         found, first_slot, most_found, most_distinct = item_proposals(proposal_slots)
     weights = found.inner if weight_column == "inner" else None
-    if (method in CLOSED_FORM_TEMPLATES or method == "nms") and overlap_threshold < 1:
+    ascending = all(low <= high for low, high in zip(levels, levels[1:]))
+    if (method in CLOSED_FORM_TEMPLATES or method == "nms") and overlap_threshold < 1 and ascending:
         # Repeated proposals (the same run at several levels) join their first
         # occurrence's group: the greedy loop runs on first occurrences only,
-        # in as many columns as the item with the most of them needs.
+        # in as many columns as the item with the most of them needs. (The
+        # first occurrence is found from the levels' order: ascending levels.)
         fused, problems = _group_and_fuse(
             found.segments, found.contrast, weights, found.valid, overlap_threshold,
             *overlap_settings(overlap, discrete), 1.0 if method == "nms" else temperature, first_slot,

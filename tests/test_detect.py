@@ -265,6 +265,20 @@ def test_repeated_proposals_are_grouped_once_with_the_same_result(batch, convent
             np.testing.assert_array_equal(a, b)
 
 
+def test_thresholds_in_any_order(batch):
+    """Levels out of order: the same as proposals_from_cas then fuse_proposals with those levels."""
+    cas, video_scores, length = batch
+    shuffled = np.asarray(PUBLISHED_THRESHOLDS)[np.random.default_rng(5).permutation(20)]
+    result = detect(cas, video_scores, length=length, thresholds=shuffled, preset="published")
+    found = proposals_from_cas(cas, shuffled, classes_last=True, length=length)
+    fused = fuse_proposals(found.segments, found.contrast, found.inner, found.valid, preset="published")
+    for video, klass in zip(*np.nonzero(result.selected)):
+        n = int(fused.count[video, klass])
+        assert int(result.count[video, klass]) == n
+        np.testing.assert_array_equal(result.segments[video, klass, :n], fused.segments[video, klass, :n])
+        np.testing.assert_array_equal(result.scores[video, klass, :n], fused.scores[video, klass, :n])
+
+
 def test_clean_rectangular_cas_gives_the_actions_exactly():
     cas = np.zeros((2, 40, 3), np.float32)
     cas[0, 5:12, 0] = 0.5
