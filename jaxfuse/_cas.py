@@ -165,63 +165,54 @@ def _prefix_sums(values):
     return hi, lo
 
 
-def _shift_values(levels, offset: int):
-    """``levels [..., L]`` moved ``offset`` positions along L (right if positive), -inf filled."""
-    length = levels.shape[-1]
-    if abs(offset) >= length:
-        return jnp.full_like(levels, -jnp.inf)
-    fill = jnp.full(levels.shape[:-1] + (abs(offset),), -jnp.inf, levels.dtype)
-    if offset > 0:
-        return jnp.concatenate([fill, levels[..., :-offset]], axis=-1)
-    return jnp.concatenate([levels[..., -offset:], fill], axis=-1)
+def _window_min_count(counts, window: int):
+    """Minimum of ``counts [B, L]`` over ``i .. i + window - 1``; positions past the end count as 0."""
+    padded = jnp.pad(counts, ((0, 0), (0, window - 1)))
+    # The init value must be an int32 array: a Python int is int64 under jax_enable_x64.
+    return lax.reduce_window(padded, np.int32(np.iinfo(np.int32).max), lax.min, (1, window), (1, 1), "VALID")
 
 
-def _window_min(levels, window: int, *, forward: bool):
-    """Minimum of ``levels [..., L]`` over ``i .. i + window - 1`` (or ``i - window + 1 .. i``).
+def _compact_starts(lowest, highest, level_rank, spacing: int, num_slots: int):
+    """Where the run starts are, in (threshold, position) order.
 
-    Positions past either end count as -inf, so a window that leaves the
-    sequence is never above a threshold.
-    """
-    padding = [(0, 0)] * (levels.ndim - 1) + [(0, window - 1) if forward else (window - 1, 0)]
-    padded = jnp.pad(levels, padding, constant_values=-jnp.inf)
-    dims = (1,) * (levels.ndim - 1) + (window,)
-    return lax.reduce_window(padded, jnp.inf, lax.min, dims, (1,) * levels.ndim, "VALID")
-
-
-def _compact_flags(flags, spacing: int, num_slots: int):
-    """Where the set entries of ``flags [B, T, L]`` are, in (threshold, position) order.
-
-    Two set flags of a row are at least ``spacing`` apart, so each chunk of
-    ``spacing`` positions holds at most one: compacting chunks instead of
-    positions divides the running count and the scatter (the costly parts)
-    by ``spacing``. Each flag's slot is its rank among the set flags of its
-    sequence; ranks past the last slot are dropped.
+    A run starts at snippet ``i`` at every level ``t`` with ``lowest[i] <=
+    level_rank[t] < highest[i]`` (``lowest``, ``highest``: ``[B, L]``;
+    ``level_rank``: ``[T]``). Two starts of one level are at least ``spacing``
+    apart, so each chunk of ``spacing`` positions holds at most one:
+    compacting chunks instead of positions divides the running count and the
+    scatter (the costly parts) by ``spacing``. The flags are made per chunk
+    from the ``[B, L]`` ranges, straight in the running count's float layout
+    (no ``[B, T, L]`` boolean in memory). Each start's slot is its rank among
+    its sequence's starts; ranks past the last slot are dropped.
 
     Returns:
         ``[B, num_slots]`` int32 indices ``t * L + position`` (0 in unused
-        slots), ``[B]`` int32 numbers of set flags, and ``[B, T * chunks]``
-        int32 running counts of the flagged chunks (a flag's slot plus one).
+        slots), ``[B]`` int32 numbers of starts, and ``[B, T * chunks]``
+        int32 running counts of the chunks with a start (its slot plus one).
     """
-    batch, num_rows, length = flags.shape
+    batch, length = lowest.shape
+    num_rows = level_rank.shape[0]
     num_chunks = -(-length // spacing)
-    padded = jnp.pad(flags, ((0, 0), (0, 0), (0, num_chunks * spacing - length)))
-    chunks = padded.reshape(batch, num_rows, num_chunks, spacing)
+    # Padding positions have an empty range: no start.
+    pad = lambda x: jnp.pad(x, ((0, 0), (0, num_chunks * spacing - length))).reshape(batch, 1, num_chunks, spacing)  # noqa: E731
+    rank = level_rank.reshape(1, num_rows, 1, 1)
+    chunks = (pad(lowest) <= rank) & (rank < pad(highest))  # [B, T, chunks, spacing]
     chunk_has_flag = chunks.any(axis=-1).reshape(batch, num_rows * num_chunks)
-    # At most one flag per chunk: the weighted sum is its offset (argmax is slower).
+    # At most one start per chunk: the weighted sum is its offset (argmax is slower).
     offset_in_chunk = jnp.sum(chunks * jnp.arange(spacing, dtype=jnp.int32), axis=-1, dtype=jnp.int32)
     row = jnp.arange(num_rows, dtype=jnp.int32)[:, None] * length
     chunk_start = jnp.arange(num_chunks, dtype=jnp.int32)[None, :] * spacing
     index_in_sequence = (row + chunk_start + offset_in_chunk).reshape(batch, num_rows * num_chunks)
     running = running_count(chunk_has_flag)
-    rank = running - 1
+    slot = running - 1
     # One flat scatter for the whole batch (a batched, vmapped scatter is
     # several times slower on CPU). Flags without a slot go to one spare slot
     # past the end, so every index is in bounds: no bounds checks (about a
     # third of the scatter's time).
-    keep = chunk_has_flag & (rank < num_slots)
+    keep = chunk_has_flag & (slot < num_slots)
     sequence_offset = jnp.arange(batch, dtype=jnp.int32)[:, None] * num_slots
     spare = batch * num_slots
-    target = jnp.where(keep, rank + sequence_offset, spare).reshape(-1)
+    target = jnp.where(keep, slot + sequence_offset, spare).reshape(-1)
     slots = jnp.zeros((spare + 1,), jnp.int32).at[target].set(index_in_sequence.reshape(-1), mode="promise_in_bounds")
     return slots[:spare].reshape(batch, num_slots), running[:, -1], running
 
@@ -263,19 +254,22 @@ def _proposals(cas, length, thresholds, *, min_length, left_widths, right_widths
     # Snippets outside the video are -inf: never above any threshold.
     levels = jnp.where(inside, cas, -jnp.inf)
 
-    # A run of at least min_length snippets starts at i when snippet i - 1 is
-    # not above the threshold and the smallest of snippets i .. i + min_length - 1
-    # is. Window minima are computed once per sequence ([B, L]), so the
-    # [B, T, L] work is two comparisons per flag.
-    level = thresholds[None, :, None]
-    ahead = _window_min(levels, min_length, forward=True)[:, None, :]
-    before = _shift_values(levels, 1)[:, None, :]
-    long_run_starts = (ahead > level) & ~(before > level)  # [B, T, L]
+    # Snippet i is above level t exactly when more levels lie strictly below
+    # it than below level t (levels in any order, ties included): the
+    # [B, T, L] comparisons become one count per snippet ([B, L]) and one per
+    # level ([T]). A run of at least min_length snippets starts at i when
+    # snippet i - 1 is not above the level and the smallest of snippets
+    # i .. i + min_length - 1 is: at the levels t with
+    # below[i - 1] <= rank[t] < min(below[i .. i + min_length - 1]).
+    levels_below = jnp.sum(levels[:, :, None] > thresholds, axis=-1, dtype=jnp.int32)  # [B, L]
+    level_rank = jnp.sum(thresholds[:, None] > thresholds, axis=-1, dtype=jnp.int32)  # [T]
+    below_ahead = _window_min_count(levels_below, min_length)
+    below_before = jnp.pad(levels_below, ((0, 0), (1, 0)))[:, :-1]  # nothing before the video
 
     # Slots in (threshold, start) order; each run's last snippet is then found
-    # from its start in O(log L) lookups (no second [B, T, L] compaction).
+    # from its start in O(log L) lookups (no second compaction for the ends).
     spacing = min_length + 1  # a run and at least one snippet below the level
-    start_index, num_found, running = _compact_flags(long_run_starts, spacing, num_slots)
+    start_index, num_found, running = _compact_starts(below_before, below_ahead, level_rank, spacing, num_slots)
     count = jnp.minimum(num_found, num_slots)
     valid = jnp.arange(num_slots, dtype=jnp.int32)[None, :] < count[:, None]
 
@@ -337,7 +331,6 @@ def _proposals(cas, length, thresholds, *, min_length, left_widths, right_widths
     # so it was first found at the larger of the two; its slot there is the
     # running count of that level's flags at its start. (Meaningless for
     # levels in any other order; only asked for with ascending ones.)
-    levels_below = jnp.sum(levels[:, :, None] > thresholds, axis=-1, dtype=jnp.int32)  # [B, L]
     neighbours = jnp.pad(levels_below, ((0, 0), (1, 1)))  # 0 outside: no level below
     first_level = jnp.maximum(gather_rows(neighbours, start), gather_rows(neighbours, last + 2))
     num_chunks = running.shape[1] // thresholds.shape[0]
