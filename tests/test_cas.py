@@ -138,6 +138,19 @@ def test_plateaus_ties_and_edges_match_spec_loop():
         assert_same_proposals(result, expected, index)
 
 
+def test_levels_in_any_order_and_repeated_levels_match_spec_loop():
+    """Runs are found from level ranks: shuffled and repeated levels must still give the loop's proposals, in order."""
+    rng = np.random.default_rng(8)
+    cas = smooth_cas(rng, (4, 6, 80))
+    levels = PUBLISHED_THRESHOLDS.copy()
+    levels[5:8] = levels[4]  # repeated levels
+    levels = levels[rng.permutation(20)]
+    length = rng.integers(0, 81, size=(4, 6))
+    result = proposals_from_cas(cas, levels, length=length)
+    for index in np.ndindex(4, 6):
+        assert_same_proposals(result, spec_reference(cas[index], levels, length[index]), index)
+
+
 @pytest.mark.parametrize("size", [1, 15, 16, 17, 255, 256, 257, 3420, 4097])
 def test_running_count_equals_cumsum(size):
     """The blocked running count behind the compaction, at sizes that end mid-block and recurse."""
