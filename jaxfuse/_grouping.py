@@ -296,8 +296,7 @@ def group_batch_distinct(segments, scores, valid, first_slot, threshold, use_iou
     absorbed_by_first = segment_overlap(starts, ends, starts, ends, use_iou, offset) > threshold
     own_slot = jnp.where(absorbed_by_first, first_slot, positions)
     is_first = valid & (own_slot == positions)
-    # Materialised once: fused into the gathers below, XLA would recompute it per element.
-    running = jax.lax.optimization_barrier(running_count(is_first))
+    running = running_count(is_first)
     # Compact the first occurrences to the front, in index order (so ties
     # still go to the lower index), with one flat scatter; the rest go to a
     # spare slot past the end.
@@ -312,9 +311,14 @@ def group_batch_distinct(segments, scores, valid, first_slot, threshold, use_iou
     distinct = group_batch(
         distinct_segments, gather_rows(scores, source), distinct_valid, threshold, use_iou, offset
     )
-    # Each proposal's column among the first occurrences: its first occurrence's rank.
-    column = jnp.maximum(gather_rows(running, own_slot) - 1, 0)
-    group = jnp.where(valid, gather_rows(distinct.group, column), -1)
+    # The groups back at the first occurrences' own slots (a scatter, so the
+    # result is in memory), then each proposal reads its first occurrence's.
+    slots = items * size
+    at_slot = jnp.where(distinct_valid, source + jnp.arange(items, dtype=jnp.int32)[:, None] * size, slots)
+    group_at_slot = jnp.full((slots + 1,), -1, jnp.int32).at[at_slot.reshape(-1)].set(
+        distinct.group.reshape(-1), mode="promise_in_bounds"
+    )[:slots].reshape(items, size)
+    group = jnp.where(valid, gather_rows(group_at_slot, own_slot), -1)
     leader = jnp.where(distinct.leader >= 0, gather_rows(source, jnp.maximum(distinct.leader, 0)), -1)
     leader = jnp.pad(leader, ((0, 0), (0, size - num_distinct)), constant_values=-1)
     return ProposalGroups(group, leader, distinct.count)
