@@ -217,31 +217,37 @@ def _compact_starts(lowest, highest, level_rank, spacing: int, num_slots: int):
     return slots[:spare].reshape(batch, num_slots), running[:, -1], running
 
 
-def _last_above(levels, start, level):
-    """Last snippet of the run above ``level`` that starts at ``start``: ``[B, P]`` for ``levels [B, L]``.
+def _last_above(levels_below, start, level_rank):
+    """Last snippet of the run above level ``level_rank`` that starts at ``start``: ``[B, P]``.
 
+    ``levels_below [B, L]`` counts the levels strictly below each snippet (0
+    outside the video); a snippet is above a level whose rank (levels
+    strictly below it) is ``level_rank`` exactly when its count is larger.
     Binary lifting on a table of range minima: ``minima[s][i]`` is the
-    smallest of snippets ``i .. i + 2**s - 1`` (-inf past the end). From the
-    start, the run is extended by ``2**s`` snippets, largest ``s`` first,
-    whenever all of them are above the level: ``ceil(log2 L)`` flat gathers
-    of ``[B, P]``, instead of flagging and compacting the run ends of every
-    threshold and snippet (``[B, T, L]``). The comparisons are the run
-    finder's own (the same values against the same level), so the end is
-    exactly the run's.
+    smallest count of snippets ``i .. i + 2**s - 1`` (0 past the end). From
+    the start, the run is extended by ``2**s`` snippets, largest ``s`` first,
+    whenever all of them are above the level: ``ceil(log2 L)`` flat gathers of
+    ``[B, P]``, instead of flagging and compacting the run ends of every level
+    and snippet (``[B, T, L]``). Counts are stored in the narrowest integer
+    type that holds them (int8 for up to 127 levels): the table stays in
+    cache.
     """
-    batch, length = levels.shape
-    # One spare column of -inf: a run never extends past the last snippet.
-    minima = [jnp.pad(levels, ((0, 0), (0, 1)), constant_values=-jnp.inf)]
+    batch, length = levels_below.shape
+    num_levels = int(np.iinfo(np.int32).max) if level_rank.shape[0] >= 2**15 else level_rank.shape[0]
+    narrow = jnp.int8 if num_levels < 2**7 else jnp.int16 if num_levels < 2**15 else jnp.int32
+    # One spare column of 0 (below every level): a run never extends past the last snippet.
+    minima = [jnp.pad(levels_below.astype(narrow), ((0, 0), (0, 1)))]
     while 2 ** len(minima) < length:
         width = 2 ** (len(minima) - 1)
-        shifted = jnp.pad(minima[-1][:, width:], ((0, 0), (0, width)), constant_values=-jnp.inf)
+        shifted = jnp.pad(minima[-1][:, width:], ((0, 0), (0, width)))
         minima.append(jnp.minimum(minima[-1], shifted))
     table = jnp.stack(minima).reshape(-1)  # [S, B, L + 1], flat
     row = jnp.arange(batch, dtype=jnp.int32)[:, None] * (length + 1)
+    level_rank = level_rank.astype(narrow)
     last = start
     for step in reversed(range(len(minima))):
         following = table[step * batch * (length + 1) + row + last + 1]
-        last = jnp.where(following > level, last + 2**step, last)
+        last = jnp.where(following > level_rank, last + 2**step, last)
     return last
 
 
@@ -275,7 +281,7 @@ def _proposals(cas, length, thresholds, *, min_length, left_widths, right_widths
 
     threshold_index = start_index // num_snippets
     start = jnp.where(valid, start_index % num_snippets, 0)
-    last = jnp.where(valid, _last_above(levels, start, thresholds[threshold_index]), 0)
+    last = jnp.where(valid, _last_above(levels_below, start, level_rank[threshold_index]), 0)
     run_length = last - start + 1
     left_width = jnp.asarray(left_widths)[run_length]
     right_width = jnp.asarray(right_widths)[run_length]
