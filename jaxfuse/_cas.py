@@ -233,7 +233,7 @@ def _last_above(levels_below, start, level_rank):
     cache.
     """
     batch, length = levels_below.shape
-    num_levels = int(np.iinfo(np.int32).max) if level_rank.shape[0] >= 2**15 else level_rank.shape[0]
+    num_levels = level_rank.shape[0]  # counts lie in 0 .. num_levels
     narrow = jnp.int8 if num_levels < 2**7 else jnp.int16 if num_levels < 2**15 else jnp.int32
     # One spare column of 0 (below every level): a run never extends past the last snippet.
     minima = [jnp.pad(levels_below.astype(narrow), ((0, 0), (0, 1)))]

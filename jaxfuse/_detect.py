@@ -66,7 +66,7 @@ import numpy as np
 
 from jaxfuse._cas import CONVENTIONS, MARGIN_POWER, MARGIN_SCALE, _batch_proposals, max_runs_per_threshold
 from jaxfuse._evaluate import Detections
-from jaxfuse._interop import _is_torch_tensor, array_kind, from_jax
+from jaxfuse._interop import _is_torch_tensor, array_kind, from_jax, to_jax
 from jaxfuse._presets import resolve_settings
 from jaxfuse._grouping import overlap_settings, raise_for_value_problems
 from jaxfuse._proposals import CLOSED_FORM_TEMPLATES, _check_options, _group_and_fuse, fuse_proposals, resolve_fusion_settings
@@ -473,7 +473,13 @@ def detect(
     kind = array_kind(cas)
     if isinstance(cas, jax.core.Tracer) or isinstance(video_scores, jax.core.Tracer):
         raise TypeError("detect cannot run under jax.jit: it sizes its programs from the data on the host")
-    cas = float_array(cas, "cas")
+    # A numpy CAS stays on the host until the selected items are gathered
+    # (a few of its classes: several times fewer bytes to copy); the checks
+    # run on an empty slice of it.
+    host_cas = cas if isinstance(cas, np.ndarray) else None
+    dtype = float_array(cas.reshape(-1)[:0] if host_cas is not None else cas, "cas").dtype
+    if host_cas is None:
+        cas = float_array(cas, "cas")
     if cas.ndim != 3:
         raise ValueError(f"`cas` must have shape [videos, snippets, classes], got {cas.shape}")
     num_videos, num_snippets, num_classes = cas.shape
@@ -508,12 +514,17 @@ def detect(
     video_index, class_index = pad(video_index), pad(class_index)
     item_valid = np.arange(item_slots) < num_items
     padded_length = bucket_size(num_snippets, _MIN_BUCKET)
-    compute_dtype = np.float32 if cas.dtype in (jnp.float16, jnp.bfloat16) else np.dtype(cas.dtype)
+    compute_dtype = np.float32 if dtype in (jnp.float16, jnp.bfloat16) else np.dtype(dtype)
 
     levels_in_dtype = _comparable_levels(levels, compute_dtype)
+    if host_cas is None:
+        gathered = (cas, video_length, video_index, class_index)
+    else:
+        items_cas = to_jax(np.ascontiguousarray(host_cas[video_index, :, class_index])[:, :, None])
+        zeros = np.zeros(item_slots, np.int32)
+        gathered = (items_cas, video_length[video_index], np.arange(item_slots, dtype=np.int32), zeros)
     sequences, item_length, largest_count, first_bad = _item_sequences(
-        cas, video_length, video_index, class_index, item_valid, levels_in_dtype,
-        padded_length=padded_length, min_length=min_length,
+        *gathered, item_valid, levels_in_dtype, padded_length=padded_length, min_length=min_length,
     )
     largest_count, first_bad = (int(x) for x in jax.device_get((largest_count, first_bad)))
     if first_bad >= 0:
