@@ -236,19 +236,28 @@ def _last_above(levels_below, start, level_rank):
     num_levels = level_rank.shape[0]  # counts lie in 0 .. num_levels
     narrow = jnp.int8 if num_levels < 2**7 else jnp.int16 if num_levels < 2**15 else jnp.int32
     # One spare column of 0 (below every level): a run never extends past the last snippet.
-    minima = [jnp.pad(levels_below.astype(narrow), ((0, 0), (0, 1)))]
-    while 2 ** len(minima) < length:
-        width = 2 ** (len(minima) - 1)
-        shifted = jnp.pad(minima[-1][:, width:], ((0, 0), (0, width)))
-        minima.append(jnp.minimum(minima[-1], shifted))
-    table = jnp.stack(minima).reshape(-1)  # [S, B, L + 1], flat
-    row = jnp.arange(batch, dtype=jnp.int32)[:, None] * (length + 1)
+    num_steps = max(1, (length - 1).bit_length())  # 2**num_steps >= length
+    first = jnp.pad(levels_below.astype(narrow), ((0, 0), (0, 1)))
+
+    def halve(step, table):
+        # minima[step] = min(minima[step - 1], minima[step - 1] shifted by 2**(step - 1)), 0 past the end.
+        previous = table[step - 1]
+        width = jnp.left_shift(jnp.int32(1), (step - 1).astype(jnp.int32))
+        shifted = lax.dynamic_slice_in_dim(jnp.pad(previous, ((0, 0), (0, length + 1))), width, length + 1, 1)
+        return table.at[step].set(jnp.minimum(previous, shifted))
+
+    # Built and read in loops, not unrolled: unrolled, XLA fuses the chains of
+    # minima and dependent gathers into loops whose compilation took about a
+    # second of the first call.
+    table = lax.fori_loop(1, num_steps, halve, jnp.zeros((num_steps,) + first.shape, narrow).at[0].set(first))
     level_rank = level_rank.astype(narrow)
-    last = start
-    for step in reversed(range(len(minima))):
-        following = table[step * batch * (length + 1) + row + last + 1]
-        last = jnp.where(following > level_rank, last + 2**step, last)
-    return last
+
+    def extend(index, last):
+        step = (num_steps - 1 - index).astype(jnp.int32)
+        following = gather_rows(table[step], last + 1)
+        return jnp.where(following > level_rank, last + jnp.left_shift(jnp.int32(1), step), last)
+
+    return lax.fori_loop(0, num_steps, extend, start)
 
 
 def _proposals(cas, length, thresholds, *, min_length, left_widths, right_widths, convention, num_slots):
