@@ -71,7 +71,7 @@ from jaxfuse._presets import resolve_settings
 from jaxfuse._grouping import overlap_settings, raise_for_value_problems
 from jaxfuse._proposals import CLOSED_FORM_TEMPLATES, _check_options, _group_and_fuse, fuse_proposals, resolve_fusion_settings
 from jaxfuse._ragged import bucket_size
-from jaxfuse._validation import choice, float_array, positive_int, positive_scalar
+from jaxfuse._validation import choice, float_array, float_dtype, positive_int, positive_scalar
 
 PUBLISHED_THRESHOLDS: tuple[float, ...] = tuple(float(level) for level in np.arange(0.001, 0.04, 0.002))
 """The published CAS levels ``np.arange(0.001, 0.04, 0.002)``: 0.001, 0.003, ..., 0.039 (20 levels)."""
@@ -474,12 +474,13 @@ def detect(
     if isinstance(cas, jax.core.Tracer) or isinstance(video_scores, jax.core.Tracer):
         raise TypeError("detect cannot run under jax.jit: it sizes its programs from the data on the host")
     # A numpy CAS stays on the host until the selected items are gathered
-    # (a few of its classes: several times fewer bytes to copy); the checks
-    # run on an empty slice of it.
+    # (a few of its classes: several times fewer bytes to copy).
     host_cas = cas if isinstance(cas, np.ndarray) else None
-    dtype = float_array(cas.reshape(-1)[:0] if host_cas is not None else cas, "cas").dtype
     if host_cas is None:
         cas = float_array(cas, "cas")
+        dtype = cas.dtype
+    else:
+        dtype = jax.dtypes.canonicalize_dtype(float_dtype(cas, "cas"))
     if cas.ndim != 3:
         raise ValueError(f"`cas` must have shape [videos, snippets, classes], got {cas.shape}")
     num_videos, num_snippets, num_classes = cas.shape

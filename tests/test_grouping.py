@@ -146,6 +146,18 @@ def test_grouping_first_occurrences_only_equals_grouping_all(overlap, discrete):
             )
 
 
+def test_grouping_first_occurrences_only_through_row_compaction():
+    """Enough items (130) that the first occurrences' loop drops finished rows (it stops compacting at 64)."""
+    rng = np.random.default_rng(12)
+    segments, scores, valid, first_slot = items_with_repeats(rng, items=130, size=24)
+    distinct = int(((first_slot == np.arange(24)) & valid).sum(-1).max())
+    groups = jax.jit(group_batch_distinct, static_argnames="num_distinct")(
+        segments, scores, valid, first_slot, 0.25, False, 1, num_distinct=distinct
+    )
+    assert np.ptp(np.asarray(groups.count)) >= 4  # rows finish at different iterations
+    assert_matches_reference(groups, segments, scores, valid, discrete=True)
+
+
 def test_compaction_over_many_items_of_very_different_sizes():
     # 37 items (not a power of two) from one to ~90 groups: rows finish at very
     # different iterations, so every compaction stage is exercised.
