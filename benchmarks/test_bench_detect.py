@@ -222,7 +222,10 @@ ISSUE_VIDEOS = 100  # 100 videos x 20 classes x 512 snippets (issue 12's workloa
 
 def _published_loops(cas, video_scores, length):
     """What a user runs per (video, class): the jaxfuse.bench proposal loop, then the published grouping + fusion."""
-    from jaxfuse.bench.baselines import reference_cas_proposals, reference_fuse_proposals
+    from jaxfuse.bench.baselines import (
+        reference_cas_proposals,
+        reference_fuse_proposals,
+    )
 
     return {
         (video, klass): reference_fuse_proposals(*reference_cas_proposals(cas[video, :, klass], int(length[video])))

@@ -9,13 +9,21 @@ per (video, class, threshold, run); here every run of every threshold of every
 sequence is found and scored at once:
 
 * a run of at least ``min_length`` snippets starts where the previous snippet
-  is not above the level and the minimum of the next ``min_length`` is; it
-  ends symmetrically. Window minima and neighbours are computed once per
-  sequence, so each (threshold, snippet) costs two comparisons;
-* starts and ends are compacted, separately and in the same (threshold,
-  position) order, into a static number of slots by cumsum-indexing (their
-  rank among the sequence's proposals) and one flat scatter, so the k-th
-  start and the k-th end delimit the k-th proposal;
+  is not above the level and the minimum of the next ``min_length`` is. A
+  snippet is above level ``t`` exactly when more levels lie strictly below
+  it than below level ``t``, so one count per snippet (levels below it) and
+  one per level replace the (threshold, snippet) comparisons: the starts of
+  snippet ``i`` are the levels whose rank lies in a range read from ``[L]``
+  counts;
+* starts are compacted in (threshold, position) order into a static number
+  of slots by their rank among the sequence's starts (a running count made
+  of small triangular matrix products, :func:`jaxfuse._rows.running_count`,
+  several times faster than ``cumsum`` on CPU) and one flat scatter; each
+  run's last snippet is then found from its start by binary lifting on range
+  minima of the counts (``log2 L`` lookups per proposal);
+* the same run found at several levels (the same segment and scores) is
+  marked with the slot of its first occurrence, for grouping it once
+  (:func:`jaxfuse._grouping.group_batch_distinct`, used by :func:`jaxfuse.detect`);
 * inner and outer sums are differences of prefix sums, O(1) per proposal. The
   prefix sums carry a running correction for their own rounding errors
   (hi + lo), so a short run's sum far into a long float32 sequence keeps
@@ -53,8 +61,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxfuse._rows import gather_rows, running_count
 from jaxfuse._interop import array_kind, from_jax
+from jaxfuse._rows import gather_rows, running_count
 from jaxfuse._validation import choice, float_array, positive_int
 
 CONVENTIONS = ("spec", "published")
@@ -232,7 +240,7 @@ def _last_above(levels_below, start, level_rank):
     type that holds them (int8 for up to 127 levels): the table stays in
     cache.
     """
-    batch, length = levels_below.shape
+    length = levels_below.shape[1]
     num_levels = level_rank.shape[0]  # counts lie in 0 .. num_levels
     narrow = jnp.int8 if num_levels < 2**7 else jnp.int16 if num_levels < 2**15 else jnp.int32
     # One spare column of 0 (below every level): a run never extends past the last snippet.

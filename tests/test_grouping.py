@@ -7,7 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfuse._grouping import _group_batch_jit, group_batch_distinct, group_proposals, overlap_settings, segment_overlap
+from jaxfuse._grouping import (
+    _group_batch_jit,
+    group_batch_distinct,
+    group_proposals,
+    overlap_settings,
+    segment_overlap,
+)
 
 CONVENTIONS = [("candidate", True), ("candidate", False), ("iou", True), ("iou", False)]
 CONVENTION_IDS = ["candidate-discrete", "candidate-continuous", "iou-discrete", "iou-continuous"]
