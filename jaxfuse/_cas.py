@@ -205,12 +205,13 @@ def _compact_starts(lowest, highest, level_rank, spacing: int, num_slots: int):
     pad = lambda x: jnp.pad(x, ((0, 0), (0, num_chunks * spacing - length))).reshape(batch, 1, num_chunks, spacing)  # noqa: E731
     rank = level_rank.reshape(1, num_rows, 1, 1)
     chunks = (pad(lowest) <= rank) & (rank < pad(highest))  # [B, T, chunks, spacing]
-    chunk_has_flag = chunks.any(axis=-1).reshape(batch, num_rows * num_chunks)
-    # At most one start per chunk: the weighted sum is its offset (argmax is slower).
-    offset_in_chunk = jnp.sum(chunks * jnp.arange(spacing, dtype=jnp.int32), axis=-1, dtype=jnp.int32)
+    # At most one start per chunk: one reduction gives its offset plus one, or
+    # 0 without a start, so the comparisons are made once (argmax is slower).
+    start_code = jnp.max(chunks * jnp.arange(1, spacing + 1, dtype=jnp.int32), axis=-1)  # [B, T, chunks]
+    chunk_has_flag = (start_code > 0).reshape(batch, num_rows * num_chunks)
     row = jnp.arange(num_rows, dtype=jnp.int32)[:, None] * length
     chunk_start = jnp.arange(num_chunks, dtype=jnp.int32)[None, :] * spacing
-    index_in_sequence = (row + chunk_start + offset_in_chunk).reshape(batch, num_rows * num_chunks)
+    index_in_sequence = (row + chunk_start + start_code - 1).reshape(batch, num_rows * num_chunks)
     running = running_count(chunk_has_flag)
     slot = running - 1
     # One flat scatter for the whole batch (a batched, vmapped scatter is
