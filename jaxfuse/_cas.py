@@ -9,13 +9,21 @@ per (video, class, threshold, run); here every run of every threshold of every
 sequence is found and scored at once:
 
 * a run of at least ``min_length`` snippets starts where the previous snippet
-  is not above the level and the minimum of the next ``min_length`` is; it
-  ends symmetrically. Window minima and neighbours are computed once per
-  sequence, so each (threshold, snippet) costs two comparisons;
-* starts and ends are compacted, separately and in the same (threshold,
-  position) order, into a static number of slots by cumsum-indexing (their
-  rank among the sequence's proposals) and one flat scatter, so the k-th
-  start and the k-th end delimit the k-th proposal;
+  is not above the level and the minimum of the next ``min_length`` is. A
+  snippet is above level ``t`` exactly when more levels lie strictly below
+  it than below level ``t``, so one count per snippet (levels below it) and
+  one per level replace the (threshold, snippet) comparisons: the starts of
+  snippet ``i`` are the levels whose rank lies in a range read from ``[L]``
+  counts;
+* starts are compacted in (threshold, position) order into a static number
+  of slots by their rank among the sequence's starts (a running count made
+  of small triangular matrix products, :func:`jaxfuse._rows.running_count`,
+  several times faster than ``cumsum`` on CPU) and one flat scatter; each
+  run's last snippet is then found from its start by binary lifting on range
+  minima of the counts (``log2 L`` lookups per proposal);
+* the same run found at several levels (the same segment and scores) is
+  marked with the slot of its first occurrence, for grouping it once
+  (:func:`jaxfuse._grouping.group_batch_distinct`, used by :func:`jaxfuse.detect`);
 * inner and outer sums are differences of prefix sums, O(1) per proposal. The
   prefix sums carry a running correction for their own rounding errors
   (hi + lo), so a short run's sum far into a long float32 sequence keeps
@@ -54,9 +62,12 @@ import numpy as np
 from jax import lax
 
 from jaxfuse._interop import array_kind, from_jax
+from jaxfuse._rows import gather_rows, running_count
 from jaxfuse._validation import choice, float_array, positive_int
 
 CONVENTIONS = ("spec", "published")
+MARGIN_SCALE, MARGIN_POWER = 0.0785, 0.9
+"""The published outer margin, ``0.0785 * len ** 0.9`` snippets."""
 MARGIN_ROUNDINGS = ("ceil", "floor")
 
 
@@ -162,71 +173,100 @@ def _prefix_sums(values):
     return hi, lo
 
 
-def _shift_values(levels, offset: int):
-    """``levels [..., L]`` moved ``offset`` positions along L (right if positive), -inf filled."""
-    length = levels.shape[-1]
-    if abs(offset) >= length:
-        return jnp.full_like(levels, -jnp.inf)
-    fill = jnp.full(levels.shape[:-1] + (abs(offset),), -jnp.inf, levels.dtype)
-    if offset > 0:
-        return jnp.concatenate([fill, levels[..., :-offset]], axis=-1)
-    return jnp.concatenate([levels[..., -offset:], fill], axis=-1)
+def _window_min_count(counts, window: int):
+    """Minimum of ``counts [B, L]`` over ``i .. i + window - 1``; positions past the end count as 0."""
+    padded = jnp.pad(counts, ((0, 0), (0, window - 1)))
+    # The init value must be an int32 array: a Python int is int64 under jax_enable_x64.
+    return lax.reduce_window(padded, np.int32(np.iinfo(np.int32).max), lax.min, (1, window), (1, 1), "VALID")
 
 
-def _window_min(levels, window: int, *, forward: bool):
-    """Minimum of ``levels [..., L]`` over ``i .. i + window - 1`` (or ``i - window + 1 .. i``).
+def _compact_starts(lowest, highest, level_rank, spacing: int, num_slots: int):
+    """Where the run starts are, in (threshold, position) order.
 
-    Positions past either end count as -inf, so a window that leaves the
-    sequence is never above a threshold.
-    """
-    padding = [(0, 0)] * (levels.ndim - 1) + [(0, window - 1) if forward else (window - 1, 0)]
-    padded = jnp.pad(levels, padding, constant_values=-jnp.inf)
-    dims = (1,) * (levels.ndim - 1) + (window,)
-    return lax.reduce_window(padded, jnp.inf, lax.min, dims, (1,) * levels.ndim, "VALID")
-
-
-def _compact_flags(flags, spacing: int, num_slots: int):
-    """Where the set entries of ``flags [B, T, L]`` are, in (threshold, position) order.
-
-    Two set flags of a row are at least ``spacing`` apart, so each chunk of
-    ``spacing`` positions holds at most one: compacting chunks instead of
-    positions divides the cumsum and the scatter (the costly parts) by
-    ``spacing``. Each flag's slot is its rank among the set flags of its
-    sequence; ranks past the last slot are dropped.
+    A run starts at snippet ``i`` at every level ``t`` with ``lowest[i] <=
+    level_rank[t] < highest[i]`` (``lowest``, ``highest``: ``[B, L]``;
+    ``level_rank``: ``[T]``). Two starts of one level are at least ``spacing``
+    apart, so each chunk of ``spacing`` positions holds at most one:
+    compacting chunks instead of positions divides the running count and the
+    scatter (the costly parts) by ``spacing``. The flags are made per chunk
+    from the ``[B, L]`` ranges, straight in the running count's float layout
+    (no ``[B, T, L]`` boolean in memory). Each start's slot is its rank among
+    its sequence's starts; ranks past the last slot are dropped.
 
     Returns:
         ``[B, num_slots]`` int32 indices ``t * L + position`` (0 in unused
-        slots) and ``[B]`` int32 numbers of set flags.
+        slots), ``[B]`` int32 numbers of starts, and ``[B, T * chunks]``
+        int32 running counts of the chunks with a start (its slot plus one).
     """
-    batch, num_rows, length = flags.shape
+    batch, length = lowest.shape
+    num_rows = level_rank.shape[0]
     num_chunks = -(-length // spacing)
-    padded = jnp.pad(flags, ((0, 0), (0, 0), (0, num_chunks * spacing - length)))
-    chunks = padded.reshape(batch, num_rows, num_chunks, spacing)
-    chunk_has_flag = chunks.any(axis=-1).reshape(batch, num_rows * num_chunks)
-    # At most one flag per chunk: the weighted sum is its offset (argmax is slower).
-    offset_in_chunk = jnp.sum(chunks * jnp.arange(spacing, dtype=jnp.int32), axis=-1, dtype=jnp.int32)
+    # Padding positions have an empty range: no start.
+    pad = lambda x: jnp.pad(x, ((0, 0), (0, num_chunks * spacing - length))).reshape(batch, 1, num_chunks, spacing)  # noqa: E731
+    rank = level_rank.reshape(1, num_rows, 1, 1)
+    chunks = (pad(lowest) <= rank) & (rank < pad(highest))  # [B, T, chunks, spacing]
+    # At most one start per chunk: one reduction gives its offset plus one, or
+    # 0 without a start, so the comparisons are made once (argmax is slower).
+    start_code = jnp.max(chunks * jnp.arange(1, spacing + 1, dtype=jnp.int32), axis=-1)  # [B, T, chunks]
+    chunk_has_flag = (start_code > 0).reshape(batch, num_rows * num_chunks)
     row = jnp.arange(num_rows, dtype=jnp.int32)[:, None] * length
     chunk_start = jnp.arange(num_chunks, dtype=jnp.int32)[None, :] * spacing
-    index_in_sequence = (row + chunk_start + offset_in_chunk).reshape(batch, num_rows * num_chunks)
-    rank = jnp.cumsum(chunk_has_flag, axis=-1, dtype=jnp.int32) - 1
-    # One flat scatter for the whole batch: a batched (vmapped) scatter is
-    # several times slower on CPU.
-    keep = chunk_has_flag & (rank < num_slots)
+    index_in_sequence = (row + chunk_start + start_code - 1).reshape(batch, num_rows * num_chunks)
+    running = running_count(chunk_has_flag)
+    slot = running - 1
+    # One flat scatter for the whole batch (a batched, vmapped scatter is
+    # several times slower on CPU). Flags without a slot go to one spare slot
+    # past the end, so every index is in bounds: no bounds checks (about a
+    # third of the scatter's time).
+    keep = chunk_has_flag & (slot < num_slots)
     sequence_offset = jnp.arange(batch, dtype=jnp.int32)[:, None] * num_slots
-    target = jnp.where(keep, rank + sequence_offset, batch * num_slots).reshape(-1)
-    slots = jnp.zeros((batch * num_slots,), jnp.int32).at[target].set(index_in_sequence.reshape(-1), mode="drop")
-    return slots.reshape(batch, num_slots), jnp.sum(chunk_has_flag, axis=-1, dtype=jnp.int32)
+    spare = batch * num_slots
+    target = jnp.where(keep, slot + sequence_offset, spare).reshape(-1)
+    slots = jnp.zeros((spare + 1,), jnp.int32).at[target].set(index_in_sequence.reshape(-1), mode="promise_in_bounds")
+    return slots[:spare].reshape(batch, num_slots), running[:, -1], running
 
 
-def _gather_rows(table, index):
-    """``table[b, index[b, p]]`` for ``table [B, N]``, ``index [B, P]``, as one flat gather.
+def _last_above(levels_below, start, level_rank):
+    """Last snippet of the run above level ``level_rank`` that starts at ``start``: ``[B, P]``.
 
-    A batched gather (what vmap or take_along_axis produce) is several times
-    slower on CPU than a gather from a flat table with flat indices.
+    ``levels_below [B, L]`` counts the levels strictly below each snippet (0
+    outside the video); a snippet is above a level whose rank (levels
+    strictly below it) is ``level_rank`` exactly when its count is larger.
+    Binary lifting on a table of range minima: ``minima[s][i]`` is the
+    smallest count of snippets ``i .. i + 2**s - 1`` (0 past the end). From
+    the start, the run is extended by ``2**s`` snippets, largest ``s`` first,
+    whenever all of them are above the level: ``ceil(log2 L)`` flat gathers of
+    ``[B, P]``, instead of flagging and compacting the run ends of every level
+    and snippet (``[B, T, L]``). Counts are stored in the narrowest integer
+    type that holds them (int8 for up to 127 levels): the table stays in
+    cache.
     """
-    batch, size = table.shape
-    flat_index = index + jnp.arange(batch, dtype=index.dtype)[:, None] * size
-    return table.reshape(-1)[flat_index.reshape(-1)].reshape(index.shape)
+    length = levels_below.shape[1]
+    num_levels = level_rank.shape[0]  # counts lie in 0 .. num_levels
+    narrow = jnp.int8 if num_levels < 2**7 else jnp.int16 if num_levels < 2**15 else jnp.int32
+    # One spare column of 0 (below every level): a run never extends past the last snippet.
+    num_steps = max(1, (length - 1).bit_length())  # 2**num_steps >= length
+    first = jnp.pad(levels_below.astype(narrow), ((0, 0), (0, 1)))
+
+    def halve(step, table):
+        # minima[step] = min(minima[step - 1], minima[step - 1] shifted by 2**(step - 1)), 0 past the end.
+        previous = table[step - 1]
+        width = jnp.left_shift(jnp.int32(1), (step - 1).astype(jnp.int32))
+        shifted = lax.dynamic_slice_in_dim(jnp.pad(previous, ((0, 0), (0, length + 1))), width, length + 1, 1)
+        return table.at[step].set(jnp.minimum(previous, shifted))
+
+    # Built and read in loops, not unrolled: unrolled, XLA fuses the chains of
+    # minima and dependent gathers into loops whose compilation took about a
+    # second of the first call.
+    table = lax.fori_loop(1, num_steps, halve, jnp.zeros((num_steps,) + first.shape, narrow).at[0].set(first))
+    level_rank = level_rank.astype(narrow)
+
+    def extend(index, last):
+        step = (num_steps - 1 - index).astype(jnp.int32)
+        following = gather_rows(table[step], last + 1)
+        return jnp.where(following > level_rank, last + jnp.left_shift(jnp.int32(1), step), last)
+
+    return lax.fori_loop(0, num_steps, extend, start)
 
 
 def _proposals(cas, length, thresholds, *, min_length, left_widths, right_widths, convention, num_slots):
@@ -238,30 +278,28 @@ def _proposals(cas, length, thresholds, *, min_length, left_widths, right_widths
     # Snippets outside the video are -inf: never above any threshold.
     levels = jnp.where(inside, cas, -jnp.inf)
 
-    # A run of at least min_length snippets starts at i when snippet i - 1 is
-    # not above the threshold and the smallest of snippets i .. i + min_length - 1
-    # is; it ends at i when i + 1 is not above and the smallest of
-    # i - min_length + 1 .. i is. Window minima are computed once per sequence
-    # ([B, L]), so the [B, T, L] work is two comparisons per flag.
-    level = thresholds[None, :, None]
-    ahead = _window_min(levels, min_length, forward=True)[:, None, :]
-    behind = _window_min(levels, min_length, forward=False)[:, None, :]
-    before = _shift_values(levels, 1)[:, None, :]
-    after = _shift_values(levels, -1)[:, None, :]
-    long_run_starts = (ahead > level) & ~(before > level)  # [B, T, L]
-    long_run_ends = (behind > level) & ~(after > level)
+    # Snippet i is above level t exactly when more levels lie strictly below
+    # it than below level t (levels in any order, ties included): the
+    # [B, T, L] comparisons become one count per snippet ([B, L]) and one per
+    # level ([T]). A run of at least min_length snippets starts at i when
+    # snippet i - 1 is not above the level and the smallest of snippets
+    # i .. i + min_length - 1 is: at the levels t with
+    # below[i - 1] <= rank[t] < min(below[i .. i + min_length - 1]).
+    levels_below = jnp.sum(levels[:, :, None] > thresholds, axis=-1, dtype=jnp.int32)  # [B, L]
+    level_rank = jnp.sum(thresholds[:, None] > thresholds, axis=-1, dtype=jnp.int32)  # [T]
+    below_ahead = _window_min_count(levels_below, min_length)
+    below_before = jnp.pad(levels_below, ((0, 0), (1, 0)))[:, :-1]  # nothing before the video
 
-    # The k-th long-run start and the k-th long-run end (in threshold, then
-    # position, order) belong to the same proposal.
+    # Slots in (threshold, start) order; each run's last snippet is then found
+    # from its start in O(log L) lookups (no second compaction for the ends).
     spacing = min_length + 1  # a run and at least one snippet below the level
-    start_index, num_found = _compact_flags(long_run_starts, spacing, num_slots)
-    last_index, _ = _compact_flags(long_run_ends, spacing, num_slots)
+    start_index, num_found, running = _compact_starts(below_before, below_ahead, level_rank, spacing, num_slots)
     count = jnp.minimum(num_found, num_slots)
     valid = jnp.arange(num_slots, dtype=jnp.int32)[None, :] < count[:, None]
 
     threshold_index = start_index // num_snippets
     start = jnp.where(valid, start_index % num_snippets, 0)
-    last = jnp.where(valid, last_index % num_snippets, 0)
+    last = jnp.where(valid, _last_above(levels_below, start, level_rank[threshold_index]), 0)
     run_length = last - start + 1
     left_width = jnp.asarray(left_widths)[run_length]
     right_width = jnp.asarray(right_widths)[run_length]
@@ -287,8 +325,8 @@ def _proposals(cas, length, thresholds, *, min_length, left_widths, right_widths
 
     def window_sum(begin, end):
         # hi and lo are differenced separately: adding them first would round lo away.
-        hi_sum = _gather_rows(hi, end) - _gather_rows(hi, begin)
-        return hi_sum + (_gather_rows(lo, end) - _gather_rows(lo, begin))
+        hi_sum = gather_rows(hi, end) - gather_rows(hi, begin)
+        return hi_sum + (gather_rows(lo, end) - gather_rows(lo, begin))
 
     dtype = cas.dtype
     inner = window_sum(inner_begin, inner_end) / jnp.maximum(inner_end - inner_begin, 1).astype(dtype)
@@ -300,7 +338,7 @@ def _proposals(cas, length, thresholds, *, min_length, left_widths, right_widths
     inner = jnp.where(valid, inner, zero)
     outer = jnp.where(valid, outer, zero)
     segments = jnp.where(valid[..., None], jnp.stack([start, segment_end], axis=-1).astype(dtype), zero)
-    return CasProposals(
+    proposals = CasProposals(
         segments=segments,
         inner=inner,
         outer=outer,
@@ -310,6 +348,19 @@ def _proposals(cas, length, thresholds, *, min_length, left_widths, right_widths
         count=count,
         num_found=num_found,
     )
+    # The same run is often found at several consecutive levels (a steep edge
+    # crosses them all at the same snippets): the same segment, the same
+    # scores. With ascending levels, it is a run at level t exactly when t is
+    # at least the number of levels below each of its two outside neighbours,
+    # so it was first found at the larger of the two; its slot there is the
+    # running count of that level's flags at its start. (Meaningless for
+    # levels in any other order; only asked for with ascending ones.)
+    neighbours = jnp.pad(levels_below, ((0, 0), (1, 1)))  # 0 outside: no level below
+    first_level = jnp.maximum(gather_rows(neighbours, start), gather_rows(neighbours, last + 2))
+    num_chunks = running.shape[1] // thresholds.shape[0]
+    first_chunk = first_level * num_chunks + start // spacing
+    first_slot = jnp.where(valid, gather_rows(running, first_chunk) - 1, jnp.arange(num_slots, dtype=jnp.int32))
+    return proposals, first_slot
 
 
 @functools.partial(
@@ -322,6 +373,7 @@ def _proposals(cas, length, thresholds, *, min_length, left_widths, right_widths
         "margin_rounding",
         "convention",
         "num_slots",
+        "first_slots",
     ),
 )
 def _batch_proposals(
@@ -336,11 +388,16 @@ def _batch_proposals(
     margin_rounding,
     convention,
     num_slots,
+    first_slots=False,
 ):
     """``_proposals`` over every sequence of ``cas`` (layout handled here).
 
     Everything shape-related happens inside this one compiled function: eager
     reshapes and casts would each compile a kernel of their own per shape.
+    With ``first_slots`` (ascending thresholds only), also each proposal's
+    ``first_slot [..., P]``: the slot of the first proposal (lowest level)
+    with the same segment, its own slot if it is the first, and in padding
+    (XLA drops this work otherwise).
     """
     if cas.dtype in (jnp.float16, jnp.bfloat16):
         cas = cas.astype(jnp.float32)
@@ -355,7 +412,7 @@ def _batch_proposals(
         # The published int(s - m) ceils the left margin, int(e + m + 1) floors the right one.
         left_widths = _margin_widths(num_snippets, margin_scale, margin_power, "ceil")
         right_widths = _margin_widths(num_snippets, margin_scale, margin_power, "floor")
-    flat = _proposals(
+    flat, first_slot = _proposals(
         cas.reshape(-1, num_snippets),
         sequence_length.reshape(-1),
         thresholds.astype(cas.dtype),
@@ -365,7 +422,10 @@ def _batch_proposals(
         convention=convention,
         num_slots=num_slots,
     )
-    return CasProposals(*(field.reshape(batch_shape + field.shape[1:]) for field in flat))
+    proposals = CasProposals(*(field.reshape(batch_shape + field.shape[1:]) for field in flat))
+    if first_slots:
+        return proposals, first_slot.reshape(batch_shape + first_slot.shape[1:])
+    return proposals
 
 
 @functools.partial(jax.jit, static_argnames=("classes_last",))
@@ -452,8 +512,8 @@ def proposals_from_cas(
     thresholds,
     *,
     min_length: int = 2,
-    margin_scale: float = 0.0785,
-    margin_power: float = 0.9,
+    margin_scale: float = MARGIN_SCALE,
+    margin_power: float = MARGIN_POWER,
     margin_rounding: str | None = None,
     convention: str = "spec",
     classes_last: bool = False,

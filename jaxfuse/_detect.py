@@ -18,15 +18,20 @@ batch of videos:
 
 How it maps onto compiled programs. Per batch, whatever the number of videos,
 classes or proposals, the work is four compiled programs: (a) gather the
-items' sequences and count the proposals each will have, from the number of
-levels below each snippet (O(L) per item); (b) the proposals
-(``proposals_from_cas``) in as many slots as the busiest item needs; (c) the
-grouping and fusion (``fuse_proposals``; Laplace and Student-t size their
-padded groups with one more host read); (d) the scatter to ``[V, C, N]``. The
-host reads two integers on the way (the largest proposal count, after (a); the
-largest fused count, after (c)) to size the next program: grouping then works
-on a few hundred slots per item instead of the static bound (3,420 for 512
-snippets), several times less work.
+items' sequences (a numpy CAS is gathered on the host: only the selected
+classes are copied) and count the proposals each will have, from the number
+of levels below each snippet (O(L) per item); (b) the proposals
+(``proposals_from_cas``) in as many slots as the busiest item needs, with
+each proposal's first occurrence (the same run found at a lower level); (c)
+the grouping and fusion (as ``fuse_proposals``; Laplace and Student-t size
+their padded groups with one more host read); (d) the scatter to ``[V, C,
+N]``. The host reads a few integers on the way (the largest proposal count,
+after (a); the largest numbers of proposals and of first occurrences, after
+(b); the largest fused count, after (c)) to size the next program: grouping
+works on a few hundred slots per item instead of the static bound (3,420 for
+512 snippets), and, for the closed forms and NMS, on first occurrences only
+(180 columns instead of 491 on THUMOS-like data: a repeat joins its first
+occurrence's group, :func:`jaxfuse._grouping.group_batch_distinct`).
 
 Shapes are bucketed, so a dataset compiles a handful of programs: the snippet
 axis ``L`` is padded to a power of two (>= 16), and the numbers of items,
@@ -58,19 +63,34 @@ Convention choices (all documented in the SPEC or the published code):
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfuse._cas import CONVENTIONS, max_runs_per_threshold, proposals_from_cas
+from jaxfuse._cas import (
+    CONVENTIONS,
+    MARGIN_POWER,
+    MARGIN_SCALE,
+    _batch_proposals,
+    max_runs_per_threshold,
+)
 from jaxfuse._evaluate import Detections
-from jaxfuse._interop import _is_torch_tensor, array_kind, from_jax
+from jaxfuse._grouping import overlap_settings, raise_for_value_problems
+from jaxfuse._interop import _is_torch_tensor, array_kind, from_jax, to_jax
 from jaxfuse._presets import resolve_settings
-from jaxfuse._proposals import _check_options, fuse_proposals, resolve_fusion_settings
+from jaxfuse._proposals import CLOSED_FORM_TEMPLATES, _check_options, fuse_proposals, resolve_fusion_settings
 from jaxfuse._ragged import bucket_size
-from jaxfuse._validation import choice, float_array, positive_int, positive_scalar
+from jaxfuse._segment_fusion import _group_and_fuse
+from jaxfuse._validation import (
+    choice,
+    float_array,
+    float_dtype,
+    positive_int,
+    positive_scalar,
+)
 
 PUBLISHED_THRESHOLDS: tuple[float, ...] = tuple(float(level) for level in np.arange(0.001, 0.04, 0.002))
 """The published CAS levels ``np.arange(0.001, 0.04, 0.002)``: 0.001, 0.003, ..., 0.039 (20 levels)."""
@@ -245,13 +265,23 @@ def _item_sequences(cas, length, video_index, class_index, item_valid, levels, *
     return sequences, item_length, largest_count, first_bad
 
 
-@functools.partial(jax.jit, static_argnames=("thresholds", "convention", "min_length", "max_proposals"))
-def _item_proposals(sequences, item_length, *, thresholds, convention, min_length, max_proposals):
-    """:func:`jaxfuse.proposals_from_cas` of the items, with ``max_proposals`` slots each."""
-    return proposals_from_cas(
-        sequences, np.asarray(thresholds), length=item_length, convention=convention, min_length=min_length,
-        max_proposals=max_proposals,
+@functools.partial(jax.jit, static_argnames=("convention", "min_length", "max_proposals"))
+def _item_proposals(sequences, item_length, levels, *, convention, min_length, max_proposals):
+    """:func:`jaxfuse.proposals_from_cas` of the items, with ``max_proposals`` slots each.
+
+    Also each proposal's first occurrence (the same run found at a lower
+    level, see :func:`jaxfuse._grouping.group_batch_distinct`), and the
+    largest numbers of proposals and of first occurrences of any item, which
+    size the grouping.
+    """
+    found, first_slot = _batch_proposals(
+        sequences, item_length, levels, classes_last=False, min_length=min_length, margin_scale=MARGIN_SCALE,
+        margin_power=MARGIN_POWER, margin_rounding="ceil", convention=convention, num_slots=max_proposals,
+        first_slots=True,
     )
+    is_first = found.valid & (first_slot == jnp.arange(max_proposals, dtype=jnp.int32))
+    most_distinct = jnp.max(jnp.sum(is_first, axis=-1, dtype=jnp.int32), initial=0)
+    return found, first_slot, jnp.max(found.num_found, initial=0), most_distinct
 
 
 def _comparable_levels(levels: tuple[float, ...], dtype) -> np.ndarray:
@@ -462,7 +492,14 @@ def detect(
     kind = array_kind(cas)
     if isinstance(cas, jax.core.Tracer) or isinstance(video_scores, jax.core.Tracer):
         raise TypeError("detect cannot run under jax.jit: it sizes its programs from the data on the host")
-    cas = float_array(cas, "cas")
+    # A numpy CAS stays on the host until the selected items are gathered
+    # (a few of its classes: several times fewer bytes to copy).
+    host_cas = cas if isinstance(cas, np.ndarray) else None
+    if host_cas is None:
+        cas = float_array(cas, "cas")
+        dtype = cas.dtype
+    else:
+        dtype = jax.dtypes.canonicalize_dtype(float_dtype(cas, "cas"))
     if cas.ndim != 3:
         raise ValueError(f"`cas` must have shape [videos, snippets, classes], got {cas.shape}")
     num_videos, num_snippets, num_classes = cas.shape
@@ -497,11 +534,17 @@ def detect(
     video_index, class_index = pad(video_index), pad(class_index)
     item_valid = np.arange(item_slots) < num_items
     padded_length = bucket_size(num_snippets, _MIN_BUCKET)
-    compute_dtype = np.float32 if cas.dtype in (jnp.float16, jnp.bfloat16) else np.dtype(cas.dtype)
+    compute_dtype = np.float32 if dtype in (jnp.float16, jnp.bfloat16) else np.dtype(dtype)
 
+    levels_in_dtype = _comparable_levels(levels, compute_dtype)
+    if host_cas is None:
+        gathered = (cas, video_length, video_index, class_index)
+    else:
+        items_cas = to_jax(np.ascontiguousarray(host_cas[video_index, :, class_index])[:, :, None])
+        zeros = np.zeros(item_slots, np.int32)
+        gathered = (items_cas, video_length[video_index], np.arange(item_slots, dtype=np.int32), zeros)
     sequences, item_length, largest_count, first_bad = _item_sequences(
-        cas, video_length, video_index, class_index, item_valid, _comparable_levels(levels, compute_dtype),
-        padded_length=padded_length, min_length=min_length,
+        *gathered, item_valid, levels_in_dtype, padded_length=padded_length, min_length=min_length,
     )
     largest_count, first_bad = (int(x) for x in jax.device_get((largest_count, first_bad)))
     if first_bad >= 0:
@@ -511,22 +554,39 @@ def detect(
     sound_bound = len(levels) * max_runs_per_threshold(padded_length, min_length)
     proposal_slots = min(_slots(largest_count), sound_bound) if max_proposals is None else max_proposals
 
-    def proposals_and_fusion(slots):
-        found = _item_proposals(
-            sequences, item_length, thresholds=levels, convention=convention, min_length=min_length, max_proposals=slots
+    def item_proposals(slots):
+        found, first_slot, most_found, most_distinct = _item_proposals(
+            sequences, item_length, levels_in_dtype, convention=convention, min_length=min_length, max_proposals=slots
         )
+        return found, first_slot, *(int(x) for x in jax.device_get((most_found, most_distinct)))
+
+    found, first_slot, most_found, most_distinct = item_proposals(proposal_slots)
+    if max_proposals is None and most_found > proposal_slots:
+        # The count above and proposals_from_cas disagree: never seen, but never drop proposals for it.
+        proposal_slots = sound_bound
+        found, first_slot, most_found, most_distinct = item_proposals(proposal_slots)
+    weights = found.inner if weight_column == "inner" else None
+    ascending = all(low <= high for low, high in itertools.pairwise(levels))
+    if (method in CLOSED_FORM_TEMPLATES or method == "nms") and overlap_threshold < 1 and ascending:
+        # Repeated proposals (the same run at several levels) join their first
+        # occurrence's group: the greedy loop runs on first occurrences only,
+        # in as many columns as the item with the most of them needs. (The
+        # first occurrence is found from the levels' order: ascending levels.)
+        fused, problems = _group_and_fuse(
+            found.segments, found.contrast, weights, found.valid, overlap_threshold,
+            *overlap_settings(overlap, discrete), 1.0 if method == "nms" else temperature, first_slot,
+            method=method, num_distinct=min(_slots(most_distinct), proposal_slots),
+        )
+        extra = [] if weights is None else [("weights", weights)]
+        raise_for_value_problems(problems, found.segments, found.contrast, found.valid, extra)
+    else:
         fused = fuse_proposals(
-            found.segments, found.contrast, found.inner if weight_column == "inner" else None, found.valid,
+            found.segments, found.contrast, weights, found.valid,
             overlap_threshold=overlap_threshold, overlap=overlap, discrete=discrete,
             method=method, temperature=temperature, **options,
         )
-        # One host read of [items] counts: no extra compiled program.
-        return found, fused, *(int(np.max(np.asarray(x), initial=0)) for x in (found.num_found, fused.count))
-
-    found, fused, most_found, most_fused = proposals_and_fusion(proposal_slots)
-    if max_proposals is None and most_found > proposal_slots:
-        # The count above and proposals_from_cas disagree: never seen, but never drop proposals for it.
-        found, fused, most_found, most_fused = proposals_and_fusion(sound_bound)
+    # One host read of [items] counts: no extra compiled program.
+    most_fused = int(np.max(np.asarray(fused.count), initial=0))
     detection_slots = _slots(most_fused) if max_detections is None else max_detections
     result = _dense_detections(
         fused.segments, fused.scores, fused.spread, fused.count, found.num_found, found.count,

@@ -32,6 +32,7 @@ narrower loop saved).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -42,6 +43,7 @@ import numpy as np
 from jaxfuse._interop import host_to_device, warn_if_narrowed
 from jaxfuse._presets import resolve_settings
 from jaxfuse._result import RESULT_DTYPE, ResultCode
+from jaxfuse._rows import gather_rows, running_count
 from jaxfuse._validation import bool_array, choice, float_array
 
 OVERLAP_MEASURES = ("candidate", "iou")
@@ -114,6 +116,11 @@ def segment_overlap(leader_start, leader_end, starts, ends, use_iou, offset):
 # for 7% more warm time (30.3 vs 28.4 ms); 32 rows or no compaction at all
 # save a little more compile time but cost 28-56% warm.
 _MIN_STAGE_ROWS = 16
+# On first occurrences only (a few hundred columns at most) the late stages
+# cost little either way: stopping at 64 rows saves two of the five loops'
+# compilation (issue 12's detect workload: 3.6 -> 2.6 s to compile the
+# grouping and fusion program) for the same warm time (7.7-8.0 ms, shared CPU).
+_MIN_DISTINCT_STAGE_ROWS = 64
 
 
 def compacted_while_loop(body: Callable, inputs: Any, state: Any, *, min_rows: int = _MIN_STAGE_ROWS) -> Any:
@@ -220,7 +227,7 @@ def _leaders_of(group, scores, count):
     return jnp.where(jnp.arange(size) < count[:, None], first.reshape(items, size), -1).astype(jnp.int32)
 
 
-def group_batch(segments, scores, valid, threshold, use_iou, offset) -> ProposalGroups:
+def group_batch(segments, scores, valid, threshold, use_iou, offset, *, min_rows: int = _MIN_STAGE_ROWS) -> ProposalGroups:
     """The grouping kernel on a flat batch ``[B, N]`` (traceable; no validation).
 
     Args:
@@ -230,6 +237,7 @@ def group_batch(segments, scores, valid, threshold, use_iou, offset) -> Proposal
         threshold: scalar; membership is ``overlap > threshold``.
         use_iou: bool scalar, see :func:`segment_overlap`.
         offset: 0 or 1, see :func:`segment_overlap`.
+        min_rows: static, where row compaction stops (see :func:`compacted_while_loop`).
 
     Returns:
         :class:`ProposalGroups` with leading dim ``B``.
@@ -247,12 +255,80 @@ def group_batch(segments, scores, valid, threshold, use_iou, offset) -> Proposal
     )
     group = jnp.where(valid, -1, _NOT_A_CANDIDATE).astype(jnp.int32)
     state = _GroupingState(group, jnp.zeros((items,), jnp.int32), *first_best(_unassigned_scores(group, scores)))
-    final = compacted_while_loop(_grouping_step, inputs, state)
+    final = compacted_while_loop(_grouping_step, inputs, state, min_rows=min_rows)
     group = jnp.where(valid, final.group, -1)
     return ProposalGroups(group, _leaders_of(group, scores, final.count), final.count)
 
 
 _group_batch_jit = jax.jit(group_batch)
+
+
+def group_batch_distinct(segments, scores, valid, first_slot, threshold, use_iou, offset, *, num_distinct: int):
+    """:func:`group_batch` for batches where many proposals repeat an earlier one (traceable).
+
+    CAS proposals repeat: the same run, found at several levels, gives the same
+    segment and scores each time (3 of every 5 proposals on THUMOS-like data).
+    A repeat joins whatever group its first occurrence joins: it is tied with
+    it on score and comes later (so it never leads before it), and its
+    overlap with every leader is the same, with itself too (1 for a
+    segment of positive length). So the greedy loop runs on the first
+    occurrences alone, ``num_distinct`` columns instead of ``N``, and every
+    repeat is given its first occurrence's group. Leaders are first
+    occurrences (the first index among tied scores), so the result equals
+    :func:`group_batch` on all proposals exactly. A repeat whose overlap with
+    itself is not above the threshold (zero length with continuous lengths,
+    or a threshold of 1) would not join its first occurrence: it is grouped
+    as a proposal of its own.
+
+    Args:
+        segments, scores, valid, threshold, use_iou, offset: as :func:`group_batch`.
+        first_slot: ``[B, N]`` int32, the index of the first proposal with the
+            same segment and scores (its own index for a first occurrence
+            and for invalid slots); as returned by the CAS run finder.
+        num_distinct: static, at most ``N`` and at least every item's number
+            of valid proposals grouped on their own (first occurrences, and
+            the repeats above); with fewer, the proposals past it join no
+            group.
+
+    Returns:
+        :class:`ProposalGroups` with leading dim ``B``, equal to
+        ``group_batch(segments, scores, valid, ...)``.
+    """
+    items, size = scores.shape
+    positions = jnp.arange(size, dtype=jnp.int32)
+    starts, ends = segments[..., 0], segments[..., 1]
+    # A repeat that its first occurrence would not absorb (a zero-length
+    # continuous segment, a threshold of 1) is grouped on its own.
+    absorbed_by_first = segment_overlap(starts, ends, starts, ends, use_iou, offset) > threshold
+    own_slot = jnp.where(absorbed_by_first, first_slot, positions)
+    is_first = valid & (own_slot == positions)
+    running = running_count(is_first)
+    # Compact the first occurrences to the front, in index order (so ties
+    # still go to the lower index), with one flat scatter; the rest go to a
+    # spare slot past the end.
+    spare = items * num_distinct
+    row_offset = jnp.arange(items, dtype=jnp.int32)[:, None] * num_distinct
+    target = jnp.where(is_first & (running <= num_distinct), running - 1 + row_offset, spare)
+    source = jnp.zeros((spare + 1,), jnp.int32).at[target.reshape(-1)].set(
+        jnp.broadcast_to(positions, (items, size)).reshape(-1), mode="promise_in_bounds"
+    )[:spare].reshape(items, num_distinct)
+    distinct_valid = jnp.arange(num_distinct, dtype=jnp.int32) < running[:, -1:]
+    distinct_segments = jnp.stack([gather_rows(starts, source), gather_rows(ends, source)], -1)
+    distinct = group_batch(
+        distinct_segments, gather_rows(scores, source), distinct_valid, threshold, use_iou, offset,
+        min_rows=_MIN_DISTINCT_STAGE_ROWS,
+    )
+    # The groups back at the first occurrences' own slots (a scatter, so the
+    # result is in memory), then each proposal reads its first occurrence's.
+    slots = items * size
+    at_slot = jnp.where(distinct_valid, source + jnp.arange(items, dtype=jnp.int32)[:, None] * size, slots)
+    group_at_slot = jnp.full((slots + 1,), -1, jnp.int32).at[at_slot.reshape(-1)].set(
+        distinct.group.reshape(-1), mode="promise_in_bounds"
+    )[:slots].reshape(items, size)
+    group = jnp.where(valid, gather_rows(group_at_slot, own_slot), -1)
+    leader = jnp.where(distinct.leader >= 0, gather_rows(source, jnp.maximum(distinct.leader, 0)), -1)
+    leader = jnp.pad(leader, ((0, 0), (0, size - num_distinct)), constant_values=-1)
+    return ProposalGroups(group, leader, distinct.count)
 
 
 def item_codes(segments, scores, valid, extra=()) -> jax.Array:
@@ -288,9 +364,13 @@ def _proposal_flags(segments, scores, valid, extra):
     return value_problems(segments, scores, valid, extra), codes, sound
 
 
-@jax.jit
-def _group_batch_checked(segments, scores, valid, threshold, use_iou, offset, extra=()):
+@functools.partial(jax.jit, static_argnames=("num_distinct",))
+def _group_batch_checked(segments, scores, valid, threshold, use_iou, offset, extra=(), first_slot=None, *,
+                         num_distinct=None):
     """:func:`group_batch`, :func:`value_problems` and :func:`item_codes` in one program (one dispatch).
+
+    With ``first_slot`` (and ``num_distinct``), the grouping runs on first
+    occurrences only (:func:`group_batch_distinct`); same result.
 
     Returns:
         ``(groups, problems, codes)``: ``codes [B]`` is each item's
@@ -298,7 +378,12 @@ def _group_batch_checked(segments, scores, valid, threshold, use_iou, offset, ex
         join no group) and the threshold.
     """
     problems, codes, sound = _proposal_flags(segments, scores, valid, extra)
-    groups = group_batch(segments, scores, sound, threshold, use_iou, offset)
+    if first_slot is None:
+        groups = group_batch(segments, scores, sound, threshold, use_iou, offset)
+    else:
+        groups = group_batch_distinct(
+            segments, scores, sound, first_slot, threshold, use_iou, offset, num_distinct=num_distinct
+        )
     return groups, problems, jnp.maximum(codes, threshold_code(threshold))
 
 

@@ -256,15 +256,21 @@ def _fused_scores(scores, weights, groups: ProposalGroups, temperature):
     return means.mean[:, 0]
 
 
-@functools.partial(jax.jit, static_argnames=("method",))
-def _group_and_fuse_program(segments, scores, weights, valid, threshold, use_iou, offset, temperature, *, method: str):
+@functools.partial(jax.jit, static_argnames=("method", "num_distinct"))
+def _group_and_fuse_program(segments, scores, weights, valid, threshold, use_iou, offset, temperature,
+                            first_slot=None, *, method: str, num_distinct: int | None = None):
     """Grouping, value checks and a closed-form (or NMS) fusion in one program: one compile, one dispatch.
+
+    ``first_slot`` and ``num_distinct``: group the first occurrences of
+    repeated proposals only (see :func:`jaxfuse._grouping.group_batch_distinct`).
 
     Returns:
         ``(fused, problems)``, see :func:`jaxfuse._grouping.value_problems`.
     """
     checked = () if weights is None else (weights,)
-    groups, problems, codes = _group_batch_checked(segments, scores, valid, threshold, use_iou, offset, checked)
+    groups, problems, codes = _group_batch_checked(
+        segments, scores, valid, threshold, use_iou, offset, checked, first_slot, num_distinct=num_distinct
+    )
     if method == "nms":
         return _fuse_nms(segments, scores, groups, codes), problems
     weights = scores if weights is None else weights
@@ -272,4 +278,4 @@ def _group_and_fuse_program(segments, scores, weights, valid, threshold, use_iou
 
 
 # The program of a fuse_proposals call; kept whole on disk so that a fresh process skips tracing it.
-_group_and_fuse = stored_executable(_group_and_fuse_program, static_argnames=("method",))
+_group_and_fuse = stored_executable(_group_and_fuse_program, static_argnames=("method", "num_distinct"))

@@ -12,8 +12,8 @@ import numpy as np
 from jaxfuse._interop import source_dtype, to_jax
 
 
-def float_array(x: Any, name: str, *, min_ndim: int = 0) -> jax.Array:
-    """``x`` as a floating-point JAX array, or a ``TypeError``/``ValueError`` naming ``name``."""
+def float_dtype(x: Any, name: str) -> np.dtype:
+    """The floating dtype ``x`` holds (before any conversion), or a ``TypeError`` naming ``name``."""
     if x is None:
         raise TypeError(f"`{name}` is required, got None")
     dtype = source_dtype(x, name)
@@ -22,6 +22,12 @@ def float_array(x: Any, name: str, *, min_ndim: int = 0) -> jax.Array:
             f"`{name}` must be a floating-point array, got dtype {dtype}; "
             f"convert it first, e.g. `{name}.astype(np.float32)`"
         )
+    return dtype
+
+
+def float_array(x: Any, name: str, *, min_ndim: int = 0) -> jax.Array:
+    """``x`` as a floating-point JAX array, or a ``TypeError``/``ValueError`` naming ``name``."""
+    float_dtype(x, name)
     array = to_jax(x)
     if array.ndim < min_ndim:
         raise ValueError(f"`{name}` must have at least {min_ndim} dimensions, got shape {array.shape}")

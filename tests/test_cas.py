@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jaxfuse._cas import CasProposals, max_runs_per_threshold, proposals_from_cas
+from jaxfuse._rows import running_count
 
 PUBLISHED_THRESHOLDS = np.arange(0.001, 0.04, 0.002)
 
@@ -115,6 +116,47 @@ def test_random_batch_matches_spec_loop_float32():
     for index in np.ndindex(4, 6):
         expected = spec_reference(cas[index], PUBLISHED_THRESHOLDS, length[index])
         assert_same_proposals(result, expected, index)
+
+
+def test_plateaus_ties_and_edges_match_spec_loop():
+    """CAS values on the level grid: plateaus, values equal to a level (not above it), runs at both ends."""
+    rng = np.random.default_rng(7)
+    grid = np.concatenate([[0.0], PUBLISHED_THRESHOLDS, [0.05]]).astype(np.float32)
+    # Piecewise-constant steps of random lengths, so runs start and end on many levels at once.
+    steps = rng.integers(0, grid.size, size=(4, 6, 80))
+    hold = rng.random((4, 6, 80)) < 0.6
+    for position in range(1, 80):
+        steps[..., position] = np.where(hold[..., position], steps[..., position - 1], steps[..., position])
+    cas = grid[steps]
+    cas[0, 0] = grid[-1]  # one run over the whole video at every level
+    cas[0, 1, ::2] = grid[-1]  # single snippets: no run of two anywhere
+    length = rng.integers(0, 81, size=(4, 6))
+    length[0, :3] = 80
+    result = proposals_from_cas(cas, PUBLISHED_THRESHOLDS, length=length)
+    for index in np.ndindex(4, 6):
+        expected = spec_reference(cas[index], PUBLISHED_THRESHOLDS, length[index])
+        assert_same_proposals(result, expected, index)
+
+
+def test_levels_in_any_order_and_repeated_levels_match_spec_loop():
+    """Runs are found from level ranks: shuffled and repeated levels must still give the loop's proposals, in order."""
+    rng = np.random.default_rng(8)
+    cas = smooth_cas(rng, (4, 6, 80))
+    levels = PUBLISHED_THRESHOLDS.copy()
+    levels[5:8] = levels[4]  # repeated levels
+    levels = levels[rng.permutation(20)]
+    length = rng.integers(0, 81, size=(4, 6))
+    result = proposals_from_cas(cas, levels, length=length)
+    for index in np.ndindex(4, 6):
+        assert_same_proposals(result, spec_reference(cas[index], levels, length[index]), index)
+
+
+@pytest.mark.parametrize("size", [1, 15, 16, 17, 255, 256, 257, 3420, 4097])
+def test_running_count_equals_cumsum(size):
+    """The blocked running count behind the compaction, at sizes that end mid-block and recurse."""
+    flags = np.random.default_rng(size).random((3, size)) < 0.4
+    flags[1] = True  # the largest counts
+    np.testing.assert_array_equal(np.asarray(running_count(jnp.asarray(flags))), np.cumsum(flags, axis=-1))
 
 
 @pytest.mark.parametrize(

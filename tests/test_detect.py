@@ -12,12 +12,14 @@ from jaxfuse._detect import (
     PUBLISHED_THRESHOLDS,
     VideoDetections,
     _comparable_levels,
+    _item_proposals,
     _item_sequences,
     detect,
     detect_videos,
 )
 from jaxfuse._evaluate import Detections, GroundTruth, evaluate_detections
 from jaxfuse._evaluate_json import evaluate_json, load_activitynet_json
+from jaxfuse._grouping import _group_batch_jit, group_batch_distinct, overlap_settings
 from jaxfuse._proposals import fuse_proposals
 
 # Most tests share this batch shape and select between 17 and 32 (video, class)
@@ -219,6 +221,62 @@ def test_proposal_count_from_levels_below_is_exact(batch, min_length):
             _comparable_levels(PUBLISHED_THRESHOLDS, np.float32), padded_length=64, min_length=min_length,
         )
         assert int(alone) == int(found.num_found[video, klass])
+
+
+@pytest.mark.parametrize("convention", ["spec", "published"])
+def test_repeated_proposals_are_grouped_once_with_the_same_result(batch, convention):
+    """Each proposal's first occurrence (same segment, lowest level), and grouping on first occurrences only.
+
+    On plateaus and level ties the same run is found at many levels; grouping
+    the first occurrences and giving each repeat its first's group must equal
+    grouping every proposal, bit for bit, in every overlap convention.
+    """
+    cas, _, length = batch
+    cas = cas.copy()
+    cas[0, 10:20, 1] = np.float32(PUBLISHED_THRESHOLDS[3])  # a plateau exactly at a level
+    cas[3, :, 2] = np.float32(0.02)  # one run over the whole video
+    cas[4, ::3, 0] = np.float32(0.05)  # single snippets: no run
+    items = np.array(np.nonzero(np.ones((VIDEOS, CLASSES), bool)), np.int32)
+    levels = _comparable_levels(PUBLISHED_THRESHOLDS, np.float32)
+    sequences, item_length, largest, _ = _item_sequences(
+        cas, length, items[0], items[1], np.ones(items.shape[1], bool), levels, padded_length=64, min_length=2
+    )
+    found, first_slot, most_found, most_distinct = _item_proposals(
+        sequences, item_length, levels, convention=convention, min_length=2, max_proposals=int(largest)
+    )
+    segments, valid, first = np.asarray(found.segments), np.asarray(found.valid), np.asarray(first_slot)
+    positions = np.arange(valid.shape[1])
+    assert int(most_found) == int(largest)
+    for item in range(valid.shape[0]):
+        for slot in positions[valid[item]]:
+            same = np.flatnonzero((segments[item, : slot + 1] == segments[item, slot]).all(-1))
+            assert first[item, slot] == same[0], (item, slot)  # the lowest slot with this segment
+    np.testing.assert_array_equal(first[~valid], np.broadcast_to(positions, valid.shape)[~valid])
+    distinct = ((first == positions) & valid).sum(-1)
+    assert int(most_distinct) == distinct.max() and distinct.sum() < 0.7 * valid.sum()
+
+    run = jax.jit(group_batch_distinct, static_argnames="num_distinct")
+    for overlap, discrete in [("candidate", True), ("candidate", False), ("iou", False)]:
+        use_iou, offset = overlap_settings(overlap, discrete)
+        expected = _group_batch_jit(found.segments, found.contrast, found.valid, 0.25, use_iou, offset)
+        got = run(found.segments, found.contrast, found.valid, first_slot, 0.25, use_iou, offset,
+                  num_distinct=int(most_distinct))
+        for a, b in zip(got, expected):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_thresholds_in_any_order(batch):
+    """Levels out of order: the same as proposals_from_cas then fuse_proposals with those levels."""
+    cas, video_scores, length = batch
+    shuffled = np.asarray(PUBLISHED_THRESHOLDS)[np.random.default_rng(5).permutation(20)]
+    result = detect(cas, video_scores, length=length, thresholds=shuffled, preset="published")
+    found = proposals_from_cas(cas, shuffled, classes_last=True, length=length)
+    fused = fuse_proposals(found.segments, found.contrast, found.inner, found.valid, preset="published")
+    for video, klass in zip(*np.nonzero(result.selected)):
+        n = int(fused.count[video, klass])
+        assert int(result.count[video, klass]) == n
+        np.testing.assert_array_equal(result.segments[video, klass, :n], fused.segments[video, klass, :n])
+        np.testing.assert_array_equal(result.scores[video, klass, :n], fused.scores[video, klass, :n])
 
 
 def test_clean_rectangular_cas_gives_the_actions_exactly():

@@ -7,7 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfuse._grouping import _group_batch_jit, group_proposals, overlap_settings, segment_overlap
+from jaxfuse._grouping import (
+    _group_batch_jit,
+    group_batch_distinct,
+    group_proposals,
+    overlap_settings,
+    segment_overlap,
+)
 
 CONVENTIONS = [("candidate", True), ("candidate", False), ("iou", True), ("iou", False)]
 CONVENTION_IDS = ["candidate-discrete", "candidate-continuous", "iou-discrete", "iou-continuous"]
@@ -96,6 +102,66 @@ def test_groups_match_published_loop(overlap, discrete, float_dtype):
             segments, scores, valid, overlap_threshold=threshold, overlap=overlap, discrete=discrete
         )
         assert_matches_reference(groups, segments, scores, valid, threshold=threshold, overlap=overlap, discrete=discrete)
+
+
+def items_with_repeats(rng, items=6, size=48):
+    """Items whose later slots often repeat an earlier proposal (segment and score), as CAS proposals do.
+
+    Some distinct proposals also tie in score with others, so ties between
+    first occurrences and repeats are both exercised. Returns segments,
+    scores, valid and each slot's first occurrence (numpy).
+    """
+    segments = np.zeros((items, size, 2), np.float32)
+    scores = np.zeros((items, size), np.float32)
+    for item in range(items):
+        fresh_segments, fresh_scores = random_item(rng, size)
+        fresh_scores[rng.random(size) < 0.2] = fresh_scores[0]  # score ties between different segments
+        for slot in range(size):
+            repeat = slot > 0 and rng.random() < 0.6
+            source = int(rng.integers(0, slot)) if repeat else None
+            segments[item, slot] = segments[item, source] if repeat else fresh_segments[slot]
+            scores[item, slot] = scores[item, source] if repeat else fresh_scores[slot]
+    valid = np.arange(size)[None, :] < rng.integers(1, size + 1, items)[:, None]
+    valid[0] = True
+    first_slot = np.tile(np.arange(size, dtype=np.int32), (items, 1))
+    for item, slot in zip(*np.nonzero(valid)):
+        same = (segments[item, :slot] == segments[item, slot]).all(-1) & (scores[item, :slot] == scores[item, slot])
+        if same.any():
+            first_slot[item, slot] = np.argmax(same)
+    return segments, scores, valid, first_slot
+
+
+@pytest.mark.parametrize("overlap,discrete", CONVENTIONS, ids=CONVENTION_IDS)
+def test_grouping_first_occurrences_only_equals_grouping_all(overlap, discrete):
+    rng = np.random.default_rng(11)
+    segments, scores, valid, first_slot = items_with_repeats(rng)
+    run = jax.jit(group_batch_distinct, static_argnames="num_distinct")
+    use_iou, offset = overlap_settings(overlap, discrete)
+    lengths = segments[..., 1] - segments[..., 0] + (1 if discrete else 0)
+    for threshold in (0.25, 0.6, 1.0):
+        # Grouped on their own: first occurrences, and repeats their first would not absorb
+        # (zero length with continuous lengths; every repeat at threshold 1).
+        own = (first_slot == np.arange(48)) | (lengths <= 0) | (threshold >= 1)
+        distinct = int((own & valid).sum(-1).max())
+        assert distinct < 40 or threshold >= 1  # the repeats are many
+        for num_distinct in (distinct, 48):  # exactly enough columns, and all of them
+            groups = run(segments, scores, valid, first_slot, threshold, use_iou, offset, num_distinct=num_distinct)
+            assert groups.leader.shape == (6, 48)
+            assert_matches_reference(
+                groups, segments, scores, valid, threshold=threshold, overlap=overlap, discrete=discrete
+            )
+
+
+def test_grouping_first_occurrences_only_through_row_compaction():
+    """Enough items (130) that the first occurrences' loop drops finished rows (it stops compacting at 64)."""
+    rng = np.random.default_rng(12)
+    segments, scores, valid, first_slot = items_with_repeats(rng, items=130, size=24)
+    distinct = int(((first_slot == np.arange(24)) & valid).sum(-1).max())
+    groups = jax.jit(group_batch_distinct, static_argnames="num_distinct")(
+        segments, scores, valid, first_slot, 0.25, False, 1, num_distinct=distinct
+    )
+    assert np.ptp(np.asarray(groups.count)) >= 4  # rows finish at different iterations
+    assert_matches_reference(groups, segments, scores, valid, discrete=True)
 
 
 def test_compaction_over_many_items_of_very_different_sizes():
