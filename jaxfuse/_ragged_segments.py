@@ -1,0 +1,202 @@
+"""Closed-form fusion of flat ragged members in segment form: no padded groups, one program per call.
+
+:func:`jaxfuse.fuse_ragged` sends the Gaussian, uniform and exponential
+templates here. Members lie group after group (sorted once on the host by
+:func:`jaxfuse._ragged._layout`, or gathered into that order in the program),
+each carries its group's index, and segment reductions give every group's
+moments in O(N) work whatever the size skew: no bucket holds padding slots,
+and there is one dispatch instead of one per size bucket. The maths is
+:mod:`jaxfuse._templates`' per group, and :func:`jaxfuse._segment_fusion._group_means`'
+for proposals:
+
+* ``g_k = exp((w_k - max w) / T) / sum_i exp((w_i - max w) / T)``: a segment
+  max, then segment sums; free of overflow for tiny T;
+* values are summed as offsets from the group's first member, so that
+  coordinates far from zero lose no precision to cancellation;
+* Gaussian: ``mu = ref + sum g (x - ref)``, ``sigma^2 = sum g (x - mu)^2``
+  (two passes, never ``E[x^2] - E[x]^2``); uniform: segment min and max;
+  exponential: origin = segment min, ``1 / rate = sum g (x - origin)``.
+
+Result codes are :func:`jaxfuse.fuse_groups`': ``INVALID_OPTION`` (a traced
+temperature that is not positive and finite), ``EMPTY_GROUP``,
+``NONFINITE_INPUT`` (a member with a non-finite value or weight), ``OVERFLOW``
+(finite input, a result the dtype cannot hold); failed groups get zeros.
+
+Shapes are bucketed so that varying requests reuse the compiled programs:
+the member count is padded up to one of 8 sizes per octave (at most 12.5%
+padding, at least 2^14 slots) and the group count to a power of two (at least
+2^12). Padding members carry an out-of-range group index, which segment
+reductions drop.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxfuse import _templates
+from jaxfuse._fuse import TEMPLATES, _representable
+from jaxfuse._ragged import _aligned_zeros
+from jaxfuse._result import RESULT_DTYPE, ResultCode
+from jaxfuse._weights import temperature_is_valid
+
+SEGMENT_TEMPLATES = ("gaussian", "uniform", "exponential")
+"""The templates fused in segment form; the others (Laplace, Student-t) keep the size-bucketed padded path."""
+
+MIN_MEMBERS = 1 << 14
+MIN_GROUPS = 1 << 12
+
+
+def padded_members(n: int) -> int:
+    """``n`` rounded up to one of 8 sizes per octave (``k * 2^(b - 4)`` for ``n`` in ``(2^(b-1), 2^b]``), >= 2^14."""
+    n = max(int(n), MIN_MEMBERS)
+    step = 1 << max((n - 1).bit_length() - 4, 0)
+    return -(-n // step) * step
+
+
+def padded_groups(n: int) -> int:
+    """The power of two holding ``n`` groups, at least 2^12."""
+    return 1 << (max(int(n), MIN_GROUPS) - 1).bit_length()
+
+
+class SegmentFusion(NamedTuple):
+    """Per-group and per-member results of :func:`segment_fusion` (padded shapes).
+
+    Attributes:
+        location: ``[groups, K]`` fused values (zeros for failed or empty groups).
+        parameters: the template's parameter NamedTuple, fields ``[groups, K]``.
+        probabilities: ``[members]`` each member's g_k, in the input order.
+        result: ``[groups]`` int32 :class:`ResultCode`.
+    """
+
+    location: jax.Array
+    parameters: tuple
+    probabilities: jax.Array
+    result: jax.Array
+
+
+@functools.partial(jax.jit, static_argnames=("template",))
+def segment_fusion(values, weights, starts, count, order, temperature, *, template: str) -> SegmentFusion:
+    """Fuse flat members, group after group, with one segment reduction per moment.
+
+    Args:
+        values: ``[members, K]`` member values (padding past ``count``: any finite value).
+        weights: ``[members]`` softmax logits.
+        starts: ``[groups]`` int32, each group's first position in group order
+            (ascending; an empty group shares the next group's start; padded
+            groups start at ``count``).
+        count: int32 scalar, the number of real members.
+        order: ``None`` when ``values`` already lie group after group; else
+            ``[members]`` int32, the input position of each group-order
+            position (a permutation: padding maps to itself).
+        temperature: scalar T in the values' dtype (clipped into its normal
+            range here; not positive and finite: ``INVALID_OPTION``).
+        template: ``"gaussian"``, ``"uniform"`` or ``"exponential"``.
+
+    Returns:
+        A :class:`SegmentFusion`.
+    """
+    size, coordinates = values.shape
+    groups = starts.shape[0]
+    dtype = values.dtype
+    temperature_ok = temperature_is_valid(temperature)
+    info = jnp.finfo(dtype)
+    temperature = jnp.clip(temperature, info.tiny, info.max)
+    if order is not None:
+        values, weights = values[order], weights[order]
+
+    member = jnp.arange(size) < count
+    # A member's group: how many group starts lie at or before it, minus one (empty groups share a start, and the
+    # last of those is the non-empty one). Padding gets `groups`, out of range: segment reductions drop it.
+    ids = jnp.cumsum(jnp.zeros(size, jnp.int32).at[starts].add(1, mode="drop")) - 1
+    ids = jnp.where(member, ids, groups)
+    at_group = jnp.minimum(ids, groups - 1)  # for gathers; padding's reads are masked out
+    segment = functools.partial(jax.ops.segment_sum, segment_ids=ids, num_segments=groups, indices_are_sorted=True)
+    segment_max = functools.partial(jax.ops.segment_max, segment_ids=ids, num_segments=groups, indices_are_sorted=True)
+
+    finite_values = jnp.all(jnp.isfinite(values), axis=1)
+    sound = member & finite_values & jnp.isfinite(weights)
+    tallies = segment(jnp.stack([member, member & ~sound], axis=1).astype(jnp.int32))
+    nonempty, finite = tallies[:, 0] > 0, tallies[:, 1] == 0
+    usable = nonempty & finite & temperature_ok
+    # Non-finite members only make their group NONFINITE_INPUT (zeros); they must not poison the arithmetic.
+    x = jnp.where((member & finite_values)[:, None], values, 0)
+
+    largest = segment_max(jnp.where(sound, weights, info.min))
+    reference = x[jnp.clip(starts, 0, size - 1)]  # each group's first member: sums of small offsets
+    largest_at, reference_at = _split(jnp.concatenate([largest[:, None], reference], axis=1)[at_group])
+    # As member_probabilities: the largest logits get exactly 0 (a subnormal T flushed to zero made 0 / 0).
+    below = jnp.where(sound, weights - largest_at, 0)
+    logits = jnp.where(below == 0, 0, below / jnp.where(below == 0, 1, temperature))
+    unnormalised = jnp.where(sound, jnp.exp(logits), 0)
+    offsets = jnp.where(member[:, None], x - reference_at, 0)
+    sums = segment(jnp.concatenate([unnormalised[:, None], unnormalised[:, None] * offsets], axis=1))
+    total = jnp.maximum(sums[:, 0], info.tiny)
+    inverse = jnp.where(usable, 1 / total, 0)
+    mean_offset = sums[:, 1:] / total[:, None]
+
+    if template == "gaussian":
+        inverse_at, mean_offset_at = _split(jnp.concatenate([inverse[:, None], mean_offset], axis=1)[at_group])
+        squares = segment(unnormalised[:, None] * jnp.square(offsets - mean_offset_at))
+        parameters = _templates.GaussianParameters(reference + mean_offset, _templates.safe_sqrt(squares / total[:, None]))
+    else:
+        inverse_at = inverse[at_group]
+        both = segment_max(jnp.where(member[:, None], jnp.concatenate([-x, x], axis=1), -jnp.inf))
+        low, high = -both[:, :coordinates], both[:, coordinates:]
+        if template == "uniform":
+            parameters = _templates.UniformParameters(low, high)
+        else:
+            # sum g (x - origin) as offsets: (first member - origin) + sum g (x - first member).
+            mean_excess = jnp.where(nonempty[:, None], reference - low, 0) + mean_offset
+            parameters = _templates.ExponentialParameters(low, _templates.safe_reciprocal(mean_excess))
+    kernel = TEMPLATES[template]
+    location = kernel.location(parameters)
+
+    result = jnp.where(_representable(kernel, parameters, location), ResultCode.SUCCESSFUL, ResultCode.OVERFLOW)
+    result = jnp.where(finite, result, ResultCode.NONFINITE_INPUT)
+    result = jnp.where(nonempty, result, ResultCode.EMPTY_GROUP)
+    result = jnp.where(temperature_ok, result, ResultCode.INVALID_OPTION).astype(RESULT_DTYPE)
+    kept = result == ResultCode.SUCCESSFUL
+    probabilities = unnormalised * inverse_at
+    # Groups that overflowed (rare) keep no probabilities either: one more gather, only then.
+    probabilities = jax.lax.cond(jnp.any(usable & ~kept),
+                                 lambda: unnormalised * jnp.where(kept, inverse, 0)[at_group], lambda: probabilities)
+    if order is not None:
+        probabilities = jnp.zeros_like(probabilities).at[order].set(probabilities, unique_indices=True)
+
+    def zero_if_failed(leaf):
+        return jnp.where(kept[:, None], leaf, jnp.zeros_like(leaf))
+
+    return SegmentFusion(zero_if_failed(location), jax.tree_util.tree_map(zero_if_failed, parameters),
+                         probabilities, result)
+
+
+def _split(columns):
+    """A gathered ``[N, 1 + K]`` table as its first column ``[N]`` and the rest ``[N, K]``."""
+    return columns[:, 0], columns[:, 1:]
+
+
+def compile_count() -> int:
+    """How many executables :func:`segment_fusion` has compiled in this process."""
+    return segment_fusion._cache_size()
+
+
+def host_inputs(values: np.ndarray, weights: np.ndarray, layout, dtype):
+    """Padded, 64-byte aligned host buffers for :func:`segment_fusion` (values and weights cast to ``dtype``)."""
+    members, coordinates = values.shape
+    size, groups = padded_members(members), padded_groups(layout.sizes.size)
+    padded_values = _aligned_zeros((size, coordinates), dtype)
+    padded_values[:members] = values
+    padded_weights = _aligned_zeros((size,), dtype)
+    padded_weights[:members] = weights
+    starts = np.full(groups, members, np.int32)
+    starts[: layout.starts.size] = layout.starts
+    order = None
+    if layout.order is not None:
+        order = np.arange(size, dtype=np.int32)
+        order[:members] = layout.order
+    return padded_values, padded_weights, starts, np.int32(members), order
