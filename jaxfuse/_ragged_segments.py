@@ -105,7 +105,8 @@ def segment_fusion(values, weights, ids, starts, sizes, order, temperature, *, t
     groups = starts.shape[0]
     info = jnp.finfo(values.dtype)
     temperature_ok = temperature_is_valid(temperature)
-    temperature = jnp.clip(temperature, info.tiny, info.max)
+    # A bad T is replaced by a harmless one: its groups get zeros, and no NaN is ever computed.
+    temperature = jnp.where(temperature_ok, jnp.clip(temperature, info.tiny, info.max), 1)
     if order is not None:
         values, weights = values[order], weights[order]
 
@@ -159,6 +160,9 @@ def segment_fusion(values, weights, ids, starts, sizes, order, temperature, *, t
         else:
             # sum g (x - origin) as offsets: (first member - origin) + sum g (x - first member).
             mean_excess = jnp.where(nonempty[:, None], reference - low, 0) + mean_offset
+            # inf - inf: offsets that overflowed; as an infinite excess the location overflows (rate 0), as
+            # fuse_groups finds, instead of a NaN excess read as the documented point mass (rate +inf).
+            mean_excess = jnp.where(jnp.isnan(mean_excess), jnp.inf, mean_excess)
             parameters = _templates.ExponentialParameters(low, _templates.safe_reciprocal(mean_excess))
     kernel = TEMPLATES[template]
     location = kernel.location(parameters)
