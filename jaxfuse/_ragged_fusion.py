@@ -1,4 +1,4 @@
-"""Flat ragged members in, one fused instance per group out: size-bucketed packing + fusion + unpacking."""
+"""Flat ragged members in, one fused instance per group out: segment form (closed forms) or size buckets."""
 
 from __future__ import annotations
 
@@ -82,16 +82,23 @@ def fuse_ragged(
     max_slots: int = 1 << 20,
     **template_options,
 ) -> RaggedFusion:
-    r"""Fuse flat ragged members into one instance per group, groups packed by size.
+    r"""Fuse flat ragged members into one instance per group.
 
-    The default path for ragged input: members are split into power-of-two
-    size buckets (:func:`pack_ragged`), each bucket is fused by
+    The closed forms (``"gaussian"``, ``"uniform"``, ``"exponential"``) are
+    computed in segment form on the flat members (:mod:`jaxfuse._ragged_segments`):
+    members sorted by group (no sort when they already come group by group),
+    a segment max of the weights, then one segment sum of every moment, in
+    one program with no padded groups. Its shapes are bucketed (members: 8
+    sizes an octave, at least 2^14; groups: powers of two, at least 2^12), so
+    one compile per bucket and input order: 1 for 200,000 Zipf groups.
+
+    Laplace and Student-t go by size buckets: members are split into
+    power-of-two size buckets (:func:`pack_ragged`), each bucket is fused by
     :func:`fuse_groups` and the results come back in the caller's group
     order. Padding stays under about 4x the members whatever the size skew,
     and each bucket's shape is a power of two, so varying sizes reuse the
     compiled programs: one per (rows, capacity) shape met, at most
-    ``log2(largest group / min_members) + 1`` per call; 9 for 200,000 Zipf
-    groups up to 256 members, 12 over a stream of 1,000 random-size requests
+    ``log2(largest group / min_members) + 1`` per call
     (``benchmarks/test_bench_ragged.py``).
 
     Each group's result equals fusing that group alone (see
@@ -109,7 +116,8 @@ def fuse_ragged(
         throw: raise ``RuntimeError`` when a non-empty group failed, instead of
             reporting it in ``result``.
         min_members, min_slots, merge_slots, max_slots: bucket floors,
-            merging and splitting, see :func:`pack_ragged`.
+            merging and splitting of the size-bucketed path (Laplace,
+            Student-t), see :func:`pack_ragged`; checked for every template.
         **template_options: as for :func:`fuse_groups` (``df``, ``max_steps``,
             ... for ``"student_t"``).
 
