@@ -193,8 +193,13 @@ def _fuse_program(values, weights, mask, temperature, temperature_ok, *, templat
 
 
 def compile_count() -> int:
-    """How many executables the fusion kernel has compiled in this process (shapes x templates x dtypes)."""
-    return _fuse_program._cache_size()
+    """How many executables the fusion kernels have compiled in this process (shapes x templates x dtypes).
+
+    Counts :func:`fuse_groups`' programs and :func:`jaxfuse.fuse_ragged`'s segment-form ones.
+    """
+    from jaxfuse import _ragged_segments  # imports this module
+
+    return _fuse_program._cache_size() + _ragged_segments.compile_count()
 
 
 def _template_options(template: str, options: dict[str, Any]):

@@ -1,4 +1,4 @@
-"""Flat ragged members in, one fused instance per group out: size-bucketed packing + fusion + unpacking."""
+"""Flat ragged members in, one fused instance per group out: segment form (closed forms) or size buckets."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np
 from jaxfuse._fuse import TEMPLATES, _template_options, fuse_groups
 from jaxfuse._interop import ArrayKind, array_kind, from_jax, source_dtype, warn_if_narrowed
 from jaxfuse._presets import DEFAULT
-from jaxfuse._ragged import _pack_ragged, unpack_ragged, unpack_ragged_members
+from jaxfuse._ragged import _check_floors, _layout, _members, _pack_ragged, unpack_ragged, unpack_ragged_members
+from jaxfuse._ragged_segments import SEGMENT_TEMPLATES, host_inputs, segment_fusion
 from jaxfuse._result import RESULT_DTYPE, ResultCode, raise_for_results
 from jaxfuse._student_t import StudentTParameters
 from jaxfuse._templates import (
@@ -81,16 +82,23 @@ def fuse_ragged(
     max_slots: int = 1 << 20,
     **template_options,
 ) -> RaggedFusion:
-    r"""Fuse flat ragged members into one instance per group, groups packed by size.
+    r"""Fuse flat ragged members into one instance per group.
 
-    The default path for ragged input: members are split into power-of-two
-    size buckets (:func:`pack_ragged`), each bucket is fused by
+    The closed forms (``"gaussian"``, ``"uniform"``, ``"exponential"``) are
+    computed in segment form on the flat members (:mod:`jaxfuse._ragged_segments`):
+    members sorted by group (no sort when they already come group by group),
+    a segment max of the weights, then one segment sum of every moment, in
+    one program with no padded groups. Its shapes are bucketed (members: 8
+    sizes an octave, at least 2^14; groups: powers of two, at least 2^12), so
+    one compile per bucket and input order: 1 for 200,000 Zipf groups.
+
+    Laplace and Student-t go by size buckets: members are split into
+    power-of-two size buckets (:func:`pack_ragged`), each bucket is fused by
     :func:`fuse_groups` and the results come back in the caller's group
     order. Padding stays under about 4x the members whatever the size skew,
     and each bucket's shape is a power of two, so varying sizes reuse the
     compiled programs: one per (rows, capacity) shape met, at most
-    ``log2(largest group / min_members) + 1`` per call; 9 for 200,000 Zipf
-    groups up to 256 members, 12 over a stream of 1,000 random-size requests
+    ``log2(largest group / min_members) + 1`` per call
     (``benchmarks/test_bench_ragged.py``).
 
     Each group's result equals fusing that group alone (see
@@ -108,7 +116,8 @@ def fuse_ragged(
         throw: raise ``RuntimeError`` when a non-empty group failed, instead of
             reporting it in ``result``.
         min_members, min_slots, merge_slots, max_slots: bucket floors,
-            merging and splitting, see :func:`pack_ragged`.
+            merging and splitting of the size-bucketed path (Laplace,
+            Student-t), see :func:`pack_ragged`; checked for every template.
         **template_options: as for :func:`fuse_groups` (``df``, ``max_steps``,
             ... for ``"student_t"``).
 
@@ -144,9 +153,16 @@ def fuse_ragged(
         raise TypeError("`temperature` is traced: fuse_ragged packs on the host, so call it outside jit")
     _template_options(template, template_options)  # errors before any packing
 
-    packed = _pack_ragged(_host(values), _host(weights), None if group_ids is None else _host(group_ids),
-                          None if lengths is None else _host(lengths), min_members, min_slots, merge_slots, max_slots,
-                          with_index=False)
+    host_ids, host_lengths = (None if x is None else _host(x) for x in (group_ids, lengths))
+    _check_floors(min_members, min_slots, merge_slots, max_slots)
+    if template in SEGMENT_TEMPLATES:
+        out = _fuse_segments(_host(values), _host(weights), host_ids, host_lengths, template, temperature,
+                             jnp.result_type(source_dtype(values, "values"), source_dtype(weights, "weights")))
+        warn_if_narrowed(np.result_type(source_dtype(values, "values"), source_dtype(weights, "weights")))
+        return _finish(out, kind, throw)
+
+    packed = _pack_ragged(_host(values), _host(weights), host_ids, host_lengths, min_members, min_slots, merge_slots,
+                          max_slots, with_index=False)
     warn_if_narrowed(np.result_type(source_dtype(values, "values"), source_dtype(weights, "weights")))
     # device_put of the aligned packed buffers is zero-copy on CPU (fuse_groups' jnp.asarray would copy them).
     fused = [fuse_groups(*jax.device_put((batch.values, batch.weights, batch.mask)), template=template,
@@ -174,6 +190,35 @@ def fuse_ragged(
         steps=per_group(lambda f: f.steps, (), np.int32),
         group_ids=packed.group_ids,
     )
+    return _finish(out, kind, throw)
+
+
+def _fuse_segments(values, weights, group_ids, lengths, template: str, temperature, dtype) -> RaggedFusion:
+    """The closed forms on the flat members in segment form (:mod:`jaxfuse._ragged_segments`): numpy results."""
+    values, weights = _members(values, weights)
+    layout = _layout(values.shape[0], group_ids, lengths)
+    info = jnp.finfo(dtype)
+    # Clipped on the host into the dtype's normal range, as fuse_groups does (a subnormal T would round to zero).
+    temperature = np.asarray(min(max(float(temperature), float(info.tiny)), float(info.max)), dtype)
+    fused = segment_fusion(*jax.device_put(host_inputs(values, weights, layout, dtype)), temperature,
+                           template=template)
+    groups, members = layout.sizes.size, values.shape[0]
+
+    def per_group(x):  # copies: the device's host buffers are read-only
+        return np.array(np.asarray(x)[:groups])
+
+    return RaggedFusion(
+        location=per_group(fused.location),
+        parameters=jax.tree_util.tree_map(per_group, fused.parameters),
+        probabilities=np.array(np.asarray(fused.probabilities)[:members]),
+        result=per_group(fused.result),
+        steps=np.zeros(groups, np.int32),
+        group_ids=layout.group_ids,
+    )
+
+
+def _finish(out: RaggedFusion, kind: ArrayKind, throw: bool) -> RaggedFusion:
+    """Raise for failed groups when asked; numpy results converted to the caller's array kind."""
     if throw:
         raise_for_results(np.where(out.result == ResultCode.EMPTY_GROUP, ResultCode.SUCCESSFUL, out.result))
     if kind is ArrayKind.NUMPY:

@@ -7,6 +7,7 @@ import pytest
 from conftest import fuse_in_shared_shape, tolerance
 
 import jaxfuse
+from jaxfuse._ragged_segments import SEGMENT_TEMPLATES, padded_groups, padded_members
 
 
 def test_pack_then_fuse_equals_fusing_each_group_alone():
@@ -173,16 +174,20 @@ def test_gaussian_matches_a_float64_reduceat_reference_and_keeps_lengths_order()
     np.testing.assert_allclose(fused.probabilities, g, rtol=2e-5, atol=1e-7)
 
 
-def test_permuting_members_and_groups_changes_nothing():
+@pytest.mark.parametrize("template", SEGMENT_TEMPLATES)
+def test_permuting_members_and_groups_changes_nothing(template):
     rng = np.random.default_rng(52)
     sizes = rng.integers(1, 17, size=25)
     values, weights = ragged_members(rng, sizes)
     labels = shuffled_labels(rng, sizes)
-    fused = jaxfuse.fuse_ragged(values, weights, labels, **SMALL_BUCKETS)
+    fused = jaxfuse.fuse_ragged(values, weights, labels, template=template, **SMALL_BUCKETS)
     permutation = rng.permutation(labels.size)
-    permuted = jaxfuse.fuse_ragged(values[permutation], weights[permutation], labels[permutation], **SMALL_BUCKETS)
+    permuted = jaxfuse.fuse_ragged(values[permutation], weights[permutation], labels[permutation],
+                                   template=template, **SMALL_BUCKETS)
     np.testing.assert_array_equal(permuted.group_ids, fused.group_ids)
     np.testing.assert_allclose(permuted.location, fused.location, rtol=2e-5, atol=2e-5 * np.abs(values).max())
+    for ours, theirs in zip(permuted.parameters, fused.parameters):
+        np.testing.assert_allclose(ours, theirs, rtol=2e-5, atol=2e-5 * np.abs(values).max())
     np.testing.assert_allclose(permuted.probabilities, fused.probabilities[permutation], rtol=2e-5, atol=1e-7)
 
 
@@ -334,11 +339,23 @@ def test_random_ragged_requests_compile_once_per_bucket():
     for _ in range(40):
         sizes = np.minimum(rng.zipf(1.8, size=rng.integers(1, 400)), 40)
         values, weights = ragged_members(rng, sizes, coordinates=3)
-        packed = jaxfuse.pack_ragged(values, weights, lengths=sizes)
-        shapes |= {b.values.shape for b in packed.batches}
-        jaxfuse.fuse_ragged(values, weights, lengths=sizes)
-    # Most requests are one merged batch; 5 shapes here ([8192, 2] ... [256, 64], [512, 64]), the floors hold the rows.
-    assert jaxfuse.compile_count() - before <= len(shapes) <= 5
+        labels = None if rng.uniform() < 0.5 else shuffled_labels(rng, sizes)
+        jaxfuse.fuse_ragged(values, weights, labels, lengths=None if labels is not None else sizes)
+        in_order = labels is None or (np.diff(labels) >= 0).all()
+        shapes.add((padded_members(sizes.sum()), padded_groups(sizes.size), in_order))
+    # The closed forms run in segment form, one program per (members, groups) bucket and input order:
+    # every request here fits the floors (2^14 members, 2^12 groups).
+    assert jaxfuse.compile_count() - before <= len(shapes) == 2
+
+
+def test_padded_sizes_are_few_per_octave_and_close_above_the_floors():
+    sizes = np.unique(np.r_[1, np.geomspace(2, 1e7, 400).astype(int), 2**14, 2**14 + 1, 2**20, 2**20 + 1])
+    members = np.array([padded_members(n) for n in sizes])
+    assert (members >= np.maximum(sizes, 2**14)).all() and (np.diff(members) >= 0).all()
+    assert (members[sizes > 2**14] <= 1.125 * sizes[sizes > 2**14]).all()
+    above = np.unique(members[(sizes > 2**20) & (sizes <= 2**21)])
+    assert above.size == 8 and members[sizes <= 2**14].max() == 2**14
+    assert [padded_groups(n) for n in (0, 1, 4096, 4097, 200_000)] == [4096, 4096, 4096, 8192, 262_144]
 
 
 def test_torch_in_torch_out():
@@ -370,3 +387,84 @@ def test_group_order_is_numpys_stable_argsort_for_every_id_dtype_and_span(dtype,
     expected = np.concatenate([np.flatnonzero(ids == packed.group_ids[i]) for b, index in
                                zip(packed.batches, packed.group_index) for i in index])
     np.testing.assert_array_equal(by_group, values[expected])
+
+
+# ------------------------------------------------------------------ segment form (gaussian, uniform, exponential)
+
+
+def test_segment_form_keeps_precision_far_from_zero():
+    # Frame indices near 1e6 in float32 (ulp 0.06), groups a few frames wide: sums of offsets from a member of
+    # the group lose nothing to cancellation (E[x^2] - E[x]^2 about zero would lose all of the variance).
+    rng = np.random.default_rng(62)
+    sizes = rng.integers(2, 17, size=30)
+    centres = np.repeat(rng.uniform(1e6, 2e6, size=sizes.size), sizes)
+    values = (centres + rng.uniform(0, 8, size=sizes.sum())).astype(np.float32)
+    weights = rng.uniform(size=sizes.sum()).astype(np.float32)
+    fused = jaxfuse.fuse_ragged(values, weights, lengths=sizes, temperature=0.3)
+    starts = np.cumsum(sizes) - sizes
+    x = values.astype(np.float64)
+    logits = weights.astype(np.float64) / 0.3
+    g = np.exp(logits - np.repeat(np.maximum.reduceat(logits, starts), sizes))
+    g /= np.repeat(np.add.reduceat(g, starts), sizes)
+    mean = np.add.reduceat(g * x, starts)
+    std = np.sqrt(np.add.reduceat(g * (x - np.repeat(mean, sizes)) ** 2, starts))
+    np.testing.assert_allclose(fused.location[:, 0], mean, rtol=0, atol=0.25)  # 4 ulps of 2e6
+    np.testing.assert_allclose(fused.parameters.scale[:, 0], std, rtol=1e-5, atol=1e-5)
+
+
+# Groups fused alone by fuse_groups decide the codes: finite, NaN value, infinite weight, empty, values overflowing
+# the offsets (and the uniform's half-width), a single member, all members at one point (exponential rate +inf).
+_BIG = np.float32(3e38)
+_CODE_GROUPS = [
+    ([[1.0, 2.0], [3.0, 5.0], [2.0, 2.0]], [0.1, 0.5, 0.3]),
+    ([[1.0, 2.0], [np.nan, 5.0]], [0.1, 0.5]),
+    ([[1.0, 2.0], [3.0, 5.0]], [np.inf, 0.5]),
+    ([], []),
+    ([[_BIG, 1.0], [-_BIG, 2.0], [_BIG, 3.0]], [0.2, 0.2, 0.2]),
+    ([[7.0, -7.0]], [0.9]),
+    ([[4.0, 4.0], [4.0, 4.0]], [0.1, 0.7]),
+]
+
+
+@pytest.mark.parametrize("temperature", [0.3, 1e-30])
+@pytest.mark.parametrize("template", SEGMENT_TEMPLATES)
+def test_segment_form_result_codes_and_outputs_equal_fuse_groups(template, temperature):
+    sizes = np.array([len(v) for v, _ in _CODE_GROUPS])
+    values = np.concatenate([np.reshape(v, (-1, 2)) for v, _ in _CODE_GROUPS]).astype(np.float32)
+    weights = np.concatenate([w for _, w in _CODE_GROUPS]).astype(np.float32)
+    fused = jaxfuse.fuse_ragged(values, weights, lengths=sizes, template=template, temperature=temperature)
+
+    alone_values = np.zeros((sizes.size, 16, 2), np.float32)
+    alone_weights = np.zeros((sizes.size, 16), np.float32)
+    alone_mask = np.arange(16) < sizes[:, None]
+    for row, (v, w) in enumerate(_CODE_GROUPS):
+        alone_values[row, : len(v)], alone_weights[row, : len(w)] = np.reshape(v, (-1, 2)), w
+    alone = fuse_in_shared_shape(jaxfuse.fuse_groups, alone_values, alone_weights, alone_mask, template=template,
+                                 temperature=temperature)
+    codes = jaxfuse.ResultCode
+    assert codes.NONFINITE_INPUT in fused.result and codes.EMPTY_GROUP in fused.result
+    np.testing.assert_array_equal(fused.result, alone.result)
+    np.testing.assert_allclose(fused.location, alone.location, rtol=2e-6, atol=1e-6)
+    for ours, theirs in zip(fused.parameters, alone.parameters):
+        np.testing.assert_allclose(ours, theirs, rtol=2e-6, atol=1e-6)
+    starts = np.cumsum(sizes) - sizes
+    for row, size in enumerate(sizes):
+        np.testing.assert_allclose(fused.probabilities[starts[row] : starts[row] + size],
+                                   alone.probabilities[row, :size], rtol=2e-6, atol=1e-7)
+
+
+def test_segment_form_reports_a_bad_traced_temperature_on_every_group():
+    # fuse_ragged rejects a bad concrete temperature; the program itself (traced T) answers INVALID_OPTION.
+    from jaxfuse._ragged import _layout
+    from jaxfuse._ragged_segments import host_inputs, segment_fusion
+
+    rng = np.random.default_rng(63)
+    sizes = np.array([3, 1, 4])
+    values, weights = ragged_members(rng, sizes)
+    inputs = host_inputs(values, weights, _layout(sizes.sum(), None, sizes), np.float32)
+    for temperature in (np.nan, -0.2, 0.0, np.inf):
+        fused = segment_fusion(*inputs, np.float32(temperature), template="gaussian")
+        assert (np.asarray(fused.result)[:3] == jaxfuse.ResultCode.INVALID_OPTION).all()
+        assert not np.asarray(fused.location).any() and not np.asarray(fused.probabilities).any()
+    good = segment_fusion(*inputs, np.float32(0.2), template="gaussian")
+    assert (np.asarray(good.result)[:3] == jaxfuse.ResultCode.SUCCESSFUL).all()

@@ -16,7 +16,7 @@ from jaxfuse.bench.timing import time_call
 
 
 def _pack_by_size(ragged: RaggedMembers) -> list:
-    """``pack_ragged``: one padded batch per power-of-two size bucket (what ``fuse_ragged`` runs)."""
+    """``pack_ragged``: one padded batch per power-of-two size bucket (``fuse_ragged``'s Laplace and Student-t path)."""
     return list(pack_ragged(ragged.values, ragged.weights, lengths=ragged.lengths).batches)
 
 
@@ -72,7 +72,7 @@ def measure_ragged(sizes: Sizes) -> Section:
                      repeats=sizes.baseline_repeats, min_seconds=min(0.05, sizes.min_seconds),
                      max_seconds=2 * sizes.max_seconds, max_rounds=20)
     speedup = flat.median / end_to_end.median
-    section.rows.append(["fuse_ragged end to end", "(by size)", "", "", format_seconds(end_to_end.median),
+    section.rows.append(["fuse_ragged end to end", "(segment form)", "", "", format_seconds(end_to_end.median),
                          format_seconds(flat.median) + " (reduceat)", format_ratio(speedup), format_ratio(speedup)])
     section.data["fuse_ragged"] = dict(seconds=end_to_end.median, numpy_reduceat_seconds=flat.median, speedup=speedup)
     return section
