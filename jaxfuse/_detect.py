@@ -78,6 +78,7 @@ from jaxfuse._cas import (
     max_runs_per_threshold,
 )
 from jaxfuse._evaluate import Detections
+from jaxfuse._executable_cache import stored_executable
 from jaxfuse._grouping import overlap_settings, raise_for_value_problems
 from jaxfuse._interop import _is_torch_tensor, array_kind, from_jax, to_jax
 from jaxfuse._presets import resolve_settings
@@ -224,6 +225,7 @@ def _slots(n: int, minimum: int = _MIN_BUCKET) -> int:
     return size
 
 
+@functools.partial(stored_executable, static_argnames=("padded_length", "min_length"))
 @functools.partial(jax.jit, static_argnames=("padded_length", "min_length"))
 def _item_sequences(cas, length, video_index, class_index, item_valid, levels, *, padded_length, min_length):
     """Each item's CAS ``[I, padded_length]`` (zero outside its video), and how many proposal slots it needs.
@@ -265,6 +267,7 @@ def _item_sequences(cas, length, video_index, class_index, item_valid, levels, *
     return sequences, item_length, largest_count, first_bad
 
 
+@functools.partial(stored_executable, static_argnames=("convention", "min_length", "max_proposals"))
 @functools.partial(jax.jit, static_argnames=("convention", "min_length", "max_proposals"))
 def _item_proposals(sequences, item_length, levels, *, convention, min_length, max_proposals):
     """:func:`jaxfuse.proposals_from_cas` of the items, with ``max_proposals`` slots each.
@@ -295,6 +298,7 @@ def _comparable_levels(levels: tuple[float, ...], dtype) -> np.ndarray:
     return np.where(narrow > exact, np.nextafter(narrow, np.array(-np.inf, dtype)), narrow)
 
 
+@functools.partial(stored_executable, static_argnames=("num_videos", "num_classes", "size"))
 @functools.partial(jax.jit, static_argnames=("num_videos", "num_classes", "size"))
 def _dense_detections(fused_segments, fused_scores, fused_spread, fused_count, num_found, num_kept,
                       video_index, class_index, item_valid, *, num_videos, num_classes, size):
