@@ -399,7 +399,11 @@ def _lane_mask(keep, leaf):
     return keep.reshape(keep.shape + (1,) * (leaf.ndim - 1))
 
 
-_FIRST_PHASE_STEPS = 8
+# Joint steps before the stragglers are compacted. Most lanes converge in 3-5
+# steps (median 4 on THUMOS-like groups); 5 joint steps then chunks of 1/8 of
+# the lanes took 92 ms for 10,000 x 32 x 3 against 118 ms with 8 (4 or 6 and
+# chunks of 1/4 or 1/6: 90-101 ms; 3 joint steps: 102 ms).
+_FIRST_PHASE_STEPS = 5
 _STRAGGLER_FRACTION = 8
 
 
