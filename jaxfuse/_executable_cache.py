@@ -80,9 +80,8 @@ def _environment() -> tuple:
             jax.device_count())
 
 
-def _store_directory() -> Path | None:
-    directory = compilation_cache_status().directory
-    return None if directory is None else Path(directory) / _SUBDIRECTORY
+def _store_directory(cache_directory: str) -> Path:
+    return Path(cache_directory) / _SUBDIRECTORY
 
 
 def _leaf_signature(leaf: Any, device) -> tuple | None:
@@ -90,13 +89,14 @@ def _leaf_signature(leaf: Any, device) -> tuple | None:
     if isinstance(leaf, jax.core.Tracer):
         return None
     if isinstance(leaf, jax.Array):
-        if not leaf.is_fully_addressable or leaf.devices() != {device} or len(leaf.sharding.device_set) != 1:
+        sharding = leaf.sharding
+        if not isinstance(sharding, jax.sharding.SingleDeviceSharding) or sharding.device_set != {device}:
             return None
-        return ("jax", leaf.shape, str(leaf.dtype), bool(leaf.weak_type))
+        return ("jax", leaf.shape, leaf.dtype, bool(leaf.weak_type))
     if isinstance(leaf, np.ndarray):
-        return ("numpy", leaf.shape, str(leaf.dtype))
+        return ("numpy", leaf.shape, leaf.dtype)
     if isinstance(leaf, np.generic):
-        return ("numpy scalar", str(leaf.dtype))
+        return ("numpy scalar", leaf.dtype)
     if isinstance(leaf, (bool, int, float, complex)):
         return ("python", type(leaf).__name__)
     return None
@@ -165,7 +165,7 @@ def stored_executable(jitted: Callable, *, static_argnames: tuple[str, ...] = ()
 
     @functools.wraps(jitted)
     def call(*args, **kwargs):
-        directory = _store_directory()
+        directory = compilation_cache_status().directory
         if directory is None or jax.config.jax_disable_jit:
             return jitted(*args, **kwargs)
         statics = tuple(sorted((key, kwargs.pop(key)) for key in static_argnames if key in kwargs))
@@ -178,11 +178,12 @@ def stored_executable(jitted: Callable, *, static_argnames: tuple[str, ...] = ()
                 return jitted(*args, **kwargs, **dict(statics))
             signature.append(leaf_signature)
         options = tuple(getattr(jax.config, option, None) for option in _TRACING_OPTIONS)
-        key = (str(tree), tuple(signature), repr(statics), options)
+        # In memory the tree and statics key as themselves (hashable); on disk as their text.
+        key = (tree, tuple(signature), statics, options)
         executable = in_memory.get(key)
         if executable is not None:
             return executable(*args, **kwargs)
-        executable, path = _executable(directory, key, args, kwargs, dict(statics))
+        executable, path = _executable(_store_directory(directory), key, args, kwargs, dict(statics))
         if path is None:
             in_memory[key] = executable
             return executable(*args, **kwargs)
@@ -193,13 +194,15 @@ def stored_executable(jitted: Callable, *, static_argnames: tuple[str, ...] = ()
         except jax.errors.JaxRuntimeError:
             with contextlib.suppress(OSError):
                 path.unlink()
-            executable, _ = _executable(directory, key, args, kwargs, dict(statics))
+            executable, _ = _executable(_store_directory(directory), key, args, kwargs, dict(statics))
             result = executable(*args, **kwargs)
         in_memory[key] = executable
         return result
 
     def _executable(directory: Path, key, args, kwargs, statics):
-        digest = hashlib.sha256(repr((_environment(), name, key)).encode()).hexdigest()
+        tree, signature, statics_key, options = key
+        text = repr((_environment(), name, str(tree), signature, repr(statics_key), options))
+        digest = hashlib.sha256(text.encode()).hexdigest()
         path = directory / f"{digest}.bin"
         if path.exists():
             try:
