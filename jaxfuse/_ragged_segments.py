@@ -11,8 +11,9 @@ for proposals:
 
 * ``g_k = exp((w_k - max w) / T) / sum_i exp((w_i - max w) / T)``: a segment
   max, then segment sums; free of overflow for tiny T;
-* values are summed as offsets from the group's first member, so that
-  coordinates far from zero lose no precision to cancellation;
+* values are summed as offsets from the group's most probable member, so
+  that coordinates far from zero lose no precision to cancellation and the
+  Gaussian's one-pass variance about it stays within (1 + n) ulps;
 * Gaussian: ``mu = ref + sum g (x - ref)``, ``sigma^2 = sum g (x - mu)^2``
   (two passes, never ``E[x^2] - E[x]^2``); uniform: segment min and max;
   exponential: origin = segment min, ``1 / rate = sum g (x - origin)``.
@@ -129,9 +130,18 @@ def segment_fusion(values, weights, ids, starts, sizes, order, temperature, *, t
     x = jnp.where((member & finite_values)[:, None], values, 0)
 
     largest = segment_max(_materialised(jnp.where(sound, weights, info.min)))
-    reference = x[jnp.clip(starts, 0, size - 1)]  # [groups, K] each group's first member: sums of small offsets
-    gathered = per_member(jnp.concatenate([largest[:, None], reference], axis=1))
-    largest_at, reference_at = gathered[:, 0], gathered[:, 1:]
+    largest_at = per_member(largest[:, None])[:, 0]
+    # Offsets are taken from each group's most probable member c (its first on ties): then
+    # (mu - c)^2 <= sigma^2 / g_c, so the Gaussian's sum g (x - c)^2 - (mu - c)^2 loses at most
+    # about (1 + 1 / g_c) <= (1 + n) ulps of sigma^2. Any other member (the first, say) can sit
+    # far from a mass concentrated elsewhere, and the difference then cancels to noise.
+    position = jnp.arange(size, dtype=jnp.int32)
+    most_probable = jax.ops.segment_min(
+        jnp.where(sound & (weights == largest_at), position, size), ids, num_segments=groups, indices_are_sorted=True
+    )
+    most_probable = jnp.where(most_probable < size, most_probable, jnp.clip(starts, 0, size - 1))
+    reference = x[most_probable]  # [groups, K]
+    reference_at = per_member(reference)
     # As member_probabilities: the largest logits get exactly 0 (a subnormal T flushed to zero made 0 / 0).
     below = jnp.where(sound, weights - largest_at, 0)
     logits = jnp.where(below == 0, 0, below / jnp.where(below == 0, 1, temperature))
@@ -146,8 +156,8 @@ def segment_fusion(values, weights, ids, starts, sizes, order, temperature, *, t
     mean_offset = sums[:, 1 : 1 + coordinates] / total[:, None]
 
     if template == "gaussian":
-        # About the first member: sum g (x - ref)^2 - (sum g (x - ref))^2 = sum g (x - mu)^2, with offsets of
-        # the order of the group's spread, so no cancellation of large coordinates (E[x^2] - E[x]^2 would).
+        # About the most probable member: sum g (x - c)^2 - (sum g (x - c))^2 = sum g (x - mu)^2, bounded
+        # cancellation (see above; E[x^2] - E[x]^2 would cancel large coordinates catastrophically).
         squares = sums[:, 1 + coordinates : 1 + 2 * coordinates] / total[:, None]
         variance = squares - jnp.square(mean_offset)
         parameters = _templates.GaussianParameters(reference + mean_offset, _templates.safe_sqrt(variance))
@@ -158,7 +168,7 @@ def segment_fusion(values, weights, ids, starts, sizes, order, temperature, *, t
         if template == "uniform":
             parameters = _templates.UniformParameters(low, high)
         else:
-            # sum g (x - origin) as offsets: (first member - origin) + sum g (x - first member).
+            # sum g (x - origin) as offsets: (c - origin) + sum g (x - c).
             mean_excess = jnp.where(nonempty[:, None], reference - low, 0) + mean_offset
             # inf - inf: offsets that overflowed; as an infinite excess the location overflows (rate 0), as
             # fuse_groups finds, instead of a NaN excess read as the documented point mass (rate +inf).

@@ -412,6 +412,34 @@ def test_segment_form_keeps_precision_far_from_zero():
     np.testing.assert_allclose(fused.parameters.scale[:, 0], std, rtol=1e-5, atol=1e-5)
 
 
+def test_segment_form_variance_stays_exact_when_the_first_member_is_a_far_light_outlier():
+    # Mass concentrated (small T) on members far from each group's first member: a one-pass variance about the
+    # first member cancels to noise (0.15 instead of 5e-4 on the example); about the most probable member
+    # its error is bounded by (1 + n) ulps. Reference: the two-pass float64 formula.
+    rng = np.random.default_rng(63)
+    sizes = rng.integers(3, 12, size=40)
+    values, weights = [], []
+    for size in sizes:
+        centre = rng.uniform(0, 3000)
+        group = centre + rng.uniform(0, 0.01, size=size)
+        group[0] = centre - rng.uniform(500, 1000)  # far outlier first, with the lowest weight
+        values.append(group)
+        weights.append(np.concatenate([[0.0], rng.uniform(0.5, 1.0, size=size - 1)]))
+    values = np.concatenate(values).astype(np.float32)[:, None]
+    weights = np.concatenate(weights).astype(np.float32)
+    temperature = 0.01
+    fused = jaxfuse.fuse_ragged(values, weights, lengths=sizes, temperature=temperature)
+    starts = np.cumsum(sizes) - sizes
+    x, logits = values[:, 0].astype(np.float64), weights.astype(np.float64) / temperature
+    g = np.exp(logits - np.repeat(np.maximum.reduceat(logits, starts), sizes))
+    g /= np.repeat(np.add.reduceat(g, starts), sizes)
+    mean = np.add.reduceat(g * x, starts)
+    std = np.sqrt(np.add.reduceat(g * (x - np.repeat(mean, sizes)) ** 2, starts))
+    assert np.all(std < 0.01)
+    np.testing.assert_allclose(fused.parameters.scale[:, 0], std, rtol=2e-3, atol=2e-4)
+    np.testing.assert_allclose(fused.location[:, 0], mean, rtol=0, atol=1e-3)
+
+
 # Groups fused alone by fuse_groups decide the codes: finite, NaN value, infinite weight, empty, values overflowing
 # the offsets (and the uniform's half-width), a single member, all members at one point (exponential rate +inf).
 _BIG = np.float32(3e38)
