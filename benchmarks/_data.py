@@ -8,9 +8,14 @@ builder is seeded: the same arguments give the same arrays in every run.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -132,3 +137,20 @@ def result_counts(result) -> dict[str, int]:
 def finite_positive(value: float | None) -> bool:
     """A measured number that can be divided by."""
     return value is not None and math.isfinite(value) and value > 0
+
+
+def first_call_in_fresh_process(benchmark, script: str, *arguments: str) -> Any:
+    """Run ``python -c script arguments`` once in a fresh interpreter with an empty compilation cache, timed by
+    ``benchmark``; the JSON its last stdout line holds.
+
+    jaxfuse comes from this checkout; ``JAXFUSE_COMPILATION_CACHE`` and ``JAX_COMPILATION_CACHE_DIR`` both name
+    the new temporary cache, so neither jaxfuse's nor a caller's own JAX cache can serve the first call.
+    """
+    with tempfile.TemporaryDirectory() as cache:
+        environment = dict(os.environ, JAXFUSE_COMPILATION_CACHE=cache, JAX_COMPILATION_CACHE_DIR=cache,
+                           PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+        completed = benchmark.pedantic(
+            lambda: subprocess.run([sys.executable, "-c", script, *arguments], env=environment, check=True,
+                                   capture_output=True, text=True),
+            rounds=1, iterations=1)
+    return json.loads(completed.stdout.strip().splitlines()[-1])

@@ -14,11 +14,6 @@ times the first call in a fresh process with an empty compilation cache.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -84,13 +79,6 @@ print(json.dumps(seconds))
 def test_first_call(benchmark):
     """First ``fuse_laplace`` call per size in one fresh process, empty compilation cache (compile + run)."""
     benchmark.group = "laplace first call"
-    with tempfile.TemporaryDirectory() as cache:
-        environment = dict(os.environ, JAXFUSE_COMPILATION_CACHE=cache,
-                           PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-        completed = benchmark.pedantic(
-            lambda: subprocess.run([sys.executable, "-c", _FIRST_CALL, json.dumps(SIZES)], env=environment,
-                                   check=True, capture_output=True, text=True),
-            rounds=1, iterations=1)
-    seconds = json.loads(completed.stdout.strip().splitlines()[-1])
+    seconds = _data.first_call_in_fresh_process(benchmark, _FIRST_CALL, json.dumps(SIZES))
     _data.record(benchmark, first_call_seconds=seconds, timed="fresh interpreter: import, data, then first calls")
     print(f"\nlaplace first call (fresh process): {seconds}")

@@ -26,13 +26,7 @@ random-size requests (``benchmarks/test_bench_compile.py``'s stream).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -190,14 +184,7 @@ print(json.dumps({"import": imported, "first": seconds[0], "second": seconds[1],
 def test_first_call(benchmark):
     """First and second ``fuse_ragged`` in one fresh process, empty compilation cache: compile + run, compile count."""
     benchmark.group = "ragged first call"
-    with tempfile.TemporaryDirectory() as cache:
-        environment = dict(os.environ, JAXFUSE_COMPILATION_CACHE=cache,
-                           PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-        completed = benchmark.pedantic(
-            lambda: subprocess.run([sys.executable, "-c", _FIRST_CALL, str(GROUPS), str(MAX_SIZE)], env=environment,
-                                   check=True, capture_output=True, text=True),
-            rounds=1, iterations=1)
-    seconds = json.loads(completed.stdout.strip().splitlines()[-1])
+    seconds = _data.first_call_in_fresh_process(benchmark, _FIRST_CALL, str(GROUPS), str(MAX_SIZE))
     _data.record(benchmark, **seconds, timed="fresh interpreter, empty compilation cache")
     print(f"\nragged first call (fresh process): {seconds}")
 
