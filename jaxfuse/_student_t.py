@@ -399,12 +399,13 @@ def _lane_mask(keep, leaf):
     return keep.reshape(keep.shape + (1,) * (leaf.ndim - 1))
 
 
-# Joint steps before the stragglers are compacted. Most lanes converge in 3-5
-# steps (median 4 on THUMOS-like groups); 5 joint steps then chunks of 1/8 of
-# the lanes took 92 ms for 10,000 x 32 x 3 against 118 ms with 8 (4 or 6 and
-# chunks of 1/4 or 1/6: 90-101 ms; 3 joint steps: 102 ms).
+# Joint steps before the stragglers are compacted, and the chunk they are run
+# in (a fraction of the lanes). Most lanes converge in 3-5 steps (median 4 on
+# THUMOS-like groups). On 10,000 x 32 x 3 (2-core CPU): 8 steps and chunks of
+# 1/8 took 118 ms; 5 and 1/8, 86-92 ms; 5 and 1/12 to 1/32, 80-83 ms (1/48:
+# 86 ms); 4 or 6 steps were no better.
 _FIRST_PHASE_STEPS = 5
-_STRAGGLER_FRACTION = 8
+_STRAGGLER_FRACTION = 16
 
 
 def _solve_lanes(states: NewtonState, problems: LaneProblem, options: StudentTOptions) -> NewtonState:
@@ -413,7 +414,7 @@ def _solve_lanes(states: NewtonState, problems: LaneProblem, options: StudentTOp
     In a batched loop every iteration costs as much as the whole batch, so a
     few lanes that need many steps (groups near a point mass) would set the
     cost for all. All lanes take up to ``_FIRST_PHASE_STEPS`` steps together;
-    the stragglers are then gathered into chunks of a static size (1/8 of the
+    the stragglers are then gathered into chunks of a static size (1/16 of the
     lanes) and run to the end, chunk after chunk.
     """
     lanes = states.step.shape[0]
