@@ -19,10 +19,11 @@ The key holds every input of tracing, so an executable is never used for a
 program it was not built from: the source hash changes with any edit of
 jaxfuse, the versions with an upgrade. A call the store cannot serve exactly
 runs the plain ``jit`` function: traced arguments (inside a caller's ``jit``,
-``vmap`` or ``grad``), arrays on another device or sharded, disabled jit, or
-the persistent cache turned off (``JAXFUSE_COMPILATION_CACHE=0``,
-:func:`jaxfuse.set_compilation_cache` ``(None)``), so measurements of
-compilation stay honest. An unreadable or stale entry is rebuilt.
+``vmap`` or ``grad``), arrays on another device or sharded, disabled jit, a
+remote JAX cache directory (``gs://...``), or the persistent cache turned
+off (``JAXFUSE_COMPILATION_CACHE=0``, :func:`jaxfuse.set_compilation_cache`
+``(None)``), so measurements of compilation stay honest. An unreadable or
+stale entry is rebuilt.
 
 Entries live in ``<compilation cache>/jaxfuse-executables``; like JAX's cache
 they are trusted code, so the directory must be writable by its owner only.
@@ -166,7 +167,8 @@ def stored_executable(jitted: Callable, *, static_argnames: tuple[str, ...] = ()
     @functools.wraps(jitted)
     def call(*args, **kwargs):
         directory = compilation_cache_status().directory
-        if directory is None or jax.config.jax_disable_jit:
+        # A remote JAX cache (gs://, s3://...) is JAX's to read; the store only writes local files.
+        if directory is None or "://" in directory or jax.config.jax_disable_jit:
             return jitted(*args, **kwargs)
         statics = tuple(sorted((key, kwargs.pop(key)) for key in static_argnames if key in kwargs))
         leaves, tree = jax.tree_util.tree_flatten((args, kwargs))

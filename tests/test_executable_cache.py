@@ -118,3 +118,12 @@ def test_source_digest_covers_every_module():
 def test_lambdas_and_closures_are_refused():
     with pytest.raises(ValueError, match="module-level"):
         _executable_cache.stored_executable(jax.jit(lambda x: x))
+
+
+def test_a_remote_jax_cache_is_left_to_jax(store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(_executable_cache, "compilation_cache_status",
+                        lambda: _compilation_cache.CompilationCacheStatus("gs://bucket/cache", "user"))
+    wrapped = _fresh()
+    np.testing.assert_allclose(np.asarray(wrapped(np.ones((2, 2), np.float32), 1.0, power=2)[0]), [2.0, 2.0])
+    assert wrapped.compiled_calls == wrapped.stored_calls == 0 and not (tmp_path / "gs:").exists()
