@@ -9,11 +9,12 @@ warm cache (400 THUMOS-like items on a CPU), against 0.04 s warm.
 :func:`stored_executable` wraps a jitted entry point: a call with concrete
 arguments is keyed by what the program depends on (the function, the
 arguments' shapes, dtypes and weak types, their tree structure, the static
-options, the jaxfuse source, the jax and jaxlib versions, the device and the
-configuration options that change tracing); the executable is loaded from the
-store when present (a millisecond), else compiled by ``jit(...).lower(...)
-.compile()`` (which still uses JAX's own cache) and written there. Later calls
-in the process reuse it from memory.
+options, the jaxfuse source, the jax and jaxlib versions, the device, the
+host CPU's features and the configuration options that change tracing); the
+executable is loaded from the store when present (tens of milliseconds),
+else compiled by ``jit(...).lower(...).compile()`` with JAX's cache off (see
+:func:`_compile_afresh`) and written there. Later calls in the process reuse
+it from memory.
 
 The key holds every input of tracing, so an executable is never used for a
 program it was not built from: the source hash changes with any edit of
@@ -73,12 +74,36 @@ def source_digest() -> str:
 
 
 @functools.lru_cache(maxsize=1)
+def host_cpu() -> str:
+    """The host's processor and its instruction-set flags: XLA:CPU compiles for the features it finds.
+
+    A cache directory shared by machines with different CPUs (a network home on
+    a cluster) must not hand one machine's code to another, where it could stop
+    on an illegal instruction.
+    """
+    import platform
+
+    described = [platform.machine(), platform.processor()]
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as stream:
+            for line in stream:
+                name = line.split(":", 1)[0].strip()
+                if name in ("model name", "flags", "Features", "CPU part") and line not in described:
+                    described.append(line.strip())
+                if len(described) >= 5:
+                    break
+    except OSError:
+        pass
+    return hashlib.sha256("\n".join(described).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
 def _environment() -> tuple:
     import jaxlib
 
     device = jax.devices()[0]
     return (FORMAT, source_digest(), jax.__version__, jaxlib.__version__, device.platform, device.device_kind,
-            jax.device_count())
+            jax.device_count(), host_cpu())
 
 
 def _store_directory(cache_directory: str) -> Path:

@@ -127,3 +127,17 @@ def test_a_remote_jax_cache_is_left_to_jax(store, tmp_path, monkeypatch):
     wrapped = _fresh()
     np.testing.assert_allclose(np.asarray(wrapped(np.ones((2, 2), np.float32), 1.0, power=2)[0]), [2.0, 2.0])
     assert wrapped.compiled_calls == wrapped.stored_calls == 0 and not (tmp_path / "gs:").exists()
+
+
+def test_the_key_holds_the_host_cpu(store, monkeypatch):
+    """A cache shared by machines with other CPUs (a network home) must not hand one's code to another."""
+    x = np.ones((2, 2), np.float32)
+    _fresh()(x, 1.0, power=2)
+    monkeypatch.setattr(_executable_cache, "host_cpu", lambda: "another processor")
+    _executable_cache._environment.cache_clear()
+    try:
+        other = _fresh()
+        other(x, 1.0, power=2)
+        assert (other.compiled_calls, other.stored_calls) == (1, 0) and len(list(store.glob("*.bin"))) == 2
+    finally:
+        _executable_cache._environment.cache_clear()
