@@ -81,7 +81,7 @@ class SegmentFusion(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("template",))
-def segment_fusion(values, weights, ids, starts, sizes, order, temperature, *, template: str) -> SegmentFusion:
+def segment_fusion(values, weights, ids, sizes, order, temperature, *, template: str) -> SegmentFusion:
     """Fuse flat members, group after group: one segment max and one segment sum of all the moments.
 
     Args:
@@ -89,8 +89,6 @@ def segment_fusion(values, weights, ids, starts, sizes, order, temperature, *, t
         weights: ``[members]`` softmax logits.
         ids: ``[members]`` int32, each group-order position's group, ascending;
             ``groups`` (out of range: segment reductions drop it) for padding.
-        starts: ``[groups]`` int32, each group's first position in group order
-            (any valid position for an empty group).
         sizes: ``[groups]`` int32 members per group (0: empty or padding).
         order: ``None`` when ``values`` already lie group after group; else
             ``[members]`` int32, the input position of each group-order
@@ -103,7 +101,7 @@ def segment_fusion(values, weights, ids, starts, sizes, order, temperature, *, t
         A :class:`SegmentFusion`.
     """
     size, coordinates = values.shape
-    groups = starts.shape[0]
+    groups = sizes.shape[0]
     info = jnp.finfo(values.dtype)
     temperature_ok = temperature_is_valid(temperature)
     # A bad T is replaced by a harmless one: its groups get zeros, and no NaN is ever computed.
@@ -139,8 +137,8 @@ def segment_fusion(values, weights, ids, starts, sizes, order, temperature, *, t
     most_probable = jax.ops.segment_min(
         jnp.where(sound & (weights == largest_at), position, size), ids, num_segments=groups, indices_are_sorted=True
     )
-    most_probable = jnp.where(most_probable < size, most_probable, jnp.clip(starts, 0, size - 1))
-    reference = x[most_probable]  # [groups, K]
+    # A group without a sound member has no most probable one; any finite row serves, its outputs are zeros.
+    reference = x[jnp.minimum(most_probable, size - 1)]  # [groups, K]
     reference_at = per_member(reference)
     # As member_probabilities: the largest logits get exactly 0 (a subnormal T flushed to zero made 0 / 0).
     below = jnp.where(sound, weights - largest_at, 0)
@@ -221,7 +219,7 @@ def compile_count() -> int:
 def host_inputs(values: np.ndarray, weights: np.ndarray, layout, dtype):
     """Padded, 64-byte aligned host buffers for :func:`segment_fusion`, values and weights cast to ``dtype``.
 
-    Returns ``(values [members, K], weights, ids, starts, sizes, order)``.
+    Returns ``(values [members, K], weights, ids, sizes, order)``.
     """
     members, coordinates = values.shape
     num_groups = layout.sizes.size
@@ -232,12 +230,10 @@ def host_inputs(values: np.ndarray, weights: np.ndarray, layout, dtype):
     padded_weights[:members] = weights
     ids = np.full(size, groups, np.int32)
     ids[:members] = np.repeat(np.arange(num_groups, dtype=np.int32), layout.sizes)
-    starts = np.zeros(groups, np.int32)
-    starts[:num_groups] = layout.starts
     sizes = np.zeros(groups, np.int32)
     sizes[:num_groups] = layout.sizes
     order = None
     if layout.order is not None:
         order = np.arange(size, dtype=np.int32)
         order[:members] = layout.order
-    return padded_values, padded_weights, ids, starts, sizes, order
+    return padded_values, padded_weights, ids, sizes, order
