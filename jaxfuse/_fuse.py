@@ -14,7 +14,7 @@ from jaxfuse._presets import DEFAULT
 from jaxfuse._result import RESULT_DTYPE, ResultCode, raise_for_results
 from jaxfuse._student_t import StudentTOptions, student_t_fit
 from jaxfuse._validation import bool_array, choice, float_array, positive_int, positive_scalar
-from jaxfuse._weights import member_probabilities, temperature_is_valid
+from jaxfuse._weights import clipped_temperature, member_probabilities, temperature_is_valid
 
 
 class FusionResult(NamedTuple):
@@ -179,12 +179,11 @@ def _fuse_program(values, weights, mask, temperature, temperature_ok, *, templat
     batch_shape, (members, coordinates) = values.shape[:-2], values.shape[-2:]
     dtype = jnp.result_type(values.dtype, weights.dtype)
     mask = jnp.ones(weights.shape, bool) if mask is None else mask
-    info = jnp.finfo(dtype)
     flat = _fuse_batch(
         values.astype(dtype).reshape(-1, members, coordinates),
         weights.astype(dtype).reshape(-1, members),
         mask.reshape(-1, members),
-        jnp.clip(jnp.asarray(temperature).astype(dtype), info.tiny, info.max),
+        jnp.asarray(temperature, dtype),
         temperature_ok,
         template=template,
         options=options,
@@ -311,17 +310,14 @@ def fuse_groups(
     temperature = positive_scalar(temperature, "temperature")
     options = _template_options(template, template_options)
 
-    # A concrete temperature was checked above (and is clipped here, on the host,
-    # into the dtype's normal range: see temperature_array); a traced one is
-    # checked and clipped in the program.
+    # A concrete temperature was checked above; a traced one is checked in the program.
+    dtype = jnp.result_type(values.dtype, weights.dtype)
+    temperature_ok = True
     if isinstance(temperature, jax.core.Tracer):
-        dtype = jnp.result_type(values.dtype, weights.dtype)
         temperature_ok = temperature_is_valid(
             temperature if jnp.issubdtype(temperature.dtype, jnp.floating) else temperature.astype(dtype)
         )
-    else:
-        info = jnp.finfo(jnp.result_type(values.dtype, weights.dtype))
-        temperature, temperature_ok = min(max(float(temperature), float(info.tiny)), float(info.max)), True
+    temperature = clipped_temperature(temperature, dtype)
     fused = _fuse_program(values, weights, mask, temperature, temperature_ok, template=template, options=options)
     if throw:
         if isinstance(fused.result, jax.core.Tracer):

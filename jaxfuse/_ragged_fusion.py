@@ -22,6 +22,7 @@ from jaxfuse._templates import (
     UniformParameters,
 )
 from jaxfuse._validation import choice, positive_scalar
+from jaxfuse._weights import clipped_temperature
 
 _PARAMETER_TYPES = {
     "gaussian": GaussianParameters,
@@ -197,9 +198,7 @@ def _fuse_segments(values, weights, group_ids, lengths, template: str, temperatu
     """The closed forms on the flat members in segment form (:mod:`jaxfuse._ragged_segments`): numpy results."""
     values, weights = _members(values, weights)
     layout = _layout(values.shape[0], group_ids, lengths)
-    info = jnp.finfo(dtype)
-    # Clipped on the host into the dtype's normal range, as fuse_groups does (a subnormal T would round to zero).
-    temperature = np.asarray(min(max(float(temperature), float(info.tiny)), float(info.max)), dtype)
+    temperature = np.asarray(clipped_temperature(temperature, dtype), dtype)
     fused = segment_fusion(*jax.device_put(host_inputs(values, weights, layout, dtype)), temperature,
                            template=template)
     groups, members = layout.sizes.size, values.shape[0]

@@ -46,20 +46,22 @@ def member_probabilities(weights: jax.Array, mask: jax.Array, temperature) -> ja
     return unnormalised / jnp.maximum(total, jnp.finfo(weights.dtype).tiny)
 
 
-def temperature_array(temperature, dtype) -> jax.Array:
-    """The temperature as a ``dtype`` scalar, clipped into the dtype's positive normal range.
+def clipped_temperature(temperature, dtype):
+    """The temperature clipped into ``dtype``'s positive normal range.
 
     A concrete positive T below the dtype's smallest normal number (``1e-39`` in
     float32, ``1e-8`` in float16, which even rounds to zero there) is raised to
     it: every logit difference the dtype can hold then divides to ``-inf`` or to
     far below ``log(tiny)``, so the probabilities are the exact T -> 0 limit.
-    A traced T is clipped the same way inside the program; whether it was a
-    valid temperature at all is :func:`temperature_is_valid`.
+    A concrete T comes back as a Python float (no device transfer: programs
+    take it as a weakly typed argument, so a new value does not recompile); a
+    traced T as a clipped ``dtype`` scalar. Whether a traced T was a valid
+    temperature at all is :func:`temperature_is_valid`.
     """
     info = jnp.finfo(dtype)
     if isinstance(temperature, jax.core.Tracer):
         return jnp.clip(jnp.asarray(temperature, dtype), info.tiny, info.max)
-    return jnp.asarray(min(max(float(temperature), float(info.tiny)), float(info.max)), dtype)
+    return min(max(float(temperature), float(info.tiny)), float(info.max))
 
 
 def temperature_is_valid(temperature) -> jax.Array:
