@@ -84,14 +84,14 @@ def host_cpu() -> str:
     import platform
 
     described = [platform.machine(), platform.processor()]
+    wanted = {"model name", "flags", "Features", "CPU part"}  # x86 and ARM names; each once (every core repeats them)
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as stream:
             for line in stream:
                 name = line.split(":", 1)[0].strip()
-                if name in ("model name", "flags", "Features", "CPU part") and line not in described:
+                if name in wanted:
+                    wanted.discard(name)
                     described.append(line.strip())
-                if len(described) >= 5:
-                    break
     except OSError:
         pass
     return hashlib.sha256("\n".join(described).encode()).hexdigest()

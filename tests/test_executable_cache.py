@@ -94,15 +94,19 @@ def test_a_damaged_entry_is_rebuilt(store):
     assert _fresh()(x, 1.0, power=2) is not None and entry.read_bytes() != b"not an executable"
 
 
-def test_an_edit_of_jaxfuse_changes_every_key(store, monkeypatch):
+@pytest.mark.parametrize("part, other", [
+    ("source_digest", "an edited jaxfuse"),  # any edit of jaxfuse changes every key
+    ("host_cpu", "another processor"),  # a cache shared by machines with other CPUs (a network home)
+])
+def test_the_environment_is_in_every_key(store, monkeypatch, part, other):
     x = np.ones((2, 2), np.float32)
     _fresh()(x, 1.0, power=2)
-    monkeypatch.setattr(_executable_cache, "source_digest", lambda: "an edited jaxfuse")
+    monkeypatch.setattr(_executable_cache, part, lambda: other)
     _executable_cache._environment.cache_clear()
     try:
-        edited = _fresh()
-        edited(x, 1.0, power=2)
-        assert (edited.compiled_calls, edited.stored_calls) == (1, 0) and len(list(store.glob("*.bin"))) == 2
+        changed = _fresh()
+        changed(x, 1.0, power=2)
+        assert (changed.compiled_calls, changed.stored_calls) == (1, 0) and len(list(store.glob("*.bin"))) == 2
     finally:
         _executable_cache._environment.cache_clear()
 
@@ -127,17 +131,3 @@ def test_a_remote_jax_cache_is_left_to_jax(store, tmp_path, monkeypatch):
     wrapped = _fresh()
     np.testing.assert_allclose(np.asarray(wrapped(np.ones((2, 2), np.float32), 1.0, power=2)[0]), [2.0, 2.0])
     assert wrapped.compiled_calls == wrapped.stored_calls == 0 and not (tmp_path / "gs:").exists()
-
-
-def test_the_key_holds_the_host_cpu(store, monkeypatch):
-    """A cache shared by machines with other CPUs (a network home) must not hand one's code to another."""
-    x = np.ones((2, 2), np.float32)
-    _fresh()(x, 1.0, power=2)
-    monkeypatch.setattr(_executable_cache, "host_cpu", lambda: "another processor")
-    _executable_cache._environment.cache_clear()
-    try:
-        other = _fresh()
-        other(x, 1.0, power=2)
-        assert (other.compiled_calls, other.stored_calls) == (1, 0) and len(list(store.glob("*.bin"))) == 2
-    finally:
-        _executable_cache._environment.cache_clear()
