@@ -26,6 +26,7 @@ random-size requests (``benchmarks/test_bench_compile.py``'s stream).
 
 from __future__ import annotations
 
+import math
 import time
 
 import jax
@@ -37,6 +38,7 @@ import jaxfuse
 from jaxfuse._compilation_cache import persistent_cache_disabled
 from jaxfuse._ragged_segments import padded_groups, padded_members
 from jaxfuse.bench.baselines import numpy_ragged_gaussian
+from jaxfuse.bench.timing import time_interleaved
 
 GROUPS, MAX_SIZE = 200_000, 256
 GROUP = f"ragged Zipf sizes, {GROUPS:,} groups, end to end"
@@ -134,22 +136,10 @@ def test_bench_interleaved(benchmark, ragged, packed, device_batches):
     benchmark.group = GROUP
     calls = {"numpy": lambda: _numpy(ragged), "end_to_end": lambda: _end_to_end(ragged),
              "pack": lambda: _pack(ragged), "fuse": lambda: _fuse(device_batches)}
-    for call in calls.values():
-        call()  # compile and warm up
-
-    def rounds():
-        seconds = {name: [] for name in calls}
-        for index in range(ROUNDS):
-            names = list(calls)[index % len(calls):] + list(calls)[: index % len(calls)]  # rotate who goes first
-            for name in names:
-                start = time.perf_counter()
-                calls[name]()
-                seconds[name].append(time.perf_counter() - start)
-        return seconds
-
-    seconds = benchmark.pedantic(rounds, rounds=1, iterations=1)
-    best = {name: float(np.min(s)) for name, s in seconds.items()}
-    median = {name: float(np.median(s)) for name, s in seconds.items()}
+    timings = benchmark.pedantic(lambda: time_interleaved(calls, rounds=ROUNDS, max_seconds=math.inf),
+                                 rounds=1, iterations=1)
+    best = {name: timing.best for name, timing in timings.items()}
+    median = {name: timing.median for name, timing in timings.items()}
     ratios = {
         "numpy / end_to_end": (best["numpy"] / best["end_to_end"], median["numpy"] / median["end_to_end"]),
         "pack / fuse": (best["pack"] / best["fuse"], median["pack"] / median["fuse"]),

@@ -23,17 +23,21 @@ def time_interleaved(functions: dict[str, Callable[[], Any]], *, rounds: int, ma
                      ) -> dict[str, Timing]:
     """Time several calls round-robin (one warm-up each), so that a shared machine's load hits them alike.
 
-    Stops after ``rounds`` rounds, or earlier (after at least three) once ``max_seconds`` were timed.
+    Each round starts with the next call (the order rotates), so none always
+    runs first. Stops after ``rounds`` rounds, or earlier (after at least
+    three) once ``max_seconds`` were timed.
     """
     for function in functions.values():
         jax.block_until_ready(function())
+    names = list(functions)
     times: dict[str, list[float]] = {name: [] for name in functions}
     results: dict[str, Any] = {}
     total = 0.0
     for round_index in range(rounds):
-        for name, function in functions.items():
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
             start = time.perf_counter()
-            results[name] = jax.block_until_ready(function())
+            results[name] = jax.block_until_ready(functions[name]())
             elapsed = time.perf_counter() - start
             times[name].append(elapsed)
             total += elapsed
