@@ -54,6 +54,24 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
+def _standard_descriptors_opened() -> None:
+    """Open /dev/null on a standard descriptor the caller closed (``>&-``).
+
+    Otherwise the next file opened takes its number, and whatever writes to
+    it (a C library's message to descriptor 1) lands in that file, perhaps the
+    output. ``sys.stdout`` stays None, so ``-o -`` still says standard output
+    is closed.
+    """
+    for descriptor in (0, 1, 2):
+        try:
+            os.fstat(descriptor)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != descriptor:
+                os.dup2(null, descriptor)
+                os.close(null)
+
+
 def console_main() -> None:
     """The console script: :func:`main`, then exit with its status.
 
@@ -62,6 +80,7 @@ def console_main() -> None:
     threads, and tearing the runtime down under them segfaults. The
     subcommand has already cleaned up and said so in one line.
     """
+    _standard_descriptors_opened()
     try:
         status = main()
     except KeyboardInterrupt:  # before a subcommand took over (while importing JAX, say)

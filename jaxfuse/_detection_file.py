@@ -33,6 +33,7 @@ line is :mod:`jaxfuse.cli.fuse`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 import threading
@@ -452,6 +453,12 @@ def fuse_detections_json(
     return {key: results if key == "results" else value for key, value in data.items()}
 
 
+def _standard_input() -> bytes:
+    if sys.stdin is None:  # started with standard input closed (``<&-``)
+        raise OSError(errno.EBADF, "standard input is closed", "-")
+    return sys.stdin.buffer.read()
+
+
 def fuse_detection_file(
     input_path: str | os.PathLike,
     output_path: str | os.PathLike,
@@ -516,7 +523,7 @@ def fuse_detection_file(
 
     source = os.fspath(input_path)
     with garbage_collector_paused():
-        read = read_predictions(sys.stdin.buffer.read() if source == "-" else source, weight_field)
+        read = read_predictions(_standard_input() if source == "-" else source, weight_field)
     table = read.table
     lap("read", videos=len(table.video_ids), detections=int(table.scores.size))
     with _progress_bar(bool(progress), on_batch, stream) as on_batch:

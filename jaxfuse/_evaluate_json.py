@@ -23,7 +23,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from jaxfuse._evaluate import THUMOS14_THRESHOLDS, DetectionMAP, Detections, GroundTruth, evaluate_detections
-from jaxfuse.formats.activitynet import DetectionFileError, garbage_collector_paused, read_ground_truth, read_predictions
+from jaxfuse.formats.activitynet import (
+    DetectionFileError,
+    SubsetNotFoundError,
+    garbage_collector_paused,
+    read_ground_truth,
+    read_predictions,
+)
 
 
 class ActivityNetData(NamedTuple):
@@ -49,13 +55,25 @@ class ActivityNetData(NamedTuple):
 
 
 
-def _read(reader, source: Any, name: str, **options):
+class ArgumentNames(NamedTuple):
+    """How errors name the inputs: the Python parameters by default; a command line passes its own (``PRED.json``, ``--subset``)."""
+
+    predictions: str = "`predictions_json`"
+    ground_truth: str = "`ground_truth_json`"
+    subset: str = "`subset`"
+
+
+PYTHON_NAMES = ArgumentNames()
+
+
+def _read(reader, source: Any, name: str, subset_name: str, **options):
     """``reader(source, **options)``, its errors prefixed with the argument's name (and path)."""
     try:
         return reader(source, **options)
     except DetectionFileError as error:
         where = f" ({os.fspath(source)})" if isinstance(source, (str, os.PathLike)) else ""
-        raise DetectionFileError(f"`{name}`{where}: {error}") from None
+        reason = f"{subset_name}: {error.reason}" if isinstance(error, SubsetNotFoundError) else str(error)
+        raise DetectionFileError(f"{name}{where}: {reason}") from None
 
 
 def _sort_key(value: Any) -> tuple:
@@ -139,9 +157,25 @@ def load_activitynet_json(
         >>> data.class_names, data.predictions.label.tolist()
         (('Jump',), [0])
     """
+    return read_activitynet(
+        predictions_json, ground_truth_json, subset=subset, ignore_labels=ignore_labels,
+        drop_ignored_overlaps=drop_ignored_overlaps,
+    )
+
+
+def read_activitynet(
+    predictions_json: Any,
+    ground_truth_json: Any,
+    *,
+    subset: str | None = None,
+    ignore_labels: Any = (),
+    drop_ignored_overlaps: bool = False,
+    names: ArgumentNames = PYTHON_NAMES,
+) -> ActivityNetData:
+    """:func:`load_activitynet_json`, its errors naming the inputs as ``names`` says (for a command line)."""
     with garbage_collector_paused():
-        predictions = _read(read_predictions, predictions_json, "predictions_json").table
-        truth = _read(read_ground_truth, ground_truth_json, "ground_truth_json", subset=subset)
+        predictions = _read(read_predictions, predictions_json, names.predictions, names.subset).table
+        truth = _read(read_ground_truth, ground_truth_json, names.ground_truth, names.subset, subset=subset)
         return _coded(predictions, truth, ignore_labels, drop_ignored_overlaps)
 
 

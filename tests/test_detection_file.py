@@ -447,9 +447,9 @@ def test_sigterm_during_the_write_cleans_up_and_exits_143(tmp_path, capsys, monk
     output.write_text("old")
     real_replace = os.replace
 
-    def terminated_while_writing(source, destination):
+    def terminated_while_writing(source, destination, **directories):
         os.kill(os.getpid(), signal.SIGTERM)  # the handler raises at the next bytecode, before the rename
-        real_replace(source, destination)
+        real_replace(source, destination, **directories)
 
     monkeypatch.setattr(output_module.os, "replace", terminated_while_writing)
     assert cli(write(tmp_path / "in.json", {"results": {"v": [GOOD]}}), "-o", output) == 143

@@ -219,7 +219,7 @@ def test_an_interrupted_write_leaves_no_temporary_file(tmp_path, monkeypatch, in
     output = tmp_path / "out.json"
     output.write_text("old")
 
-    def interrupted(*args):
+    def interrupted(*args, **kwargs):
         raise interruption(28, "interrupted") if interruption is OSError else interruption()
 
     monkeypatch.setattr(output_module.os, "replace", interrupted)

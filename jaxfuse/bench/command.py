@@ -22,6 +22,7 @@ from jaxfuse.bench.section import Section, render_section
 from jaxfuse.bench.sizes import FULL, QUICK, SECTIONS, SMOKE, Sizes
 from jaxfuse.bench.student_t import measure_student_t
 from jaxfuse.bench.templates import measure_group_sweep, measure_member_sweep, measure_templates
+from jaxfuse.formats.output import OutputError
 
 
 def run_benchmarks(sizes: Sizes, sections: Sequence[str] = SECTIONS, *, memory_gb: float | None = None,
@@ -98,11 +99,15 @@ def run(args: argparse.Namespace) -> int:
         write_report(done, sizes, Path(args.output_dir), machine=args.machine, plots=False,
                      command=command + " (partial)")
 
-    # Every first call measured here compiles, as on a new machine: no programs from the user's disk cache.
-    with persistent_cache_disabled():
-        sections = run_benchmarks(sizes, chosen, memory_gb=args.memory_gb, on_section=save_partial)
-    report = write_report(sections, sizes, Path(args.output_dir), machine=args.machine, plots=not args.no_plots,
-                          command=command)
+    try:
+        # Every first call measured here compiles, as on a new machine: no programs from the user's disk cache.
+        with persistent_cache_disabled():
+            sections = run_benchmarks(sizes, chosen, memory_gb=args.memory_gb, on_section=save_partial)
+        report = write_report(sections, sizes, Path(args.output_dir), machine=args.machine, plots=not args.no_plots,
+                              command=command)
+    except OutputError as error:
+        print(f"jaxfuse bench: error: cannot write {error.filename}: {error.strerror}", file=sys.stderr)
+        return 2
     print(render_section(headline(sections, sizes)))
     print(f"\nreport: {report} ({time.perf_counter() - start:.0f} s)")
     return 0 if all_agree(sections) else 1

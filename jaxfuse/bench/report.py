@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 from pathlib import Path
@@ -15,6 +16,7 @@ from jaxfuse.bench.compilation import PADDING_POLICIES, default_policy
 from jaxfuse.bench.machine import machine_info
 from jaxfuse.bench.section import Section, format_fraction, format_seconds, render_section
 from jaxfuse.bench.sizes import CLOSED_FORMS, TARGETS, Sizes
+from jaxfuse.formats.output import write_output
 
 
 def headline(sections: dict[str, Section], sizes: Sizes) -> Section:
@@ -136,7 +138,9 @@ def _plain_log_ticks(axis) -> None:
 def _save(figure, path: Path, title: str) -> Path:
     figure.axes[0].set_title(title, fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, format="png")
+    image = io.BytesIO()
+    figure.savefig(image, format="png")
+    write_output(path, image.getvalue())
     return path
 
 
@@ -232,7 +236,11 @@ def json_ready(value):
 
 def write_report(sections: dict[str, Section], sizes: Sizes, output_dir: Path, *, machine: str | None = None,
                  plots: bool = True, command: str = "jaxfuse bench") -> Path:
-    """Write ``<output_dir>/<machine>.md``, its JSON copy and the plots; return the markdown's path."""
+    """Write ``<output_dir>/<machine>.md``, its JSON copy and the plots; return the markdown's path.
+
+    Each file is written by :func:`jaxfuse.formats.output.write_output` (atomically, never through another
+    user's link); a failure raises its ``OutputError``, naming the file.
+    """
     info = machine_info()
     if machine:
         info["machine"] = machine
@@ -240,8 +248,8 @@ def write_report(sections: dict[str, Section], sizes: Sizes, output_dir: Path, *
     ordered = [headline(sections, sizes)] + list(sections.values())
     plot_paths = write_plots(sections, info, output_dir) if plots else []
     report = output_dir / f"{info['machine']}.md"
-    report.write_text(render_report(info, sizes, ordered, plot_paths, command))
+    write_output(report, render_report(info, sizes, ordered, plot_paths, command).encode())
     payload = {"info": info, "preset": dataclasses.asdict(sizes),
                "sections": {s.key: {"title": s.title, "data": s.data} for s in ordered}}
-    (output_dir / f"{info['machine']}.json").write_text(json.dumps(json_ready(payload), indent=1) + "\n")
+    write_output(output_dir / f"{info['machine']}.json", (json.dumps(json_ready(payload), indent=1) + "\n").encode())
     return report

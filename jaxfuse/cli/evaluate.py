@@ -22,14 +22,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
 import numpy as np
 
 from jaxfuse._evaluate import ACTIVITYNET_THRESHOLDS, THUMOS14_THRESHOLDS, DetectionMAP
-from jaxfuse._evaluate_json import ActivityNetData, evaluate_data, load_activitynet_json
+from jaxfuse._evaluate_json import ActivityNetData, ArgumentNames, evaluate_data, read_activitynet
+from jaxfuse.formats.output import STDOUT, OutputError, plan_output, write_output
+
+PROG = "jaxfuse evaluate"
+NAMES = ArgumentNames(predictions="PRED.json", ground_truth="GT.json", subset="--subset")
+"""How errors name the inputs: as the usage line does."""
 
 AMBIGUOUS_LABEL = "Ambiguous"
 
@@ -58,8 +62,14 @@ def _threshold(text: str) -> float:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the ``jaxfuse evaluate`` arguments to ``parser``."""
-    parser.add_argument("predictions", help="ActivityNet-format results JSON ({'results': {video: [{label, score, segment}]}})")
-    parser.add_argument("ground_truth", help="ActivityNet-format ground truth JSON ({'database': {video: {'annotations': [...]}}})")
+    parser.add_argument(
+        "predictions", metavar=NAMES.predictions,
+        help="ActivityNet-format results JSON ({'results': {video: [{label, score, segment}]}})",
+    )
+    parser.add_argument(
+        "ground_truth", metavar=NAMES.ground_truth,
+        help="ActivityNet-format ground truth JSON ({'database': {video: {'annotations': [...]}}})",
+    )
     parser.add_argument(
         "--dataset", choices=sorted(DATASETS), default="thumos14",
         help="protocol preset: thumos14 (tIoU 0.1:0.1:0.7, all subsets) or activitynet "
@@ -88,7 +98,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.epilog = (
         "Prints mAP (%) per tIoU threshold and their average. Exit status: 0 on success, 2 for a malformed "
-        "or unreadable input (the message names the video and the entry, counted from 0) or an unwritable --json."
+        "or unreadable input (the message names the video and the entry, counted from 0), an unwritable --json "
+        "(checked before the work; written atomically, see jaxfuse fuse --help) or standard output (closed, or its "
+        "reader gone)."
     )
 
 
@@ -102,19 +114,6 @@ def _settings(args: argparse.Namespace) -> tuple[tuple[float, ...], str | None]:
     if args.subset is not None:
         subset = None if args.subset == "all" else args.subset
     return thresholds, subset
-
-
-def _check_output(path: str | None) -> None:
-    """Fail before the work when the --json file cannot be written."""
-    if path is None or path == "-":
-        return
-    directory = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise _UsageError(f"--json {path}: is a directory")
-    if not os.path.isdir(directory):
-        raise _UsageError(f"--json {path}: the directory {directory} does not exist")
-    if not os.access(path if os.path.exists(path) else directory, os.W_OK):
-        raise _UsageError(f"--json {path}: permission denied")
 
 
 def _json_keys(result: DetectionMAP, has_gt: np.ndarray) -> list[str]:
@@ -209,45 +208,76 @@ def _notes(data: ActivityNetData, result: DetectionMAP, subset: str | None) -> l
     return lines
 
 
-def _write_json(path: str, document: dict) -> None:
-    text = json.dumps(document, indent=2) + "\n"
-    if path == "-":
-        sys.stdout.write(text)
+def _require_ground_truth(data: ActivityNetData, args: argparse.Namespace, subset: str | None) -> None:
+    """No annotation left to evaluate against: said with the options that chose them."""
+    if data.ground_truth.video.size:
         return
-    # Written in place: through a symlink to its target, keeping an existing file's mode.
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text)
+    chosen = f" of --subset {subset!r}" if subset is not None else ""
+    ignored = (
+        f"; {data.ignored_annotations:,} {AMBIGUOUS_LABEL!r} annotations are not a class (--ambiguous class counts them)"
+        if data.ignored_annotations else ""
+    )
+    raise _UsageError(f"{NAMES.ground_truth} ({args.ground_truth}): no annotations{chosen} to evaluate against{ignored}")
 
 
 def evaluate_files(args: argparse.Namespace) -> tuple[str, list[str], dict | None]:
     """The table, the notes and the JSON document (with ``--json``) of one ``jaxfuse evaluate`` call."""
     thresholds, subset = _settings(args)
-    data = load_activitynet_json(
+    data = read_activitynet(
         args.predictions,
         args.ground_truth,
         subset=subset,
         ignore_labels=() if args.ambiguous == "class" else (AMBIGUOUS_LABEL,),
         drop_ignored_overlaps=args.ambiguous == "drop-overlapping",
+        names=NAMES,
     )
+    _require_ground_truth(data, args, subset)
     result = evaluate_data(data, thresholds)
     document = None if args.json is None else _json_document(result, ~np.isnan(result.average_precision[0]))
     return format_table(result, per_class=args.per_class), _notes(data, result, subset), document
 
 
+def _error(text: str) -> int:
+    print(f"{PROG}: error: {text}", file=sys.stderr, flush=True)
+    return 2
+
+
+def _unwritable(error: OutputError) -> str:
+    where = "standard output" if error.filename == STDOUT else f"--json {error.filename}"
+    return f"cannot write {where}: {error.strerror}"
+
+
+def _unreadable(error: OSError, args: argparse.Namespace) -> str:
+    names = {args.predictions: NAMES.predictions, args.ground_truth: NAMES.ground_truth}
+    name = names.get(error.filename)
+    return f"cannot read {error.filename if name is None else f'{name} ({error.filename})'}: {error.strerror or error}"
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``jaxfuse evaluate``; returns the exit status."""
     try:
-        _check_output(args.json)
+        # Both outputs are checked before the work: the table's (standard output, unless --json takes it) and --json's.
+        table_plan = None if args.json == STDOUT else plan_output(STDOUT)
+        json_plan = None if args.json is None else plan_output(args.json)
         table, notes, document = evaluate_files(args)
-        if args.json is not None:
-            _write_json(args.json, document)
-    except (ValueError, OSError) as error:
-        print(f"jaxfuse evaluate: error: {error}", file=sys.stderr)
-        return 2
+        if json_plan is not None:
+            write_output(json_plan, (json.dumps(document, indent=2) + "\n").encode())
+    except OutputError as error:
+        return _error(_unwritable(error))
+    except OSError as error:
+        return _error(_unreadable(error, args))
+    except ValueError as error:
+        return _error(str(error))
     except KeyboardInterrupt:
-        print("jaxfuse evaluate: interrupted", file=sys.stderr)
+        print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     for line in notes:
         print(f"note: {line}", file=sys.stderr)
-    print(table, file=sys.stderr if args.json == "-" else sys.stdout)
+    if table_plan is None:
+        print(table, file=sys.stderr)
+        return 0
+    try:
+        write_output(table_plan, (table + "\n").encode())
+    except OutputError as error:
+        return _error(_unwritable(error))
     return 0

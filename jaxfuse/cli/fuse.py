@@ -18,6 +18,7 @@ from jaxfuse._detection_file import DetectionFileError, fuse_detection_file
 from jaxfuse._grouping import OVERLAP_MEASURES
 from jaxfuse._presets import PRESETS
 from jaxfuse._proposals import METHODS
+from jaxfuse.formats.output import STDOUT, OutputError
 
 PROG = "jaxfuse fuse"
 
@@ -126,9 +127,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "Output: each video's detections by descending score. Exit status: 0 on success, 2 for a malformed "
         "input (the message names the video and the entry, counted from 0), an unreadable input or an "
-        "unwritable output (checked before the work), 130 on Ctrl-C, 143 on SIGTERM; nothing is written on "
-        "failure. A symlinked output is written through to its target, a hard-linked one in place, a device "
-        "or FIFO directly; an existing file keeps its mode. Compiled kernels can be kept between runs by "
+        "unwritable output (checked before the work; for '-' also a closed standard output or a reader that exits "
+        "before the end), 130 on Ctrl-C, 143 on SIGTERM; nothing is written on failure, and no temporary file is "
+        "left, even after SIGKILL. A regular file is replaced atomically keeping its mode, a hard-linked one written "
+        "in place, a device or FIFO directly. A symlink is written through to its target unless the kernel's "
+        "protected-symlinks rule would refuse it (another user's link in a sticky world-writable directory such "
+        "as /tmp), nor is another user's file there written. Compiled kernels can be kept between runs by "
         "setting JAX_COMPILATION_CACHE_DIR."
     )
 
@@ -238,19 +242,31 @@ def _error(text: str) -> int:
 
 
 def _os_error(error: OSError, input_path: str) -> str:
-    path = error.filename if error.filename is not None else "?"
-    verb = "cannot read" if str(path) == str(input_path) else "cannot write"
-    return f"{verb} {path}: {error.strerror or error}"
+    """One line naming the file: output errors are ``OutputError``; any other ``OSError`` came from reading the input."""
+    if isinstance(error, OutputError):
+        verb, path, stream = "cannot write", error.filename, "standard output"
+    else:
+        verb, path, stream = "cannot read", input_path if error.filename is None else error.filename, "standard input"
+    return f"{verb} {stream if str(path) == STDOUT else path}: {error.strerror or error}"
+
+
+def _check_soft_nms_options(args: argparse.Namespace, method: str) -> None:
+    """--sigma and --decay without Soft-NMS: said in the command's words before the library says it in its own."""
+    given = [name for name, value in (("--sigma", args.sigma), ("--decay", args.decay)) if value is not None]
+    if given and method != "soft_nms":
+        raise ValueError(f"{' and '.join(given)} apply to --method soft_nms only, got --method {method}")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``jaxfuse fuse``; returns the exit status."""
     progress = _Progress(sys.stderr, args.progress, quiet=args.progress is False)
     try:
+        settings = resolved_settings(args)
+        _check_soft_nms_options(args, settings["method"])
         with _sigterm_raises():
             try:
                 report = fuse_detection_file(
-                    args.input, args.output, **resolved_settings(args), on_phase=progress.phase, on_batch=progress.batch
+                    args.input, args.output, **settings, on_phase=progress.phase, on_batch=progress.batch
                 )
             finally:
                 progress.close()  # before any message: the bar's line is cleared

@@ -81,6 +81,14 @@ class DetectionFileError(ValueError):
     """A malformed ActivityNet-format file; the message names the video and the entry (counted from 0)."""
 
 
+class SubsetNotFoundError(DetectionFileError):
+    """No ground-truth video has the subset asked for; ``reason`` is the message without the argument's name."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"`subset`: {reason}")
+        self.reason = reason
+
+
 class DetectionTable(NamedTuple):
     """The detections of a results file as flat arrays, in file order.
 
@@ -322,7 +330,7 @@ def _require_subset_found(subset: str | None, kept: Mapping, subsets: list) -> N
     """A subset that selects no video is a misspelling (``"test"`` for ``"Test"``), not an empty evaluation."""
     if subset is not None and not kept:
         found = ", ".join(sorted({repr(name) for name in subsets if name is not None})) or "none"
-        raise DetectionFileError(f"`subset`: no video has subset {subset!r} (subsets in the file: {found})")
+        raise SubsetNotFoundError(f"no video has subset {subset!r} (subsets in the file: {found})")
 
 
 def ground_truth_table(data: Any, subset: str | None = None) -> GroundTruthTable:

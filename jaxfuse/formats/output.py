@@ -1,51 +1,68 @@
-"""Writing a command's output file without harming what is there: checked before the work, atomic where it can be, through links, direct to devices and stdout.
+"""Writing an output file without harming what is there: checked before the work, atomic where it can be, never through another user's link.
 
-What happens at the output path, by what is there (``os.stat`` follows symlinks,
-so a symlink is judged, and written, by its target):
+What happens at the output path, by what is there:
 
-* ``-``: standard output.
-* nothing yet: a temporary file in the target's directory, renamed into
-  place (``os.replace``) once complete, with the mode a plain ``open()`` would
-  give (``0o666`` less the umask).
-* a regular file with one link: the same atomic replace, keeping the file's
-  mode (a private ``0600`` file stays private) and, where permitted, its owner.
+* ``-``: standard output, written to the end (a closed standard output, or a
+  reader that exits early, is an error: ``EBADF`` or ``EPIPE``).
+* nothing yet: a new file, written in full beside its name and renamed into
+  place (:mod:`jaxfuse.formats.temporary_files`: no temporary file is left,
+  even after SIGKILL), with the mode a plain ``open()`` would give (``0o666``
+  less the umask).
+* a regular file with one link: the same atomic replacement, keeping the
+  file's mode (a private ``0600`` file stays private, its new contents too)
+  and, where permitted, its owner.
 * a regular file with several hard links: written in place (truncated, then
   written), so every link sees the new contents. A rename would split the
-  links: the path would get a new file and the others keep the old one. In
-  place is not atomic: a crash mid-write leaves a partial file (the whole
-  text is ready before the file is opened, so the window is one write).
+  links. In place is not atomic: a crash mid-write leaves a partial file.
 * anything else that is not a directory (a character device such as
   ``/dev/null``, a FIFO, a socket): opened and written directly; never
   replaced by a regular file.
 
-Every error is an ``OSError`` whose ``filename`` is the path the caller gave
-(not the resolved target nor the temporary file). The temporary file is
-removed on any exception, ``KeyboardInterrupt`` and ``SystemExit`` included
-(``jaxfuse fuse`` turns SIGTERM into ``SystemExit``).
+Symlinks, in any component of the path, are followed where the kernel's
+protected-symlinks rule would follow them: not a link in a sticky,
+world-writable directory (``/tmp``) owned by neither the running user nor
+the directory's owner; nor is another user's existing file there written
+(:mod:`jaxfuse.formats.output_paths`). The rules hold whatever the
+``fs.protected_*`` sysctls say.
+
+The path is checked twice: by :func:`plan_output` before the work (so a bad
+path fails early) and again by :func:`write_output` at the time of writing
+(what is there may have changed meanwhile). The write happens relative to
+the directory descriptor of that second walk, and an in-place or direct
+write opens the final name with ``O_NOFOLLOW``: nothing swapped in after the
+check is followed.
+
+Every error is an :class:`OutputError` (an ``OSError``) whose ``filename`` is
+the path the caller gave (not the resolved target nor a temporary file).
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import signal
 import stat
 import sys
-import tempfile
 from typing import NamedTuple
+
+from jaxfuse.formats.output_paths import ResolvedOutput, check_not_shared, resolve_output
+from jaxfuse.formats.temporary_files import replace_atomically, write_all
 
 STDOUT = "-"
 
 
+class OutputError(OSError):
+    """An output that cannot be written; ``filename`` is the path the caller gave (``"-"`` for standard output)."""
+
+
 class OutputPlan(NamedTuple):
-    """How :func:`write_output` will write, decided by :func:`plan_output`.
+    """How :func:`write_output` will write, as :func:`plan_output` found the path.
 
     Attributes:
         path: the path the caller gave (what errors name).
-        target: the path written (symlinks resolved); None for stdout.
+        target: the resolved path, for messages; None for stdout.
         mode: ``"stdout"``, ``"atomic"``, ``"in_place"`` or ``"direct"``.
-        file_mode: the permission bits to give a new or replacing file, or None.
+        file_mode: the permission bits kept from the file replaced, or None
+            (a new file: ``0o666`` less the umask).
     """
 
     path: str
@@ -54,119 +71,150 @@ class OutputPlan(NamedTuple):
     file_mode: int | None
 
 
-def _error(number: int, path: str, why: str | None = None) -> OSError:
-    return OSError(number, why or os.strerror(number), path)
+def _error(number: int, path: str, why: str | None = None) -> OutputError:
+    return OutputError(number, why or os.strerror(number), path)
 
 
-def _umask_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+def _directory_writable(resolved: ResolvedOutput) -> bool:
+    return os.access(".", os.W_OK | os.X_OK, dir_fd=resolved.directory)
+
+
+def _decide(resolved: ResolvedOutput, path: str) -> tuple[str, int | None]:
+    """The write mode and the mode bits to keep, for what is at the resolved name now."""
+    status = resolved.status
+    if status is not None and stat.S_ISDIR(status.st_mode):
+        raise _error(errno.EISDIR, path)
+    check_not_shared(resolved, path)
+    if status is None:
+        if not _directory_writable(resolved):
+            raise _error(errno.EACCES, path, f"cannot create files in {os.path.dirname(resolved.shown)}")
+        return "atomic", None
+    if not os.access(resolved.name, os.W_OK, dir_fd=resolved.directory):
+        raise _error(errno.EACCES, path)
+    if not stat.S_ISREG(status.st_mode):
+        return "direct", None
+    # Several links: a rename would split them. An unwritable directory: no temporary file possible.
+    if status.st_nlink > 1 or not _directory_writable(resolved):
+        return "in_place", None
+    return "atomic", stat.S_IMODE(status.st_mode)
+
+
+def _as_output_error(error: OSError, path: str) -> OutputError:
+    if isinstance(error, OutputError) and error.filename == path:
+        return error
+    return _error(error.errno or errno.EIO, path, error.strerror or str(error))
+
+
+def _check_stdout() -> None:
+    if sys.stdout is None:  # started with standard output closed (``>&-``)
+        raise _error(errno.EBADF, STDOUT, "standard output is closed")
 
 
 def plan_output(path: str | os.PathLike) -> OutputPlan:
-    """Check that ``path`` can be written and decide how; call it before the work.
+    """Check that ``path`` can be written and how; call it before the work.
 
     Raises:
-        OSError: naming ``path``: its directory is missing or not writable,
-            it is a directory, or it is not writable.
+        OutputError: naming ``path``: its directory is missing or not
+            writable, it is a directory, it is not writable, a symlink or
+            file on the way is another user's in a sticky world-writable
+            directory, standard output is closed.
     """
     path = os.fspath(path)
     if path == STDOUT:
+        _check_stdout()
         return OutputPlan(path, None, "stdout", None)
-    target = os.path.realpath(path)
     try:
-        status = os.stat(target)
-    except FileNotFoundError:
-        status = None
-    if status is not None and stat.S_ISDIR(status.st_mode):
-        raise _error(errno.EISDIR, path)
-    if status is not None and not stat.S_ISREG(status.st_mode):
-        if not os.access(target, os.W_OK):
-            raise _error(errno.EACCES, path)
-        return OutputPlan(path, target, "direct", None)
-    if status is not None and not os.access(target, os.W_OK):
-        raise _error(errno.EACCES, path)
-    if status is not None and status.st_nlink > 1:
-        return OutputPlan(path, target, "in_place", None)
-    directory = os.path.dirname(target)
-    if not os.path.isdir(directory):
-        raise _error(errno.ENOENT, path, f"no such directory: {os.path.dirname(path) or directory}")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        if status is not None:  # the file is writable, its directory is not: no temporary file possible
-            return OutputPlan(path, target, "in_place", None)
-        raise _error(errno.EACCES, path, f"cannot create files in {os.path.dirname(path) or directory}")
-    file_mode = stat.S_IMODE(status.st_mode) if status is not None else _umask_mode()
-    return OutputPlan(path, target, "atomic", file_mode)
+        resolved = resolve_output(path)
+        try:
+            mode, file_mode = _decide(resolved, path)
+        finally:
+            os.close(resolved.directory)
+    except OSError as error:
+        raise _as_output_error(error, path) from None
+    return OutputPlan(path, resolved.shown, mode, file_mode)
 
 
 def write_output(plan: OutputPlan | str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` as :func:`plan_output` decided (planning now if given a path).
+    """Write ``data`` to the plan's path, checking the path again (see the module docstring).
+
+    Args:
+        plan: a :func:`plan_output` result, or a path (planned now).
+        data: the whole contents.
 
     Raises:
-        OSError: naming the path the caller gave.
+        OutputError: naming the path the caller gave.
     """
     if not isinstance(plan, OutputPlan):
         plan = plan_output(plan)
     if plan.mode == "stdout":
-        stream = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
-        if stream is None:  # a text-only stdout (e.g. captured by a test harness)
-            sys.stdout.write(data.decode("utf-8"))
-        else:
-            stream.write(data)
-        sys.stdout.flush()
+        write_stdout(data)
         return
     try:
-        if plan.mode == "atomic":
-            _replace_atomically(plan, data)
-        else:
-            with open(plan.target, "wb") as stream:
-                stream.write(data)
+        resolved = resolve_output(plan.path)
+        try:
+            mode, file_mode = _decide(resolved, plan.path)
+            if mode == "atomic":
+                owner = None if resolved.status is None else (resolved.status.st_uid, resolved.status.st_gid)
+                replace_atomically(resolved.directory, resolved.name, data, mode=file_mode, owner=owner)
+            else:
+                _write_existing(resolved, data, plan.path)
+        finally:
+            os.close(resolved.directory)
     except OSError as error:
-        raise OSError(error.errno, error.strerror, plan.path) from None
+        raise _as_output_error(error, plan.path) from None
 
 
-@contextlib.contextmanager
-def _signals_held():
-    """Hold SIGINT and SIGTERM back (delivered on exit): a handler raising between the creation of
-    the temporary file and the assignment of its name would leave it behind, unnamed."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+def _write_existing(resolved: ResolvedOutput, data: bytes, path: str) -> None:
+    """Write into the file that is there (in place, or a device or FIFO), never through a link swapped in."""
     try:
-        yield
+        descriptor = os.open(resolved.name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=resolved.directory)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise _error(errno.ELOOP, path, f"{resolved.shown} became a symlink after it was checked; not followed") from None
+        raise
+    try:
+        opened = os.fstat(descriptor)
+        if (opened.st_dev, opened.st_ino) != (resolved.status.st_dev, resolved.status.st_ino):
+            raise _error(errno.EAGAIN, path, f"{resolved.shown} was replaced after it was checked; not written")
+        if stat.S_ISREG(opened.st_mode):
+            os.ftruncate(descriptor, 0)  # only now that it is known to be the file checked
+        write_all(descriptor, data)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        os.close(descriptor)
 
 
-def _replace_atomically(plan: OutputPlan, data: bytes) -> None:
-    temporary = None
+def write_stdout(data: bytes) -> None:
+    """Write ``data`` to standard output, to the end.
+
+    Python's buffered writer can report a write to a pipe whose reader has
+    gone as complete; the bytes go to the descriptor with ``os.write`` instead,
+    after what Python buffered.
+
+    Raises:
+        OutputError: naming ``"-"``: standard output is closed (``EBADF``), or its
+            reader went away before the end (``EPIPE``).
+    """
+    _check_stdout()
+    stream = sys.stdout
     try:
-        with _signals_held():
-            handle, temporary = tempfile.mkstemp(prefix=".jaxfuse-", suffix=".json.tmp", dir=os.path.dirname(plan.target))
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            os.fchmod(stream.fileno(), plan.file_mode)
-            _keep_owner(stream.fileno(), plan.target)
-        os.replace(temporary, plan.target)
-        temporary = None  # a signal before this line: the unlink below finds nothing, and says nothing
-    finally:
-        if temporary is not None:
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass
+        stream.flush()
+        try:
+            descriptor = stream.fileno()
+        except (OSError, ValueError):  # a stream without a descriptor (a test harness's capture)
+            descriptor = None
+        if descriptor is None:
+            buffer = getattr(stream, "buffer", None)
+            if buffer is None:
+                stream.write(data.decode("utf-8"))
+            else:
+                buffer.write(data)
+            stream.flush()
+        else:
+            write_all(descriptor, data)
+    except OSError as error:
+        why = {
+            errno.EPIPE: "broken pipe: its reader exited before the end",
+            errno.EBADF: "standard output is closed",
+        }.get(error.errno, error.strerror)
+        raise _error(error.errno or errno.EIO, STDOUT, why) from None
 
-
-def _keep_owner(descriptor: int, target: str) -> None:
-    """Give the new file the old one's owner and group, where permitted (root, or the same user)."""
-    try:
-        old = os.stat(target)
-    except FileNotFoundError:
-        return
-    try:
-        os.fchown(descriptor, old.st_uid, old.st_gid)
-    except OSError:
-        pass  # not permitted: the new file keeps the writer's owner, like any rewritten file

@@ -17,8 +17,10 @@ which has no groups and no temperature.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import platform
+import sys
 import time
 from typing import NamedTuple, Sequence
 
@@ -27,6 +29,7 @@ import numpy as np
 
 from jaxfuse._detect import PUBLISHED_CLASS_THRESHOLD, detect
 from jaxfuse._evaluate import THUMOS14_THRESHOLDS, evaluate_detections
+from jaxfuse.formats.output import OutputError, write_output
 from jaxfuse.tools.videos import SyntheticVideos, VideoParameters, synthetic_videos
 
 TEMPLATES = ("gaussian", "uniform", "exponential", "laplace", "student_t")
@@ -221,8 +224,10 @@ def _plot(rows: Sequence[StudyRow], path: str) -> None:
     right.set_title("average mAP (0.1:0.7) by temperature")
     right.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(path)
+    image = io.BytesIO()
+    figure.savefig(image, format="png")
     plt.close(figure)
+    write_output(path, image.getvalue())  # atomically, as every file jaxfuse writes
 
 
 def sensitivity_table(results: dict[str, tuple[VideoParameters, list[StudyRow]]]) -> str:
@@ -330,16 +335,18 @@ def run(args: argparse.Namespace) -> int:
             sensitivity[name] = (varied, run_study(synthetic_videos(varied), methods, args.temperatures))
 
     os.makedirs(args.output_dir, exist_ok=True)
-    plot_name = None
-    if not args.no_plot:
-        plot_name = "study.png"
-        _plot(rows, os.path.join(args.output_dir, plot_name))
-    seconds = time.perf_counter() - started
-    command = "jaxfuse study" + ("" if _is_default(args) else " " + _arguments_text(args))
-    report = _markdown_report(rows, parameters, videos, seconds, command, plot_name, sensitivity)
+    plot_name = None if args.no_plot else "study.png"
     markdown_path = os.path.join(args.output_dir, "study.md")
-    with open(markdown_path, "w", encoding="utf-8") as handle:
-        handle.write(report)
+    try:
+        if plot_name is not None:
+            _plot(rows, os.path.join(args.output_dir, plot_name))
+        seconds = time.perf_counter() - started
+        command = "jaxfuse study" + ("" if _is_default(args) else " " + _arguments_text(args))
+        report = _markdown_report(rows, parameters, videos, seconds, command, plot_name, sensitivity)
+        write_output(markdown_path, report.encode())
+    except OutputError as error:
+        print(f"jaxfuse study: error: cannot write {error.filename}: {error.strerror}", file=sys.stderr)
+        return 2
     print(f"wrote {markdown_path}" + ("" if plot_name is None else f" and {os.path.join(args.output_dir, plot_name)}")
           + f" ({seconds:.0f} s)")
     return 0
