@@ -41,6 +41,7 @@ import time
 from typing import Any, Callable, NamedTuple
 
 import jax
+import msgspec
 import numpy as np
 
 from jaxfuse._grouping import validate_overlap, validate_threshold
@@ -50,6 +51,7 @@ from jaxfuse._proposals import METHODS, fuse_proposals
 from jaxfuse._result import ResultCode
 from jaxfuse._validation import choice, positive_int, positive_scalar
 from jaxfuse.formats.activitynet import (
+    RESULTS,
     DetectionFileError,
     DetectionTable,
     garbage_collector_paused,
@@ -400,10 +402,12 @@ def fuse_detections_json(
     top_k: int | None = None,
     min_score: float | None = None,
 ) -> dict:
-    """Fuse the detections of parsed ActivityNet detection JSON, per (video, label).
+    """Fuse the detections of ActivityNet detection JSON, per (video, label).
 
     Args:
-        data: ``{"results": {video_id: [{"label", "score", "segment": [s, e]}, ...]}, ...}``.
+        data: the parsed JSON ``{"results": {video_id: [{"label", "score",
+            "segment": [s, e]}, ...]}, ...}``, the file's bytes, or its path:
+            what :func:`jaxfuse.evaluate_json` accepts, read by the same rules.
         method: a :func:`jaxfuse.fuse_proposals` method (default ``"gaussian"``).
         temperature: softmax temperature (default 0.2, the published evaluation's).
         overlap: ``"candidate"`` (published) or ``"iou"``.
@@ -424,13 +428,14 @@ def fuse_detections_json(
             default 0.001 there, no cut otherwise).
 
     Returns:
-        A new dict: ``data``'s other keys, and ``"results"`` with the fused
-        detections (``label``, ``score``, ``segment``) of each video, by
-        descending score.
+        A new dict: ``data``'s other keys (parsed, for bytes or a path), and
+        ``"results"`` with the fused detections (``label``, ``score``,
+        ``segment``) of each video, by descending score.
 
     Raises:
-        DetectionFileError: malformed detections, or a group whose fusion
-            failed (the message names the video and the entry).
+        DetectionFileError: invalid JSON, malformed detections, or a group whose
+            fusion failed (the message names the video and the entry).
+        OSError: the path cannot be read.
         ValueError, TypeError: a bad option.
 
     Example:
@@ -441,7 +446,8 @@ def fuse_detections_json(
         [{'label': 'Jump', 'score': 0.9, 'segment': [1.0, 11.0]}]
     """
     settings = _settings(method, temperature, overlap, overlap_threshold, discrete, sigma, decay, top_k, min_score)
-    table = detection_table(data, weight_field)
+    read = read_predictions(data, weight_field)
+    table = read.table
     fused = _fuse_checked(table, settings)
     labels = [table.labels[code] for code in fused.label_codes.tolist()]
     scores, segments = fused.scores.tolist(), fused.segments.tolist()
@@ -450,7 +456,12 @@ def fuse_detections_json(
         video_id: [{"label": labels[i], "score": scores[i], "segment": segments[i]} for i in range(first, last)]
         for video_id, first, last in zip(table.video_ids, [0] + ends[:-1], ends)
     }
-    return {key: results if key == "results" else value for key, value in data.items()}
+    return {key: results if key == RESULTS else _parsed(value) for key, value in read.top_level.items()}
+
+
+def _parsed(value: Any) -> Any:
+    """A top-level value as Python objects (read from bytes, it is still raw JSON)."""
+    return msgspec.json.decode(value) if isinstance(value, msgspec.Raw) else value
 
 
 def _standard_input() -> bytes:
@@ -482,9 +493,10 @@ def fuse_detection_file(
 
     The output path is checked before the work (:func:`jaxfuse.formats.output.plan_output`)
     and written only if everything succeeded, atomically where it is (or
-    will be) a regular file, through symlinks to their target, in place
-    for a file with several hard links, directly to a device or FIFO, to
-    standard output for ``"-"``; an existing file keeps its mode.
+    will be) a regular file, through symlinks to their target (not another
+    user's link in a sticky world-writable directory), in place for a file
+    with several hard links, directly to a device or FIFO, to standard
+    output for ``"-"``; an existing file keeps its mode.
 
     Args:
         input_path: the detection JSON to read; ``"-"`` reads standard input.
@@ -503,8 +515,9 @@ def fuse_detection_file(
     Raises:
         DetectionFileError: invalid JSON, a repeated key, malformed
             detections, a failed group.
-        OSError: the input cannot be read or the output cannot be written
-            (naming the path given).
+        OutputError: (an ``OSError``) the output cannot be written, naming the path given
+            (``"-"`` for standard output: closed, or its reader exited early).
+        OSError: the input cannot be read (naming the path given).
         ValueError, TypeError: a bad option.
     """
     settings = _settings(method, temperature, overlap, overlap_threshold, discrete, sigma, decay, top_k, min_score)

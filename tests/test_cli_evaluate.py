@@ -211,3 +211,19 @@ def test_file_errors_of_the_shared_reader_exit_2_in_one_line(tmp_path, capsys, p
     code, out, err = run(capsys, tmp_path / "pred.json", tmp_path / "gt.json", *options)
     assert code == 2 and out == "" and err.count("\n") == 1
     assert err == "jaxfuse evaluate: error: " + message.format(pred=tmp_path / "pred.json", gt=tmp_path / "gt.json") + "\n"
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b'{"results": {"v": [{"label": "Diving", "score": NaN, "segment": [0, 1]}]}}',
+         "PRED.json ({pred}): video 'v', entry 0: score must be a finite number, got nan; JSON has no NaN or Infinity"),
+        (b"\xef\xbb\xbf" + b'{"results": {}}', "PRED.json ({pred}): starts with a UTF-8 byte-order mark (EF BB BF)"),
+    ],
+)
+def test_nan_and_byte_order_marks_are_named_in_one_line(tmp_path, capsys, raw, message):
+    (tmp_path / "gt.json").write_text(json.dumps({"database": {"v": {"annotations": [{"label": "Diving", "segment": [0, 1]}]}}}))
+    (tmp_path / "pred.json").write_bytes(raw)
+    code, out, err = run(capsys, tmp_path / "pred.json", tmp_path / "gt.json")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith("jaxfuse evaluate: error: " + message.format(pred=tmp_path / "pred.json"))

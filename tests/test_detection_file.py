@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -255,12 +256,14 @@ GOOD = {"label": "a", "score": 0.5, "segment": [1.0, 2.0]}
         ({"label": "a", "score": 0.5}, "video 'v_abc', entry 3: missing 'segment'"),
         ({"label": "a", "score": "0.5", "segment": [1, 2]}, "video 'v_abc', entry 3: score must be a finite number, got '0.5'"),
         ({"label": "a", "score": True, "segment": [1, 2]}, "video 'v_abc', entry 3: score must be a finite number"),
-        ({"label": "a", "score": float("nan"), "segment": [1, 2]}, "not valid JSON: JSON is malformed: invalid character (byte 322) (line 1, column 323)"),
+        ({"label": "a", "score": float("nan"), "segment": [1, 2]},
+         "video 'v_abc', entry 3: score must be a finite number, got nan; JSON has no NaN or Infinity"),
         ({"label": "a", "score": 1e301, "segment": [1, 2]}, "video 'v_abc', entry 3: score must be within +-1e+300"),
         ({"label": "a", "score": 1, "segment": [-1.7e308, 1.7e308]}, "video 'v_abc', entry 3: segment must be within +-1e+300"),
         ({"label": "a", "score": 10**400, "segment": [1, 2]}, "video 'v_abc', entry 3: score must be a finite number"),
         ({"label": "a", "score": 0.5, "segment": [1, 2, 3]}, "video 'v_abc', entry 3: segment must be [start, end] with two"),
-        ({"label": "a", "score": 0.5, "segment": [1, float("inf")]}, "not valid JSON"),
+        ({"label": "a", "score": 0.5, "segment": [1, float("inf")]},
+         "video 'v_abc', entry 3: segment must be [start, end] with two finite numbers, got [1, inf]; JSON has no NaN"),
         ({"label": "a", "score": 0.5, "segment": ["1", 2]}, "video 'v_abc', entry 3: segment must be [start, end] with two finite"),
         ({"label": False, "score": 0.5, "segment": [1, 2]}, "video 'v_abc', entry 3: label must be a string or an integer"),
         ({"label": "a", "score": 0.5, "segment": "1-2"}, "video 'v_abc', entry 3: segment must be [start, end]"),
@@ -620,3 +623,57 @@ def test_dash_reads_standard_input_and_writes_standard_output(monkeypatch, capsy
     assert cli("-", "-o", "-", "--method", "nms", "--quiet") == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out) == {"results": {"v": [GOOD]}} and captured.err == ""
+
+
+# ------------------------------------------------------------------ issue 16: weight fields, inputs alike
+
+
+def test_the_weight_field_may_be_the_score(tmp_path):
+    """--weight-field score crashed ("Multiple fields rename to the same name"), also under --preset published."""
+    data = random_results(seed=8)
+    source = write(tmp_path / "in.json", data)
+    output = tmp_path / "out.json"
+    assert cli(source, "-o", output, "--weight-field", "score", "--quiet") == 0
+    assert_matches_reference(json.loads(output.read_text()), data, temperature=0.2, weight_field="score")
+    assert cli(source, "-o", output, "--preset", "published", "--weight-field", "score", "--quiet") == 0
+    assert_matches_reference(json.loads(output.read_text()), data, temperature=0.2, weight_field="score", discrete=True)
+    # Integer labels are numbers: as weights they are read like any numeric field.
+    numbered = {"results": {"v": [{**GOOD, "label": 3}, {**GOOD, "label": 3, "segment": [1.5, 2.5]}]}}
+    assert fuse_detections_json(json.dumps(numbered).encode(), weight_field="label", temperature=1.0) == (
+        fuse_detections_json(numbered, weight_field="label", temperature=1.0)
+    )
+
+
+@pytest.mark.parametrize(("field", "value"), [("label", "'a'"), ("segment", r"\[1.0, 2.0\]")])
+def test_a_non_numeric_entry_field_as_weights_is_named(tmp_path, capsys, field, value):
+    source = write(tmp_path / "in.json", {"results": {"v": [GOOD]}})
+    assert cli(source, "-o", tmp_path / "out.json", "--weight-field", field) == 2
+    assert re.fullmatch(
+        rf"jaxfuse fuse: error: {re.escape(source)}: video 'v', entry 0: '{field}' \(the --weight-field\) must be a "
+        rf"finite number, got {value}\n",
+        capsys.readouterr().err,
+    )
+    for data in ({"results": {"v": [GOOD]}}, json.dumps({"results": {"v": [GOOD]}}).encode()):
+        with pytest.raises(DetectionFileError, match=rf"'{field}' \(the --weight-field\) must be a finite number"):
+            fuse_detections_json(data, weight_field=field)
+
+
+def test_fuse_detections_json_accepts_what_evaluate_json_accepts(tmp_path):
+    """The parsed dict, the file's bytes or its path: the same result, by the same rules."""
+    data = random_results(seed=9)
+    source = write(tmp_path / "in.json", data)
+    expected = fuse_detections_json(data, weight_field="inner")
+    assert fuse_detections_json(json.dumps(data).encode(), weight_field="inner") == expected
+    assert fuse_detections_json(bytearray(json.dumps(data).encode()), weight_field="inner") == expected
+    assert fuse_detections_json(source, weight_field="inner") == expected
+    assert expected["external_data"] == data["external_data"] and list(expected) == list(data)
+    with pytest.raises(DetectionFileError, match="holds the key 'v' more than once"):
+        fuse_detections_json(b'{"results": {"v": [], "v": []}}')
+
+
+def test_soft_nms_options_without_soft_nms_are_named_as_options(tmp_path, capsys):
+    source = write(tmp_path / "in.json", {"results": {"v": [GOOD]}})
+    assert cli(source, "-o", tmp_path / "out.json", "--sigma", "0.3", "--decay", "linear") == 2
+    assert capsys.readouterr().err == (
+        "jaxfuse fuse: error: --sigma and --decay apply to --method soft_nms only, got --method gaussian\n"
+    )

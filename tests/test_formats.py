@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
+import lzma
 import os
 import stat
 import threading
@@ -228,3 +231,76 @@ def test_an_interrupted_write_leaves_no_temporary_file(tmp_path, monkeypatch, in
     assert os.listdir(tmp_path) == ["out.json"] and output.read_text() == "old"
     if interruption is OSError:
         assert error.value.filename == str(output)  # the path given, not the temporary file
+
+
+# ------------------------------------------------------------------ issue 16: why a file does not parse, in words
+
+
+SMALL = json.dumps({"results": {"v": [GOOD]}})
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"\xef\xbb\xbf" + SMALL.encode(), "starts with a UTF-8 byte-order mark (EF BB BF), which the ActivityNet evaluator"),
+        (b"\xff\xfe" + SMALL.encode("utf-16-le"), "is UTF-16 (little-endian) text (byte-order mark FF FE); JSON files must be UTF-8"),
+        (b"\xfe\xff" + SMALL.encode("utf-16-be"), "is UTF-16 (big-endian) text (byte-order mark FE FF)"),
+        (SMALL.encode("utf-16-le"), "is UTF-16 (little-endian) text (zero bytes between its characters)"),
+        (SMALL.encode("utf-16-be"), "is UTF-16 (big-endian) text (zero bytes between its characters)"),
+        (b"\xff\xfe\x00\x00" + SMALL.encode("utf-32-le"), "is UTF-32 (little-endian) text (byte-order mark FF FE 00 00)"),
+        (SMALL.encode("utf-32-be"), "is UTF-32 (big-endian) text (zero bytes"),
+        (gzip.compress(SMALL.encode()), "is gzip-compressed (starts with 1F 8B); decompress it first (gunzip FILE)"),
+        (bz2.compress(SMALL.encode()), "is bzip2-compressed (starts with 42 5A 68)"),
+        (lzma.compress(SMALL.encode()), "is xz-compressed"),
+    ],
+)
+def test_byte_order_marks_wide_encodings_and_compression_are_named(tmp_path, raw, message):
+    """They all said "invalid character (byte 0)"."""
+    path = tmp_path / "in.json"
+    path.write_bytes(raw)
+    for read, source in ((read_predictions, raw), (read_predictions, path), (read_ground_truth, raw)):
+        with pytest.raises(DetectionFileError) as error:
+            read(source)
+        assert str(error.value).startswith(message) and "byte 0" not in str(error.value)
+
+
+def test_a_byte_order_mark_is_refused_as_the_reference_evaluator_refuses_it():
+    """The evaluator's json.load on a UTF-8 text file: the same decision, so no file passes here and fails there."""
+    with pytest.raises(json.JSONDecodeError, match="Unexpected UTF-8 BOM"):
+        json.loads((b"\xef\xbb\xbf" + SMALL.encode()).decode("utf-8"))
+    assert json.loads(SMALL.encode().decode("utf-8")) == {"results": {"v": [GOOD]}}
+
+
+GOOD_TEXT = json.dumps(GOOD)
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        ('{"label": "a", "score": NaN, "segment": [1, 2]}', "score must be a finite number, got nan"),
+        ('{"label": "a", "score": Infinity, "segment": [1, 2]}', "score must be a finite number, got inf"),
+        ('{"label": "a", "score": 0.5, "segment": [-Infinity, 2]}',
+         r"segment must be \[start, end\] with two finite numbers, got \[-inf, 2\]"),
+        ('{"label": "a", "score": 0.5, "segment": [1, 2], "w": NaN}', r"'w' \(the --weight-field\) must be a finite number, got nan"),
+    ],
+)
+def test_nan_and_infinity_tokens_name_the_video_and_the_entry(entry, problem):
+    weight_field = "w" if '"w"' in entry else None
+    first = json.dumps({**GOOD, "w": 0.1}) if weight_field else GOOD_TEXT
+    raw = '{"results": {"v0": [], "v1": [' + first + ", " + entry + "]}}"
+    assert json.loads(raw)  # Python's json reads them (and writes them: json.dumps(float("nan")) == "NaN")
+    with pytest.raises(DetectionFileError, match=rf"^video 'v1', entry 1: {problem}") as error:
+        read_predictions(json.loads(raw), weight_field)  # what the rules say of the parsed value
+    with pytest.raises(DetectionFileError, match=rf"^video 'v1', entry 1: {problem}; JSON has no NaN or Infinity") as error:
+        read_predictions(raw.encode(), weight_field)
+    assert str(error.value).endswith("a NaN score cannot be ranked, an infinite one ranks nothing, a non-finite time makes no segment")
+
+
+def test_nan_in_ground_truth_and_outside_entries():
+    truth = b'{"database": {"v": {"subset": "a", "annotations": [{"label": "x", "segment": [NaN, 1]}]}}}'
+    with pytest.raises(DetectionFileError, match=r"^video 'v', entry 0: segment must be \[start, end\] with two finite"):
+        read_ground_truth(truth)
+    with pytest.raises(DetectionFileError, match=r"^not valid JSON: NaN \(line 1, column 13\): JSON has no NaN or Infinity"):
+        read_predictions(b'{"version": NaN, "results": {}}')
+    with pytest.raises(DetectionFileError, match=r"^not valid JSON: -Infinity \(line 2, column 12\): JSON has no NaN"):
+        read_predictions(b'{"results": {},\n "extra": -Infinity}')

@@ -327,19 +327,22 @@ def test_a_reader_that_exits_early_gives_an_error_and_no_summary(tmp_path):
     assert "detections of" not in stderr and "Traceback" not in stderr and "Exception" not in stderr
 
 
-@pytest.mark.parametrize("command", ["fuse", "evaluate"])
-def test_a_closed_standard_output_is_one_line_before_the_work(tmp_path, command):
+@pytest.mark.parametrize("command", ["fuse", "evaluate", "fuse from stdin"])
+def test_a_closed_standard_stream_is_one_line(tmp_path, command):
     if command == "fuse":
-        arguments = ["fuse", results_file(tmp_path / "in.json"), "-o", "-"]
+        arguments, redirection, stream = ["fuse", results_file(tmp_path / "in.json"), "-o", "-"], ">&-", "output"
+    elif command == "evaluate":
+        arguments, redirection, stream = ["evaluate", *evaluate_inputs(tmp_path), "--json", "-"], ">&-", "output"
     else:
-        arguments = ["evaluate", *evaluate_inputs(tmp_path), "--json", "-"]
+        arguments, redirection, stream = ["fuse", "-", "-o", tmp_path / "out.json"], "<&-", "input"
     quoted = " ".join(f"'{argument}'" for argument in arguments)
     completed = subprocess.run(
-        ["bash", "-c", f"exec '{sys.executable}' -m jaxfuse._cli {quoted} >&-"],
+        ["bash", "-c", f"exec '{sys.executable}' -m jaxfuse._cli {quoted} {redirection}"],
         check=False, capture_output=True, text=True, cwd=REPOSITORY, env=CHILD_ENVIRONMENT, timeout=240,
     )
     assert completed.returncode == 2, completed.stderr
+    verb = "write" if stream == "output" else "read"
     assert completed.stderr.splitlines()[-1] == (
-        f"jaxfuse {command}: error: cannot write standard output: standard output is closed"
+        f"jaxfuse {command.split()[0]}: error: cannot {verb} standard {stream}: standard {stream} is closed"
     )
     assert "Traceback" not in completed.stderr and not re.search(r"detections of|mAP", completed.stderr)

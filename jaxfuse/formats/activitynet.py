@@ -42,6 +42,7 @@ import itertools
 import json
 import math
 import numbers
+import operator
 import os
 import re
 from collections.abc import Mapping
@@ -49,6 +50,8 @@ from typing import Any, Iterator, NamedTuple
 
 import msgspec
 import numpy as np
+
+from jaxfuse.formats.json_diagnosis import NON_FINITE_NOTE, encoding_problem, non_finite_token
 
 
 
@@ -426,6 +429,40 @@ def _line_and_column(raw: bytes, message: str) -> str:
     return f" (line {line}, column {column})"
 
 
+class _NonFiniteToken(DetectionFileError):
+    """The parser stopped at NaN or Infinity: rereading with Python's parser can name the entry."""
+
+
+def _invalid_json(raw: bytes, error: msgspec.DecodeError) -> DetectionFileError:
+    """The error for bytes that do not parse, naming the cause where it is known (see ``json_diagnosis``)."""
+    message = str(error)
+    problem = encoding_problem(raw)
+    if problem is not None:
+        return DetectionFileError(problem)
+    found = re.search(r"\(byte (\d+)\)", message)
+    token = None if found is None else non_finite_token(raw, int(found.group(1)))
+    if token is not None:
+        return _NonFiniteToken(f"not valid JSON: {token}{_line_and_column(raw, message)}: {NON_FINITE_NOTE}")
+    return DetectionFileError(f"not valid JSON: {error}{_line_and_column(raw, message)}")
+
+
+def _name_the_non_finite_entry(raw: bytes, check) -> None:
+    """Python's parser reads NaN and Infinity: ``check`` (the entry rules) on its result names the video and entry.
+
+    Returns normally when the token is not in an entry (or the file has other
+    faults Python's parser stops at): the caller raises the token's own error.
+    """
+    try:
+        with garbage_collector_paused():
+            data = json.loads(raw)
+    except (ValueError, RecursionError):
+        return
+    try:
+        check(data)
+    except DetectionFileError as error:
+        raise DetectionFileError(f"{error}; {NON_FINITE_NOTE}") from None
+
+
 def _read_bytes(source: Any) -> bytes:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source)
@@ -440,7 +477,7 @@ def _parse_sections(raw: bytes, key: str) -> tuple[dict[str, msgspec.Raw], dict[
     except _NotAnObject:
         _section(None, key)  # raises, describing the expected shape
     except msgspec.DecodeError as error:
-        raise DetectionFileError(f"not valid JSON: {error}{_line_and_column(raw, str(error))}") from None
+        raise _invalid_json(raw, error) from None
     except RecursionError:
         raise DetectionFileError("not valid JSON: nested too deeply") from None
     if key not in top:
@@ -452,13 +489,24 @@ def _parse_sections(raw: bytes, key: str) -> tuple[dict[str, msgspec.Raw], dict[
     return top, section
 
 
+ENTRY_FIELDS = ("label", "score", "segment")
+
+
+def _weight_attribute(weight_field: str | None) -> str | None:
+    """The decoded entry's attribute holding the weights: an entry field of its own (``score`` may be the
+    weight field; ``label`` or ``segment`` then fail the number rule), else a separate ``weight``."""
+    if weight_field is None:
+        return None
+    return weight_field if weight_field in ENTRY_FIELDS else "weight"
+
+
 @functools.lru_cache(maxsize=8)
 def _entries_decoder(weight_field: str | None, score: bool) -> msgspec.json.Decoder:
     fields: list = [("label", str | int)]
     if score:
         fields.append(("score", float))
     fields.append(("segment", tuple[float, float]))
-    if weight_field is not None:
+    if _weight_attribute(weight_field) == "weight":  # two struct fields may not read one JSON key
         fields.append(("weight", float, msgspec.field(name=weight_field)))
     entry = msgspec.defstruct("Entry", fields)
     return msgspec.json.Decoder(list[entry])
@@ -481,13 +529,14 @@ def _as_dict(entry, weight_field: str | None) -> dict:
     out = {"label": entry.label, "segment": list(entry.segment)}
     if hasattr(entry, "score"):
         out["score"] = entry.score
-    if weight_field is not None:
+    if _weight_attribute(weight_field) == "weight":
         out[weight_field] = entry.weight
     return out
 
 
 def _typed_table(video_entries: dict[str, list], weight_field: str | None, *, score: bool) -> DetectionTable:
     columns = _Columns([], [], [], [])
+    weight_of = operator.attrgetter(_weight_attribute(weight_field) or "label")
     counts = np.zeros(len(video_entries), np.int64)
     for index, entries in enumerate(video_entries.values()):
         columns.labels.extend([entry.label for entry in entries])
@@ -495,7 +544,7 @@ def _typed_table(video_entries: dict[str, list], weight_field: str | None, *, sc
             columns.scores.extend([entry.score for entry in entries])
         columns.segments.extend([entry.segment for entry in entries])
         if weight_field is not None:
-            columns.weights.extend([entry.weight for entry in entries])
+            columns.weights.extend(map(weight_of, entries))
         counts[index] = len(entries)
 
     def first_problem():
@@ -544,7 +593,12 @@ def read_predictions(source: Any, weight_field: str | None = None) -> Prediction
     if isinstance(source, Mapping):
         top = {key: None if key == RESULTS else value for key, value in source.items()}
         return PredictionFile(detection_table(source, weight_field), top)
-    top, results = _parse_sections(_read_bytes(source), RESULTS)
+    raw = _read_bytes(source)
+    try:
+        top, results = _parse_sections(raw, RESULTS)
+    except _NonFiniteToken:
+        _name_the_non_finite_entry(raw, lambda data: detection_table(data, weight_field))
+        raise
     decoder = _entries_decoder(weight_field, True)
     video_entries = {
         video: _decode_entries(video, raw, decoder, score=True, weight_field=weight_field, what="detections")
@@ -578,7 +632,12 @@ def read_ground_truth(source: Any, subset: str | None = None) -> GroundTruthTabl
     """
     if isinstance(source, Mapping):
         return ground_truth_table(source, subset)
-    _, database = _parse_sections(_read_bytes(source), DATABASE)
+    raw = _read_bytes(source)
+    try:
+        _, database = _parse_sections(raw, DATABASE)
+    except _NonFiniteToken:
+        _name_the_non_finite_entry(raw, lambda data: ground_truth_table(data, subset))
+        raise
     video_decoder = msgspec.json.Decoder(_GroundTruthVideo)
     decoder = _entries_decoder(None, False)
     videos = {}
