@@ -346,3 +346,18 @@ def test_a_closed_standard_stream_is_one_line(tmp_path, command):
         f"jaxfuse {command.split()[0]}: error: cannot {verb} standard {stream}: standard {stream} is closed"
     )
     assert "Traceback" not in completed.stderr and not re.search(r"detections of|mAP", completed.stderr)
+
+
+def test_where_an_unnamed_file_cannot_be_linked_a_named_one_is_used(tmp_path, monkeypatch):
+    """A sandbox may refuse linking from /proc/self/fd: the contents are written again, under a temporary name."""
+
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", refused)
+    output = tmp_path / "out.json"
+    output.write_text("old")
+    output.chmod(0o640)
+    write_output(output, b"new")
+    assert output.read_bytes() == b"new" and os.listdir(tmp_path) == ["out.json"]
+    assert output.stat().st_mode & 0o777 == 0o640

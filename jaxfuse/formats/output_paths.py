@@ -38,7 +38,9 @@ MAX_SYMLINKS = 40
 
 _STICKY_WORLD_WRITABLE = stat.S_ISVTX | stat.S_IWOTH
 # O_PATH: a directory is entered with search permission alone, as the kernel's walk does.
-_DIRECTORY_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
+_DIRECTORY_FLAGS = (
+    getattr(os, "O_PATH", os.O_RDONLY) | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+)
 
 
 class ResolvedOutput(NamedTuple):

@@ -133,7 +133,8 @@ def _named_file(directory: int, name: str, permissions: int) -> tuple[int, str]:
             continue
 
 
-def _link_unnamed(descriptor: int, directory: int, name: str) -> str:
+def _link_unnamed(descriptor: int, directory: int, name: str) -> str | None:
+    """Give the unnamed file a temporary name; None where ``/proc/self/fd`` cannot be linked from."""
     while True:
         temporary = temporary_name(name)
         try:
@@ -141,6 +142,10 @@ def _link_unnamed(descriptor: int, directory: int, name: str) -> str:
             return temporary
         except FileExistsError:
             continue
+        except OSError as error:
+            if error.errno in (errno.ENOENT, errno.EPERM, errno.EACCES, errno.EXDEV, errno.EOPNOTSUPP):
+                return None
+            raise
 
 
 def _settle(descriptor: int, mode: int | None, owner: tuple[int, int] | None) -> None:
@@ -185,6 +190,13 @@ def replace_atomically(
         if temporary is None:
             with signals_held():
                 temporary = _link_unnamed(descriptor, directory, name)
+        if temporary is None:  # /proc/self/fd refused the link (a sandbox): write it again, named
+            os.close(descriptor)
+            descriptor = None
+            with signals_held():
+                descriptor, temporary = _named_file(directory, name, permissions)
+            write_all(descriptor, data)
+            _settle(descriptor, mode, owner)
         os.replace(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
         temporary = None  # a signal before this line: the unlink below finds nothing, and says nothing
     finally:
