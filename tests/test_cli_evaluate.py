@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from jaxfuse import _cli
-from jaxfuse._evaluate import ACTIVITYNET_THRESHOLDS, THUMOS14_THRESHOLDS
-from jaxfuse._evaluate_json import evaluate_json
+from jaxfuse.cli import main
+from jaxfuse._evaluation.evaluate import ACTIVITYNET_THRESHOLDS, THUMOS14_THRESHOLDS
+from jaxfuse._evaluation.activitynet_json import evaluate_json
 
 CLASSES = ["BaseballPitch", "Diving", "HighJump", "Shotput"]
 
@@ -41,7 +41,7 @@ def write_case(tmp_path, seed, *, quantise=True):
 
 
 def run(capsys, *argv):
-    code = _cli.main(["evaluate", *map(str, argv)])
+    code = main.main(["evaluate", *map(str, argv)])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 

@@ -7,7 +7,7 @@ import pytest
 from conftest import fuse_in_shared_shape, tolerance
 
 import jaxfuse
-from jaxfuse._ragged_segments import SEGMENT_TEMPLATES, padded_groups, padded_members
+from jaxfuse._fusion.flat_closed_forms import SEGMENT_TEMPLATES, padded_groups, padded_members
 
 
 def test_pack_then_fuse_equals_fusing_each_group_alone():
@@ -483,8 +483,8 @@ def test_segment_form_result_codes_and_outputs_equal_fuse_groups(template, tempe
 
 def test_segment_form_reports_a_bad_traced_temperature_on_every_group():
     # fuse_ragged rejects a bad concrete temperature; the program itself (traced T) answers INVALID_OPTION.
-    from jaxfuse._ragged import _layout
-    from jaxfuse._ragged_segments import host_inputs, segment_fusion
+    from jaxfuse._fusion.packing import _layout
+    from jaxfuse._fusion.flat_closed_forms import host_inputs, segment_fusion
 
     rng = np.random.default_rng(63)
     sizes = np.array([3, 1, 4])

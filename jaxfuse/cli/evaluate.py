@@ -5,7 +5,7 @@
 
 The numbers are :func:`jaxfuse.evaluate_json`'s: ActivityNet's reference protocol
 (``compute_average_precision_detection``), ties resolved as documented in
-``jaxfuse._evaluate``. The dataset presets:
+``jaxfuse._evaluation.evaluate``. The dataset presets:
 
 - ``thumos14`` (default): tIoU 0.1:0.1:0.7; ground truth labelled ``Ambiguous`` is not
   a class (``--ambiguous ignore``), as THUMOS14 evaluators treat it; all subsets.
@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxfuse._evaluate import ACTIVITYNET_THRESHOLDS, THUMOS14_THRESHOLDS, DetectionMAP
-from jaxfuse._evaluate_json import ActivityNetData, evaluate_data, load_activitynet_json
+from jaxfuse._evaluation.evaluate import ACTIVITYNET_THRESHOLDS, THUMOS14_THRESHOLDS, DetectionMAP
+from jaxfuse._evaluation.activitynet_json import ActivityNetData, evaluate_data, load_activitynet_json
 
 AMBIGUOUS_LABEL = "Ambiguous"
 

@@ -17,7 +17,7 @@ Per video, ActionFormer's rule is:
 2. Soft-NMS (Gaussian decay ``exp(-iou**2 / sigma)``, drop below ``min_score``;
    ``iou_threshold`` unused) or hard NMS (keep ``score > min_score``, suppress
    ``iou >= iou_threshold``), with ActionFormer's IoU (lengths ``+ 1e-6``);
-   see :mod:`jaxfuse._actionformer_nms` for the exact tie rules;
+   see :mod:`jaxfuse._proposals.actionformer_nms` for the exact tie rules;
 3. class-agnostic with ``voting_thresh > 0``: segment voting over all the
    video's detections;
 4. the classes' lists concatenated in ascending class order, sorted by score
@@ -53,9 +53,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfuse._actionformer_nms import select
-from jaxfuse._ragged import bucket_size
-from jaxfuse._validation import choice, positive_scalar
+from jaxfuse._proposals.actionformer_nms import select
+from jaxfuse._fusion.packing import bucket_size
+from jaxfuse._core.validation import choice, positive_scalar
 
 METHODS = ("soft_nms", "nms", "gaussian")
 DEFAULT_TEMPERATURE = 0.2  # the published evaluation temperature
@@ -255,7 +255,7 @@ def _run_select(arrays, options, keep, voting):
 
 def _fuse_bucket(segments, scores, valid, options, keep):
     """GauFuse on one bucket: group (IoU > iou_threshold, continuous lengths), fuse, best ``keep`` per row."""
-    from jaxfuse._proposals import fuse_proposals
+    from jaxfuse._proposals.fuse_proposals import fuse_proposals
 
     eligible = valid & (scores > options["min_score"]) if options["min_score"] > 0 else valid
     fused = fuse_proposals(

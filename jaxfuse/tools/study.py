@@ -25,8 +25,8 @@ from typing import NamedTuple, Sequence
 import jax
 import numpy as np
 
-from jaxfuse._detect import PUBLISHED_CLASS_THRESHOLD, detect
-from jaxfuse._evaluate import THUMOS14_THRESHOLDS, evaluate_detections
+from jaxfuse._detection.detect import PUBLISHED_CLASS_THRESHOLD, detect
+from jaxfuse._evaluation.evaluate import THUMOS14_THRESHOLDS, evaluate_detections
 from jaxfuse.tools.videos import SyntheticVideos, VideoParameters, synthetic_videos
 
 TEMPLATES = ("gaussian", "uniform", "exponential", "laplace", "student_t")
