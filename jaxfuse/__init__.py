@@ -20,7 +20,7 @@ from jaxfuse._fusion.densities import (
     student_t_density,
     uniform_density,
 )
-from jaxfuse._detection.detect import PUBLISHED_CLASS_THRESHOLD, PUBLISHED_THRESHOLDS, VideoDetections, detect, detect_videos
+from jaxfuse._detection.detect import VideoDetections, detect, detect_videos
 from jaxfuse._proposals.detection_file import DetectionFileError, FileFusionReport, fuse_detection_file, fuse_detections_json
 from jaxfuse._evaluation.evaluate import (
     ACTIVITYNET_THRESHOLDS,
@@ -43,15 +43,21 @@ from jaxfuse._fusion.fuse_groups import (
     fuse_uniform,
 )
 from jaxfuse._proposals.grouping import ProposalGroups, group_proposals
-from jaxfuse._labels.pdhg import LPResultCode
 from jaxfuse._labels.pseudo_labels import PseudoLabels, pseudo_labels
 from jaxfuse._proposals.proposal_lists import PaddedProposals, fuse_proposal_lists, pack_proposals, unpack_proposals
 from jaxfuse._proposals.fuse_proposals import FusedProposals, fuse_proposals
-from jaxfuse._core.settings import DEFAULT, PRESETS, PUBLISHED, FusionSettings
+from jaxfuse._core.settings import (
+    DEFAULT,
+    PRESETS,
+    PUBLISHED,
+    PUBLISHED_CLASS_THRESHOLD,
+    PUBLISHED_THRESHOLDS,
+    FusionSettings,
+)
+from jaxfuse._core.padding import bucket_size
 from jaxfuse._fusion.packing import (
     PackedGroups,
     RaggedBuckets,
-    bucket_size,
     pack_groups,
     pack_ragged,
     unpack_groups,
@@ -60,7 +66,7 @@ from jaxfuse._fusion.packing import (
     unpack_ragged_members,
 )
 from jaxfuse._fusion.fuse_ragged import RaggedFusion, fuse_ragged
-from jaxfuse._core.result_codes import ResultCode
+from jaxfuse._core.result_codes import LPResultCode, ResultCode
 from jaxfuse._labels.snippets import SnippetLabels, segments_to_snippets
 from jaxfuse._proposals.sharding import fuse_proposals_sharded, item_mesh
 from jaxfuse._fusion.student_t import StudentTParameters

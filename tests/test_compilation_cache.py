@@ -40,7 +40,7 @@ fused = jaxfuse.fuse_proposals(segments, np.array([[0.9, 0.5, 0.7]], np.float32)
 assert int(fused.count[0]) == 2
 """
 _SCRIPT_TAIL = """
-from jaxfuse._proposals.group_fusion import _group_and_fuse
+from jaxfuse._proposals.group_fusion import group_and_fuse
 status = jaxfuse.compilation_cache_status()
 print("RESULT " + json.dumps({
     "directory": status.directory, "source": status.source, "reason": status.reason,
@@ -48,7 +48,7 @@ print("RESULT " + json.dumps({
     "min_compile_time": jax.config.jax_persistent_cache_min_compile_time_secs,
     "min_entry_size": jax.config.jax_persistent_cache_min_entry_size_bytes,
     "hits": len(hits),
-    "loaded": _group_and_fuse.stored_calls, "compiled": _group_and_fuse.compiled_calls,
+    "loaded": group_and_fuse.stored_calls, "compiled": group_and_fuse.compiled_calls,
     "segments": np.asarray(fused.segments).tolist() if "fused" in globals() else None,
 }))
 """

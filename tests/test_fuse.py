@@ -11,10 +11,11 @@ import pytest
 
 import jaxfuse
 from jaxfuse import ResultCode
+from jaxfuse._fusion.templates import TEMPLATE_NAMES
 from conftest import SHARED_COORDINATES, SHARED_GROUPS, SHARED_MEMBERS, fuse_in_shared_shape, random_groups, tolerance
 
-CLOSED_FORMS = ["gaussian", "uniform", "exponential", "laplace"]
-TEMPLATES = CLOSED_FORMS + ["student_t"]
+TEMPLATES = list(TEMPLATE_NAMES)
+CLOSED_FORMS = [name for name in TEMPLATES if name != "student_t"]
 
 
 def reference_probabilities(weights, temperature):

@@ -17,8 +17,29 @@ class ArrayKind(enum.Enum):
     TORCH = "torch"
 
 
-def _is_torch_tensor(x: Any) -> bool:
+def is_torch_tensor(x: Any) -> bool:
+    """Whether ``x`` is a torch tensor (checked without importing torch)."""
     return type(x).__module__.startswith("torch") and hasattr(x, "__dlpack__")
+
+
+def is_traced(*arrays: Any) -> bool:
+    """Whether any argument is a JAX tracer: the call runs inside a caller's ``jit``, ``vmap`` or ``grad``.
+
+    Entry points check values on the host only for concrete input; traced input
+    gets per-item result codes instead.
+    """
+    return any(isinstance(a, jax.core.Tracer) for a in arrays)
+
+
+def to_host(x: Any) -> np.ndarray:
+    """``x`` as a numpy array: torch tensors detached and copied to the host (bfloat16, which numpy lacks,
+    widened to float32), JAX arrays fetched, lists converted."""
+    if is_torch_tensor(x):
+        x = x.detach()
+        if str(x.dtype) == "torch.bfloat16":
+            x = x.float()
+        return x.cpu().numpy()
+    return np.asarray(x)
 
 
 def array_kind(*inputs: Any) -> ArrayKind:
@@ -28,7 +49,7 @@ def array_kind(*inputs: Any) -> ArrayKind:
             continue
         if isinstance(x, jax.Array):
             return ArrayKind.JAX
-        if _is_torch_tensor(x):
+        if is_torch_tensor(x):
             return ArrayKind.TORCH
         return ArrayKind.NUMPY
     return ArrayKind.NUMPY
@@ -67,7 +88,7 @@ def source_dtype(x: Any, name: str) -> np.dtype:
     """
     if isinstance(x, (jax.Array, np.ndarray, np.generic)):
         dtype = np.dtype(x.dtype)
-    elif _is_torch_tensor(x):
+    elif is_torch_tensor(x):
         import torch
 
         dtype = torch.empty((), dtype=x.dtype).numpy().dtype if x.dtype != torch.bfloat16 else np.dtype(jnp.bfloat16)
@@ -91,7 +112,7 @@ def to_jax(x: Any) -> jax.Array:
     """
     if isinstance(x, jax.Array):
         return x
-    if _is_torch_tensor(x):
+    if is_torch_tensor(x):
         if x.requires_grad:
             x = x.detach()
         if not x.is_contiguous():

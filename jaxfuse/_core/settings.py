@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
+
 
 class FusionSettings(NamedTuple):
     """The grouping and fusion settings a preset fixes.
@@ -70,3 +72,16 @@ def resolve_settings(preset, **explicit) -> FusionSettings:
     else:
         raise TypeError(f"`preset` must be a name ({sorted(PRESETS)}) or a FusionSettings, got {preset!r}")
     return settings._replace(**{name: value for name, value in explicit.items() if value is not None})
+
+
+# The published code's constants (GauFuse_WSTAL), one home for every module that follows it.
+
+PUBLISHED_THRESHOLDS: tuple[float, ...] = tuple(float(level) for level in np.arange(0.001, 0.04, 0.002))
+"""The published CAS levels ``np.arange(0.001, 0.04, 0.002)``: 0.001, 0.003, ..., 0.039 (20 levels)."""
+
+PUBLISHED_CLASS_THRESHOLD = 0.16
+"""The published video-level class threshold (``--class-threshold`` in GauFuse_WSTAL)."""
+
+MARGIN_SCALE, MARGIN_POWER = 0.0785, 0.9
+"""The published outer margin of a segment of ``n`` snippets, ``0.0785 * n ** 0.9``: for proposals' outer
+scores and for the pseudo-label LP's rows alike."""

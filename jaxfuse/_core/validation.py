@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfuse._core.interop import source_dtype, to_jax
+from jaxfuse._core.interop import source_dtype, to_host, to_jax
 
 
 def float_dtype(x: Any, name: str) -> np.dtype:
@@ -79,3 +79,41 @@ def choice(value: Any, name: str, options) -> str:
     if value not in options:
         raise ValueError(f"unknown `{name}` {value!r}; expected one of {sorted(options)}")
     return value
+
+
+def checked_length(length: Any, shape: tuple[int, ...], num_snippets: int, *, unit: str = "item"):
+    """Snippets per sequence as int32 of ``shape``: all ``num_snippets`` when None; range-checked when concrete.
+
+    A traced ``length`` (inside a caller's ``jit``) cannot be checked; it is
+    clipped to ``[0, num_snippets]`` so that every index stays in range.
+    Concrete lengths stay numpy arrays: a compiled kernel takes them as they
+    are, while an eager JAX operation would compile a program of its own.
+
+    Args:
+        length: None, an integer scalar or an integer array broadcasting to ``shape``.
+        shape: the shape of the sequences (videos or items).
+        num_snippets: the padded sequence length.
+        unit: what one sequence is (``"video"``, ``"item"``), for messages.
+
+    Raises:
+        TypeError: ``length`` is not integer.
+        ValueError: a value outside ``[0, num_snippets]`` or a shape that does not broadcast.
+    """
+    if length is None:
+        return np.full(shape, num_snippets, np.int32)
+    if isinstance(length, jax.core.Tracer):
+        if not jnp.issubdtype(length.dtype, jnp.integer):
+            raise TypeError(f"`length` must be an integer array, got dtype {length.dtype}")
+        return jnp.broadcast_to(jnp.clip(length, 0, num_snippets).astype(jnp.int32), shape)
+    host = to_host(length)
+    if host.dtype == np.bool_ or not np.issubdtype(host.dtype, np.integer):
+        raise TypeError(f"`length` must be an integer array (snippets per {unit}), got dtype {host.dtype}")
+    if host.size and (host.min() < 0 or host.max() > num_snippets):
+        raise ValueError(
+            f"`length` must lie in [0, {num_snippets}] (the padded sequences have {num_snippets} snippets), "
+            f"got values from {host.min()} to {host.max()}"
+        )
+    try:
+        return np.broadcast_to(host, shape).astype(np.int32)
+    except ValueError:
+        raise ValueError(f"`length` of shape {host.shape} does not broadcast to the {unit}s' shape {shape}") from None

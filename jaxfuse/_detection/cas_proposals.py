@@ -61,13 +61,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxfuse._core.interop import array_kind, from_jax
+from jaxfuse._core.interop import array_kind, from_jax, is_traced
+from jaxfuse._core.settings import MARGIN_POWER, MARGIN_SCALE
 from jaxfuse._core.rows import gather_rows, running_count
-from jaxfuse._core.validation import choice, float_array, positive_int
+from jaxfuse._core.validation import checked_length, choice, float_array, positive_int
 
 CONVENTIONS = ("spec", "published")
-MARGIN_SCALE, MARGIN_POWER = 0.0785, 0.9
-"""The published outer margin, ``0.0785 * len ** 0.9`` snippets."""
 MARGIN_ROUNDINGS = ("ceil", "floor")
 
 
@@ -376,7 +375,7 @@ def _proposals(cas, length, thresholds, *, min_length, left_widths, right_widths
         "first_slots",
     ),
 )
-def _batch_proposals(
+def batch_proposals(
     cas,
     video_length,
     thresholds,
@@ -441,10 +440,6 @@ def _first_nonfinite_inside(cas, video_length, *, classes_last):
     return jnp.where(jnp.any(bad), jnp.argmax(bad), -1)
 
 
-def _is_traced(x) -> bool:
-    return isinstance(x, jax.core.Tracer)
-
-
 def _checked_thresholds(thresholds, dtype) -> Any:
     """Thresholds in ``dtype`` that compare with ``>`` exactly as the given values do.
 
@@ -456,7 +451,7 @@ def _checked_thresholds(thresholds, dtype) -> Any:
     """
     if thresholds is None:
         raise TypeError("`thresholds` is required, got None")
-    if _is_traced(thresholds):
+    if is_traced(thresholds):
         if thresholds.ndim != 1:
             raise ValueError(f"`thresholds` must be 1-D, got shape {thresholds.shape}")
         return thresholds.astype(dtype)
@@ -474,37 +469,6 @@ def _checked_thresholds(thresholds, dtype) -> Any:
         raise ValueError(f"`thresholds` must not contain NaN, got {host.tolist()}")
     narrow = levels.astype(dtype)
     return np.where(narrow > levels, np.nextafter(narrow, np.array(-np.inf, dtype)), narrow)
-
-
-def _checked_length(length, video_shape: tuple[int, ...], num_snippets: int):
-    """``length`` as int32 of ``video_shape``; range checked when it is concrete.
-
-    Concrete lengths stay NumPy arrays: the compiled kernel takes them as they
-    are, while an eager JAX operation would compile a kernel of its own.
-    """
-    if length is None:
-        return np.full(video_shape, num_snippets, np.int32)
-    if _is_traced(length):
-        if not jnp.issubdtype(length.dtype, jnp.integer):
-            raise TypeError(f"`length` must be an integer array, got dtype {length.dtype}")
-        # Cannot be checked here; clipping keeps every index in range.
-        clipped = jnp.clip(length, 0, num_snippets).astype(jnp.int32)
-        return jnp.broadcast_to(clipped, video_shape)
-    host = np.asarray(length)
-    if host.dtype == np.bool_ or not np.issubdtype(host.dtype, np.integer):
-        raise TypeError(f"`length` must be an integer array (snippets per video), got dtype {host.dtype}")
-    if host.size and (host.min() < 0 or host.max() > num_snippets):
-        raise ValueError(
-            f"`length` must lie in [0, {num_snippets}] (the padded CAS has {num_snippets} snippets), "
-            f"got values from {host.min()} to {host.max()}"
-        )
-    try:
-        host = np.broadcast_to(host, video_shape)
-    except ValueError:
-        raise ValueError(
-            f"`length` of shape {host.shape} does not broadcast to the video shape {video_shape}"
-        ) from None
-    return host.astype(np.int32)
 
 
 def proposals_from_cas(
@@ -622,9 +586,9 @@ def proposals_from_cas(
 
     compute_dtype = np.dtype(np.float32) if cas.dtype in (jnp.float16, jnp.bfloat16) else np.dtype(cas.dtype)
     levels = _checked_thresholds(thresholds, compute_dtype)
-    video_length = _checked_length(length, video_shape, num_snippets)
+    video_length = checked_length(length, video_shape, num_snippets, unit="video")
 
-    if cas.size and not _is_traced(cas) and not _is_traced(video_length):
+    if cas.size and not is_traced(cas) and not is_traced(video_length):
         first_bad = int(_first_nonfinite_inside(cas, video_length, classes_last=classes_last))
         if first_bad >= 0:
             where = tuple(int(i) for i in np.unravel_index(first_bad, cas.shape))
@@ -641,7 +605,7 @@ def proposals_from_cas(
             "split `cas` into smaller batches or lower `max_proposals`"
         )
 
-    result = _batch_proposals(
+    result = batch_proposals(
         cas,
         video_length,
         levels,

@@ -72,20 +72,20 @@ import numpy as np
 
 from jaxfuse._detection.cas_proposals import (
     CONVENTIONS,
-    MARGIN_POWER,
-    MARGIN_SCALE,
-    _batch_proposals,
+    batch_proposals,
     max_runs_per_threshold,
 )
 from jaxfuse._evaluation.evaluate import Detections
 from jaxfuse._runtime.executable_store import stored_executable
 from jaxfuse._proposals.grouping import overlap_settings, raise_for_value_problems
-from jaxfuse._core.interop import _is_torch_tensor, array_kind, from_jax, to_jax
-from jaxfuse._core.settings import resolve_settings
-from jaxfuse._proposals.fuse_proposals import CLOSED_FORM_TEMPLATES, _check_options, fuse_proposals, resolve_fusion_settings
-from jaxfuse._fusion.packing import bucket_size
-from jaxfuse._proposals.group_fusion import _group_and_fuse
+from jaxfuse._core.interop import array_kind, from_jax, to_host, to_jax
+from jaxfuse._core.settings import MARGIN_POWER, MARGIN_SCALE, PUBLISHED_CLASS_THRESHOLD, PUBLISHED_THRESHOLDS, resolve_settings
+from jaxfuse._fusion.templates import SEGMENT_SUM_TEMPLATES
+from jaxfuse._proposals.fuse_proposals import check_method_options, fuse_proposals, resolve_fusion_settings
+from jaxfuse._core.padding import bucket_size, two_per_octave
+from jaxfuse._proposals.group_fusion import group_and_fuse
 from jaxfuse._core.validation import (
+    checked_length,
     choice,
     float_array,
     float_dtype,
@@ -93,13 +93,8 @@ from jaxfuse._core.validation import (
     positive_scalar,
 )
 
-PUBLISHED_THRESHOLDS: tuple[float, ...] = tuple(float(level) for level in np.arange(0.001, 0.04, 0.002))
-"""The published CAS levels ``np.arange(0.001, 0.04, 0.002)``: 0.001, 0.003, ..., 0.039 (20 levels)."""
-
 WEIGHT_COLUMNS = ("scores", "inner")
 
-PUBLISHED_CLASS_THRESHOLD = 0.16
-"""The published video-level class threshold (``--class-threshold`` in GauFuse_WSTAL)."""
 
 # Smallest padded size of every bucketed axis: below it, padding costs less
 # than one more compiled program.
@@ -213,18 +208,6 @@ class VideoDetections(NamedTuple):
 # ------------------------------------------------------------------ kernels
 
 
-def _slots(n: int, minimum: int = _MIN_BUCKET) -> int:
-    """The padded size of an axis holding ``n``: ``minimum`` times 1, 1.5, 2, 3, 4, 6, 8, ...
-
-    Two sizes per octave: at most a third of the work is padding (a quarter on
-    average), for one more compiled shape per octave than powers of two.
-    """
-    size = minimum
-    while size < n:
-        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
-    return size
-
-
 @functools.partial(stored_executable, static_argnames=("padded_length", "min_length"))
 @functools.partial(jax.jit, static_argnames=("padded_length", "min_length"))
 def _item_sequences(cas, length, video_index, class_index, item_valid, levels, *, padded_length, min_length):
@@ -277,7 +260,7 @@ def _item_proposals(sequences, item_length, levels, *, convention, min_length, m
     largest numbers of proposals and of first occurrences of any item, which
     size the grouping.
     """
-    found, first_slot = _batch_proposals(
+    found, first_slot = batch_proposals(
         sequences, item_length, levels, classes_last=False, min_length=min_length, margin_scale=MARGIN_SCALE,
         margin_power=MARGIN_POWER, margin_rounding="ceil", convention=convention, num_slots=max_proposals,
         first_slots=True,
@@ -332,16 +315,10 @@ def _dense_detections(fused_segments, fused_scores, fused_spread, fused_count, n
 # ------------------------------------------------------------------ validation
 
 
-def _host(x: Any) -> np.ndarray:
-    if _is_torch_tensor(x):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
 def _checked_video_scores(video_scores: Any, shape: tuple[int, int]) -> np.ndarray:
     if video_scores is None:
         raise TypeError("`video_scores` is required, got None")
-    scores = _host(video_scores)
+    scores = to_host(video_scores)
     if scores.dtype == np.bool_ or not np.issubdtype(scores.dtype, np.floating):
         raise TypeError(f"`video_scores` must be floating point, got dtype {scores.dtype}")
     if scores.shape != shape:
@@ -355,7 +332,7 @@ def _checked_video_scores(video_scores: Any, shape: tuple[int, int]) -> np.ndarr
 def _checked_levels(thresholds: Any) -> tuple[float, ...]:
     if thresholds is None:
         raise TypeError("`thresholds` is required, got None")
-    levels = _host(thresholds)
+    levels = to_host(thresholds)
     if levels.ndim != 1 or levels.size == 0:
         raise ValueError(f"`thresholds` must be a non-empty 1-D array of levels, got shape {levels.shape}")
     if levels.dtype == np.bool_ or not (np.issubdtype(levels.dtype, np.integer) or np.issubdtype(levels.dtype, np.floating)):
@@ -364,22 +341,6 @@ def _checked_levels(thresholds: Any) -> tuple[float, ...]:
         raise ValueError(f"`thresholds` must be finite, got {levels.tolist()}")
     # Python floats: hashable (a static argument), and exactly the caller's values.
     return tuple(float(level) for level in levels.astype(np.float64))
-
-
-def _checked_length(length: Any, num_videos: int, num_snippets: int) -> np.ndarray:
-    if length is None:
-        return np.full(num_videos, num_snippets, np.int32)
-    host = _host(length)
-    if host.dtype == np.bool_ or not np.issubdtype(host.dtype, np.integer):
-        raise TypeError(f"`length` must be integers (snippets per video), got dtype {host.dtype}")
-    if host.shape != (num_videos,):
-        raise ValueError(f"`length` must have shape ({num_videos},) (one per video), got {host.shape}")
-    if host.size and (host.min() < 0 or host.max() > num_snippets):
-        raise ValueError(
-            f"`length` must lie in [0, {num_snippets}] (the padded CAS has {num_snippets} snippets), "
-            f"got values from {host.min()} to {host.max()}"
-        )
-    return host.astype(np.int32)
 
 
 def _real_scalar(value: Any, name: str) -> float:
@@ -512,7 +473,7 @@ def detect(
     scores = _checked_video_scores(video_scores, (num_videos, num_classes))
     levels = _checked_levels(thresholds)
     class_threshold = _real_scalar(class_threshold, "class_threshold")
-    video_length = _checked_length(length, num_videos, num_snippets)
+    video_length = checked_length(length, (num_videos,), num_snippets, unit="video")
     for name, value in (("temperature", temperature), ("overlap_threshold", overlap_threshold)):
         if isinstance(value, jax.core.Tracer):
             raise TypeError(f"detect cannot take a traced `{name}`: it sizes its programs on the host; pass a Python float")
@@ -522,7 +483,7 @@ def detect(
     )
     overlap_threshold, overlap, discrete, method, temperature = resolve_fusion_settings(settings)
     weight_column = choice(settings.weights, "weights", WEIGHT_COLUMNS)
-    _check_options(method, dict(options))
+    check_method_options(method, dict(options))
     convention = choice(convention, "convention", CONVENTIONS)
     min_length = positive_int(min_length, "min_length")
     if max_detections is not None:
@@ -533,7 +494,7 @@ def detect(
     # Items: the selected (video, class) pairs, video-major, padded to a bucketed count.
     video_index, class_index = np.nonzero(scores >= class_threshold)
     num_items = video_index.size
-    item_slots = _slots(num_items)
+    item_slots = two_per_octave(num_items, _MIN_BUCKET)
     pad = lambda x: np.pad(x.astype(np.int32), (0, item_slots - num_items))  # noqa: E731
     video_index, class_index = pad(video_index), pad(class_index)
     item_valid = np.arange(item_slots) < num_items
@@ -556,7 +517,7 @@ def detect(
         index = (int(video_index[item]), snippet, int(class_index[item]))
         raise ValueError(f"`cas` must be finite inside each video; first non-finite value at index {index}")
     sound_bound = len(levels) * max_runs_per_threshold(padded_length, min_length)
-    proposal_slots = min(_slots(largest_count), sound_bound) if max_proposals is None else max_proposals
+    proposal_slots = min(two_per_octave(largest_count, _MIN_BUCKET), sound_bound) if max_proposals is None else max_proposals
 
     def item_proposals(slots):
         found, first_slot, most_found, most_distinct = _item_proposals(
@@ -571,15 +532,15 @@ def detect(
         found, first_slot, most_found, most_distinct = item_proposals(proposal_slots)
     weights = found.inner if weight_column == "inner" else None
     ascending = all(low <= high for low, high in itertools.pairwise(levels))
-    if (method in CLOSED_FORM_TEMPLATES or method == "nms") and overlap_threshold < 1 and ascending:
+    if (method in SEGMENT_SUM_TEMPLATES or method == "nms") and overlap_threshold < 1 and ascending:
         # Repeated proposals (the same run at several levels) join their first
         # occurrence's group: the greedy loop runs on first occurrences only,
         # in as many columns as the item with the most of them needs. (The
         # first occurrence is found from the levels' order: ascending levels.)
-        fused, problems = _group_and_fuse(
+        fused, problems = group_and_fuse(
             found.segments, found.contrast, weights, found.valid, overlap_threshold,
             *overlap_settings(overlap, discrete), 1.0 if method == "nms" else temperature, first_slot,
-            method=method, num_distinct=min(_slots(most_distinct), proposal_slots),
+            method=method, num_distinct=min(two_per_octave(most_distinct, _MIN_BUCKET), proposal_slots),
         )
         extra = [] if weights is None else [("weights", weights)]
         raise_for_value_problems(problems, found.segments, found.contrast, found.valid, extra)
@@ -591,7 +552,7 @@ def detect(
         )
     # One host read of [items] counts: no extra compiled program.
     most_fused = int(np.max(np.asarray(fused.count), initial=0))
-    detection_slots = _slots(most_fused) if max_detections is None else max_detections
+    detection_slots = two_per_octave(most_fused, _MIN_BUCKET) if max_detections is None else max_detections
     result = _dense_detections(
         fused.segments, fused.scores, fused.spread, fused.count, found.num_found, found.count,
         video_index, class_index, item_valid,
@@ -635,14 +596,14 @@ def detect_videos(
     """
     if "length" in detect_options:
         raise TypeError("`length` is taken from each video's CAS; do not pass it to detect_videos")
-    sequences = [_host(c) for c in cas_list]
+    sequences = [to_host(c) for c in cas_list]
     for i, sequence in enumerate(sequences):
         if sequence.ndim != 2:
             raise ValueError(f"`cas_list[{i}]` must have shape [snippets, classes], got {sequence.shape}")
     num_classes = {s.shape[1] for s in sequences}
     if len(num_classes) > 1:
         raise ValueError(f"every video must have the same number of classes, got {sorted(num_classes)}")
-    scores = _host(video_scores)
+    scores = to_host(video_scores)
     if scores.ndim != 2 or scores.shape[0] != len(sequences) or (sequences and scores.shape[1] not in num_classes):
         raise ValueError(f"`video_scores` must have shape [{len(sequences)}, classes], got {scores.shape}")
     if max_videos is not None:

@@ -52,7 +52,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from jaxfuse._evaluation.matching import class_average_precision, dense_codes, tied_count, true_positives
-from jaxfuse._core.interop import _is_torch_tensor
+from jaxfuse._core.interop import to_host
 
 THUMOS14_THRESHOLDS: tuple[float, ...] = tuple(np.linspace(0.1, 0.7, 7).tolist())
 """tIoU thresholds reported by weakly supervised THUMOS14 papers (0.1:0.1:0.7).
@@ -133,13 +133,6 @@ class DetectionMAP(NamedTuple):
 # --------------------------------------------------------------------------- input
 
 
-def _host_array(x: Any) -> np.ndarray:
-    """``x`` as a numpy array (torch tensors are detached and copied to the host)."""
-    if _is_torch_tensor(x):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
 def _field(container: Any, container_name: str, field: str) -> np.ndarray:
     """One named array of a NamedTuple, object or mapping, as numpy."""
     if isinstance(container, Mapping):
@@ -152,7 +145,7 @@ def _field(container: Any, container_name: str, field: str) -> np.ndarray:
         raise ValueError(f"`{container_name}` has no field {field!r}")
     if value is None:
         raise ValueError(f"`{container_name}.{field}` is required, got None")
-    return _host_array(value)
+    return to_host(value)
 
 
 def _integer_ids(array: np.ndarray, name: str, length: int | None) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 :func:`jaxfuse.fuse_ragged` sends the Gaussian, uniform and exponential
 templates here. Members lie group after group (sorted once on the host by
-:func:`jaxfuse._fusion.packing._layout`, or gathered into that order in the program),
+:func:`jaxfuse._fusion.packing.member_layout`, or gathered into that order in the program),
 each carries its group's index, and segment reductions give every group's
 moments in O(N) work whatever the size skew: no bucket holds padding slots,
 and there is one dispatch instead of one per size bucket. The maths is
@@ -39,29 +39,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxfuse._core.padding import bucket_size, eight_per_octave
 from jaxfuse._fusion import closed_forms
-from jaxfuse._fusion.fuse_groups import TEMPLATES, _representable
-from jaxfuse._fusion.packing import _aligned_zeros
-from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode
+from jaxfuse._fusion.templates import TEMPLATES, representable
+from jaxfuse._fusion.packing import aligned_zeros
+from jaxfuse._core.result_codes import ResultCode, group_result
 from jaxfuse._fusion.weights import temperature_is_valid
 
-SEGMENT_TEMPLATES = ("gaussian", "uniform", "exponential")
-"""The templates fused in segment form; the others (Laplace, Student-t) keep the size-bucketed padded path."""
 
 MIN_MEMBERS = 1 << 14
 MIN_GROUPS = 1 << 12
 
 
 def padded_members(n: int) -> int:
-    """``n`` rounded up to one of 8 sizes per octave (``k * 2^(b - 4)`` for ``n`` in ``(2^(b-1), 2^b]``), >= 2^14."""
-    n = max(int(n), MIN_MEMBERS)
-    step = 1 << max((n - 1).bit_length() - 4, 0)
-    return -(-n // step) * step
+    """Members rounded up to 8 sizes per octave, at least 2^14 (:func:`jaxfuse._core.padding.eight_per_octave`)."""
+    return eight_per_octave(n, MIN_MEMBERS)
 
 
 def padded_groups(n: int) -> int:
     """The power of two holding ``n`` groups, at least 2^12."""
-    return 1 << (max(int(n), MIN_GROUPS) - 1).bit_length()
+    return bucket_size(n, MIN_GROUPS)
 
 
 class SegmentFusion(NamedTuple):
@@ -175,10 +172,8 @@ def segment_fusion(values, weights, ids, sizes, order, temperature, *, template:
     kernel = TEMPLATES[template]
     location = kernel.location(parameters)
 
-    result = jnp.where(_representable(kernel, parameters, location), ResultCode.SUCCESSFUL, ResultCode.OVERFLOW)
-    result = jnp.where(finite, result, ResultCode.NONFINITE_INPUT)
-    result = jnp.where(nonempty, result, ResultCode.EMPTY_GROUP)
-    result = jnp.where(temperature_ok, result, ResultCode.INVALID_OPTION).astype(RESULT_DTYPE)
+    result = group_result(ResultCode.SUCCESSFUL, representable=representable(kernel, parameters, location),
+                          finite=finite, nonempty=nonempty, option_ok=temperature_ok)
     kept = result == ResultCode.SUCCESSFUL
     probabilities = unnormalised * per_member(jnp.where(kept, inverse, 0)[:, None])[:, 0]
     if order is not None:
@@ -224,9 +219,9 @@ def host_inputs(values: np.ndarray, weights: np.ndarray, layout, dtype):
     members, coordinates = values.shape
     num_groups = layout.sizes.size
     size, groups = padded_members(members), padded_groups(num_groups)
-    padded_values = _aligned_zeros((size, coordinates), dtype)
+    padded_values = aligned_zeros((size, coordinates), dtype)
     padded_values[:members] = values
-    padded_weights = _aligned_zeros((size,), dtype)
+    padded_weights = aligned_zeros((size,), dtype)
     padded_weights[:members] = weights
     ids = np.full(size, groups, np.int32)
     ids[:members] = np.repeat(np.arange(num_groups, dtype=np.int32), layout.sizes)

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jaxfuse._fusion import closed_forms
+from jaxfuse._fusion import closed_forms, flat_closed_forms
+from jaxfuse._fusion import templates
+from jaxfuse._fusion.templates import TEMPLATES, representable
 from jaxfuse._core.interop import array_kind, from_jax
 from jaxfuse._core.settings import DEFAULT
-from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode, raise_for_results
-from jaxfuse._fusion.student_t import StudentTOptions, student_t_fit
-from jaxfuse._core.validation import bool_array, choice, float_array, positive_int, positive_scalar
+from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode, group_result, keeps_outputs, raise_for_results
+from jaxfuse._core.validation import bool_array, choice, float_array, positive_scalar
 from jaxfuse._fusion.weights import clipped_temperature, member_probabilities, temperature_is_valid
 
 
@@ -43,48 +44,6 @@ class FusionResult(NamedTuple):
     steps: jax.Array
 
 
-class _Template(NamedTuple):
-    fit: Callable  # (values [B, M, K], probabilities [B, M], mask [B, M], options) -> (parameters, result [B], steps [B])
-    location: Callable  # parameters -> [B, K]
-    options_type: type | None = None
-    infinite_allowed: tuple[str, ...] = ()  # parameter fields whose +inf is a documented value, not an overflow
-
-
-def _closed_form(fit_one_group):
-    """Batch a per-group closed form with vmap; it always succeeds in zero steps."""
-
-    def fit(values, probabilities, mask, options):
-        del options
-        parameters = jax.vmap(fit_one_group)(values, probabilities, mask)
-        groups = values.shape[0]
-        return parameters, jnp.full((groups,), ResultCode.SUCCESSFUL, RESULT_DTYPE), jnp.zeros((groups,), jnp.int32)
-
-    return fit
-
-
-TEMPLATES: dict[str, _Template] = {
-    "gaussian": _Template(_closed_form(closed_forms.gaussian_fit), lambda p: p.location),
-    "uniform": _Template(_closed_form(closed_forms.uniform_fit), closed_forms.uniform_location),
-    "exponential": _Template(
-        _closed_form(closed_forms.exponential_fit), closed_forms.exponential_location, infinite_allowed=("rate",)
-    ),
-    "laplace": _Template(_closed_form(closed_forms.laplace_fit), lambda p: p.location),
-    "student_t": _Template(student_t_fit, lambda p: p.location, StudentTOptions),
-}
-
-_KEPT_RESULTS = (ResultCode.SUCCESSFUL, ResultCode.MAX_STEPS_REACHED)
-"""Codes whose group keeps its outputs; every other code zeroes them."""
-
-
-def _representable(template: _Template, parameters, location) -> jax.Array:
-    """``[B]`` whether a group's location and parameters are finite (a documented +inf aside)."""
-    finite = jnp.all(jnp.isfinite(location), axis=-1)
-    for name, leaf in zip(parameters._fields, parameters):
-        ok = (leaf == jnp.inf) | jnp.isfinite(leaf) if name in template.infinite_allowed else jnp.isfinite(leaf)
-        finite &= jnp.all(ok, axis=-1)
-    return finite
-
-
 @functools.partial(jax.jit, static_argnames=("template", "options"))
 def _fuse_flat(values, weights, mask, temperature, temperature_ok, template: str, options) -> FusionResult:
     """Fuse ``[B, M, K]`` padded groups with per-group result codes; one compile per (template, options, shapes, dtype).
@@ -107,11 +66,9 @@ def _fuse_flat(values, weights, mask, temperature, temperature_ok, template: str
     parameters, result, steps = kernel.fit(clean_values, probabilities, fit_mask, options)
     location = kernel.location(parameters)
 
-    result = jnp.where(_representable(kernel, parameters, location), result, ResultCode.OVERFLOW)
-    result = jnp.where(finite, result, ResultCode.NONFINITE_INPUT)
-    result = jnp.where(nonempty, result, ResultCode.EMPTY_GROUP)
-    result = jnp.where(temperature_ok, result, ResultCode.INVALID_OPTION).astype(RESULT_DTYPE)
-    kept = jnp.isin(result, jnp.asarray(_KEPT_RESULTS, RESULT_DTYPE))
+    result = group_result(result, representable=representable(kernel, parameters, location), finite=finite,
+                          nonempty=nonempty, option_ok=temperature_ok)
+    kept = keeps_outputs(result)
 
     def zero_if_failed(x):
         return jnp.where(kept.reshape(kept.shape + (1,) * (x.ndim - 1)), x, jnp.zeros_like(x))
@@ -196,42 +153,7 @@ def compile_count() -> int:
 
     Counts :func:`fuse_groups`' programs and :func:`jaxfuse.fuse_ragged`'s segment-form ones.
     """
-    from jaxfuse import _ragged_segments  # imports this module
-
-    return _fuse_program._cache_size() + _ragged_segments.compile_count()
-
-
-def _template_options(template: str, options: dict[str, Any]):
-    options_type = TEMPLATES[template].options_type
-    if options_type is None:
-        if options:
-            raise TypeError(f"template {template!r} takes no options, got {sorted(options)}")
-        return None
-    unknown = set(options) - set(options_type._fields)
-    if unknown:
-        raise TypeError(
-            f"unknown option(s) {sorted(unknown)} for template {template!r}; expected some of {list(options_type._fields)}"
-        )
-    parsed = options_type(**options)
-    if template == "student_t":
-        positive_scalar(parsed.df, "df")
-        low, high = (positive_scalar(b, "df_bounds") for b in parsed.df_bounds)
-        if not low < high:
-            raise ValueError(f"`df_bounds` must be (low, high) with low < high, got {parsed.df_bounds}")
-        if parsed.fit_df and not low <= parsed.df <= high:
-            raise ValueError(f"`df` ({parsed.df}) must lie within `df_bounds` {parsed.df_bounds} when fit_df=True")
-        positive_int(parsed.max_steps, "max_steps")
-        for name in ("rtol", "atol"):
-            if getattr(parsed, name) is not None:
-                positive_scalar(getattr(parsed, name), name)
-        parsed = parsed._replace(
-            df=float(parsed.df), fit_df=bool(parsed.fit_df), df_bounds=(float(low), float(high))
-        )
-    return parsed
-
-
-def _raise_if_failed(result) -> None:
-    raise_for_results(jnp.where(result == ResultCode.EMPTY_GROUP, ResultCode.SUCCESSFUL, result))
+    return _fuse_program._cache_size() + flat_closed_forms.compile_count()
 
 
 def fuse_groups(
@@ -308,7 +230,7 @@ def fuse_groups(
     mask = None if mask is None else bool_array(mask, "mask", weights.shape)
     choice(template, "template", TEMPLATES)
     temperature = positive_scalar(temperature, "temperature")
-    options = _template_options(template, template_options)
+    options = templates.template_options(template, template_options)
 
     # A concrete temperature was checked above; a traced one is checked in the program.
     dtype = jnp.result_type(values.dtype, weights.dtype)
@@ -321,9 +243,9 @@ def fuse_groups(
     fused = _fuse_program(values, weights, mask, temperature, temperature_ok, template=template, options=options)
     if throw:
         if isinstance(fused.result, jax.core.Tracer):
-            jax.debug.callback(_raise_if_failed, fused.result)
+            jax.debug.callback(raise_for_results, fused.result)
         else:
-            _raise_if_failed(fused.result)
+            raise_for_results(fused.result)
     return from_jax(fused, kind)
 
 

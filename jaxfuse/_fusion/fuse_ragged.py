@@ -8,12 +8,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfuse._fusion.fuse_groups import TEMPLATES, _template_options, fuse_groups
-from jaxfuse._core.interop import ArrayKind, array_kind, from_jax, source_dtype, warn_if_narrowed
+from jaxfuse._fusion.fuse_groups import fuse_groups
+from jaxfuse._fusion import templates
+from jaxfuse._fusion.templates import SEGMENT_SUM_TEMPLATES, TEMPLATES
+from jaxfuse._core.interop import ArrayKind, array_kind, from_jax, source_dtype, to_host, warn_if_narrowed
 from jaxfuse._core.settings import DEFAULT
-from jaxfuse._fusion.packing import _check_floors, _layout, _members, _pack_ragged, unpack_ragged, unpack_ragged_members
-from jaxfuse._fusion.flat_closed_forms import SEGMENT_TEMPLATES, host_inputs, segment_fusion
-from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode, raise_for_results
+from jaxfuse._fusion.packing import check_bucket_floors, member_layout, checked_members, pack_ragged_buckets, unpack_ragged, unpack_ragged_members
+from jaxfuse._fusion.flat_closed_forms import host_inputs, segment_fusion
+from jaxfuse._core.result_codes import RESULT_DTYPE, raise_for_results
 from jaxfuse._fusion.student_t import StudentTParameters
 from jaxfuse._fusion.closed_forms import (
     ExponentialParameters,
@@ -61,11 +63,6 @@ def _check_float(x, name: str) -> None:
     dtype = source_dtype(x, name)
     if not np.issubdtype(dtype, np.floating):
         raise TypeError(f"`{name}` must be a floating-point array, got dtype {dtype}")
-
-
-def _host(x) -> np.ndarray:
-    # Torch tensors (CPU) and JAX arrays both expose the array protocol; packing is host work.
-    return np.asarray(x.detach() if hasattr(x, "detach") else x)
 
 
 def fuse_ragged(
@@ -152,17 +149,17 @@ def fuse_ragged(
     temperature = positive_scalar(temperature, "temperature")
     if isinstance(temperature, jax.core.Tracer):
         raise TypeError("`temperature` is traced: fuse_ragged packs on the host, so call it outside jit")
-    _template_options(template, template_options)  # errors before any packing
+    templates.template_options(template, template_options)  # errors before any packing
 
-    host_ids, host_lengths = (None if x is None else _host(x) for x in (group_ids, lengths))
-    _check_floors(min_members, min_slots, merge_slots, max_slots)
-    if template in SEGMENT_TEMPLATES:
-        out = _fuse_segments(_host(values), _host(weights), host_ids, host_lengths, template, temperature,
+    host_ids, host_lengths = (None if x is None else to_host(x) for x in (group_ids, lengths))
+    check_bucket_floors(min_members, min_slots, merge_slots, max_slots)
+    if template in SEGMENT_SUM_TEMPLATES:
+        out = _fuse_segments(to_host(values), to_host(weights), host_ids, host_lengths, template, temperature,
                              jnp.result_type(source_dtype(values, "values"), source_dtype(weights, "weights")))
         warn_if_narrowed(np.result_type(source_dtype(values, "values"), source_dtype(weights, "weights")))
         return _finish(out, kind, throw)
 
-    packed = _pack_ragged(_host(values), _host(weights), host_ids, host_lengths, min_members, min_slots, merge_slots,
+    packed = pack_ragged_buckets(to_host(values), to_host(weights), host_ids, host_lengths, min_members, min_slots, merge_slots,
                           max_slots, with_index=False)
     warn_if_narrowed(np.result_type(source_dtype(values, "values"), source_dtype(weights, "weights")))
     # device_put of the aligned packed buffers is zero-copy on CPU (fuse_groups' jnp.asarray would copy them).
@@ -196,8 +193,8 @@ def fuse_ragged(
 
 def _fuse_segments(values, weights, group_ids, lengths, template: str, temperature, dtype) -> RaggedFusion:
     """The closed forms on the flat members in segment form (:mod:`jaxfuse._fusion.flat_closed_forms`): numpy results."""
-    values, weights = _members(values, weights)
-    layout = _layout(values.shape[0], group_ids, lengths)
+    values, weights = checked_members(values, weights)
+    layout = member_layout(values.shape[0], group_ids, lengths)
     temperature = np.asarray(clipped_temperature(temperature, dtype), dtype)
     fused = segment_fusion(*jax.device_put(host_inputs(values, weights, layout, dtype)), temperature,
                            template=template)
@@ -219,7 +216,7 @@ def _fuse_segments(values, weights, group_ids, lengths, template: str, temperatu
 def _finish(out: RaggedFusion, kind: ArrayKind, throw: bool) -> RaggedFusion:
     """Raise for failed groups when asked; numpy results converted to the caller's array kind."""
     if throw:
-        raise_for_results(np.where(out.result == ResultCode.EMPTY_GROUP, ResultCode.SUCCESSFUL, out.result))
+        raise_for_results(out.result)
     if kind is ArrayKind.NUMPY:
         return out
     # The labels stay numpy: without x64 JAX would narrow int64 ids to int32.

@@ -18,7 +18,7 @@ import optax
 from jaxfuse._fusion.densities import TemplateDensity
 from jaxfuse._core.interop import array_kind, from_jax
 from jaxfuse._core.settings import DEFAULT
-from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode
+from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode, group_result
 from jaxfuse._core.validation import bool_array, float_array, positive_int, positive_scalar
 from jaxfuse._fusion.weights import member_probabilities
 
@@ -95,7 +95,7 @@ def _fit_one_group(values, weights, mask, temperature, template, optimizer, max_
     diverged = ~jnp.isfinite(loss) | ~jnp.isfinite(gradient_norm)
     result = jnp.where(gradient_norm < tolerance, ResultCode.SUCCESSFUL, ResultCode.MAX_STEPS_REACHED)
     result = jnp.where(diverged, ResultCode.DIVERGED, result)
-    result = jnp.where(nonempty, jnp.where(finite, result, ResultCode.NONFINITE_INPUT), ResultCode.EMPTY_GROUP)
+    result = group_result(result, finite=finite, nonempty=nonempty)
     zero_if_failed = lambda x: jnp.where(usable & ~diverged, x, jnp.zeros_like(x))  # noqa: E731
     return FitResult(
         parameters=jax.tree_util.tree_map(zero_if_failed, final.parameters),

@@ -24,7 +24,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxfuse._core.interop import to_jax
+from jaxfuse._core.interop import to_host
+from jaxfuse._core.padding import bucket_exponents, bucket_size
 
 
 class PackedGroups(NamedTuple):
@@ -74,19 +75,7 @@ class RaggedBuckets(NamedTuple):
     member_slot: np.ndarray
 
 
-def bucket_size(n: int, minimum: int = 1) -> int:
-    """The smallest power of two that is at least ``max(n, minimum)``."""
-    return 1 << (max(int(n), int(minimum), 1) - 1).bit_length()
-
-
-def _bucket_exponents(n: np.ndarray, minimum: int = 1) -> np.ndarray:
-    """``log2`` of :func:`bucket_size` of every element of an int array, as uint8 (vectorised)."""
-    n = np.maximum(np.asarray(n, np.int64), max(int(minimum), 1))
-    # frexp(n - 1) = (m, e) with n - 1 = m 2^e, m in [0.5, 1): e is the bit length of n - 1 (exact below 2^53).
-    return np.frexp((n - 1).astype(np.float64))[1].astype(np.uint8)
-
-
-class _Layout(NamedTuple):
+class MemberLayout(NamedTuple):
     """Where each group's members lie once sorted by group (``order[starts[g] : starts[g] + sizes[g]]``)."""
 
     order: np.ndarray | None  # [N] input index of each sorted position; None when the input is already in group order
@@ -95,7 +84,7 @@ class _Layout(NamedTuple):
     group_ids: np.ndarray  # [num_groups]
 
 
-def _members(values, weights) -> tuple[np.ndarray, np.ndarray]:
+def checked_members(values, weights) -> tuple[np.ndarray, np.ndarray]:
     values = np.asarray(values)
     weights = np.asarray(weights)
     if values.ndim == 1:
@@ -116,7 +105,7 @@ def _integer_array(x, name: str) -> np.ndarray:
     return array
 
 
-def _layout(num_members: int, group_ids, lengths) -> _Layout:
+def member_layout(num_members: int, group_ids, lengths) -> MemberLayout:
     """Sort members by group once (stable: members keep their input order within a group)."""
     if (group_ids is None) == (lengths is None):
         raise ValueError("give exactly one of `group_ids` and `lengths`")
@@ -125,7 +114,7 @@ def _layout(num_members: int, group_ids, lengths) -> _Layout:
         if lengths.ndim != 1 or (lengths < 0).any() or lengths.sum() != num_members:
             raise ValueError(f"`lengths` must be non-negative and sum to N = {num_members}, got {lengths}")
         sizes = lengths.astype(np.int64)
-        return _Layout(None, np.cumsum(sizes) - sizes, sizes, np.arange(sizes.size))
+        return MemberLayout(None, np.cumsum(sizes) - sizes, sizes, np.arange(sizes.size))
     group_ids = _integer_array(group_ids, "group_ids")
     if group_ids.shape != (num_members,):
         raise ValueError(f"`group_ids` must have shape ({num_members},), one id per member, got {group_ids.shape}")
@@ -135,7 +124,7 @@ def _layout(num_members: int, group_ids, lengths) -> _Layout:
     sorted_ids = group_ids if in_order else group_ids[order]
     starts = np.flatnonzero(np.r_[num_members > 0, sorted_ids[1:] != sorted_ids[:-1]]).astype(np.int64)
     sizes = np.diff(np.r_[starts, num_members]).astype(np.int64)
-    return _Layout(order, starts, sizes, sorted_ids[starts])
+    return MemberLayout(order, starts, sizes, sorted_ids[starts])
 
 
 def _stable_order(ids: np.ndarray) -> np.ndarray:
@@ -161,7 +150,7 @@ def _stable_order(ids: np.ndarray) -> np.ndarray:
 _ALIGNMENT = 64
 
 
-def _aligned_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
+def aligned_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
     """``np.zeros(shape, dtype)`` starting on a 64-byte boundary (np.zeros guarantees 16)."""
     size = int(np.prod(shape)) * np.dtype(dtype).itemsize
     raw = np.zeros(size + _ALIGNMENT, np.uint8)
@@ -169,7 +158,7 @@ def _aligned_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
     return raw[start : start + size].view(dtype).reshape(shape)
 
 
-def _scatter(values, weights, layout: _Layout, first_slot: np.ndarray, total: int, with_index: bool = True):
+def _scatter(values, weights, layout: MemberLayout, first_slot: np.ndarray, total: int, with_index: bool = True):
     """Copy every member into one flat buffer of ``total`` slots, group ``g`` from slot ``first_slot[g]`` on.
 
     Returns ``(values [total, K], weights [total], mask [total], member_index
@@ -184,26 +173,26 @@ def _scatter(values, weights, layout: _Layout, first_slot: np.ndarray, total: in
         member_slot = np.empty(num_members, np.int64)
         member_slot[layout.order] = sorted_slot
         member_index = layout.order
-    flat_values = _aligned_zeros((total,) + values.shape[1:], values.dtype)
+    flat_values = aligned_zeros((total,) + values.shape[1:], values.dtype)
     row_bytes = values.dtype.itemsize * int(np.prod(values.shape[1:]))
     if row_bytes:
         # A member's K values as one opaque element: a 1-D put, several times faster than a 2-D fancy assignment.
         row = np.dtype((np.void, row_bytes))
         np.put(flat_values.view(row).reshape(total), member_slot,
                np.ascontiguousarray(values).view(row).reshape(num_members))
-    flat_weights = _aligned_zeros((total,), weights.dtype)
+    flat_weights = aligned_zeros((total,), weights.dtype)
     np.put(flat_weights, member_slot, weights)
-    mask = _aligned_zeros((total,), bool)
+    mask = aligned_zeros((total,), bool)
     np.put(mask, member_slot, True)
     flat_index = None
     if with_index:
-        flat_index = _aligned_zeros((total,), np.int64)
+        flat_index = aligned_zeros((total,), np.int64)
         flat_index.fill(-1)
         np.put(flat_index, sorted_slot, member_index)
     return flat_values, flat_weights, mask, flat_index, member_slot
 
 
-def _batches(buffers, layout: _Layout, shapes, groups_of) -> tuple[PackedGroups, ...]:
+def _batches(buffers, layout: MemberLayout, shapes, groups_of) -> tuple[PackedGroups, ...]:
     """Consecutive ``[rows, capacity]`` views of the flat buffers, one :class:`PackedGroups` per shape."""
     flat_values, flat_weights, mask, flat_index = buffers
     batches, offset = [], 0
@@ -267,8 +256,8 @@ def pack_groups(
         >>> packed.values.shape, packed.mask.sum(axis=1)[:3]
         ((256, 16, 1), array([2, 3, 0]))
     """
-    values, weights = _members(values, weights)
-    layout = _layout(values.shape[0], group_ids, lengths)
+    values, weights = checked_members(values, weights)
+    layout = member_layout(values.shape[0], group_ids, lengths)
     num_groups = layout.sizes.size
     largest = int(layout.sizes.max()) if num_groups else 0
     members = bucket_size(largest, min_members) if members is None else int(members)
@@ -361,26 +350,26 @@ def pack_ragged(
         >>> [b.values.shape for b in jaxfuse.pack_ragged(np.arange(12.0), np.zeros(12), lengths=[1, 9, 2]).batches]
         [(1024, 16, 1)]
     """
-    return _pack_ragged(values, weights, group_ids, lengths, min_members, min_slots, merge_slots, max_slots)
+    return pack_ragged_buckets(values, weights, group_ids, lengths, min_members, min_slots, merge_slots, max_slots)
 
 
-def _check_floors(min_members, min_slots, merge_slots, max_slots) -> None:
+def check_bucket_floors(min_members, min_slots, merge_slots, max_slots) -> None:
     for name, value, least in (("min_members", min_members, 1), ("min_slots", min_slots, 1),
                                ("merge_slots", merge_slots, 0), ("max_slots", max_slots, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
             raise ValueError(f"`{name}` must be an integer >= {least}, got {value!r}")
 
 
-def _pack_ragged(values, weights, group_ids, lengths, min_members, min_slots, merge_slots, max_slots,
+def pack_ragged_buckets(values, weights, group_ids, lengths, min_members, min_slots, merge_slots, max_slots,
                  with_index: bool = True) -> RaggedBuckets:
     """:func:`pack_ragged`; without ``with_index`` the batches' ``member_index`` is None (8 of 37 ms on 2 M members).
 
     :func:`jaxfuse.fuse_ragged` maps members back through ``member_slot`` and never reads ``member_index``.
     """
-    _check_floors(min_members, min_slots, merge_slots, max_slots)
-    values, weights = _members(values, weights)
-    layout = _layout(values.shape[0], group_ids, lengths)
-    exponent = _bucket_exponents(layout.sizes, min_members)
+    check_bucket_floors(min_members, min_slots, merge_slots, max_slots)
+    values, weights = checked_members(values, weights)
+    layout = member_layout(values.shape[0], group_ids, lengths)
+    exponent = bucket_exponents(layout.sizes, min_members)
     exponent = _merged(np.bincount(exponent, minlength=64), merge_slots).astype(np.uint8)[exponent]
     # Groups sorted by capacity (a radix sort of 8-bit keys): each bucket is a slice, in group order.
     by_capacity = np.argsort(exponent, kind="stable")
@@ -405,13 +394,9 @@ def _pack_ragged(values, weights, group_ids, lengths, min_members, min_slots, me
     return RaggedBuckets(_batches(buffers, layout, shapes, group_index), group_index, layout.group_ids, member_slot)
 
 
-def _host(array) -> np.ndarray:
-    return array if isinstance(array, np.ndarray) else np.asarray(to_jax(array))
-
-
 def unpack_members(packed_array, packed: PackedGroups) -> np.ndarray:
     """Map a per-slot result ``[G, M, ...]`` (e.g. probabilities) back to the flat members ``[N, ...]``."""
-    array = _host(packed_array)
+    array = to_host(packed_array)
     if array.shape[:2] != packed.mask.shape:
         raise ValueError(f"`packed_array` must start with the packed shape {packed.mask.shape}, got {array.shape}")
     flat = np.zeros((int(packed.mask.sum()),) + array.shape[2:], array.dtype)
@@ -421,7 +406,7 @@ def unpack_members(packed_array, packed: PackedGroups) -> np.ndarray:
 
 def unpack_groups(group_array, packed: PackedGroups) -> np.ndarray:
     """The rows of a per-group result ``[G, ...]`` that belong to real groups (``[num_groups, ...]``)."""
-    return _host(group_array)[: packed.num_groups]
+    return to_host(group_array)[: packed.num_groups]
 
 
 def unpack_ragged(batch_arrays, packed: RaggedBuckets) -> np.ndarray:
@@ -429,7 +414,7 @@ def unpack_ragged(batch_arrays, packed: RaggedBuckets) -> np.ndarray:
 
     Row ``i`` of the output belongs to group ``packed.group_ids[i]``.
     """
-    arrays = [_host(a) for a in batch_arrays]
+    arrays = [to_host(a) for a in batch_arrays]
     if len(arrays) != len(packed.batches):
         raise ValueError(f"`batch_arrays` must hold one array per batch ({len(packed.batches)}), got {len(arrays)}")
     if not arrays:
@@ -446,7 +431,7 @@ def unpack_ragged(batch_arrays, packed: RaggedBuckets) -> np.ndarray:
 
 def unpack_ragged_members(batch_arrays, packed: RaggedBuckets) -> np.ndarray:
     """Per-batch per-slot results (``[rows, capacity, ...]`` each, e.g. probabilities) to the members ``[N, ...]``."""
-    arrays = [_host(a) for a in batch_arrays]
+    arrays = [to_host(a) for a in batch_arrays]
     if len(arrays) != len(packed.batches) or any(
         a.shape[:2] != b.mask.shape or a.shape[2:] != arrays[0].shape[2:] for a, b in zip(arrays, packed.batches)
     ):

@@ -46,7 +46,6 @@ caught before the first step.
 
 from __future__ import annotations
 
-import enum
 import functools
 from typing import Any, NamedTuple
 
@@ -54,35 +53,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxfuse._core.result_codes import ResultCode
 from jaxfuse._proposals.grouping import compacted_while_loop
-
-
-class LPResultCode(enum.IntEnum):
-    """Per-LP outcome. Values shared with :class:`jaxfuse.ResultCode` mean the same.
-
-    Attributes:
-        SUCCESSFUL: converged: the primal residual and the duality gap are within
-            tolerance; ``x`` is optimal to that tolerance.
-        MAX_STEPS_REACHED: ``max_steps`` iterations without meeting the
-            tolerance; ``x`` is the last restart candidate (within the bounds,
-            residual reported).
-        DIVERGED: the iterates overflowed (not seen on feasible LPs; a safeguard:
-            ``x`` is then zero, never NaN).
-        NONFINITE_INPUT: a real row had a non-finite target or breakpoint.
-        EMPTY_GROUP: the LP has no row: ``x = 0`` is its solution.
-        INVALID_INPUT: a real row is malformed (a segment with start > end
-            reaching the kernel inside a caller's ``jit``).
-        INFEASIBLE: a Farkas certificate proves that no ``x`` in the bounds
-            satisfies ``A x = q``; the published code gets no solution (NaN) there.
-    """
-
-    SUCCESSFUL = 0
-    MAX_STEPS_REACHED = 1
-    DIVERGED = 2
-    NONFINITE_INPUT = 3
-    EMPTY_GROUP = 4
-    INVALID_INPUT = 6
-    INFEASIBLE = 8
 
 
 class IntervalLPSolution(NamedTuple):
@@ -97,7 +69,7 @@ class IntervalLPSolution(NamedTuple):
         primal_residual: ``[...]`` ``max_r |(A x - q)_r|``.
         steps: ``[...]`` int32 PDHG iterations run.
         restarts: ``[...]`` int32 restarts made.
-        result: ``[...]`` int32 :class:`LPResultCode`.
+        result: ``[...]`` int32 :class:`ResultCode`.
     """
 
     x: Any
@@ -138,7 +110,7 @@ class _Carry(NamedTuple):
     dual_objective: jax.Array  # [B]
     step: jax.Array  # [B] int32 iterations run
     restarts: jax.Array  # [B] int32
-    result: jax.Array  # [B] int32 LPResultCode
+    result: jax.Array  # [B] int32 ResultCode
     active: jax.Array  # [B] bool, still iterating
 
 
@@ -321,7 +293,7 @@ def solve_interval_lp(breaks, target, upper, status, *, max_steps: int, check_ev
         target: ``[B, R]`` right-hand side ``q`` (0 on padding rows).
         upper: ``[B, L]`` upper bounds ``u >= 0`` (0 fixes a snippet at 0).
         status: ``[B]`` int32 code known before solving
-            (``LPResultCode.SUCCESSFUL`` for lanes to solve; any other code
+            (``ResultCode.SUCCESSFUL`` for lanes to solve; any other code
             leaves the lane at ``x = 0`` with that code).
         max_steps: most PDHG iterations per lane (rounded up to a multiple of
             ``check_every``).
@@ -344,8 +316,8 @@ def solve_interval_lp(breaks, target, upper, status, *, max_steps: int, check_ev
     )
     plan = transpose_plan(breaks, num_columns)
     infeasible = _row_infeasible(problem)
-    status = jnp.where((status == LPResultCode.SUCCESSFUL) & infeasible, LPResultCode.INFEASIBLE, status)
-    done = status != LPResultCode.SUCCESSFUL
+    status = jnp.where((status == ResultCode.SUCCESSFUL) & infeasible, ResultCode.INFEASIBLE, status)
+    done = status != ResultCode.SUCCESSFUL
 
     target_norm = jnp.sqrt(jnp.sum(target**2, axis=-1))
     cost_norm = jnp.sqrt(jnp.sum((upper > 0).astype(dtype), axis=-1))
@@ -428,11 +400,11 @@ def solve_interval_lp(breaks, target, upper, status, *, max_steps: int, check_ev
         out_of_steps = step >= num_checks * check_every
         result = jnp.where(
             converged,
-            LPResultCode.SUCCESSFUL,
+            ResultCode.SUCCESSFUL,
             jnp.where(
                 infeasible,
-                LPResultCode.INFEASIBLE,
-                jnp.where(diverged, LPResultCode.DIVERGED, jnp.where(out_of_steps, LPResultCode.MAX_STEPS_REACHED, c.result)),
+                ResultCode.INFEASIBLE,
+                jnp.where(diverged, ResultCode.DIVERGED, jnp.where(out_of_steps, ResultCode.MAX_STEPS_REACHED, c.result)),
             ),
         )
         updated = _Carry(
@@ -466,7 +438,7 @@ def solve_interval_lp(breaks, target, upper, status, *, max_steps: int, check_ev
     # Lanes that finish early (or never start: empty items) drop out of the batch as it goes.
     final = compacted_while_loop(body, (problem, plan), carry, min_rows=max(_MIN_LANES, batch // 2))
     # Lanes never iterated (known codes) and diverged lanes report zeros, never NaN.
-    usable = (final.step > 0) & (final.result != LPResultCode.DIVERGED)
+    usable = (final.step > 0) & (final.result != ResultCode.DIVERGED)
     return IntervalLPSolution(
         x=jnp.where(usable[:, None], jnp.clip(final.best_x, 0, upper), 0),
         dual=jnp.where(usable[:, None], final.best_y, 0),

@@ -44,19 +44,17 @@ import numpy as np
 from jaxfuse._detection.cas_proposals import proposals_from_cas
 from jaxfuse._proposals.grouping import group_proposals
 from jaxfuse._core.interop import array_kind, from_jax
-from jaxfuse._labels.pdhg import LPResultCode
+
+from jaxfuse._core.result_codes import ResultCode, raise_for_results
 from jaxfuse._labels.snippets import (
     DEFAULT_CHECK_EVERY,
     DEFAULT_MAX_STEPS,
     check_solver_options,
-    raise_for_unsolved,
     snippets_from_integer_segments,
 )
+from jaxfuse._core.settings import MARGIN_POWER, MARGIN_SCALE, PUBLISHED_CLASS_THRESHOLD, PUBLISHED_THRESHOLDS
 from jaxfuse._core.validation import float_array, positive_int, positive_scalar
 
-PUBLISHED_LEVELS: tuple[float, ...] = tuple(float(level) for level in np.arange(0.001, 0.04, 0.002))
-PUBLISHED_CLASS_THRESHOLD = 0.16
-_MARGIN_SCALE, _MARGIN_POWER = 0.0785, 0.9  # the published margin, for proposals and LP rows alike
 
 
 class PseudoLabels(NamedTuple):
@@ -66,7 +64,7 @@ class PseudoLabels(NamedTuple):
         labels: ``[V, L, C]`` labels in ``[0, 1]``: the LP solution for every
             selected (video, class) with segments; 0 elsewhere and after each
             video's length.
-        result: ``[V, C]`` int32 :class:`jaxfuse.LPResultCode` of each (video,
+        result: ``[V, C]`` int32 :class:`jaxfuse.ResultCode` of each (video,
             class): see :class:`jaxfuse.SnippetLabels`; ``EMPTY_GROUP`` for
             classes not selected or without proposals.
         selected: ``[V, C]`` bool, classes that were items (passed the class
@@ -134,7 +132,7 @@ def _pseudo_labels(
     item_length = jnp.where(item_valid, length[:, None], 0).reshape(-1)
 
     found = proposals_from_cas(
-        sequences, np.asarray(thresholds), min_length=2, margin_scale=_MARGIN_SCALE, margin_power=_MARGIN_POWER,
+        sequences, np.asarray(thresholds), min_length=2, margin_scale=MARGIN_SCALE, margin_power=MARGIN_POWER,
         convention="published", length=item_length, max_proposals=max_proposals,
     )
     groups = group_proposals(
@@ -150,8 +148,8 @@ def _pseudo_labels(
     status = jnp.zeros(item_length.shape, jnp.int32)
     solved = snippets_from_integer_segments(
         start, end, score, rows, item_length, status, rtol, atol, num_snippets=num_snippets, method=method,
-        fallback=fallback, max_steps=max_steps, check_every=check_every, margin_scale=_MARGIN_SCALE,
-        margin_power=_MARGIN_POWER,
+        fallback=fallback, max_steps=max_steps, check_every=check_every, margin_scale=MARGIN_SCALE,
+        margin_power=MARGIN_POWER,
     )
 
     video_index = jnp.broadcast_to(jnp.arange(num_videos)[:, None], (num_videos, max_classes))
@@ -167,7 +165,7 @@ def _pseudo_labels(
     not_fitted = passes & ~scatter(item_valid.reshape(-1), False)
     return PseudoLabels(
         labels=jnp.moveaxis(scatter(solved.snippets, 0), 1, 2),
-        result=scatter(solved.result, LPResultCode.EMPTY_GROUP),
+        result=scatter(solved.result, ResultCode.EMPTY_GROUP),
         selected=scatter(item_valid.reshape(-1), False),
         num_segments=scatter(solved.num_segments, 0),
         truncated=scatter(item_truncated, False) | not_fitted,
@@ -182,7 +180,7 @@ def pseudo_labels(
     temperature,
     length=None,
     class_threshold=PUBLISHED_CLASS_THRESHOLD,
-    thresholds=PUBLISHED_LEVELS,
+    thresholds=PUBLISHED_THRESHOLDS,
     max_classes: int | None = None,
     max_proposals: int = 1024,
     max_segments: int = 128,
@@ -259,7 +257,7 @@ def pseudo_labels(
     max_proposals = positive_int(max_proposals, "max_proposals")
     max_segments = positive_int(max_segments, "max_segments")
     method, fallback, max_steps, check_every, rtol, atol, _, _ = check_solver_options(
-        method, fallback, max_steps, check_every, rtol, atol, _MARGIN_SCALE, _MARGIN_POWER
+        method, fallback, max_steps, check_every, rtol, atol, MARGIN_SCALE, MARGIN_POWER
     )
     if length is None:
         length = np.full(num_videos, num_snippets, np.int32)
@@ -282,5 +280,5 @@ def pseudo_labels(
         fallback=fallback, max_steps=max_steps, check_every=check_every,
     )
     if throw and not isinstance(result.result, jax.core.Tracer):
-        raise_for_unsolved(result.result, "pseudo_labels")
+        raise_for_results(result.result, "pseudo_labels", unit="item")
     return from_jax(result, kind)

@@ -33,7 +33,7 @@ bounds agree; labels agree where the optimum is unique.
 When no ``p`` in the bounds satisfies ``A p = q`` (a segment at the video's edge
 with a negative score and no margin to hold it; overlapping segments that
 contradict each other) the published code gets no solution and writes NaN.
-Here the item gets ``LPResultCode.INFEASIBLE`` and the ``fallback`` labels.
+Here the item gets ``ResultCode.INFEASIBLE`` and the ``fallback`` labels.
 """
 
 from __future__ import annotations
@@ -46,10 +46,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfuse._core.interop import array_kind, from_jax, to_jax
-from jaxfuse._labels.pdhg import LPResultCode, apply_rows, solve_interval_lp
-from jaxfuse._core.result_codes import RESULT_DTYPE
-from jaxfuse._core.validation import choice, float_array, positive_int
+from jaxfuse._core.interop import array_kind, from_jax, is_traced, to_jax
+from jaxfuse._labels.pdhg import apply_rows, solve_interval_lp
+from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode, raise_for_results
+from jaxfuse._core.settings import MARGIN_POWER, MARGIN_SCALE
+from jaxfuse._core.validation import checked_length, choice, float_array, positive_int
 
 METHODS = ("lp", "paint")
 FALLBACKS = ("paint", "zeros")
@@ -63,7 +64,7 @@ class SnippetLabels(NamedTuple):
     Attributes:
         snippets: ``[..., L]`` labels in ``[0, 1]``; zero at and after each
             item's ``length``.
-        result: ``[...]`` int32 :class:`jaxfuse.LPResultCode`: ``SUCCESSFUL``,
+        result: ``[...]`` int32 :class:`jaxfuse.ResultCode`: ``SUCCESSFUL``,
             ``MAX_STEPS_REACHED`` (the last PDHG iterate, within the bounds),
             ``INFEASIBLE`` or ``DIVERGED`` (the ``fallback`` labels),
             ``EMPTY_GROUP`` (no valid segment: zeros), ``NONFINITE_INPUT`` and
@@ -149,19 +150,19 @@ def snippets_from_integer_segments(
     breaks = row_breaks(start, end, valid, length, jnp.asarray(left), jnp.asarray(right))
     target = jnp.where(valid, scores, 0)
     count = jnp.sum(valid, axis=-1, dtype=jnp.int32)
-    status = jnp.where((status == LPResultCode.SUCCESSFUL) & (count == 0), LPResultCode.EMPTY_GROUP, status)
+    status = jnp.where((status == ResultCode.SUCCESSFUL) & (count == 0), ResultCode.EMPTY_GROUP, status)
     upper = (jnp.arange(num_snippets, dtype=jnp.int32) < length[:, None]).astype(scores.dtype)
     batch = scores.shape[0]
     zeros_int = jnp.zeros((batch,), jnp.int32)
     if method == "paint":
-        snippets = jnp.where((status == LPResultCode.SUCCESSFUL)[:, None], paint(breaks, target, valid, num_snippets), 0)
+        snippets = jnp.where((status == ResultCode.SUCCESSFUL)[:, None], paint(breaks, target, valid, num_snippets), 0)
         steps = restarts = zeros_int
         result = status
     else:
         solution = solve_interval_lp(
             breaks, target, upper, status, max_steps=max_steps, check_every=check_every, rtol=rtol, atol=atol
         )
-        failed = (solution.result == LPResultCode.INFEASIBLE) | (solution.result == LPResultCode.DIVERGED)
+        failed = (solution.result == ResultCode.INFEASIBLE) | (solution.result == ResultCode.DIVERGED)
         if fallback == "paint":
             replacement = jax.lax.cond(
                 jnp.any(failed), lambda: paint(breaks, target, valid, num_snippets), lambda: jnp.zeros_like(solution.x)
@@ -210,10 +211,6 @@ def check_solver_options(method, fallback, max_steps, check_every, rtol, atol, m
     return method, fallback, max_steps, check_every, rtol, atol, margin_scale, margin_power
 
 
-def _is_traced(*arrays) -> bool:
-    return any(isinstance(a, jax.core.Tracer) for a in arrays)
-
-
 def segments_to_snippets(
     segments,
     scores,
@@ -223,8 +220,8 @@ def segments_to_snippets(
     num_snippets: int,
     method: str = "lp",
     fallback: str = "paint",
-    margin_scale: float = 0.0785,
-    margin_power: float = 0.9,
+    margin_scale: float = MARGIN_SCALE,
+    margin_power: float = MARGIN_POWER,
     max_steps: int = DEFAULT_MAX_STEPS,
     check_every: int = DEFAULT_CHECK_EVERY,
     rtol: float = 1e-4,
@@ -302,7 +299,7 @@ def segments_to_snippets(
             raise TypeError(f"`valid` must be a bool array, got dtype {valid.dtype}")
         if valid.shape != scores.shape:
             raise ValueError(f"`valid` must have shape {scores.shape}, got {valid.shape}")
-    length = _checked_length(length, batch_shape, num_snippets)
+    length = checked_length(length, batch_shape, num_snippets, unit="item")
     dtype = jnp.float32 if scores.dtype in (jnp.float16, jnp.bfloat16) else scores.dtype
     items = math.prod(batch_shape)
     flat_segments = segments.astype(dtype).reshape(items, rows, 2)
@@ -310,14 +307,14 @@ def segments_to_snippets(
     flat_valid = valid.reshape(items, rows)
     flat_length = jnp.asarray(length).reshape(items)
 
-    if not _is_traced(flat_segments, flat_scores, flat_valid):
+    if not is_traced(flat_segments, flat_scores, flat_valid):
         _raise_for_bad_rows(np.asarray(flat_segments), np.asarray(flat_scores), np.asarray(flat_valid), batch_shape)
     finite = jnp.isfinite(flat_segments).all(-1) & jnp.isfinite(flat_scores)
     ordered = flat_segments[..., 0] <= flat_segments[..., 1]
     status = jnp.where(
         jnp.any(flat_valid & ~finite, axis=-1),
-        LPResultCode.NONFINITE_INPUT,
-        jnp.where(jnp.any(flat_valid & ~ordered, axis=-1), LPResultCode.INVALID_INPUT, LPResultCode.SUCCESSFUL),
+        ResultCode.NONFINITE_INPUT,
+        jnp.where(jnp.any(flat_valid & ~ordered, axis=-1), ResultCode.INVALID_INPUT, ResultCode.SUCCESSFUL),
     ).astype(jnp.int32)
     safe = jnp.where((flat_valid & finite)[..., None], flat_segments, 0)
     # int() of the published code; ends past the video only matter through their length, capped at L + 1.
@@ -328,40 +325,9 @@ def segments_to_snippets(
         max_steps=max_steps, check_every=check_every, margin_scale=margin_scale, margin_power=margin_power,
     )
     result = jax.tree.map(lambda x: x.reshape(batch_shape + x.shape[1:]), result)
-    if throw and not _is_traced(result.result):
-        raise_for_unsolved(result.result, "segments_to_snippets")
+    if throw and not is_traced(result.result):
+        raise_for_results(result.result, "segments_to_snippets", unit="item")
     return from_jax(result, kind)
-
-
-def raise_for_unsolved(result, what: str) -> None:
-    """``RuntimeError`` naming the codes and the first item when any item is neither solved nor empty."""
-    codes = np.asarray(result)
-    failed = (codes != LPResultCode.SUCCESSFUL) & (codes != LPResultCode.EMPTY_GROUP)
-    if failed.any():
-        counts = {LPResultCode(c).name: int((codes == c).sum()) for c in np.unique(codes[failed])}
-        first = tuple(int(i) for i in np.argwhere(failed)[0])
-        raise RuntimeError(
-            f"{what}: {int(failed.sum())} item(s) not solved {counts}; first at index {first}. "
-            "Pass throw=False to get per-item result codes (and the fallback labels) instead."
-        )
-
-
-def _checked_length(length, batch_shape, num_snippets: int):
-    if length is None:
-        return np.full(batch_shape, num_snippets, np.int32)
-    if _is_traced(length):
-        if not jnp.issubdtype(length.dtype, jnp.integer):
-            raise TypeError(f"`length` must be an integer array, got dtype {length.dtype}")
-        return jnp.broadcast_to(jnp.clip(length, 0, num_snippets), batch_shape).astype(jnp.int32)
-    host = np.asarray(length)
-    if host.dtype == np.bool_ or not np.issubdtype(host.dtype, np.integer):
-        raise TypeError(f"`length` must be an integer array (snippets per item), got dtype {host.dtype}")
-    if host.size and (host.min() < 0 or host.max() > num_snippets):
-        raise ValueError(f"`length` must lie in [0, {num_snippets}], got values from {host.min()} to {host.max()}")
-    try:
-        return np.broadcast_to(host, batch_shape).astype(np.int32)
-    except ValueError:
-        raise ValueError(f"`length` of shape {host.shape} does not broadcast to the items' shape {batch_shape}") from None
 
 
 def _raise_for_bad_rows(segments, scores, valid, batch_shape) -> None:

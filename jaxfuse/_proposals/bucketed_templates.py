@@ -9,30 +9,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfuse._proposals.grouping import ProposalGroups, _is_traced
-from jaxfuse._fusion.packing import bucket_size
+from jaxfuse._core.interop import is_traced
+from jaxfuse._proposals.grouping import ProposalGroups
+from jaxfuse._core.padding import bucket_size, size_buckets
 from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode
-from jaxfuse._proposals.group_fusion import FusedProposals, _finish, _fused_scores, temperature_code
+from jaxfuse._proposals.group_fusion import FusedProposals, finish_fused_groups, fused_scores, temperature_code
 from jaxfuse._fusion.student_t import StudentTParameters
 from jaxfuse._fusion.closed_forms import LaplaceParameters
 
 
-# Groups of up to this many members share the first size bucket: below it a
-# bucket of its own would cost a compiled program for little memory.
-_SMALLEST_BUCKET = 4
-
-
-def size_buckets(size: int) -> tuple[int, ...]:
-    """Member capacities of the size buckets for items of ``size`` proposals: 4, 8, 16, ..., >= size.
-
-    A group of ``m`` members goes to the first bucket holding it, whose
-    capacity is then less than ``2 m`` (or the smallest): the packed slots of
-    every bucket are within twice its members, whatever the other groups.
-    """
-    capacities = [min(_SMALLEST_BUCKET, max(size, 1))]
-    while capacities[-1] < size:
-        capacities.append(min(2 * capacities[-1], size))
-    return tuple(capacities)
 
 
 class _BucketLayout(NamedTuple):
@@ -175,10 +160,10 @@ def _no_groups(method: str, scores, groups: ProposalGroups, codes) -> FusedPropo
     zeros = jnp.zeros((num, 2), scores.dtype)
     parameters = LaplaceParameters(zeros, zeros) if method == "laplace" else StudentTParameters(zeros, zeros, zeros)
     empty = jnp.full((num,), ResultCode.EMPTY_GROUP, RESULT_DTYPE)
-    return _finish(zeros, jnp.zeros((num,), scores.dtype), zeros, parameters, empty, groups, codes)
+    return finish_fused_groups(zeros, jnp.zeros((num,), scores.dtype), zeros, parameters, empty, groups, codes)
 
 
-def _fuse_padded(segments, scores, weights, groups: ProposalGroups, temperature, codes, method: str, options: dict):
+def fuse_padded_templates(segments, scores, weights, groups: ProposalGroups, temperature, codes, method: str, options: dict):
     """Laplace / Student-t through :func:`jaxfuse.fuse_groups`, on groups packed by size bucket.
 
     Groups go to the power-of-two size bucket that holds them (4, 8, ..., N
@@ -191,7 +176,7 @@ def _fuse_padded(segments, scores, weights, groups: ProposalGroups, temperature,
 
     items, size = scores.shape
     layout = _bucket_layout(groups, capacities=size_buckets(size))
-    traced = _is_traced(layout.counts)
+    traced = is_traced(layout.counts)
     counts = None if traced else np.asarray(layout.counts)
     if counts is not None and counts.sum() == 0:
         return _no_groups(method, scores, groups, codes)
@@ -203,6 +188,6 @@ def _fuse_padded(segments, scores, weights, groups: ProposalGroups, temperature,
     ]
     location, parameters, result = _unpack_buckets(fused, packed, layout)
     codes = jnp.maximum(codes, temperature_code(temperature, scores.dtype))
-    return _finish(
-        location, _fused_scores(scores, weights, groups, temperature), parameters.scale, parameters, result, groups, codes
+    return finish_fused_groups(
+        location, fused_scores(scores, weights, groups, temperature), parameters.scale, parameters, result, groups, codes
     )

@@ -36,13 +36,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfuse._proposals.bucketed_templates import _fuse_padded
+from jaxfuse._proposals.bucketed_templates import fuse_padded_templates
 from jaxfuse._runtime.executable_store import stored_executable
 from jaxfuse._proposals.grouping import (
     ProposalGroups,
-    _group_batch_checked,
-    _is_traced,
-    _proposal_flags,
+    group_batch_checked,
+    proposal_flags,
     threshold_code,
     overlap_settings,
     raise_for_value_problems,
@@ -50,16 +49,15 @@ from jaxfuse._proposals.grouping import (
     validate_proposals,
     validate_threshold,
 )
-from jaxfuse._core.interop import array_kind, from_jax
+from jaxfuse._core.interop import array_kind, from_jax, is_traced
 from jaxfuse._core.settings import FusionSettings, resolve_settings
 from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode
-from jaxfuse._proposals.group_fusion import FusedProposals, _finish, _group_and_fuse, temperature_code
+from jaxfuse._proposals.group_fusion import FusedProposals, finish_fused_groups, group_and_fuse, temperature_code
 from jaxfuse._proposals.soft_nms import DECAYS, DEFAULT_SCORE_FLOOR, DEFAULT_SIGMA, soft_nms_batch
 from jaxfuse._core.validation import choice, positive_scalar
+from jaxfuse._fusion.templates import PADDED_TEMPLATES, TEMPLATE_NAMES, template_options
 
-CLOSED_FORM_TEMPLATES = ("gaussian", "uniform", "exponential")
-PADDED_TEMPLATES = ("laplace", "student_t")
-METHODS = CLOSED_FORM_TEMPLATES + PADDED_TEMPLATES + ("nms", "soft_nms")
+METHODS = TEMPLATE_NAMES + ("nms", "soft_nms")
 
 
 # ------------------------------------------------------------------ Soft-NMS
@@ -67,7 +65,7 @@ METHODS = CLOSED_FORM_TEMPLATES + PADDED_TEMPLATES + ("nms", "soft_nms")
 
 @functools.partial(jax.jit, static_argnames=("linear",))
 def _soft_nms_checked(segments, scores, valid, threshold, sigma, floor, use_iou, offset, extra, *, linear):
-    problems, codes, sound = _proposal_flags(segments, scores, valid, extra)
+    problems, codes, sound = proposal_flags(segments, scores, valid, extra)
     kept = soft_nms_batch(segments, scores, sound, threshold, sigma, floor, use_iou, offset, linear=linear)
     dtype = scores.dtype
     options_ok = (temperature_code(sigma, dtype) == ResultCode.SUCCESSFUL) & jnp.isfinite(jnp.asarray(floor, dtype))
@@ -93,7 +91,7 @@ def _soft_nms_output(segments, kept, groups: ProposalGroups, codes):
     leader = jnp.maximum(groups.leader, 0)
     kept_segments = jnp.take_along_axis(segments, leader[..., None], axis=1)
     success = jnp.full((num,), ResultCode.SUCCESSFUL, RESULT_DTYPE)
-    return _finish(
+    return finish_fused_groups(
         kept_segments.reshape(num, 2), kept.reshape(num), jnp.zeros((num, 2), kept.dtype), None, success, groups, codes
     )
 
@@ -112,13 +110,11 @@ def _soft_nms_options(options: dict) -> tuple[bool, float, float]:
     return decay == "linear", sigma, floor
 
 
-def _check_options(method: str, options: dict):
+def check_method_options(method: str, options: dict):
     if method == "soft_nms":
         return _soft_nms_options(options)
     if method == "student_t":
-        from jaxfuse._fusion.fuse_groups import _template_options
-
-        _template_options(method, dict(options))  # raises on unknown or bad options
+        template_options(method, dict(options))  # raises on unknown or bad options
         return options
     if options:
         raise TypeError(f"method {method!r} takes no options, got {sorted(options)}")
@@ -146,7 +142,7 @@ def resolve_fusion_settings(preset=None, **explicit) -> _Resolved:
             threshold and temperature pass (the kernels give them result codes).
     """
     for name in ("method", "overlap", "discrete", "preset"):
-        if _is_traced(explicit.get(name)) or (name == "preset" and _is_traced(preset)):
+        if is_traced(explicit.get(name)) or (name == "preset" and is_traced(preset)):
             raise TypeError(f"`{name}` must be static (a Python value), not a traced value")
     settings = resolve_settings(preset, **explicit)
     method = choice(settings.method, "method", METHODS)
@@ -257,7 +253,7 @@ def fuse_proposals(
         temperature=temperature,
     )
     threshold, overlap, discrete, method, temperature = settings
-    options = _check_options(method, options)
+    options = check_method_options(method, options)
     inputs = validate_proposals(segments, scores, valid, extra=[("weights", weights)])
     batch_shape, size = inputs.scores.shape[:-1], inputs.scores.shape[-1]
     items = math.prod(batch_shape)
@@ -274,16 +270,16 @@ def fuse_proposals(
             segments, scores, valid, threshold, sigma, floor, use_iou, offset, checked, linear=linear
         )
     elif method in PADDED_TEMPLATES:
-        groups, problems, codes = _group_batch_checked(segments, scores, valid, threshold, use_iou, offset, checked)
+        groups, problems, codes = group_batch_checked(segments, scores, valid, threshold, use_iou, offset, checked)
         weights = scores if weights is None else weights
-        fused = _fuse_padded(segments, scores, weights, groups, temperature, codes, method, options)
+        fused = fuse_padded_templates(segments, scores, weights, groups, temperature, codes, method, options)
     else:
         # NMS (whose fusion needs no temperature; 1.0 keeps the program's signature) and the closed forms.
-        fused, problems = _group_and_fuse(
+        fused, problems = group_and_fuse(
             segments, scores, weights, valid, threshold, use_iou, offset, 1.0 if method == "nms" else temperature,
             method=method,
         )
-    if inputs.check_on_device and not _is_traced(problems):
+    if inputs.check_on_device and not is_traced(problems):
         # Checked after the kernels are queued: one small transfer, no extra round trip.
         raise_for_value_problems(problems, segments, scores, valid, [("weights", w) for w in checked])
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxfuse._runtime.executable_store import stored_executable
-from jaxfuse._proposals.grouping import ProposalGroups, _group_batch_checked
+from jaxfuse._proposals.grouping import ProposalGroups, group_batch_checked
 from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode
 from jaxfuse._fusion.closed_forms import (
     ExponentialParameters,
@@ -182,7 +182,7 @@ def temperature_code(temperature, dtype) -> jax.Array:
     return jnp.where(ok, ResultCode.SUCCESSFUL, ResultCode.INVALID_OPTION).astype(RESULT_DTYPE)
 
 
-def _finish(location, score, spread, parameters, result, groups: ProposalGroups, codes) -> FusedProposals:
+def finish_fused_groups(location, score, spread, parameters, result, groups: ProposalGroups, codes) -> FusedProposals:
     """Reshape per-group ``[B*N, ...]`` arrays to ``[B, N, ...]``, apply the result codes, blank the padding.
 
     ``codes [B]`` are the items' input and option codes; they go to every group
@@ -233,7 +233,7 @@ def _fuse_closed_form(segments, scores, weights, groups: ProposalGroups, tempera
     location, spread, parameters = _closed_form_fit(method, means, values.reshape(num, 3)[:, :2], num)
     success = jnp.full((num,), ResultCode.SUCCESSFUL, RESULT_DTYPE)
     codes = jnp.maximum(codes, temperature_code(temperature, scores.dtype))
-    return _finish(location, means.mean[:, 2], spread, parameters, success, groups, codes)
+    return finish_fused_groups(location, means.mean[:, 2], spread, parameters, success, groups, codes)
 
 
 @jax.jit
@@ -243,14 +243,14 @@ def _fuse_nms(segments, scores, groups: ProposalGroups, codes):
     kept_scores = jnp.take_along_axis(scores, leader, axis=1)
     num = scores.size
     success = jnp.full((num,), ResultCode.SUCCESSFUL, RESULT_DTYPE)
-    return _finish(
+    return finish_fused_groups(
         kept_segments.reshape(num, 2), kept_scores.reshape(num), jnp.zeros((num, 2), scores.dtype), None, success,
         groups, codes,
     )
 
 
 @jax.jit
-def _fused_scores(scores, weights, groups: ProposalGroups, temperature):
+def fused_scores(scores, weights, groups: ProposalGroups, temperature):
     """Per-group weighted average of the ordering scores, ``[B*N]``."""
     means = _group_means(scores[..., None], weights, groups, jnp.asarray(temperature, scores.dtype))
     return means.mean[:, 0]
@@ -268,7 +268,7 @@ def _group_and_fuse_program(segments, scores, weights, valid, threshold, use_iou
         ``(fused, problems)``, see :func:`jaxfuse._proposals.grouping.value_problems`.
     """
     checked = () if weights is None else (weights,)
-    groups, problems, codes = _group_batch_checked(
+    groups, problems, codes = group_batch_checked(
         segments, scores, valid, threshold, use_iou, offset, checked, first_slot, num_distinct=num_distinct
     )
     if method == "nms":
@@ -278,4 +278,4 @@ def _group_and_fuse_program(segments, scores, weights, valid, threshold, use_iou
 
 
 # The program of a fuse_proposals call; kept whole on disk so that a fresh process skips tracing it.
-_group_and_fuse = stored_executable(_group_and_fuse_program, static_argnames=("method", "num_distinct"))
+group_and_fuse = stored_executable(_group_and_fuse_program, static_argnames=("method", "num_distinct"))

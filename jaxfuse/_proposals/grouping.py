@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfuse._core.interop import host_to_device, warn_if_narrowed
+from jaxfuse._core.interop import host_to_device, is_traced, warn_if_narrowed
 from jaxfuse._core.settings import resolve_settings
 from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode
 from jaxfuse._core.rows import gather_rows, running_count
@@ -354,7 +354,7 @@ def threshold_code(threshold) -> jax.Array:
     return jnp.where(ok, ResultCode.SUCCESSFUL, ResultCode.INVALID_OPTION).astype(RESULT_DTYPE)
 
 
-def _proposal_flags(segments, scores, valid, extra):
+def proposal_flags(segments, scores, valid, extra):
     """Which value checks fail anywhere, and each item's code; the grouping leaves bad proposals out."""
     codes = item_codes(segments, scores, valid, extra)
     bad = _problem_masks(jnp, segments, scores, valid, extra)
@@ -365,7 +365,7 @@ def _proposal_flags(segments, scores, valid, extra):
 
 
 @functools.partial(jax.jit, static_argnames=("num_distinct",))
-def _group_batch_checked(segments, scores, valid, threshold, use_iou, offset, extra=(), first_slot=None, *,
+def group_batch_checked(segments, scores, valid, threshold, use_iou, offset, extra=(), first_slot=None, *,
                          num_distinct=None):
     """:func:`group_batch`, :func:`value_problems` and :func:`item_codes` in one program (one dispatch).
 
@@ -377,7 +377,7 @@ def _group_batch_checked(segments, scores, valid, threshold, use_iou, offset, ex
         :class:`jaxfuse.ResultCode` from its values (proposals with bad values
         join no group) and the threshold.
     """
-    problems, codes, sound = _proposal_flags(segments, scores, valid, extra)
+    problems, codes, sound = proposal_flags(segments, scores, valid, extra)
     if first_slot is None:
         groups = group_batch(segments, scores, sound, threshold, use_iou, offset)
     else:
@@ -388,10 +388,6 @@ def _group_batch_checked(segments, scores, valid, threshold, use_iou, offset, ex
 
 
 # --------------------------------------------------------------------- validation
-
-
-def _is_traced(*arrays) -> bool:
-    return any(isinstance(a, jax.core.Tracer) for a in arrays)
 
 
 def _problem_masks(xp, segments, scores, valid, extra):
@@ -531,7 +527,7 @@ def validate_proposals(segments: Any, scores: Any, valid: Any = None, extra=()) 
         convert(checked[0][1]),
         valid if isinstance(valid, jax.Array) else host_to_device(np.asarray(valid)),
         tuple(convert(array) for _, array in checked[1:]),
-        check_on_device=not on_host and not _is_traced(*arrays),
+        check_on_device=not on_host and not is_traced(*arrays),
     )
 
 
@@ -610,8 +606,8 @@ def group_proposals(
     batch_shape, size = inputs.scores.shape[:-1], inputs.scores.shape[-1]
     items = math.prod(batch_shape)
     flat = (inputs.segments.reshape(items, size, 2), inputs.scores.reshape(items, size), inputs.valid.reshape(items, size))
-    groups, problems, _ = _group_batch_checked(*flat, threshold, *overlap_settings(overlap, discrete))
-    if inputs.check_on_device and not _is_traced(problems):
+    groups, problems, _ = group_batch_checked(*flat, threshold, *overlap_settings(overlap, discrete))
+    if inputs.check_on_device and not is_traced(problems):
         raise_for_value_problems(problems, *flat)
     return ProposalGroups(
         groups.group.reshape(*batch_shape, size),

@@ -7,7 +7,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from jaxfuse._proposals.proposal_lists import PaddedProposals
-from jaxfuse._fusion.packing import bucket_size
+from jaxfuse._core.padding import MERGE_PADDING_BUDGET, bucket_size, merged_buckets
 from jaxfuse.formats.activitynet import DetectionTable
 
 MIN_ITEM_SIZE = 16
@@ -25,7 +25,6 @@ _MAX_BATCH_ROWS = 1024
 # A size bucket is padded up into the next larger one when that adds at most
 # this many padded detections: running them costs well under a second (about
 # 60 ns each, measured on 1,000-detection items), a compile several seconds.
-MERGE_PADDING_BUDGET = 1 << 24
 
 
 class TableItems(NamedTuple):
@@ -145,34 +144,3 @@ def _pack_batch(segments, scores, weights, starts, sizes, chunk: np.ndarray, siz
     return PaddedProposals(
         padded(segments, 2), padded(scores), padded(weights), valid, topped_up(chunk, -1), topped_up(chunk_sizes, 0)
     )
-
-
-def merged_buckets(bucket_counts: dict[int, int], budget: int = MERGE_PADDING_BUDGET) -> dict[int, int]:
-    """Which padded size each bucket's items get, after merging small buckets upwards.
-
-    From the largest bucket down, a bucket joins the current target (the
-    nearest larger bucket that was kept) when its items would gain at most
-    ``budget`` padded detections in all; otherwise it is kept and becomes the
-    target. Each kept bucket is one program to compile.
-
-    Args:
-        bucket_counts: ``{padded size: number of items}``.
-        budget: the most padded detections a merge may add.
-
-    Returns:
-        ``{padded size: the padded size its items are given}``.
-
-    Example:
-        >>> merged_buckets({16: 1000, 512: 7000, 1024: 3000}, budget=1 << 24)
-        {1024: 1024, 512: 1024, 16: 1024}
-        >>> merged_buckets({16: 10**6, 1024: 10}, budget=1 << 24)
-        {1024: 1024, 16: 16}
-    """
-    target: dict[int, int] = {}
-    current = None
-    for size in sorted(bucket_counts, reverse=True):
-        if current is not None and bucket_counts[size] * (current - size) <= budget:
-            target[size] = current
-        else:
-            target[size] = current = size
-    return target

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfuse._proposals.grouping import _is_traced
-from jaxfuse._core.interop import ArrayKind, array_kind, from_jax
+from jaxfuse._core.interop import ArrayKind, array_kind, from_jax, is_traced
 from jaxfuse._proposals.fuse_proposals import FusedProposals, fuse_proposals
+from jaxfuse._core.padding import geometric_size
 from jaxfuse._core.validation import positive_int
 
 
@@ -42,14 +42,6 @@ def _require_concrete(*lists, what: str) -> None:
                 f"{what} takes concrete arrays (it pads ragged items on the host), not traced ones; "
                 "inside jax.jit, pad the items yourself and call fuse_proposals"
             )
-
-
-def _padded_size(n: int, min_size: int, growth: int) -> int:
-    """The smallest ``min_size * growth**k`` holding ``n``."""
-    size = min_size
-    while size < n:
-        size *= growth
-    return size
 
 
 def pack_proposals(
@@ -123,7 +115,7 @@ def pack_proposals(
     growth = positive_int(growth, "growth")
     if growth < 2:
         raise ValueError(f"`growth` must be at least 2, got {growth}")
-    padded = np.array([_padded_size(n, min_size, growth) for n in sizes], dtype=np.int64)
+    padded = np.array([geometric_size(n, min_size, growth) for n in sizes], dtype=np.int64)
     batches = []
     for size in np.unique(padded):
         members = np.flatnonzero(padded == size)
@@ -217,7 +209,7 @@ def fuse_proposal_lists(
     """
     kind = array_kind(*segments_list) if len(segments_list) else ArrayKind.NUMPY
     for name in ("temperature", "overlap_threshold"):
-        if _is_traced(fuse_options.get(name)):
+        if is_traced(fuse_options.get(name)):
             raise TypeError(
                 f"fuse_proposal_lists cannot take a traced `{name}`: its per-item outputs are sized on the "
                 "host from the counts. Pass a Python float, or pad the items and call fuse_proposals inside jit"

@@ -41,7 +41,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxfuse._proposals.grouping import raise_for_value_problems, validate_proposals, value_problems
 from jaxfuse._core.interop import ArrayKind, array_kind
-from jaxfuse._proposals.fuse_proposals import FusedProposals, _check_options, fuse_proposals, resolve_fusion_settings
+from jaxfuse._proposals.fuse_proposals import FusedProposals, check_method_options, fuse_proposals, resolve_fusion_settings
 
 ITEMS_AXIS = "items"
 """The name of the mesh axis that the items are split over."""
@@ -78,7 +78,7 @@ def _check_arguments(options: dict) -> None:
     """Reject what :func:`fuse_proposals` would reject, before any transfer or thread."""
     settings = {name: options[name] for name in ("overlap_threshold", "overlap", "discrete", "method", "temperature")}
     method = resolve_fusion_settings(options["preset"], **settings).method
-    _check_options(method, {name: value for name, value in options.items() if name not in _DEFAULTS})
+    check_method_options(method, {name: value for name, value in options.items() if name not in _DEFAULTS})
 
 
 def _blocks(array: jax.Array, mesh: Mesh) -> list[jax.Array]:

@@ -53,8 +53,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxfuse._core.interop import is_torch_tensor, to_host
 from jaxfuse._proposals.actionformer_nms import select
-from jaxfuse._fusion.packing import bucket_size
+from jaxfuse._core.padding import bucket_size
 from jaxfuse._core.validation import choice, positive_scalar
 
 METHODS = ("soft_nms", "nms", "gaussian")
@@ -79,17 +80,10 @@ class NMSResult(NamedTuple):
 # ------------------------------------------------------------------ checks
 
 
-def _is_torch(x: Any) -> bool:
-    return type(x).__module__.startswith("torch")
-
-
 def _host(x: Any) -> np.ndarray:
-    if _is_torch(x):
-        x = x.detach()
-        if x.dtype.is_floating_point and x.dtype.itemsize < 4:
-            x = x.float()  # numpy has no bfloat16
-        return x.cpu().numpy()
-    return np.asarray(x)
+    """On the host; half-precision floats widened to float32, as ActionFormer's C++ computes in float."""
+    x = to_host(x)
+    return x.astype(np.float32) if x.dtype == np.float16 else x
 
 
 def _video_arrays(segs, scores, cls_idxs, where: str = ""):
@@ -276,7 +270,7 @@ def _fuse_bucket(segments, scores, valid, options, keep):
 
 def _outputs(member, kept_scores, kept_segments, segs, scores, cls_idxs, method, voting):
     """Detections of one video (``member [n]`` global indices) in the caller's array kind, dtype and device."""
-    if _is_torch(segs):
+    if is_torch_tensor(segs):
         import torch
 
         index = torch.from_numpy(member).to(segs.device)
@@ -300,7 +294,7 @@ def _outputs(member, kept_scores, kept_segments, segs, scores, cls_idxs, method,
 
 
 def _empty(segs, scores, cls_idxs):
-    if _is_torch(segs):
+    if is_torch_tensor(segs):
         return NMSResult(segs.new_zeros((0, 2)), scores.new_zeros((0,)), cls_idxs.new_zeros((0,)))
     return NMSResult(
         np.zeros((0, 2), _host(segs).dtype), np.zeros((0,), _host(scores).dtype), np.zeros((0,), _host(cls_idxs).dtype)
@@ -398,13 +392,13 @@ def batched_nms(
     item_ids = item_ids.reshape(-1)
     voting = not multiclass and options["voting_thresh"] > 0 and options["method"] != "gaussian"
     priority = None
-    if options["method"] == "nms" and _is_torch(scores):
+    if options["method"] == "nms" and is_torch_tensor(scores):
         priority = _torch_sort_priority(scores, score_values, item_ids, options["min_score"])
     chosen = _select_items(segments, score_values, item_ids, int(item_ids.max()) + 1, options, voting, priority)
     # ActionFormer's last step, with its own call so that equal scores come out in its order.
     kept = np.arange(chosen.member.shape[1])[None, :] < chosen.count[:, None]
     member, kept_scores, kept_segments = chosen.member[kept], chosen.scores[kept], chosen.segments[kept]
-    if _is_torch(scores):
+    if is_torch_tensor(scores):
         import torch
 
         ranking_scores = torch.from_numpy(kept_scores).to(scores.dtype)

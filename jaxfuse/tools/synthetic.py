@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxfuse._fusion.packing import bucket_size
+from jaxfuse._core.padding import bucket_size
 
 
 class SyntheticGroups(NamedTuple):
