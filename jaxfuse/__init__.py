@@ -67,6 +67,7 @@ from jaxfuse._fusion.packing import (
 )
 from jaxfuse._fusion.fuse_ragged import RaggedFusion, fuse_ragged
 from jaxfuse._core.result_codes import LPResultCode, ResultCode
+from jaxfuse._core.version import VERSION
 from jaxfuse._labels.snippets import SnippetLabels, segments_to_snippets
 from jaxfuse._proposals.sharding import fuse_proposals_sharded, item_mesh
 from jaxfuse._fusion.student_t import StudentTParameters
@@ -74,7 +75,7 @@ from jaxfuse._fusion.closed_forms import ExponentialParameters, GaussianParamete
 from jaxfuse.tools.videos import SyntheticVideos, VideoParameters, synthetic_videos
 from jaxfuse._fusion.weights import member_probabilities
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 # Before any compilation, so that jaxfuse's programs persist across processes
 # (see jaxfuse/_runtime/compilation_cache.py for why at import, and how to turn it off).

@@ -355,6 +355,97 @@ def _real_scalar(value: Any, name: str) -> float:
 # ------------------------------------------------------------------ public API
 
 
+class _DetectRequest(NamedTuple):
+    """detect's arguments once checked: the CAS (on device, or None beside its host copy) and resolved settings."""
+
+    cas: Any
+    host_cas: np.ndarray | None
+    dtype: Any
+    scores: np.ndarray
+    levels: tuple
+    class_threshold: float
+    video_length: np.ndarray
+    overlap_threshold: float
+    overlap: str
+    discrete: bool
+    method: str
+    temperature: float
+    weight_column: str
+    convention: str
+    min_length: int
+    max_detections: int | None
+    max_proposals: int | None
+
+
+def _checked_request(cas, video_scores, thresholds, class_threshold, length, preset, options, convention, min_length,
+                     max_detections, max_proposals, **settings) -> _DetectRequest:
+    """Check every argument of :func:`detect` before anything is traced; resolve the preset."""
+    method, temperature, overlap_threshold = settings["method"], settings["temperature"], settings["overlap_threshold"]
+    if isinstance(cas, jax.core.Tracer) or isinstance(video_scores, jax.core.Tracer):
+        raise TypeError("detect cannot run under jax.jit: it sizes its programs from the data on the host")
+    # A numpy CAS stays on the host until the selected items are gathered
+    # (a few of its classes: several times fewer bytes to copy).
+    host_cas = cas if isinstance(cas, np.ndarray) else None
+    if host_cas is None:
+        cas = float_array(cas, "cas")
+        dtype = cas.dtype
+    else:
+        dtype = jax.dtypes.canonicalize_dtype(float_dtype(cas, "cas"))
+    if cas.ndim != 3:
+        raise ValueError(f"`cas` must have shape [videos, snippets, classes], got {cas.shape}")
+    num_videos, num_snippets, num_classes = cas.shape
+    if num_snippets == 0:
+        raise ValueError(f"`cas` must have at least one snippet, got shape {cas.shape}")
+    scores = _checked_video_scores(video_scores, (num_videos, num_classes))
+    levels = _checked_levels(thresholds)
+    class_threshold = _real_scalar(class_threshold, "class_threshold")
+    video_length = checked_length(length, (num_videos,), num_snippets, unit="video")
+    for name, value in (("temperature", temperature), ("overlap_threshold", overlap_threshold)):
+        if isinstance(value, jax.core.Tracer):
+            raise TypeError(f"detect cannot take a traced `{name}`: it sizes its programs on the host; pass a Python float")
+    settings = resolve_settings(preset, **settings)
+    overlap_threshold, overlap, discrete, method, temperature = resolve_fusion_settings(settings)
+    weight_column = choice(settings.weights, "weights", WEIGHT_COLUMNS)
+    check_method_options(method, dict(options))
+    convention = choice(convention, "convention", CONVENTIONS)
+    min_length = positive_int(min_length, "min_length")
+    if max_detections is not None:
+        max_detections = positive_int(max_detections, "max_detections")
+    if max_proposals is not None:
+        max_proposals = positive_int(max_proposals, "max_proposals")
+
+    return _DetectRequest(
+        cas, host_cas, dtype, scores, levels, class_threshold, video_length, overlap_threshold, overlap, discrete,
+        method, temperature, weight_column, convention, min_length, max_detections, max_proposals,
+    )
+
+
+def _fuse_items(request: _DetectRequest, found, first_slot, num_distinct: int, options):
+    """Group and fuse every item's proposals: on first occurrences only where the method allows it."""
+    overlap_threshold, overlap, discrete = request.overlap_threshold, request.overlap, request.discrete
+    method, temperature = request.method, request.temperature
+    weights = found.inner if request.weight_column == "inner" else None
+    ascending = all(low <= high for low, high in itertools.pairwise(request.levels))
+    if (method in SEGMENT_SUM_TEMPLATES or method == "nms") and overlap_threshold < 1 and ascending:
+        # Repeated proposals (the same run at several levels) join their first
+        # occurrence's group: the greedy loop runs on first occurrences only,
+        # in as many columns as the item with the most of them needs. (The
+        # first occurrence is found from the levels' order: ascending levels.)
+        fused, problems = group_and_fuse(
+            found.segments, found.contrast, weights, found.valid, overlap_threshold,
+            *overlap_settings(overlap, discrete), 1.0 if method == "nms" else temperature, first_slot,
+            method=method, num_distinct=num_distinct,
+        )
+        extra = [] if weights is None else [("weights", weights)]
+        raise_for_value_problems(problems, found.segments, found.contrast, found.valid, extra)
+        return fused
+    return fuse_proposals(
+        found.segments, found.contrast, weights, found.valid,
+        overlap_threshold=overlap_threshold, overlap=overlap, discrete=discrete,
+        method=method, temperature=temperature, **options,
+    )
+
+
 def detect(
     cas,
     video_scores,
@@ -455,41 +546,14 @@ def detect(
         ([[0, 1]], [4.0, 12.0])
     """
     kind = array_kind(cas)
-    if isinstance(cas, jax.core.Tracer) or isinstance(video_scores, jax.core.Tracer):
-        raise TypeError("detect cannot run under jax.jit: it sizes its programs from the data on the host")
-    # A numpy CAS stays on the host until the selected items are gathered
-    # (a few of its classes: several times fewer bytes to copy).
-    host_cas = cas if isinstance(cas, np.ndarray) else None
-    if host_cas is None:
-        cas = float_array(cas, "cas")
-        dtype = cas.dtype
-    else:
-        dtype = jax.dtypes.canonicalize_dtype(float_dtype(cas, "cas"))
-    if cas.ndim != 3:
-        raise ValueError(f"`cas` must have shape [videos, snippets, classes], got {cas.shape}")
-    num_videos, num_snippets, num_classes = cas.shape
-    if num_snippets == 0:
-        raise ValueError(f"`cas` must have at least one snippet, got shape {cas.shape}")
-    scores = _checked_video_scores(video_scores, (num_videos, num_classes))
-    levels = _checked_levels(thresholds)
-    class_threshold = _real_scalar(class_threshold, "class_threshold")
-    video_length = checked_length(length, (num_videos,), num_snippets, unit="video")
-    for name, value in (("temperature", temperature), ("overlap_threshold", overlap_threshold)):
-        if isinstance(value, jax.core.Tracer):
-            raise TypeError(f"detect cannot take a traced `{name}`: it sizes its programs on the host; pass a Python float")
-    settings = resolve_settings(
-        preset, method=method, temperature=temperature, overlap_threshold=overlap_threshold, overlap=overlap,
-        discrete=discrete, weights=weights,
+    request = _checked_request(
+        cas, video_scores, thresholds, class_threshold, length, preset, options, convention, min_length,
+        max_detections, max_proposals, method=method, temperature=temperature, overlap_threshold=overlap_threshold,
+        overlap=overlap, discrete=discrete, weights=weights,
     )
-    overlap_threshold, overlap, discrete, method, temperature = resolve_fusion_settings(settings)
-    weight_column = choice(settings.weights, "weights", WEIGHT_COLUMNS)
-    check_method_options(method, dict(options))
-    convention = choice(convention, "convention", CONVENTIONS)
-    min_length = positive_int(min_length, "min_length")
-    if max_detections is not None:
-        max_detections = positive_int(max_detections, "max_detections")
-    if max_proposals is not None:
-        max_proposals = positive_int(max_proposals, "max_proposals")
+    (cas, host_cas, dtype, scores, levels, class_threshold, video_length, overlap_threshold, overlap, discrete,
+     method, temperature, weight_column, convention, min_length, max_detections, max_proposals) = request
+    num_videos, num_snippets, num_classes = cas.shape
 
     # Items: the selected (video, class) pairs, video-major, padded to a bucketed count.
     video_index, class_index = np.nonzero(scores >= class_threshold)
@@ -530,26 +594,8 @@ def detect(
         # The count above and proposals_from_cas disagree: never seen, but never drop proposals for it.
         proposal_slots = sound_bound
         found, first_slot, most_found, most_distinct = item_proposals(proposal_slots)
-    weights = found.inner if weight_column == "inner" else None
-    ascending = all(low <= high for low, high in itertools.pairwise(levels))
-    if (method in SEGMENT_SUM_TEMPLATES or method == "nms") and overlap_threshold < 1 and ascending:
-        # Repeated proposals (the same run at several levels) join their first
-        # occurrence's group: the greedy loop runs on first occurrences only,
-        # in as many columns as the item with the most of them needs. (The
-        # first occurrence is found from the levels' order: ascending levels.)
-        fused, problems = group_and_fuse(
-            found.segments, found.contrast, weights, found.valid, overlap_threshold,
-            *overlap_settings(overlap, discrete), 1.0 if method == "nms" else temperature, first_slot,
-            method=method, num_distinct=min(two_per_octave(most_distinct, _MIN_BUCKET), proposal_slots),
-        )
-        extra = [] if weights is None else [("weights", weights)]
-        raise_for_value_problems(problems, found.segments, found.contrast, found.valid, extra)
-    else:
-        fused = fuse_proposals(
-            found.segments, found.contrast, weights, found.valid,
-            overlap_threshold=overlap_threshold, overlap=overlap, discrete=discrete,
-            method=method, temperature=temperature, **options,
-        )
+    fused = _fuse_items(request, found, first_slot, min(two_per_octave(most_distinct, _MIN_BUCKET), proposal_slots),
+                        options)
     # One host read of [items] counts: no extra compiled program.
     most_fused = int(np.max(np.asarray(fused.count), initial=0))
     detection_slots = two_per_octave(most_fused, _MIN_BUCKET) if max_detections is None else max_detections

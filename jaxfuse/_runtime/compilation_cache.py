@@ -208,7 +208,7 @@ def compilation_cache_status() -> CompilationCacheStatus:
 
 def _marker(directory: str) -> Path:
     """One file per jaxfuse, jax and backend: its presence means jaxfuse compiled here before."""
-    from jaxfuse import __version__
+    from jaxfuse._core.version import VERSION as __version__
 
     backend = jax.default_backend()
     return Path(directory) / f"jaxfuse-{__version__}-jax-{jax.__version__}-{backend}.compiled"
