@@ -61,6 +61,48 @@ def padded_groups(n: int) -> int:
     return bucket_size(n, MIN_GROUPS)
 
 
+class GroupMoments(NamedTuple):
+    """What a segment-sum closed form needs of each group ``[groups, K]``, relative to a reference member.
+
+    Sums are taken as offsets from a member of the group (its most probable one
+    here, its leader in :mod:`jaxfuse._proposals.group_fusion`), which keeps
+    them small: large coordinates lose no precision to cancellation.
+
+    Attributes:
+        reference: the reference member's values.
+        mean_offset: ``sum g (x - reference)``.
+        variance: ``sum g (x - mu)^2`` (the Gaussian only).
+        low: the members' minimum (uniform, exponential).
+        high: the members' maximum (uniform).
+        nonempty: whether the group has a member (exponential: the excess of an empty group is 0).
+    """
+
+    reference: jax.Array
+    mean_offset: jax.Array
+    variance: jax.Array | None = None
+    low: jax.Array | None = None
+    high: jax.Array | None = None
+    nonempty: jax.Array | bool = True
+
+
+def parameters_from_moments(template: str, moments: GroupMoments):
+    """The closed-form parameters of the segment-sum templates (``gaussian``, ``uniform``, ``exponential``)."""
+    if template == "gaussian":
+        return closed_forms.GaussianParameters(moments.reference + moments.mean_offset,
+                                               closed_forms.safe_sqrt(moments.variance))
+    if template == "uniform":
+        return closed_forms.UniformParameters(moments.low, moments.high)
+    return closed_forms.ExponentialParameters(moments.low, closed_forms.safe_reciprocal(mean_excess(moments)))
+
+
+def mean_excess(moments: GroupMoments) -> jax.Array:
+    """``sum g (x - min x)``, the exponential's 1 / rate, as offsets: ``(reference - min) + sum g (x - reference)``."""
+    excess = jnp.where(moments.nonempty, moments.reference - moments.low, 0) + moments.mean_offset
+    # inf - inf: offsets that overflowed; as an infinite excess the location overflows (rate 0), as
+    # fuse_groups finds, instead of a NaN excess read as the documented point mass (rate +inf).
+    return jnp.where(jnp.isnan(excess), jnp.inf, excess)
+
+
 class SegmentFusion(NamedTuple):
     """Per-group and per-member results of :func:`segment_fusion` (padded shapes).
 
@@ -154,21 +196,13 @@ def segment_fusion(values, weights, ids, sizes, order, temperature, *, template:
         # About the most probable member: sum g (x - c)^2 - (sum g (x - c))^2 = sum g (x - mu)^2, bounded
         # cancellation (see above; E[x^2] - E[x]^2 would cancel large coordinates catastrophically).
         squares = sums[:, 1 + coordinates : 1 + 2 * coordinates] / total[:, None]
-        variance = squares - jnp.square(mean_offset)
-        parameters = closed_forms.GaussianParameters(reference + mean_offset, closed_forms.safe_sqrt(variance))
+        moments = GroupMoments(reference, mean_offset, variance=squares - jnp.square(mean_offset))
     else:
         both = segment_max(_materialised(_eight_wide(
             jnp.where(member[:, None], jnp.concatenate([-x, x], axis=1), -jnp.inf), -jnp.inf)))
         low, high = -both[:, :coordinates], both[:, coordinates : 2 * coordinates]
-        if template == "uniform":
-            parameters = closed_forms.UniformParameters(low, high)
-        else:
-            # sum g (x - origin) as offsets: (c - origin) + sum g (x - c).
-            mean_excess = jnp.where(nonempty[:, None], reference - low, 0) + mean_offset
-            # inf - inf: offsets that overflowed; as an infinite excess the location overflows (rate 0), as
-            # fuse_groups finds, instead of a NaN excess read as the documented point mass (rate +inf).
-            mean_excess = jnp.where(jnp.isnan(mean_excess), jnp.inf, mean_excess)
-            parameters = closed_forms.ExponentialParameters(low, closed_forms.safe_reciprocal(mean_excess))
+        moments = GroupMoments(reference, mean_offset, low=low, high=high, nonempty=nonempty[:, None])
+    parameters = parameters_from_moments(template, moments)
     kernel = TEMPLATES[template]
     location = kernel.location(parameters)
 

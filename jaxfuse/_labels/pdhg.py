@@ -54,7 +54,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxfuse._core.result_codes import ResultCode
-from jaxfuse._proposals.grouping import compacted_while_loop
+from jaxfuse._core.rows import compacted_while_loop
 
 
 class IntervalLPSolution(NamedTuple):

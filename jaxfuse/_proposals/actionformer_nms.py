@@ -44,6 +44,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxfuse._core.rows import first_best
+
 
 # The C++ adds 1e-6 (a double literal, rounded to float32 by ATen's float add) to every length.
 LENGTH_OFFSET = 1e-6
@@ -75,22 +77,10 @@ def overlap(start, end, length, starts, ends, all_lengths):
     return intersection / ((length + all_lengths) - intersection)
 
 
-def first_best(scores: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per row, the first index of the largest score, and whether it is above -inf.
-
-    A ``max`` then a ``min`` over the matching indices: on CPU faster than
-    ``argmax``'s variadic reduction, with the same first-index tie-break.
-    """
-    size = scores.shape[-1]
-    best = jnp.max(scores, axis=-1, keepdims=True)
-    index = jnp.min(jnp.where(scores == best, jnp.arange(size, dtype=jnp.int32), size), axis=-1)
-    return index, best[..., 0] > -jnp.inf
-
-
 def _while_active(body, inputs, state):
     """``body`` until no row is active: one plain ``while_loop`` per program.
 
-    Not :func:`jaxfuse._proposals.grouping.compacted_while_loop`: its extra loop per
+    Not :func:`jaxfuse._core.rows.compacted_while_loop`: its extra loop per
     halving stage doubled the compile time here (2.3 s to 5.8 s per bucket
     shape on the loaded 2-core CPU) and did not make warm runs faster, since
     a bucket's rows need similar numbers of selections (at most ``keep``).

@@ -16,13 +16,7 @@ import jax.numpy as jnp
 from jaxfuse._runtime.executable_store import stored_executable
 from jaxfuse._proposals.grouping import ProposalGroups, group_batch_checked
 from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode
-from jaxfuse._fusion.closed_forms import (
-    ExponentialParameters,
-    GaussianParameters,
-    UniformParameters,
-    safe_reciprocal,
-    safe_sqrt,
-)
+from jaxfuse._fusion.flat_closed_forms import GroupMoments, mean_excess, parameters_from_moments
 
 
 class FusedProposals(NamedTuple):
@@ -159,20 +153,22 @@ def _extremes(x, ids, num):
 
 def _closed_form_fit(method: str, means: _GroupMeans, x, num):
     """Per-group (location, spread, parameters) of the segment coordinates ``x [B*N, 2]``."""
+    reference, mean_offset = means.reference[:, :2], means.mean_offset[:, :2]
     if method == "gaussian":
+        # Two passes (deviations from the group mean): the leader need not be the most probable member.
         deviation = means.offsets[:, :2] - means.mean_offset[jnp.minimum(means.ids, num - 1), :2]
         squares = jax.ops.segment_sum(means.weights[:, None] * jnp.square(deviation), means.ids, num_segments=num)
-        scale = safe_sqrt(squares / jnp.where(means.total > 0, means.total, 1)[:, None])
-        location = means.mean[:, :2]
-        return location, scale, GaussianParameters(location, scale)
+        variance = squares / jnp.where(means.total > 0, means.total, 1)[:, None]
+        parameters = parameters_from_moments(method, GroupMoments(reference, mean_offset, variance=variance))
+        return parameters.location, parameters.scale, parameters
     low, high = _extremes(x, means.ids, num)
+    moments = GroupMoments(reference, mean_offset, low=low, high=high, nonempty=(means.total > 0)[:, None])
+    parameters = parameters_from_moments(method, moments)
     if method == "uniform":
         half_width = (high - low) / 2
-        return low + half_width, half_width, UniformParameters(low, high)
-    # exponential: same location as the Gaussian (erratum 3). Its mean excess
-    # sum g_k (x_k - min x) is taken as offsets: (leader - min) + mean offset.
-    mean_excess = (means.reference[:, :2] - jnp.where(means.total[:, None] > 0, low, 0)) + means.mean_offset[:, :2]
-    return means.mean[:, :2], mean_excess, ExponentialParameters(low, safe_reciprocal(mean_excess))
+        return low + half_width, half_width, parameters
+    # exponential: same location as the Gaussian (erratum 3); its spread is the mean excess 1 / rate.
+    return means.mean[:, :2], mean_excess(moments), parameters
 
 
 def temperature_code(temperature, dtype) -> jax.Array:

@@ -20,7 +20,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxfuse._proposals.grouping import compacted_while_loop, first_best, leader_overlaps
+from jaxfuse._core.rows import compacted_while_loop, first_best
+from jaxfuse._proposals.grouping import leader_overlaps
 
 DECAYS = ("gaussian", "linear")
 DEFAULT_SIGMA = 0.5
