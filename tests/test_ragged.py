@@ -484,15 +484,15 @@ def test_segment_form_result_codes_and_outputs_equal_fuse_groups(template, tempe
 def test_segment_form_reports_a_bad_traced_temperature_on_every_group():
     # fuse_ragged rejects a bad concrete temperature; the program itself (traced T) answers INVALID_OPTION.
     from jaxfuse._fusion.packing import member_layout
-    from jaxfuse._fusion.flat_closed_forms import host_inputs, segment_fusion
+    from jaxfuse._fusion.flat_closed_forms import host_inputs, fuse_flat_members
 
     rng = np.random.default_rng(63)
     sizes = np.array([3, 1, 4])
     values, weights = ragged_members(rng, sizes)
     inputs = host_inputs(values, weights, member_layout(sizes.sum(), None, sizes), np.float32)
     for temperature in (np.nan, -0.2, 0.0, np.inf):
-        fused = segment_fusion(*inputs, np.float32(temperature), template="gaussian")
+        fused = fuse_flat_members(*inputs, np.float32(temperature), template="gaussian")
         assert (np.asarray(fused.result)[:3] == jaxfuse.ResultCode.INVALID_OPTION).all()
         assert not np.asarray(fused.location).any() and not np.asarray(fused.probabilities).any()
-    good = segment_fusion(*inputs, np.float32(0.2), template="gaussian")
+    good = fuse_flat_members(*inputs, np.float32(0.2), template="gaussian")
     assert (np.asarray(good.result)[:3] == jaxfuse.ResultCode.SUCCESSFUL).all()

@@ -103,8 +103,8 @@ def mean_excess(moments: GroupMoments) -> jax.Array:
     return jnp.where(jnp.isnan(excess), jnp.inf, excess)
 
 
-class SegmentFusion(NamedTuple):
-    """Per-group and per-member results of :func:`segment_fusion` (padded shapes).
+class FlatFusion(NamedTuple):
+    """Per-group and per-member results of :func:`fuse_flat_members` (padded shapes).
 
     Attributes:
         location: ``[groups, K]`` fused values (zeros for failed or empty groups).
@@ -120,7 +120,7 @@ class SegmentFusion(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("template",))
-def segment_fusion(values, weights, ids, sizes, order, temperature, *, template: str) -> SegmentFusion:
+def fuse_flat_members(values, weights, ids, sizes, order, temperature, *, template: str) -> FlatFusion:
     """Fuse flat members, group after group: one segment max and one segment sum of all the moments.
 
     Args:
@@ -137,7 +137,7 @@ def segment_fusion(values, weights, ids, sizes, order, temperature, *, template:
         template: ``"gaussian"``, ``"uniform"`` or ``"exponential"``.
 
     Returns:
-        A :class:`SegmentFusion`.
+        A :class:`FlatFusion`.
     """
     size, coordinates = values.shape
     groups = sizes.shape[0]
@@ -216,7 +216,7 @@ def segment_fusion(values, weights, ids, sizes, order, temperature, *, template:
     def zero_if_failed(leaf):
         return jnp.where(kept[:, None], leaf, jnp.zeros_like(leaf))
 
-    return SegmentFusion(zero_if_failed(location), jax.tree_util.tree_map(zero_if_failed, parameters),
+    return FlatFusion(zero_if_failed(location), jax.tree_util.tree_map(zero_if_failed, parameters),
                          probabilities, result)
 
 
@@ -241,12 +241,12 @@ def _eight_wide(rows, fill):
 
 
 def compile_count() -> int:
-    """How many executables :func:`segment_fusion` has compiled in this process."""
-    return segment_fusion._cache_size()
+    """How many executables :func:`fuse_flat_members` has compiled in this process."""
+    return fuse_flat_members._cache_size()
 
 
 def host_inputs(values: np.ndarray, weights: np.ndarray, layout, dtype):
-    """Padded, 64-byte aligned host buffers for :func:`segment_fusion`, values and weights cast to ``dtype``.
+    """Padded, 64-byte aligned host buffers for :func:`fuse_flat_members`, values and weights cast to ``dtype``.
 
     Returns ``(values [members, K], weights, ids, sizes, order)``.
     """

@@ -14,7 +14,7 @@ from jaxfuse._fusion.templates import SEGMENT_SUM_TEMPLATES, TEMPLATES
 from jaxfuse._core.interop import ArrayKind, array_kind, from_jax, source_dtype, to_host, warn_if_narrowed
 from jaxfuse._core.settings import DEFAULT
 from jaxfuse._fusion.packing import check_bucket_floors, member_layout, checked_members, pack_ragged_buckets, unpack_ragged, unpack_ragged_members
-from jaxfuse._fusion.flat_closed_forms import host_inputs, segment_fusion
+from jaxfuse._fusion.flat_closed_forms import host_inputs, fuse_flat_members
 from jaxfuse._core.result_codes import RESULT_DTYPE, raise_for_results
 from jaxfuse._fusion.student_t import StudentTParameters
 from jaxfuse._fusion.closed_forms import (
@@ -196,7 +196,7 @@ def _fuse_segments(values, weights, group_ids, lengths, template: str, temperatu
     values, weights = checked_members(values, weights)
     layout = member_layout(values.shape[0], group_ids, lengths)
     temperature = np.asarray(clipped_temperature(temperature, dtype), dtype)
-    fused = segment_fusion(*jax.device_put(host_inputs(values, weights, layout, dtype)), temperature,
+    fused = fuse_flat_members(*jax.device_put(host_inputs(values, weights, layout, dtype)), temperature,
                            template=template)
     groups, members = layout.sizes.size, values.shape[0]
 

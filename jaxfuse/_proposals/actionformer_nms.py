@@ -153,7 +153,7 @@ def _soft_step(inputs, state: _SoftState) -> _SoftState:
     return _SoftState(starts, ends, scores, index, selected, live, (selected < live) & (selected < keep[:, 0]))
 
 
-def soft_nms_batch(segments, scores, count, sigma, min_score, *, keep: int) -> Selections:
+def exact_soft_nms_batch(segments, scores, count, sigma, min_score, *, keep: int) -> Selections:
     """ActionFormer's Gaussian Soft-NMS on a padded batch (traceable).
 
     Args:
@@ -236,7 +236,7 @@ def fast_soft_nms_batch(segments, scores, valid, sigma, min_score, *, keep: int)
     Without equal scores at a selection, the C++'s positions never decide
     anything, and this O(W)-per-selection loop (no permutation to carry)
     gives exactly its result. Rows flagged ``tied`` must be rerun with
-    :func:`soft_nms_batch`.
+    :func:`exact_soft_nms_batch`.
 
     Returns:
         ``(Selections, tied [B] bool)``.
@@ -373,7 +373,7 @@ def select(
 
     ``priority`` orders hard NMS (see :func:`hard_nms_batch`); Soft-NMS ignores it.
     Soft-NMS runs :func:`fast_soft_nms_batch`, or with ``exact`` the
-    position-tracking :func:`soft_nms_batch` (for the rows the fast one flags).
+    position-tracking :func:`exact_soft_nms_batch` (for the rows the fast one flags).
 
     ``valid`` must be a prefix of each row (the packers in
     :mod:`jaxfuse.compat.actionformer` lay rows out so): Soft-NMS starts from
@@ -385,7 +385,7 @@ def select(
     """
     tied = jnp.zeros(scores.shape[:1], bool)
     if soft and exact:
-        selections = soft_nms_batch(segments, scores, jnp.sum(valid, axis=1), sigma, min_score, keep=keep)
+        selections = exact_soft_nms_batch(segments, scores, jnp.sum(valid, axis=1), sigma, min_score, keep=keep)
     elif soft:
         selections, tied = fast_soft_nms_batch(segments, scores, valid, sigma, min_score, keep=keep)
     else:
