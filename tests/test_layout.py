@@ -140,3 +140,30 @@ def test_modules_and_functions_stay_small():
                 if count > 80:
                     too_long.append(f"{name}.{node.name}: {count} lines of code")
     assert not too_long, "\n".join(too_long)
+
+
+# The public API, pinned: a re-organisation of the package must not change it (issue 17).
+PUBLIC_API = {
+    "ACTIVITYNET_THRESHOLDS", "ActivityNetData", "CasProposals", "CompilationCacheStatus", "DEFAULT",
+    "DetectionFileError", "DetectionMAP", "Detections", "ExponentialParameters", "FileFusionReport", "FitResult",
+    "FusedProposals", "FusionResult", "FusionSettings", "GaussianParameters", "GroundTruth", "LPResultCode",
+    "LaplaceParameters", "PRESETS", "PUBLISHED", "PUBLISHED_CLASS_THRESHOLD", "PUBLISHED_THRESHOLDS", "PackedGroups",
+    "PaddedProposals", "ProposalGroups", "PseudoLabels", "RaggedBuckets", "RaggedFusion", "ResultCode",
+    "SnippetLabels", "StudentTParameters", "SyntheticVideos", "THUMOS14_THRESHOLDS", "TemplateDensity",
+    "UniformParameters", "VideoDetections", "VideoParameters", "bucket_size", "compilation_cache_status",
+    "compile_count", "detect", "detect_videos", "evaluate_detections", "evaluate_json", "exponential_density",
+    "fit_template", "fuse_detection_file", "fuse_detections_json", "fuse_exponential", "fuse_gaussian",
+    "fuse_groups", "fuse_laplace", "fuse_proposal_lists", "fuse_proposals", "fuse_proposals_sharded", "fuse_ragged",
+    "fuse_student_t", "fuse_uniform", "gaussian_density", "group_proposals", "item_mesh", "laplace_density",
+    "load_activitynet_json", "max_runs_per_threshold", "member_probabilities", "pack_groups", "pack_proposals",
+    "pack_ragged", "proposals_from_cas", "pseudo_labels", "segments_to_snippets", "set_compilation_cache",
+    "student_t_density", "synthetic_videos", "uniform_density", "unpack_groups", "unpack_members",
+    "unpack_proposals", "unpack_ragged", "unpack_ragged_members",
+}
+
+
+def test_public_api_is_pinned_and_every_name_resolves():
+    assert set(jaxfuse.__all__) == PUBLIC_API
+    assert len(jaxfuse.__all__) == len(set(jaxfuse.__all__))
+    for name in jaxfuse.__all__:
+        assert getattr(jaxfuse, name) is not None, name
