@@ -44,6 +44,7 @@ import numpy as np
 
 from jaxfuse._grouping import validate_overlap, validate_threshold
 from jaxfuse._item_batches import TableItems, batch_rows, merged_buckets, pack_items, table_items
+from jaxfuse._presets import overlap_for_method
 from jaxfuse._proposal_lists import PaddedProposals
 from jaxfuse._proposals import METHODS, fuse_proposals
 from jaxfuse._result import ResultCode
@@ -149,7 +150,7 @@ def _settings(method, temperature, overlap, overlap_threshold, discrete, sigma, 
     overlap_threshold = validate_threshold(overlap_threshold)
     if not 0 <= float(overlap_threshold) <= 1:  # an overlap is a fraction: outside [0, 1] nothing or everything groups
         raise ValueError(f"`overlap_threshold` must be in [0, 1], got {overlap_threshold}")
-    validate_overlap(overlap, discrete)
+    overlap, _ = validate_overlap(overlap_for_method(overlap, method), discrete)  # None: IoU for (soft) NMS
     kernel_options = {}
     if sigma is not None or decay is not None:
         if method != "soft_nms":
@@ -321,7 +322,7 @@ def fuse_table(
     *,
     method: str = "gaussian",
     temperature: float = DEFAULT_TEMPERATURE,
-    overlap: str = "candidate",
+    overlap: str | None = None,
     overlap_threshold: float = DEFAULT_THRESHOLD,
     discrete: bool = False,
     sigma: float | None = None,
@@ -390,7 +391,7 @@ def fuse_detections_json(
     *,
     method: str = "gaussian",
     temperature: float = DEFAULT_TEMPERATURE,
-    overlap: str = "candidate",
+    overlap: str | None = None,
     overlap_threshold: float = DEFAULT_THRESHOLD,
     discrete: bool = False,
     weight_field: str | None = None,
@@ -405,7 +406,7 @@ def fuse_detections_json(
         data: ``{"results": {video_id: [{"label", "score", "segment": [s, e]}, ...]}, ...}``.
         method: a :func:`jaxfuse.fuse_proposals` method (default ``"gaussian"``).
         temperature: softmax temperature (default 0.2, the published evaluation's).
-        overlap: ``"candidate"`` (published) or ``"iou"``.
+        overlap: ``"candidate"`` (published) or ``"iou"``; default: IoU for NMS and Soft-NMS, else candidate.
         overlap_threshold: grouping threshold in [0, 1] (default 0.25, published).
         discrete: the ``+1`` frame length convention. Default False: result
             files hold seconds, where one extra unit of length would be one
@@ -458,7 +459,7 @@ def fuse_detection_file(
     *,
     method: str = "gaussian",
     temperature: float = DEFAULT_TEMPERATURE,
-    overlap: str = "candidate",
+    overlap: str | None = None,
     overlap_threshold: float = DEFAULT_THRESHOLD,
     discrete: bool = False,
     weight_field: str | None = None,

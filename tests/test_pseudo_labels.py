@@ -68,7 +68,9 @@ def test_matches_the_published_chain(videos, labels):
 
 
 # One jitted training-step stand-in for every test that traces (one compile).
-traced_step = jax.jit(lambda cas, scores, length, t: pseudo_labels(cas, scores, length=length, temperature=t, **OPTIONS))
+traced_step = jax.jit(
+    lambda cas, scores, length, t: pseudo_labels(cas, scores, length=length, temperature=t, **OPTIONS)
+)
 
 
 def test_under_jit_with_a_traced_temperature(videos, labels):

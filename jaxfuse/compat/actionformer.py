@@ -420,7 +420,7 @@ def batched_nms(
 
 
 def _class_items(videos, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One item per (video, class), numbered by video then ascending class: ``(item of each detection, video of each item)``.
+    """One item per (video, class), by video then ascending class: ``(item of each detection, video of each item)``.
 
     Each video's classes are ranked by ``np.unique`` in their own dtype, never
     combined by arithmetic: a key such as ``video * span + class`` overflows
