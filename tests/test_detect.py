@@ -411,3 +411,6 @@ def test_non_finite_cas_inside_a_selected_video_names_its_index(batch):
     scores[3, 2] = 0.9
     with pytest.raises(ValueError, match=r"`cas` must be finite.*\(3, 7, 2\)"):
         detect(bad, scores, length=length)
+    # A traced CAS is refused before any work: never a silent answer from unchecked values.
+    with pytest.raises(TypeError, match="cannot run under jax.jit"):
+        jax.jit(lambda c: detect(c, scores, length=length).count)(bad)

@@ -389,6 +389,40 @@ def test_group_order_is_numpys_stable_argsort_for_every_id_dtype_and_span(dtype,
     np.testing.assert_array_equal(by_group, values[expected])
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int32, np.uint64, np.int64])
+def test_unsorted_ids_at_both_limits_of_their_dtype_equal_their_ranks(dtype):
+    # The ten lowest and ten highest ids of the dtype, shuffled: every entry point must give what the ids' ranks
+    # (0 .. 19, in the same order) give, with the caller's ids (and dtype) back. uint8 used to overflow the sort key.
+    rng = np.random.default_rng(50)
+    sizes = np.r_[1, 16, rng.integers(1, 17, size=18)]  # the groups of test_fuse_ragged_equals_fusing_each_group_alone
+    values, weights = ragged_members(rng, sizes)
+    info = np.iinfo(dtype)
+    distinct = np.array([info.min + i for i in range(10)] + [info.max - i for i in range(10)], dtype=object)
+    order = rng.permutation(20)
+    member_group = rng.permutation(np.repeat(np.arange(20), sizes))
+    ids = distinct.astype(dtype)[order][member_group]
+    ranks = np.argsort(np.argsort(distinct))[order][member_group]  # distinct is not sorted for signed dtypes
+    assert ids.dtype == dtype and not (np.diff(ranks) >= 0).all()
+    expected_ids = np.unique(ids)
+    for template in ("gaussian", "laplace"):
+        fused = jaxfuse.fuse_ragged(values, weights, ids, template=template, temperature=0.3, **SMALL_BUCKETS)
+        by_rank = jaxfuse.fuse_ragged(values, weights, ranks, template=template, temperature=0.3, **SMALL_BUCKETS)
+        assert fused.group_ids.dtype == dtype
+        np.testing.assert_array_equal(fused.group_ids, expected_ids)
+        for ours, theirs in zip((fused.location, fused.result, fused.probabilities),
+                                (by_rank.location, by_rank.result, by_rank.probabilities)):
+            np.testing.assert_array_equal(ours, theirs)
+    packed, packed_by_rank = (jaxfuse.pack_groups(values, weights, x) for x in (ids, ranks))
+    np.testing.assert_array_equal(packed.group_ids, expected_ids)
+    np.testing.assert_array_equal(packed.values, packed_by_rank.values)
+    np.testing.assert_array_equal(packed.mask, packed_by_rank.mask)
+    buckets, buckets_by_rank = (jaxfuse.pack_ragged(values, weights, x, **SMALL_BUCKETS) for x in (ids, ranks))
+    np.testing.assert_array_equal(buckets.group_ids, expected_ids)
+    for ours, theirs in zip(buckets.batches, buckets_by_rank.batches):
+        np.testing.assert_array_equal(ours.values, theirs.values)
+        np.testing.assert_array_equal(ours.mask, theirs.mask)
+
+
 # ------------------------------------------------------------------ segment form (gaussian, uniform, exponential)
 
 

@@ -62,6 +62,7 @@ import numpy as np
 from jax import lax
 
 from jaxfuse._core.interop import array_kind, from_jax, is_traced
+from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode
 from jaxfuse._core.settings import MARGIN_POWER, MARGIN_SCALE
 from jaxfuse._core.rows import gather_rows, running_count
 from jaxfuse._core.validation import checked_length, choice, float_array, positive_int
@@ -97,6 +98,13 @@ class CasProposals(NamedTuple):
         num_found: ``[...]`` int32, number of proposals found. It exceeds
             ``count`` when ``max_proposals`` was too small and the proposals
             after the first ``P`` (in slot order) were dropped.
+        result: ``[...]`` int32 :class:`jaxfuse.ResultCode` of each sequence.
+            ``SUCCESSFUL`` for every concrete call (bad values raise there).
+            Inside a caller's ``jit``, where values cannot be checked before
+            tracing: ``NONFINITE_INPUT`` for a sequence with a NaN or inf
+            inside its video, ``INVALID_OPTION`` for every sequence when a
+            traced level is NaN. Such a sequence has no proposals: ``count``
+            and ``num_found`` 0, every slot padding (zeros).
     """
 
     segments: Any
@@ -107,6 +115,7 @@ class CasProposals(NamedTuple):
     valid: Any
     count: Any
     num_found: Any
+    result: Any
 
     @property
     def truncated(self):
@@ -271,7 +280,16 @@ def _last_above(levels_below, start, level_rank):
 def _proposals(cas, length, thresholds, *, min_length, left_widths, right_widths, convention, num_slots):
     """Proposals of ``cas [B, L]`` with ``length [B]`` real snippets each (see ``proposals_from_cas``)."""
     batch, num_snippets = cas.shape
-    inside = jnp.arange(num_snippets, dtype=jnp.int32) < length[:, None]
+    positions = jnp.arange(num_snippets, dtype=jnp.int32)
+    # Value checks a traced call could not make before tracing: a sequence with a
+    # non-finite value inside its video, or any NaN level, gets its code and no
+    # proposals (its length becomes 0), so nothing non-finite reaches a score.
+    nonfinite = jnp.any((positions < length[:, None]) & ~jnp.isfinite(cas), axis=-1)
+    options_ok = ~jnp.any(jnp.isnan(thresholds))
+    result = jnp.where(nonfinite, ResultCode.NONFINITE_INPUT, ResultCode.SUCCESSFUL)
+    result = jnp.where(options_ok, result, ResultCode.INVALID_OPTION).astype(RESULT_DTYPE)
+    length = jnp.where(result == ResultCode.SUCCESSFUL, length, 0)
+    inside = positions < length[:, None]
     # Padding may hold anything (NaN included); it must not reach a prefix sum.
     values = jnp.where(inside, cas, 0)
     # Snippets outside the video are -inf: never above any threshold.
@@ -346,6 +364,7 @@ def _proposals(cas, length, thresholds, *, min_length, left_widths, right_widths
         valid=valid,
         count=count,
         num_found=num_found,
+        result=result,
     )
     # The same run is often found at several consecutive levels (a steep edge
     # crosses them all at the same snippets): the same segment, the same
@@ -517,7 +536,9 @@ def proposals_from_cas(
             models). float16/bfloat16 are computed and returned in float32;
             float64 needs ``jax_enable_x64`` (without it JAX computes, and
             compares, the float32 rounding of the CAS). Must be finite
-            within each video's ``length``; padding may hold anything.
+            within each video's ``length`` (a concrete call raises; inside a
+            caller's ``jit`` the sequence gets ``NONFINITE_INPUT`` in
+            ``result`` and no proposals); padding may hold anything.
         thresholds: ``[T]`` levels (published: ``np.arange(0.001, 0.04,
             0.002)``, 20 levels).
         min_length: shortest run, in snippets, that makes a proposal.
@@ -546,8 +567,9 @@ def proposals_from_cas(
     Raises:
         TypeError: ``cas`` is not floating point, ``thresholds`` or ``length``
             hold the wrong kind of numbers.
-        ValueError: ``cas`` has no snippet axis or no snippets or non-finite
-            values inside a video, ``thresholds`` is not 1-D, empty or has NaN,
+        ValueError: ``cas`` has no snippet axis or no snippets or (concrete
+            ``cas`` and ``length``) non-finite values inside a video,
+            ``thresholds`` is not 1-D, empty or (concrete) has NaN,
             ``min_length`` or ``max_proposals`` is not a positive integer,
             ``length`` is out of ``[0, L]`` or does not broadcast, an option is
             unknown, or the batch needs flat indices past int32 (split it).

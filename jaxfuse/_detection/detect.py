@@ -493,8 +493,10 @@ def detect(
             0.2, the published evaluation value).
         overlap_threshold: grouping rule: a proposal joins a leader when their
             overlap is ``> overlap_threshold``, in [0, 1] (default 0.25).
-        overlap: ``"candidate"`` (default, published: intersection / candidate
-            length) or ``"iou"``.
+        overlap: ``"candidate"`` (published: intersection / candidate
+            length) or ``"iou"``; default: ``"iou"`` for ``"nms"`` and
+            ``"soft_nms"``, ``"candidate"`` otherwise and under the published
+            preset (see :func:`jaxfuse.fuse_proposals`).
         discrete: the ``+1`` frame convention for lengths (published); default
             False, continuous lengths.
         weights: the softmax logits of the members: ``"scores"`` (default:

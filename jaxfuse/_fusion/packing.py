@@ -137,7 +137,9 @@ def _stable_order(ids: np.ndarray) -> np.ndarray:
     low, high = int(ids.min()), int(ids.max())
     if high - low >= 1 << 32:
         return np.argsort(ids, kind="stable")
-    key = ids - ids.dtype.type(low) if ids.dtype.kind == "u" else ids.astype(np.int64) - low
+    # The offset from the lowest id (< 2^32) as int64: a narrow dtype cannot hold the 16-bit mask (uint8 & 0xFFFF
+    # overflows), and an unsigned id is subtracted in its own dtype first (uint64 ids above 2^63 fit no int64).
+    key = (ids - ids.dtype.type(low)).astype(np.int64) if ids.dtype.kind == "u" else ids.astype(np.int64) - low
     order = np.argsort((key & 0xFFFF).astype(np.uint16), kind="stable")
     if high - low >= 1 << 16:
         order = order[np.argsort((key[order] >> 16).astype(np.uint16), kind="stable")]

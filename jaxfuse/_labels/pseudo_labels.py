@@ -66,9 +66,12 @@ class PseudoLabels(NamedTuple):
             video's length.
         result: ``[V, C]`` int32 :class:`jaxfuse.ResultCode` of each (video,
             class): see :class:`jaxfuse.SnippetLabels`; ``EMPTY_GROUP`` for
-            classes not selected or without proposals.
+            classes not selected or without proposals; ``NONFINITE_INPUT``
+            where the class's CAS inside the video, or its video score, holds
+            a NaN or inf (whatever the score: that pair is skipped, its labels
+            are 0, and the other pairs are as if it had not passed).
         selected: ``[V, C]`` bool, classes that were items (passed the class
-            threshold and fit in ``max_classes``).
+            threshold with finite inputs and fit in ``max_classes``).
         num_segments: ``[V, C]`` int32, fused segments used as LP rows.
         truncated: ``[V, C]`` bool: proposals (``max_proposals``) or segments
             (``max_segments``) were dropped, or the class passed the threshold
@@ -122,7 +125,12 @@ def _pseudo_labels(
         cas = cas.astype(jnp.float32)
     num_videos, num_snippets, num_classes = cas.shape
     dtype = cas.dtype
-    passes = video_scores >= class_threshold
+    # A (video, class) with a NaN or inf in its CAS inside the video, or in its
+    # video score, is reported and skipped: never an item, so it takes no
+    # class slot and nothing of it reaches the other pairs.
+    inside = jnp.arange(num_snippets) < length[:, None]
+    nonfinite = jnp.any(inside[:, :, None] & ~jnp.isfinite(cas), axis=1) | ~jnp.isfinite(video_scores)
+    passes = (video_scores >= class_threshold) & ~nonfinite
     # The highest-scoring passing classes first; ties to the lower class index.
     ranked = jnp.where(passes, video_scores.astype(dtype), -jnp.inf)
     _, chosen = jax.lax.top_k(ranked, max_classes)  # [V, K]
@@ -165,7 +173,7 @@ def _pseudo_labels(
     not_fitted = passes & ~scatter(item_valid.reshape(-1), False)
     return PseudoLabels(
         labels=jnp.moveaxis(scatter(solved.snippets, 0), 1, 2),
-        result=scatter(solved.result, ResultCode.EMPTY_GROUP),
+        result=jnp.where(nonfinite, ResultCode.NONFINITE_INPUT, scatter(solved.result, ResultCode.EMPTY_GROUP)),
         selected=scatter(item_valid.reshape(-1), False),
         num_segments=scatter(solved.num_segments, 0),
         truncated=scatter(item_truncated, False) | not_fitted,
@@ -201,11 +209,15 @@ def pseudo_labels(
     (:func:`jaxfuse.segments_to_snippets`). See the module docstring.
 
     Every shape is static, so it runs inside a caller's ``jax.jit``
-    (``temperature``, ``class_threshold``, ``length`` may be traced).
+    (``temperature``, ``class_threshold``, ``length`` may be traced). Values
+    are never checked by raising, traced or not: a NaN or inf in the CAS
+    (inside a video) or in a video score gives that (video, class)
+    ``NONFINITE_INPUT`` in ``result`` and zero labels (``throw=True`` raises).
 
     Args:
         cas: ``[V, L, C]`` class activation sequences (the layout of most WSTAL
-            models), padded after each video's length.
+            models), padded after each video's length (padding may hold
+            anything, NaN included).
         video_scores: ``[V, C]`` video-level class scores.
         temperature: softmax temperature T > 0 of the fusion (published
             training schedule: 0.02 down to 0.0016; exact in float32).
@@ -227,7 +239,10 @@ def pseudo_labels(
 
     Raises:
         TypeError, ValueError: bad shapes, dtypes or options, before tracing;
-            the message names the argument.
+            the message names the argument (a ``[V, C, L]`` CAS is named as
+            such when ``video_scores`` shows it).
+        RuntimeError: ``throw=True`` and some (video, class) was not solved
+            (non-finite input included).
 
     Example:
         >>> from jaxfuse import synthetic_videos
@@ -244,6 +259,12 @@ def pseudo_labels(
     if num_snippets == 0 or num_classes == 0:
         raise ValueError(f"`cas` must have at least one snippet and one class, got shape {cas.shape}")
     video_scores = float_array(video_scores, "video_scores")
+    if video_scores.shape == (num_videos, num_snippets) != (num_videos, num_classes):
+        raise ValueError(
+            f"`cas` must have layout [V, L, C] (videos, snippets, classes); got shape {cas.shape}, whose axis 1 "
+            f"matches the {num_snippets} classes of `video_scores` {video_scores.shape} and axis 2 does not: it looks "
+            "like [V, C, L]; pass jnp.swapaxes(cas, 1, 2)"
+        )
     if video_scores.shape != (num_videos, num_classes):
         raise ValueError(f"`video_scores` must have shape {(num_videos, num_classes)} (videos, classes), got {video_scores.shape}")
     temperature = positive_scalar(temperature, "temperature")

@@ -48,6 +48,7 @@ from jaxfuse._proposals.proposal_lists import PaddedProposals
 from jaxfuse._proposals.fuse_proposals import METHODS, fuse_proposals
 from jaxfuse._core.result_codes import ResultCode
 from jaxfuse._core.validation import choice, positive_int, positive_scalar
+from jaxfuse._core.settings import overlap_for_method
 from jaxfuse.formats.activitynet import (
     DetectionFileError,
     DetectionTable,
@@ -149,7 +150,7 @@ def _settings(method, temperature, overlap, overlap_threshold, discrete, sigma, 
     overlap_threshold = validate_threshold(overlap_threshold)
     if not 0 <= float(overlap_threshold) <= 1:  # an overlap is a fraction: outside [0, 1] nothing or everything groups
         raise ValueError(f"`overlap_threshold` must be in [0, 1], got {overlap_threshold}")
-    validate_overlap(overlap, discrete)
+    overlap, _ = validate_overlap(overlap_for_method(overlap, method), discrete)  # None: IoU for (soft) NMS
     kernel_options = {}
     if sigma is not None or decay is not None:
         if method != "soft_nms":
@@ -321,7 +322,7 @@ def fuse_table(
     *,
     method: str = "gaussian",
     temperature: float = DEFAULT_TEMPERATURE,
-    overlap: str = "candidate",
+    overlap: str | None = None,
     overlap_threshold: float = DEFAULT_THRESHOLD,
     discrete: bool = False,
     sigma: float | None = None,
@@ -390,7 +391,7 @@ def fuse_detections_json(
     *,
     method: str = "gaussian",
     temperature: float = DEFAULT_TEMPERATURE,
-    overlap: str = "candidate",
+    overlap: str | None = None,
     overlap_threshold: float = DEFAULT_THRESHOLD,
     discrete: bool = False,
     weight_field: str | None = None,
@@ -405,7 +406,7 @@ def fuse_detections_json(
         data: ``{"results": {video_id: [{"label", "score", "segment": [s, e]}, ...]}, ...}``.
         method: a :func:`jaxfuse.fuse_proposals` method (default ``"gaussian"``).
         temperature: softmax temperature (default 0.2, the published evaluation's).
-        overlap: ``"candidate"`` (published) or ``"iou"``.
+        overlap: ``"candidate"`` (published) or ``"iou"``; default: IoU for NMS and Soft-NMS, else candidate.
         overlap_threshold: grouping threshold in [0, 1] (default 0.25, published).
         discrete: the ``+1`` frame length convention. Default False: result
             files hold seconds, where one extra unit of length would be one
@@ -458,7 +459,7 @@ def fuse_detection_file(
     *,
     method: str = "gaussian",
     temperature: float = DEFAULT_TEMPERATURE,
-    overlap: str = "candidate",
+    overlap: str | None = None,
     overlap_threshold: float = DEFAULT_THRESHOLD,
     discrete: bool = False,
     weight_field: str | None = None,

@@ -187,17 +187,21 @@ def fuse_proposals(
             default all. Invalid rows may hold anything and change nothing.
         overlap_threshold: membership is ``overlap > overlap_threshold``; in
             [0, 1]. Default 0.25.
-        overlap: ``"candidate"`` (default): intersection / the candidate's
-            length (the published measure); ``"iou"``: intersection over union.
+        overlap: ``"candidate"``: intersection / the candidate's length (the
+            published grouping measure); ``"iou"``: intersection over union.
+            Default (None) by method under the default preset: ``"iou"`` for
+            ``"nms"`` and ``"soft_nms"`` (the measure every (Soft-)NMS
+            uses), ``"candidate"`` for the templates; the published preset
+            keeps ``"candidate"`` for every method.
         discrete: the published ``+1`` frame convention (``length = end -
             start + 1``) if True; continuous lengths if False (default: right
             for times in seconds, where ``+1`` would merge ``[10, 12]`` and
             ``[12.2, 13]``).
         method: ``"gaussian"`` (default), ``"uniform"``, ``"exponential"``,
             ``"laplace"``, ``"student_t"`` (templates), ``"nms"`` (keep each
-            leader) or ``"soft_nms"`` (Bodla et al.; uses ``overlap`` and
-            ``discrete`` too: pass ``overlap="iou", discrete=False`` for the
-            usual tIoU).
+            leader) or ``"soft_nms"`` (Bodla et al.; decays by ``overlap``
+            with the ``discrete`` convention: by default the usual continuous
+            tIoU, with ``preset="published"`` candidate overlap with ``+1``).
         temperature: softmax temperature T > 0; default 0.2 (the published
             evaluation value; 0.02 down to 0.0016 for pseudo labels). Changing
             it does not recompile.

@@ -8,6 +8,11 @@ it; a proposal whose score falls below ``score_floor`` is dropped.
 * ``decay="linear"``: ``score *= 1 - overlap`` where ``overlap > threshold``;
 * ``decay="gaussian"``: ``score *= exp(-overlap**2 / sigma)`` for every proposal.
 
+The overlap is IoU by default, as in Bodla et al. and every TAL codebase
+(:func:`jaxfuse.fuse_proposals` resolves ``overlap=None`` to ``"iou"`` for
+``"soft_nms"``); the published preset, or ``overlap="candidate"``, decays by
+the published grouping measure instead.
+
 Each selection is one iteration of a ``lax.while_loop`` costing O(N) per item
 (no N x N matrix), batched over items with the same compaction as the grouping
 kernel. Ties go to the lower input index.

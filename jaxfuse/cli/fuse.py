@@ -90,7 +90,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--overlap", choices=OVERLAP_MEASURES, default=None,
-        help=f"grouping overlap: intersection / candidate length (published) or IoU (default {default.overlap})",
+        help="grouping overlap: intersection / candidate length (published) or IoU "
+        "(default: iou for nms / soft_nms, else candidate; --preset published: candidate)",
     )
     parser.add_argument(
         "--threshold", type=_fraction, default=None,

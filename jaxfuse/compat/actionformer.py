@@ -413,6 +413,23 @@ def batched_nms(
     )
 
 
+def _class_items(videos, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One item per (video, class), by video then ascending class: ``(item of each detection, video of each item)``.
+
+    Each video's classes are ranked by ``np.unique`` in their own dtype, never
+    combined by arithmetic: a key such as ``video * span + class`` overflows
+    for ids near the int64 limits, and uint64 ids above them (or two videos'
+    dtypes mixed in one array) do not fit one signed type.
+    """
+    ranks, counts = [], np.zeros(len(videos), np.int64)
+    for video, (_, _, labels) in enumerate(videos):
+        distinct, rank = np.unique(labels, return_inverse=True)
+        ranks.append(rank.reshape(-1).astype(np.int64))
+        counts[video] = distinct.size
+    first_item = np.cumsum(counts) - counts
+    return np.concatenate(ranks) + np.repeat(first_item, sizes), np.repeat(np.arange(len(videos)), counts)
+
+
 @functools.partial(jax.jit, static_argnames=("keep",))
 def _rank_videos(table, *, keep: int):
     """Per video, the ``keep`` best of its items' kept detections; ties: lower class, then earlier selection."""
@@ -476,15 +493,10 @@ def batched_nms_videos(
         return [_empty(*arrays) for arrays in zip(segs, scores, cls_idxs)]
     segments = np.concatenate([s for s, _, _ in videos])
     score_values = np.concatenate([q for _, q, _ in videos])
-    labels = np.concatenate([c.astype(np.int64) for _, _, c in videos])
-    video_of = np.repeat(np.arange(len(videos)), sizes)
     if multiclass:
-        # One integer key per (video, class), ordered by video then class.
-        lowest = labels.min()
-        keys, item_ids = np.unique(video_of * (labels.max() - lowest + 1) + (labels - lowest), return_inverse=True)
-        item_video = keys // (labels.max() - lowest + 1)
+        item_ids, item_video = _class_items(videos, sizes)
     else:
-        item_video, item_ids = np.unique(video_of, return_inverse=True)
+        item_video, item_ids = np.unique(np.repeat(np.arange(len(videos)), sizes), return_inverse=True)
     item_ids = item_ids.reshape(-1)
     voting = not multiclass and options["voting_thresh"] > 0 and options["method"] != "gaussian"
     chosen = _select_items(segments, score_values, item_ids, item_video.size, options, voting)
