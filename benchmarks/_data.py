@@ -26,7 +26,6 @@ from jaxfuse.bench import data as bench_data
 from jaxfuse.bench.machine import closed_form_footprint, machine_name
 from jaxfuse.bench.machine import memory_budget_bytes as _memory_budget_bytes
 from jaxfuse.bench.report import json_ready
-from jaxfuse.bench.sizes import TEMPERATURE
 from jaxfuse.bench.timing import tree_bytes as _tree_bytes
 
 MEMBERS = 32  # the padded group size of the headline and the G sweep

@@ -209,7 +209,7 @@ _FRESH = textwrap.dedent(
     sys.path.insert(0, {repository!r})
     sys.path.insert(0, {benchmarks!r})
     from test_bench_actionformer import CONFIG, thumos_candidates
-    from jaxfuse._actionformer_nms import select
+    from jaxfuse._proposals.actionformer_nms import select
     from jaxfuse.compat.actionformer import batched_nms, batched_nms_videos
     videos = thumos_candidates()
     start = time.perf_counter()

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfuse._cas import proposals_from_cas
+from jaxfuse._detection.cas_proposals import proposals_from_cas
 
 NUM_VIDEOS = 210
 PADDED_LENGTH = 512

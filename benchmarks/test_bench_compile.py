@@ -26,7 +26,7 @@ import pytest
 
 import _data
 import jaxfuse
-from jaxfuse._compilation_cache import persistent_cache_disabled
+from jaxfuse._runtime.compilation_cache import persistent_cache_disabled
 from jaxfuse.bench.compilation import PADDING_POLICIES, serve_stream
 
 REQUESTS = 1_000

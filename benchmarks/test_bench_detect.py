@@ -38,7 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfuse._detect import PUBLISHED_CLASS_THRESHOLD, PUBLISHED_THRESHOLDS, detect
+from jaxfuse._core.settings import PUBLISHED_CLASS_THRESHOLD, PUBLISHED_THRESHOLDS
+from jaxfuse._detection.detect import detect
 from jaxfuse.tools.videos import synthetic_videos
 
 NUM_VIDEOS, NUM_CLASSES = 210, 20

@@ -54,7 +54,7 @@ import numpy as np
 import pytest
 
 import _data
-from jaxfuse._detection_file import detection_table, fuse_detection_file
+from jaxfuse._proposals.detection_file import detection_table, fuse_detection_file
 from jaxfuse.bench.published import published_fusion_loop
 from jaxfuse.formats.activitynet import read_predictions
 
@@ -105,7 +105,7 @@ def detection_file(tmp_path_factory):
 
 _COLD_SCRIPT = """
 import json, sys
-from jaxfuse._detection_file import fuse_detection_file
+from jaxfuse._proposals.detection_file import fuse_detection_file
 report = fuse_detection_file(sys.argv[1], sys.argv[2], temperature=float(sys.argv[3]), progress=True)
 print("REPORT " + json.dumps(report._asdict()))
 """

@@ -199,7 +199,7 @@ t = time.perf_counter()
 out = jaxfuse.pseudo_labels(v.cas, v.video_scores, length=v.length, temperature=0.0016,
                             max_classes=4, max_proposals=1024, max_segments=128)
 second = time.perf_counter() - t
-from jaxfuse._pseudo_labels import _pseudo_labels
+from jaxfuse._labels.pseudo_labels import _pseudo_labels
 print("REPORT " + json.dumps({"import": imported - start, "first_call": first, "second_call_new_temperature": second,
                               "compiled_programs": _pseudo_labels._cache_size()}))
 """

@@ -35,8 +35,8 @@ import pytest
 
 import _data
 import jaxfuse
-from jaxfuse._compilation_cache import persistent_cache_disabled
-from jaxfuse._ragged_segments import padded_groups, padded_members
+from jaxfuse._runtime.compilation_cache import persistent_cache_disabled
+from jaxfuse._fusion.flat_closed_forms import padded_groups, padded_members
 from jaxfuse.bench.baselines import numpy_ragged_gaussian
 from jaxfuse.bench.timing import time_interleaved
 

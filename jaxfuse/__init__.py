@@ -5,14 +5,14 @@ fused into one instance by fitting a template distribution to the group under
 softmax(score / T) sampling probabilities (Zhou et al., CVPR 2023).
 """
 
-from jaxfuse._cas import CasProposals, max_runs_per_threshold, proposals_from_cas
-from jaxfuse._compilation_cache import (
+from jaxfuse._detection.cas_proposals import CasProposals, max_runs_per_threshold, proposals_from_cas
+from jaxfuse._runtime.compilation_cache import (
     CompilationCacheStatus,
     compilation_cache_status,
     enable_default_compilation_cache,
     set_compilation_cache,
 )
-from jaxfuse._densities import (
+from jaxfuse._fusion.densities import (
     TemplateDensity,
     exponential_density,
     gaussian_density,
@@ -20,9 +20,9 @@ from jaxfuse._densities import (
     student_t_density,
     uniform_density,
 )
-from jaxfuse._detect import PUBLISHED_CLASS_THRESHOLD, PUBLISHED_THRESHOLDS, VideoDetections, detect, detect_videos
-from jaxfuse._detection_file import DetectionFileError, FileFusionReport, fuse_detection_file, fuse_detections_json
-from jaxfuse._evaluate import (
+from jaxfuse._detection.detect import VideoDetections, detect, detect_videos
+from jaxfuse._proposals.detection_file import DetectionFileError, FileFusionReport, fuse_detection_file, fuse_detections_json
+from jaxfuse._evaluation.evaluate import (
     ACTIVITYNET_THRESHOLDS,
     THUMOS14_THRESHOLDS,
     DetectionMAP,
@@ -30,9 +30,9 @@ from jaxfuse._evaluate import (
     GroundTruth,
     evaluate_detections,
 )
-from jaxfuse._evaluate_json import ActivityNetData, evaluate_json, load_activitynet_json
-from jaxfuse._fit import FitResult, fit_template
-from jaxfuse._fuse import (
+from jaxfuse._evaluation.activitynet_json import ActivityNetData, evaluate_json, load_activitynet_json
+from jaxfuse._fusion.generic_fit import FitResult, fit_template
+from jaxfuse._fusion.fuse_groups import (
     FusionResult,
     compile_count,
     fuse_exponential,
@@ -42,16 +42,22 @@ from jaxfuse._fuse import (
     fuse_student_t,
     fuse_uniform,
 )
-from jaxfuse._grouping import ProposalGroups, group_proposals
-from jaxfuse._interval_lp import LPResultCode
-from jaxfuse._pseudo_labels import PseudoLabels, pseudo_labels
-from jaxfuse._proposal_lists import PaddedProposals, fuse_proposal_lists, pack_proposals, unpack_proposals
-from jaxfuse._proposals import FusedProposals, fuse_proposals
-from jaxfuse._presets import DEFAULT, PRESETS, PUBLISHED, FusionSettings
-from jaxfuse._ragged import (
+from jaxfuse._proposals.grouping import ProposalGroups, group_proposals
+from jaxfuse._labels.pseudo_labels import PseudoLabels, pseudo_labels
+from jaxfuse._proposals.proposal_lists import PaddedProposals, fuse_proposal_lists, pack_proposals, unpack_proposals
+from jaxfuse._proposals.fuse_proposals import FusedProposals, fuse_proposals
+from jaxfuse._core.settings import (
+    DEFAULT,
+    PRESETS,
+    PUBLISHED,
+    PUBLISHED_CLASS_THRESHOLD,
+    PUBLISHED_THRESHOLDS,
+    FusionSettings,
+)
+from jaxfuse._core.padding import bucket_size
+from jaxfuse._fusion.packing import (
     PackedGroups,
     RaggedBuckets,
-    bucket_size,
     pack_groups,
     pack_ragged,
     unpack_groups,
@@ -59,19 +65,20 @@ from jaxfuse._ragged import (
     unpack_ragged,
     unpack_ragged_members,
 )
-from jaxfuse._ragged_fusion import RaggedFusion, fuse_ragged
-from jaxfuse._result import ResultCode
-from jaxfuse._snippets import SnippetLabels, segments_to_snippets
-from jaxfuse._sharding import fuse_proposals_sharded, item_mesh
-from jaxfuse._student_t import StudentTParameters
-from jaxfuse._templates import ExponentialParameters, GaussianParameters, LaplaceParameters, UniformParameters
+from jaxfuse._fusion.fuse_ragged import RaggedFusion, fuse_ragged
+from jaxfuse._core.result_codes import LPResultCode, ResultCode
+from jaxfuse._core.version import VERSION
+from jaxfuse._labels.snippets import SnippetLabels, segments_to_snippets
+from jaxfuse._proposals.sharding import fuse_proposals_sharded, item_mesh
+from jaxfuse._fusion.student_t import StudentTParameters
+from jaxfuse._fusion.closed_forms import ExponentialParameters, GaussianParameters, LaplaceParameters, UniformParameters
 from jaxfuse.tools.videos import SyntheticVideos, VideoParameters, synthetic_videos
-from jaxfuse._weights import member_probabilities
+from jaxfuse._fusion.weights import member_probabilities
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 # Before any compilation, so that jaxfuse's programs persist across processes
-# (see jaxfuse/_compilation_cache.py for why at import, and how to turn it off).
+# (see jaxfuse/_runtime/compilation_cache.py for why at import, and how to turn it off).
 enable_default_compilation_cache()
 
 __all__ = [

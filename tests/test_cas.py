@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfuse._cas import CasProposals, max_runs_per_threshold, proposals_from_cas
-from jaxfuse._rows import running_count
+from jaxfuse import ResultCode
+from jaxfuse._detection.cas_proposals import CasProposals, max_runs_per_threshold, proposals_from_cas
+from jaxfuse._core.rows import running_count
 
 PUBLISHED_THRESHOLDS = np.arange(0.001, 0.04, 0.002)
 
@@ -359,6 +360,31 @@ def test_inside_a_callers_jit():
     eager = proposals_from_cas(cas, PUBLISHED_THRESHOLDS, length=length)
     expected = np.where(eager.valid, eager.contrast, -np.inf).max(-1)
     np.testing.assert_allclose(best_contrast(jnp.asarray(cas), jnp.asarray(length)), expected, rtol=0, atol=0)
+
+
+def test_nonfinite_cas_inside_a_callers_jit_gets_its_code_and_no_proposals():
+    """Traced CAS cannot raise: a sequence with a NaN or inf inside its video gets NONFINITE_INPUT and zeros."""
+    cas = smooth_cas(np.random.default_rng(9), (4, 30))
+    length = np.array([30, 20, 30, 20])
+    cas[1, 4] = np.nan  # inside the video
+    cas[2, 29] = np.inf  # the last real snippet
+    cas[3, 25:] = np.nan  # padding only: ignored
+    found = jax.jit(lambda c, n: proposals_from_cas(c, PUBLISHED_THRESHOLDS, length=n))(jnp.asarray(cas), length)
+    ok, bad = ResultCode.SUCCESSFUL, ResultCode.NONFINITE_INPUT
+    assert np.asarray(found.result).tolist() == [ok, bad, bad, ok]
+    for name, field in zip(found._fields, found):
+        padding = -1 if name == "threshold_index" else 0
+        assert name == "result" or (np.asarray(field)[1:3] == padding).all(), name
+    # The sound sequences are exactly as an eager call computes them alone.
+    alone = proposals_from_cas(cas[[0, 3]], PUBLISHED_THRESHOLDS, length=length[[0, 3]])
+    for name, field in zip(found._fields, found):
+        expected = np.zeros_like(getattr(alone, name)) if name == "result" else getattr(alone, name)
+        np.testing.assert_array_equal(np.asarray(field)[[0, 3]], expected, err_msg=name)
+    assert (alone.count > 0).all()
+    # A NaN level, traced, is an invalid option for every sequence.
+    levels = jnp.asarray(np.r_[PUBLISHED_THRESHOLDS[:19], np.nan])
+    found = jax.jit(lambda c, t: proposals_from_cas(c, t))(jnp.asarray(cas[[0, 3]]), levels)
+    assert (np.asarray(found.result) == ResultCode.INVALID_OPTION).all() and not np.asarray(found.valid).any()
 
 
 def test_half_precision_is_computed_in_float32():

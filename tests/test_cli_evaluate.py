@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from jaxfuse import _cli
-from jaxfuse._evaluate import ACTIVITYNET_THRESHOLDS, THUMOS14_THRESHOLDS
-from jaxfuse._evaluate_json import evaluate_json
+from jaxfuse.cli import main
+from jaxfuse._evaluation.evaluate import ACTIVITYNET_THRESHOLDS, THUMOS14_THRESHOLDS
+from jaxfuse._evaluation.activitynet_json import evaluate_json
 
 CLASSES = ["BaseballPitch", "Diving", "HighJump", "Shotput"]
 
@@ -41,7 +41,7 @@ def write_case(tmp_path, seed, *, quantise=True):
 
 
 def run(capsys, *argv):
-    code = _cli.main(["evaluate", *map(str, argv)])
+    code = main.main(["evaluate", *map(str, argv)])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -160,7 +160,8 @@ def test_unwritable_json_is_reported_before_the_work(tmp_path, capsys):
     assert err == (f"jaxfuse evaluate: error: cannot write --json {tmp_path / 'no' / 'out.json'}: "
                    f"no such directory: {tmp_path / 'no'}\n") and code == 2
     code, _, err = run(capsys, tmp_path / "missing.json", tmp_path / "pred.json")
-    assert err == f"jaxfuse evaluate: error: cannot read PRED.json ({tmp_path / 'missing.json'}): No such file or directory\n"
+    missing = tmp_path / "missing.json"
+    assert err == f"jaxfuse evaluate: error: cannot read PRED.json ({missing}): No such file or directory\n"
     assert code == 2
 
 
@@ -194,8 +195,17 @@ def test_integer_and_string_labels_that_would_share_a_json_key(tmp_path, capsys)
 @pytest.mark.parametrize(
     ("predictions", "options", "message"),
     [
-        ('{"results": {"v": [], "v": []}}', (), "PRED.json ({pred}): 'results' holds the key 'v' more than once (the second would silently replace the first)"),
-        ('{"results": {"v": ' + "[" * 100_000 + "]" * 100_000 + "}}", (), "PRED.json ({pred}): not valid JSON: nested too deeply"),
+        (
+            '{"results": {"v": [], "v": []}}',
+            (),
+            "PRED.json ({pred}): 'results' holds the key 'v' more than once (the second would silently replace "
+            "the first)",
+        ),
+        (
+            '{"results": {"v": ' + "[" * 100_000 + "]" * 100_000 + "}}",
+            (),
+            "PRED.json ({pred}): not valid JSON: nested too deeply",
+        ),
         ('{"results": {}}', ("--subset", "test"),
          "GT.json ({gt}): --subset: no video has subset 'test' (subsets in the file: 'Test')"),
         ('{"results": {}}', ("--subset", "Test", "--ambiguous", "ignore"),
@@ -206,11 +216,13 @@ def test_integer_and_string_labels_that_would_share_a_json_key(tmp_path, capsys)
 def test_file_errors_of_the_shared_reader_exit_2_in_one_line(tmp_path, capsys, predictions, options, message):
     """Errors name the command's arguments (PRED.json, GT.json, --subset), not the Python parameters behind them."""
     label = "Ambiguous" if "--ambiguous" in options else "Diving"
-    (tmp_path / "gt.json").write_text(json.dumps({"database": {"v": {"subset": "Test", "annotations": [{"label": label, "segment": [0, 1]}]}}}))
+    annotations = [{"label": label, "segment": [0, 1]}]
+    (tmp_path / "gt.json").write_text(json.dumps({"database": {"v": {"subset": "Test", "annotations": annotations}}}))
     (tmp_path / "pred.json").write_text(predictions)
     code, out, err = run(capsys, tmp_path / "pred.json", tmp_path / "gt.json", *options)
     assert code == 2 and out == "" and err.count("\n") == 1
-    assert err == "jaxfuse evaluate: error: " + message.format(pred=tmp_path / "pred.json", gt=tmp_path / "gt.json") + "\n"
+    expected = message.format(pred=tmp_path / "pred.json", gt=tmp_path / "gt.json")
+    assert err == f"jaxfuse evaluate: error: {expected}\n"
 
 
 @pytest.mark.parametrize(
@@ -222,7 +234,8 @@ def test_file_errors_of_the_shared_reader_exit_2_in_one_line(tmp_path, capsys, p
     ],
 )
 def test_nan_and_byte_order_marks_are_named_in_one_line(tmp_path, capsys, raw, message):
-    (tmp_path / "gt.json").write_text(json.dumps({"database": {"v": {"annotations": [{"label": "Diving", "segment": [0, 1]}]}}}))
+    annotations = [{"label": "Diving", "segment": [0, 1]}]
+    (tmp_path / "gt.json").write_text(json.dumps({"database": {"v": {"annotations": annotations}}}))
     (tmp_path / "pred.json").write_bytes(raw)
     code, out, err = run(capsys, tmp_path / "pred.json", tmp_path / "gt.json")
     assert code == 2 and out == "" and err.count("\n") == 1

@@ -275,6 +275,27 @@ def test_dataset_call_numpy_in_numpy_out_and_empty_videos():
         np.testing.assert_array_equal(result.segs, expected[0])
 
 
+@pytest.mark.parametrize("soft", [True, False], ids=["soft", "hard"])
+def test_dataset_call_with_class_ids_at_the_integer_limits_equals_per_video_calls(soft):
+    # Class ids at both ends of int64 and uint64 (the two dtypes mixed across videos): the (video, class) items
+    # must be exactly each video's classes, in ascending class order, as batched_nms forms them video by video.
+    rng = np.random.default_rng(13)
+    extremes = {np.int64: [-(2**63), -(2**63) + 1, -1, 0, 2**62, 2**63 - 1], np.uint64: [0, 2**62, 2**63, 2**64 - 1]}
+    videos = []
+    for video, n in enumerate(rng.integers(1, 90, 6)):
+        segs, scores, _ = (x.numpy() for x in random_video(rng, n=int(n)))
+        dtype = (np.int64, np.uint64)[video % 2]
+        labels = np.array(extremes[dtype], dtype=object).astype(dtype)[rng.integers(0, len(extremes[dtype]), n)]
+        videos.append((segs, scores, labels))
+    out = batched_nms_videos(*zip(*videos), 0.3, 0.01, 20, use_soft_nms=soft)
+    for (segs, scores, labels), result in zip(videos, out):
+        expected = batched_nms(segs, scores, labels, 0.3, 0.01, 20, use_soft_nms=soft)
+        assert result.cls_idxs.dtype == labels.dtype and len(expected.scores) > 0
+        np.testing.assert_array_equal(result.cls_idxs, expected.cls_idxs)
+        np.testing.assert_array_equal(result.segs, expected.segs)
+        np.testing.assert_allclose(result.scores, expected.scores, rtol=1e-6)
+
+
 def ref_gaussian(segs, scores, labels, iou_threshold, min_score, max_seg_num, temperature):
     """GauFuse per class: greedy groups (IoU > threshold, continuous lengths), softmax(score / T) means, best first."""
     fused = []

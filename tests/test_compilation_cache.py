@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import jaxfuse
-from jaxfuse import _compilation_cache
+from jaxfuse._runtime import compilation_cache as compilation_cache_module
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
@@ -40,7 +40,7 @@ fused = jaxfuse.fuse_proposals(segments, np.array([[0.9, 0.5, 0.7]], np.float32)
 assert int(fused.count[0]) == 2
 """
 _SCRIPT_TAIL = """
-from jaxfuse._segment_fusion import _group_and_fuse
+from jaxfuse._proposals.group_fusion import group_and_fuse
 status = jaxfuse.compilation_cache_status()
 print("RESULT " + json.dumps({
     "directory": status.directory, "source": status.source, "reason": status.reason,
@@ -48,7 +48,7 @@ print("RESULT " + json.dumps({
     "min_compile_time": jax.config.jax_persistent_cache_min_compile_time_secs,
     "min_entry_size": jax.config.jax_persistent_cache_min_entry_size_bytes,
     "hits": len(hits),
-    "loaded": _group_and_fuse.stored_calls, "compiled": _group_and_fuse.compiled_calls,
+    "loaded": group_and_fuse.stored_calls, "compiled": group_and_fuse.compiled_calls,
     "segments": np.asarray(fused.segments).tolist() if "fused" in globals() else None,
 }))
 """
@@ -73,7 +73,7 @@ def test_programs_are_stored_then_read_by_the_next_process(tmp_path):
     cache = tmp_path / "cache"
     first = _run(tmp_path, env={"JAXFUSE_COMPILATION_CACHE": str(cache)})
     assert first["directory"] == first["jax_dir"] == str(cache) and first["source"] == "jaxfuse"
-    assert first["min_compile_time"] == _compilation_cache.MIN_COMPILE_TIME_SECS
+    assert first["min_compile_time"] == compilation_cache_module.MIN_COMPILE_TIME_SECS
     assert first["min_entry_size"] == -1
     stored = _entries(cache)
     assert first["hits"] == 0 and first["loaded"] == 0 and first["compiled"] == 1  # an empty cache: all compiled
@@ -113,11 +113,11 @@ def restore_cache_settings():
     names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
              "jax_persistent_cache_min_entry_size_bytes", "jax_enable_compilation_cache")
     saved = {name: getattr(jax.config, name) for name in names}
-    status = _compilation_cache._status
+    status = compilation_cache_module._status
     yield
     for name, value in saved.items():
         jax.config.update(name, value)
-    _compilation_cache._status = status
+    compilation_cache_module._status = status
     from jax.experimental.compilation_cache import compilation_cache
 
     compilation_cache.reset_cache()
@@ -140,7 +140,7 @@ def as_at_import(monkeypatch, restore_cache_settings):
     def enable(**environment):
         for name, value in environment.items():
             monkeypatch.setenv(name, value)
-        return _compilation_cache.enable_default_compilation_cache()
+        return compilation_cache_module.enable_default_compilation_cache()
 
     return enable
 
@@ -149,11 +149,11 @@ def test_default_directory_is_per_user(tmp_path, monkeypatch, as_at_import):
     status = as_at_import(XDG_CACHE_HOME=str(tmp_path / "xdg"))
     assert status == jaxfuse.CompilationCacheStatus(str(tmp_path / "xdg" / "jaxfuse" / "jax"), "jaxfuse", "")
     assert jax.config.jax_compilation_cache_dir == status.directory and Path(status.directory).is_dir()
-    assert jax.config.jax_persistent_cache_min_compile_time_secs == _compilation_cache.MIN_COMPILE_TIME_SECS
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == compilation_cache_module.MIN_COMPILE_TIME_SECS
     assert jax.config.jax_persistent_cache_min_entry_size_bytes == -1
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert _compilation_cache.default_cache_directory() == tmp_path / "home" / ".cache" / "jaxfuse" / "jax"
+    assert compilation_cache_module.default_cache_directory() == tmp_path / "home" / ".cache" / "jaxfuse" / "jax"
 
 
 @pytest.mark.parametrize("value", ["0", "off", "False", " no "])
@@ -212,25 +212,25 @@ def test_set_compilation_cache_moves_and_turns_off(tmp_path, restore_cache_setti
 
 def test_first_compilation_is_announced_once(tmp_path, restore_cache_settings, capsys):
     jaxfuse.set_compilation_cache(tmp_path / "cache")
-    assert _compilation_cache.announce_first_compilation(sys.stderr)
+    assert compilation_cache_module.announce_first_compilation(sys.stderr)
     assert "first run on this machine" in capsys.readouterr().err
-    _compilation_cache.mark_compiled()
-    assert not _compilation_cache.announce_first_compilation(sys.stderr)
+    compilation_cache_module.mark_compiled()
+    assert not compilation_cache_module.announce_first_compilation(sys.stderr)
     assert capsys.readouterr().err == ""
     jaxfuse.set_compilation_cache(None)  # turned off on purpose: nothing to say
-    assert not _compilation_cache.announce_first_compilation(sys.stderr)
+    assert not compilation_cache_module.announce_first_compilation(sys.stderr)
     blocker = tmp_path / "file"
     blocker.write_text("")
     jaxfuse.set_compilation_cache(blocker / "cache")  # unusable: said every run, with the reason
-    assert _compilation_cache.announce_first_compilation(sys.stderr)
+    assert compilation_cache_module.announce_first_compilation(sys.stderr)
     assert "without a persistent cache (cannot create" in capsys.readouterr().err
 
 
 def test_persistent_cache_disabled_restores_the_settings(tmp_path, restore_cache_settings):
     before = jaxfuse.set_compilation_cache(tmp_path / "cache")
-    with _compilation_cache.persistent_cache_disabled():
+    with compilation_cache_module.persistent_cache_disabled():
         assert jax.config.jax_compilation_cache_dir is None
-        with _compilation_cache.persistent_cache_disabled():  # nests
+        with compilation_cache_module.persistent_cache_disabled():  # nests
             assert jax.config.jax_compilation_cache_dir is None
         assert jax.config.jax_compilation_cache_dir is None
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache")
@@ -238,7 +238,7 @@ def test_persistent_cache_disabled_restores_the_settings(tmp_path, restore_cache
 
 
 def test_the_cli_announces_the_first_compilation_once(tmp_path, restore_cache_settings, capsys):
-    from jaxfuse._cli import main
+    from jaxfuse.cli.main import main
 
     source = tmp_path / "detections.json"
     source.write_text(json.dumps({"results": {"v": [{"label": "a", "score": 0.9, "segment": [0.0, 9.0]},

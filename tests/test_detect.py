@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfuse._cas import proposals_from_cas
-from jaxfuse._detect import (
+from jaxfuse._detection.cas_proposals import proposals_from_cas
+from jaxfuse._detection.detect import (
     PUBLISHED_THRESHOLDS,
     VideoDetections,
     _comparable_levels,
@@ -17,10 +17,10 @@ from jaxfuse._detect import (
     detect,
     detect_videos,
 )
-from jaxfuse._evaluate import Detections, GroundTruth, evaluate_detections
-from jaxfuse._evaluate_json import evaluate_json, load_activitynet_json
-from jaxfuse._grouping import _group_batch_jit, group_batch_distinct, overlap_settings
-from jaxfuse._proposals import fuse_proposals
+from jaxfuse._evaluation.evaluate import Detections, GroundTruth, evaluate_detections
+from jaxfuse._evaluation.activitynet_json import evaluate_json, load_activitynet_json
+from jaxfuse._proposals.grouping import _group_batch_jit, group_batch_distinct, overlap_settings
+from jaxfuse._proposals.fuse_proposals import fuse_proposals
 
 # Most tests share this batch shape and select between 17 and 32 (video, class)
 # items, so that they share compiled programs (each new shape costs seconds).
@@ -411,3 +411,6 @@ def test_non_finite_cas_inside_a_selected_video_names_its_index(batch):
     scores[3, 2] = 0.9
     with pytest.raises(ValueError, match=r"`cas` must be finite.*\(3, 7, 2\)"):
         detect(bad, scores, length=length)
+    # A traced CAS is refused before any work: never a silent answer from unchecked values.
+    with pytest.raises(TypeError, match="cannot run under jax.jit"):
+        jax.jit(lambda c: detect(c, scores, length=length).count)(bad)

@@ -19,11 +19,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import jaxfuse._detection_file as detection_file
-import jaxfuse._item_batches as item_batches
+import jaxfuse._proposals.detection_file as detection_file
+import jaxfuse._proposals.item_batches as item_batches
 import jaxfuse.formats.output as output_module
-from jaxfuse import _cli
-from jaxfuse._detection_file import (
+from jaxfuse.cli import main
+from jaxfuse._proposals.detection_file import (
     DetectionFileError,
     batch_rows,
     detection_table,
@@ -32,7 +32,7 @@ from jaxfuse._detection_file import (
     merged_buckets,
     pack_items,
 )
-from jaxfuse._proposal_lists import pack_proposals
+from jaxfuse._proposals.proposal_lists import pack_proposals
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -149,7 +149,7 @@ def write(path, data):
 
 
 def cli(*argv):
-    return _cli.main(["fuse", *map(str, argv)])
+    return main.main(["fuse", *map(str, argv)])
 
 
 # ------------------------------------------------------------------ the command
@@ -339,7 +339,7 @@ def test_console_entry_point_reports_malformed_input(tmp_path):
     """The real command line, in a fresh interpreter (no kernel runs: the file is rejected first)."""
     source = write(tmp_path / "in.json", {"results": {"v_abc": [GOOD, GOOD, GOOD, {**GOOD, "segment": [2, 1]}]}})
     completed = subprocess.run(
-        [sys.executable, "-m", "jaxfuse._cli", "fuse", source, "-o", str(tmp_path / "out.json")],
+        [sys.executable, "-m", "jaxfuse.cli.main", "fuse", source, "-o", str(tmp_path / "out.json")],
         capture_output=True, text=True, cwd=REPOSITORY, timeout=120,
         env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPOSITORY},
     )
@@ -486,7 +486,7 @@ def test_ctrl_c_in_a_real_process_during_compilation(tmp_path):
 
     source = write(tmp_path / "in.json", random_results(seed=5))
     process = subprocess.Popen(
-        [sys.executable, "-m", "jaxfuse._cli", "fuse", source, "-o", str(tmp_path / "out.json"), "--method", "student_t"],
+        [sys.executable, "-m", "jaxfuse.cli.main", "fuse", source, "-o", str(tmp_path / "out.json"), "--method", "student_t"],
         stderr=subprocess.PIPE, text=True, cwd=REPOSITORY,
         env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPOSITORY},
     )

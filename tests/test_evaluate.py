@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxfuse import _detection_matching
-from jaxfuse._evaluate import (
+from jaxfuse._evaluation import matching
+from jaxfuse._evaluation.evaluate import (
     ACTIVITYNET_THRESHOLDS,
     THUMOS14_THRESHOLDS,
     DetectionMAP,
@@ -20,7 +20,7 @@ from jaxfuse._evaluate import (
     GroundTruth,
     evaluate_detections,
 )
-from jaxfuse._evaluate_json import evaluate_json, load_activitynet_json
+from jaxfuse._evaluation.activitynet_json import evaluate_json, load_activitynet_json
 from jaxfuse.formats.activitynet import DetectionFileError, read_ground_truth, read_predictions
 
 # ---------------------------------------------------------------- reference loop
@@ -29,7 +29,7 @@ from jaxfuse.formats.activitynet import DetectionFileError, read_ground_truth, r
 # (compute_average_precision_detection and utils.interpolated_prec_rec), written from
 # its description, one class at a time. Its two sorts are ``argsort()[::-1]``; numpy's
 # default sort is not stable, so the rendition uses the stable sort, the order the
-# reference gives wherever its sort keeps ties in input order (see jaxfuse._evaluate).
+# reference gives wherever its sort keeps ties in input order (see jaxfuse._evaluation.evaluate).
 
 
 def descending(values):
@@ -210,7 +210,7 @@ def test_pairs_split_across_chunks(monkeypatch):
     """Chunk boundaries of the pair scoring (a few pairs per chunk) change nothing."""
     predictions, ground_truth = random_case(np.random.default_rng(11), 3, 2, 25, 120, quantise=True)
     expected = evaluate_detections(predictions, ground_truth).average_precision
-    monkeypatch.setattr(_detection_matching, "_PAIR_CHUNK", 7)
+    monkeypatch.setattr(matching, "_PAIR_CHUNK", 7)
     np.testing.assert_array_equal(evaluate_detections(predictions, ground_truth).average_precision, expected)
     reference, _ = reference_map(predictions, ground_truth, THUMOS14_THRESHOLDS)
     np.testing.assert_allclose(expected, reference, atol=1e-12, rtol=0)
@@ -318,7 +318,7 @@ def test_equal_scores_order_is_the_stable_descending_sort():
     rng = np.random.default_rng(5)
     scores = np.round(rng.random(5000), 2)
     expected = np.argsort(scores, kind="stable")[::-1]
-    np.testing.assert_array_equal(_detection_matching.descending_order(scores), expected)
+    np.testing.assert_array_equal(matching.descending_order(scores), expected)
 
 
 def test_tied_predictions_count_ties_within_a_class():

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import jaxfuse
-from jaxfuse import _compilation_cache, _executable_cache
+from jaxfuse._runtime import compilation_cache as compilation_cache_module
+from jaxfuse._runtime import executable_store
 
 
 @functools.partial(jax.jit, static_argnames=("power",))
@@ -20,17 +21,17 @@ def _program(x, scale, *, power):
 
 def _fresh():
     """A new wrapper of the same program: empty memory, as in a new process."""
-    return _executable_cache.stored_executable(_program, static_argnames=("power",))
+    return executable_store.stored_executable(_program, static_argnames=("power",))
 
 
 @pytest.fixture
 def store(tmp_path):
     """A private compilation cache (and so executable store) for one test; the session's is put back after."""
-    saved_status, saved_directory = _compilation_cache._status, jax.config.jax_compilation_cache_dir
+    saved_status, saved_directory = compilation_cache_module._status, jax.config.jax_compilation_cache_dir
     jaxfuse.set_compilation_cache(tmp_path / "cache")
     yield tmp_path / "cache" / "jaxfuse-executables"
     jax.config.update("jax_compilation_cache_dir", saved_directory)
-    _compilation_cache._status = saved_status
+    compilation_cache_module._status = saved_status
     from jax.experimental.compilation_cache import compilation_cache
 
     compilation_cache.reset_cache()
@@ -101,18 +102,18 @@ def test_a_damaged_entry_is_rebuilt(store):
 def test_the_environment_is_in_every_key(store, monkeypatch, part, other):
     x = np.ones((2, 2), np.float32)
     _fresh()(x, 1.0, power=2)
-    monkeypatch.setattr(_executable_cache, part, lambda: other)
-    _executable_cache._environment.cache_clear()
+    monkeypatch.setattr(executable_store, part, lambda: other)
+    executable_store._environment.cache_clear()
     try:
         changed = _fresh()
         changed(x, 1.0, power=2)
         assert (changed.compiled_calls, changed.stored_calls) == (1, 0) and len(list(store.glob("*.bin"))) == 2
     finally:
-        _executable_cache._environment.cache_clear()
+        executable_store._environment.cache_clear()
 
 
 def test_source_digest_covers_every_module():
-    assert len(_executable_cache.source_digest()) == 64
+    assert len(executable_store.source_digest()) == 64
     from pathlib import Path
 
     modules = list(Path(jaxfuse.__file__).parent.rglob("*.py"))
@@ -121,13 +122,13 @@ def test_source_digest_covers_every_module():
 
 def test_lambdas_and_closures_are_refused():
     with pytest.raises(ValueError, match="module-level"):
-        _executable_cache.stored_executable(jax.jit(lambda x: x))
+        executable_store.stored_executable(jax.jit(lambda x: x))
 
 
 def test_a_remote_jax_cache_is_left_to_jax(store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(_executable_cache, "compilation_cache_status",
-                        lambda: _compilation_cache.CompilationCacheStatus("gs://bucket/cache", "user"))
+    monkeypatch.setattr(executable_store, "compilation_cache_status",
+                        lambda: compilation_cache_module.CompilationCacheStatus("gs://bucket/cache", "user"))
     wrapped = _fresh()
     np.testing.assert_allclose(np.asarray(wrapped(np.ones((2, 2), np.float32), 1.0, power=2)[0]), [2.0, 2.0])
     assert wrapped.compiled_calls == wrapped.stored_calls == 0 and not (tmp_path / "gs:").exists()

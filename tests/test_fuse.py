@@ -11,10 +11,11 @@ import pytest
 
 import jaxfuse
 from jaxfuse import ResultCode
+from jaxfuse._fusion.templates import TEMPLATE_NAMES
 from conftest import SHARED_COORDINATES, SHARED_GROUPS, SHARED_MEMBERS, fuse_in_shared_shape, random_groups, tolerance
 
-CLOSED_FORMS = ["gaussian", "uniform", "exponential", "laplace"]
-TEMPLATES = CLOSED_FORMS + ["student_t"]
+TEMPLATES = list(TEMPLATE_NAMES)
+CLOSED_FORMS = [name for name in TEMPLATES if name != "student_t"]
 
 
 def reference_probabilities(weights, temperature):
@@ -280,7 +281,7 @@ def test_throw_raises_for_failed_groups_but_not_empty_ones():
 @pytest.mark.parametrize("template", TEMPLATES)
 def test_default_temperature_is_the_published_one_everywhere(template):
     """One default (0.2, the published evaluation's) for fuse_groups, every fuse_<template> and fit_template."""
-    assert jaxfuse._presets.DEFAULT.temperature == 0.2
+    assert jaxfuse._core.settings.DEFAULT.temperature == 0.2
     rng = np.random.default_rng(14)
     values, weights, mask = shared_groups(rng, np.float32, min_size=3)
     weights = weights * 4  # spread logits, so that T = 0.2 and T = 1 give clearly different weights

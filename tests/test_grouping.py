@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfuse._grouping import (
+from jaxfuse._proposals.grouping import (
     _group_batch_jit,
     group_batch_distinct,
     group_proposals,

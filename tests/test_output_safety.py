@@ -1,4 +1,4 @@
-"""Output files on shared machines (issue 16): other users' links and files, SIGKILL, full disks, broken pipes, closed stdout.
+"""Output files on shared machines (issue 16): others' links and files, SIGKILL, full disks, pipes, closed stdout.
 
 Files, signals and pipes are tested in real processes. Another user is
 simulated by root giving a link or file to uid 12345 (``os.lchown``); those
@@ -12,7 +12,6 @@ import errno
 import json
 import os
 import re
-import resource
 import signal
 import subprocess
 import sys
@@ -34,16 +33,26 @@ needs_root = pytest.mark.skipif(
 GOOD = {"label": "a", "score": 0.5, "segment": [1.0, 2.0]}
 
 
+# Sets the limit, then becomes the interpreter asked for (limits survive exec): no preexec_fn, which runs
+# Python between fork and exec in a parent that has JAX's threads.
+LIMITED = (
+    "import os, resource, sys; limit = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
+)
+LIMITED += "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
+
+
 def python(*arguments, limit_file_size: int | None = None, **options) -> subprocess.CompletedProcess:
-    """A fresh interpreter (``-m jaxfuse._cli ...`` or ``-c code``), optionally with a file-size limit (EFBIG: a full disk)."""
-
-    def limited():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_size, limit_file_size))
-
+    """A fresh interpreter (``-m jaxfuse.cli.main ...`` or ``-c code``), optionally with a file-size limit (EFBIG)."""
+    limit = [] if limit_file_size is None else ["-c", LIMITED, limit_file_size]
     options.setdefault("capture_output", True)
     return subprocess.run(
-        [sys.executable, *map(str, arguments)], check=False, text=True, cwd=REPOSITORY, timeout=240,
-        env=options.pop("env", CHILD_ENVIRONMENT), preexec_fn=None if limit_file_size is None else limited, **options,
+        [sys.executable, *map(str, limit + list(arguments))],
+        check=False,
+        text=True,
+        cwd=REPOSITORY,
+        timeout=240,
+        env=options.pop("env", CHILD_ENVIRONMENT),
+        **options,
     )
 
 
@@ -77,7 +86,7 @@ def test_the_command_refuses_another_users_link_in_a_sticky_world_writable_direc
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
     link = planted_link(shared, "out.json", victim)
-    completed = python("-m", "jaxfuse._cli", "fuse", results_file(tmp_path / "in.json"), "-o", link)
+    completed = python("-m", "jaxfuse.cli.main", "fuse", results_file(tmp_path / "in.json"), "-o", link)
     assert completed.returncode == 2, completed.stderr
     assert completed.stderr.splitlines()[-1] == (
         f"jaxfuse fuse: error: cannot write {link}: refusing to follow the symlink {link}: it belongs to uid "
@@ -109,7 +118,9 @@ def test_another_users_link_is_refused_anywhere_on_the_path(tmp_path, shared, wh
     assert os.listdir(victim_directory) == []
 
 
-@pytest.mark.parametrize("case", ["my link in a sticky directory", "the directory owner's link", "a directory without the sticky bit"])
+@pytest.mark.parametrize(
+    "case", ["my link in a sticky directory", "the directory owner's link", "a directory without the sticky bit"]
+)
 def test_links_the_kernel_would_follow_are_written_through(tmp_path, case):
     if case != "my link in a sticky directory" and not IS_ROOT:
         pytest.skip("needs a link owned by another uid (root only)")
@@ -236,7 +247,7 @@ def test_a_long_output_name_gets_a_temporary_name_within_limits(tmp_path):
     assert not temporary_pattern("y" * 250 + ".json").fullmatch(temporary_name(name))
 
 
-# ------------------------------------------------------------------ full disks: every writer is atomic and names the path
+# ------------------------------------------------------------------ full disks: every writer atomic, naming the path
 
 
 def evaluate_inputs(tmp_path):
@@ -258,11 +269,11 @@ BENCH_REPORT = textwrap.dedent("""
 STUDY_REPORT = textwrap.dedent("""
     import sys
     import numpy as np
-    from jaxfuse import _cli
+    from jaxfuse.cli.main import main
     from jaxfuse.tools import study
     row = study.StudyRow("nms", None, np.full(7, 0.5), 0.5, 10, 0.1)
     study.run_study = lambda *args, **kwargs: [row]  # the writing is under test, not the study
-    sys.exit(_cli.main(["study", "--videos", "2", "--no-sensitivity", "--methods", "nms", "--output-dir", *sys.argv[1:]]))
+    sys.exit(main(["study", "--videos", "2", "--no-sensitivity", "--methods", "nms", "--output-dir", *sys.argv[1:]]))
 """)
 
 
@@ -274,7 +285,7 @@ def test_a_full_disk_keeps_the_previous_file_and_names_it(tmp_path, writer):
     if writer == "evaluate --json":
         previous = tmp_path / "map.json"
         predictions, truth = evaluate_inputs(tmp_path)
-        arguments = ["-m", "jaxfuse._cli", "evaluate", predictions, truth, "--json", previous]
+        arguments = ["-m", "jaxfuse.cli.main", "evaluate", predictions, truth, "--json", previous]
     elif writer == "bench report":
         previous = tmp_path / "m.md"
         arguments = ["-c", BENCH_REPORT, tmp_path]
@@ -314,8 +325,11 @@ def test_a_reader_that_exits_early_gives_an_error_and_no_summary(tmp_path):
     """``jaxfuse fuse in.json -o - | head -c 10``: the output is far larger than a pipe's buffer."""
     source = results_file(tmp_path / "in.json", padding=1 << 20)
     process = subprocess.Popen(
-        [sys.executable, "-m", "jaxfuse._cli", "fuse", str(source), "-o", "-"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPOSITORY, env=CHILD_ENVIRONMENT,
+        [sys.executable, "-m", "jaxfuse.cli.main", "fuse", str(source), "-o", "-"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPOSITORY,
+        env=CHILD_ENVIRONMENT,
     )
     assert process.stdout.read(10) == b'{"results"'
     process.stdout.close()
@@ -337,8 +351,13 @@ def test_a_closed_standard_stream_is_one_line(tmp_path, command):
         arguments, redirection, stream = ["fuse", "-", "-o", tmp_path / "out.json"], "<&-", "input"
     quoted = " ".join(f"'{argument}'" for argument in arguments)
     completed = subprocess.run(
-        ["bash", "-c", f"exec '{sys.executable}' -m jaxfuse._cli {quoted} {redirection}"],
-        check=False, capture_output=True, text=True, cwd=REPOSITORY, env=CHILD_ENVIRONMENT, timeout=240,
+        ["bash", "-c", f"exec '{sys.executable}' -m jaxfuse.cli.main {quoted} {redirection}"],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPOSITORY,
+        env=CHILD_ENVIRONMENT,
+        timeout=240,
     )
     assert completed.returncode == 2, completed.stderr
     verb = "write" if stream == "output" else "read"

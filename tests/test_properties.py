@@ -11,9 +11,10 @@ from hypothesis.extra import numpy as hnp
 
 import jaxfuse
 from jaxfuse import ResultCode
+from jaxfuse._fusion.templates import TEMPLATE_NAMES
 from conftest import SHARED_COORDINATES, SHARED_GROUPS, SHARED_MEMBERS, pad_to_shared_shape
 
-TEMPLATES = ["gaussian", "uniform", "exponential", "laplace", "student_t"]
+TEMPLATES = list(TEMPLATE_NAMES)
 MEMBERS = 6
 
 

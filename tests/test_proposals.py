@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 import jaxfuse
 from jaxfuse import ResultCode
-from jaxfuse._proposal_lists import fuse_proposal_lists, pack_proposals, unpack_proposals
-from jaxfuse._proposals import METHODS, FusedProposals, fuse_proposals
+from jaxfuse._proposals.proposal_lists import fuse_proposal_lists, pack_proposals, unpack_proposals
+from jaxfuse._proposals.fuse_proposals import METHODS, FusedProposals, fuse_proposals
 
 CONVENTIONS = [("candidate", True), ("candidate", False), ("iou", True), ("iou", False)]
 CONVENTION_IDS = ["candidate-discrete", "candidate-continuous", "iou-discrete", "iou-continuous"]
@@ -517,9 +517,9 @@ def test_preset_equals_its_settings_given_one_by_one():
 def test_float64_without_x64_warns_once_naming_the_flag(monkeypatch):
     import warnings
 
-    import jaxfuse._interop
+    import jaxfuse._core.interop
 
-    monkeypatch.setattr(jaxfuse._interop, "_warned_about_float64", False)
+    monkeypatch.setattr(jaxfuse._core.interop, "_warned_about_float64", False)
     segments = np.array([[0.0, 10.0], [2.0, 12.0]])
     scores = np.array([0.9, 0.8])
     with pytest.warns(UserWarning, match="jax_enable_x64"):
@@ -529,7 +529,7 @@ def test_float64_without_x64_warns_once_naming_the_flag(monkeypatch):
         warnings.simplefilter("error")
         fuse_proposals(segments, scores)  # once per process
         fuse_proposals(segments.astype(np.float32), scores.astype(np.float32))
-    monkeypatch.setattr(jaxfuse._interop, "_warned_about_float64", False)
+    monkeypatch.setattr(jaxfuse._core.interop, "_warned_about_float64", False)
     with jax.enable_x64(True), warnings.catch_warnings():
         warnings.simplefilter("error")
         assert fuse_proposals(segments, scores).segments.dtype == np.float64
@@ -715,7 +715,7 @@ def test_fuzz_finite_input_never_gives_a_nonfinite_or_out_of_hull_success(batch,
 
 def test_padded_templates_pack_by_size_bucket_memory_follows_the_members():
     """One item of 4,096 identical segments beside one of 4,096 disjoint ones: slots ~ members, not groups x largest."""
-    from jaxfuse._bucketed_templates import _bucket_layout, bucket_shapes, size_buckets
+    from jaxfuse._proposals.bucketed_templates import _bucket_layout, bucket_shapes, size_buckets
 
     size = 4096
     segments = np.zeros((2, size, 2), np.float32)

@@ -67,9 +67,16 @@ def test_matches_the_published_chain(videos, labels):
     assert compared >= 5
 
 
+# One jitted training-step stand-in for every test that traces (one compile).
+traced_step = jax.jit(
+    lambda cas, scores, length, t: pseudo_labels(cas, scores, length=length, temperature=t, **OPTIONS)
+)
+
+
 def test_under_jit_with_a_traced_temperature(videos, labels):
-    step = jax.jit(lambda cas, scores, length, t: pseudo_labels(cas, scores, length=length, temperature=t, **OPTIONS))
-    jitted = step(jnp.asarray(videos.cas), jnp.asarray(videos.video_scores), jnp.asarray(videos.length), jnp.float32(0.02))
+    jitted = traced_step(
+        jnp.asarray(videos.cas), jnp.asarray(videos.video_scores), jnp.asarray(videos.length), jnp.float32(0.02)
+    )
     np.testing.assert_array_equal(np.asarray(jitted.result), labels.result)
     np.testing.assert_allclose(np.asarray(jitted.labels), labels.labels, atol=1e-6)
 
@@ -101,6 +108,39 @@ def test_max_classes_keeps_the_best_scores_and_flags_the_rest(videos):
     assert not np.moveaxis(np.asarray(out.labels), 2, 1)[~np.asarray(out.selected)].any()  # unselected: no labels
 
 
+def test_nonfinite_cas_or_score_gives_its_code_per_pair_and_leaks_nowhere(videos, labels):
+    """NaN/inf inside a video: that (video, class) is NONFINITE_INPUT with zero labels, selected or not; every other
+    pair is exactly what it is when that pair is skipped (its score below the class threshold); padding is ignored."""
+    cas, scores, length = videos.cas.copy(), videos.video_scores.copy(), videos.length
+    solved = np.argwhere(labels.selected & (labels.result == LPResultCode.SUCCESSFUL))
+    unselected = np.argwhere(~labels.selected)
+    assert len(solved) >= 2 and len(unselected) >= 1
+    (v0, c0), (v1, c1), (v2, c2) = solved[0], solved[-1], unselected[0]
+    assert v0 != v1
+    cas[v0, 3, c0] = np.nan  # a solved pair
+    cas[v2, length[v2] - 1, c2] = -np.inf  # a pair below the class threshold: its labels were 0 anyway
+    scores[v1, c1] = np.inf  # a non-finite video score
+    padded = int(np.argmin(length))
+    cas[padded, length[padded]:, :] = np.nan  # padding: ignored
+    assert length[padded] < cas.shape[1]
+    skipped = videos.video_scores.copy()
+    skipped[v0, c0] = skipped[v1, c1] = 0.0
+    expected = pseudo_labels(videos.cas, skipped, length=length, temperature=0.02, **OPTIONS)
+    expected_result = expected.result.copy()
+    for v, c in ((v0, c0), (v1, c1), (v2, c2)):
+        expected_result[v, c] = LPResultCode.NONFINITE_INPUT
+    eager = pseudo_labels(cas, scores, length=length, temperature=0.02, **OPTIONS)
+    jitted = traced_step(jnp.asarray(cas), jnp.asarray(scores), jnp.asarray(length), jnp.float32(0.02))
+    for out in (eager, jax.tree.map(np.asarray, jitted)):
+        np.testing.assert_array_equal(out.result, expected_result)
+        assert np.isfinite(out.labels).all()
+        np.testing.assert_allclose(out.labels, expected.labels, atol=1e-6)
+        for name in ("selected", "num_segments", "truncated"):
+            np.testing.assert_array_equal(getattr(out, name), getattr(expected, name), err_msg=name)
+    with pytest.raises(RuntimeError, match="NONFINITE_INPUT"):
+        pseudo_labels(cas, scores, length=length, temperature=0.02, throw=True, **OPTIONS)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -120,3 +160,9 @@ def test_bad_shapes_are_rejected_by_name():
         pseudo_labels(np.zeros((2, 8, 3), np.float32), np.zeros((2, 4), np.float32), temperature=0.02)
     with pytest.raises(ValueError, match="cas"):
         pseudo_labels(np.zeros((8, 3), np.float32), np.zeros((2, 3), np.float32), temperature=0.02)
+
+
+def test_classes_and_snippets_swapped_blames_cas_and_names_the_layout():
+    # [V, C, L] instead of [V, L, C]: the video scores' 3 classes match axis 1 of `cas`, not axis 2.
+    with pytest.raises(ValueError, match=r"^`cas` must have layout \[V, L, C\].*got shape \(2, 3, 8\).*axis 1"):
+        pseudo_labels(np.zeros((2, 3, 8), np.float32), np.zeros((2, 3), np.float32), temperature=0.02)

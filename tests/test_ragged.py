@@ -7,7 +7,8 @@ import pytest
 from conftest import fuse_in_shared_shape, tolerance
 
 import jaxfuse
-from jaxfuse._ragged_segments import SEGMENT_TEMPLATES, padded_groups, padded_members
+from jaxfuse._fusion.flat_closed_forms import padded_groups, padded_members
+from jaxfuse._fusion.templates import SEGMENT_SUM_TEMPLATES, TEMPLATE_NAMES
 
 
 def test_pack_then_fuse_equals_fusing_each_group_alone():
@@ -81,7 +82,6 @@ def test_empty_input_packs_to_empty_padding():
 
 # ------------------------------------------------------------------ size-bucketed path (pack_ragged, fuse_ragged)
 
-TEMPLATES = ["gaussian", "uniform", "exponential", "laplace", "student_t"]
 # Groups of 1-16 members go to capacities 8 ([64, 8, 2]) and 16 ([32, 16, 2], the suite's shared shape): two
 # programs per template and dtype, the second shared with tests/test_fuse.py.
 SMALL_BUCKETS = dict(min_members=8, min_slots=512, merge_slots=0)
@@ -101,7 +101,7 @@ def shuffled_labels(rng, sizes):
     return rng.permutation(np.repeat(labels, sizes))
 
 
-@pytest.mark.parametrize("template", TEMPLATES)
+@pytest.mark.parametrize("template", TEMPLATE_NAMES)
 def test_fuse_ragged_equals_fusing_each_group_alone(template, dtype):
     rng = np.random.default_rng(50)
     sizes = np.r_[1, 16, rng.integers(1, 17, size=18)]
@@ -174,7 +174,7 @@ def test_gaussian_matches_a_float64_reduceat_reference_and_keeps_lengths_order()
     np.testing.assert_allclose(fused.probabilities, g, rtol=2e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("template", SEGMENT_TEMPLATES)
+@pytest.mark.parametrize("template", SEGMENT_SUM_TEMPLATES)
 def test_permuting_members_and_groups_changes_nothing(template):
     rng = np.random.default_rng(52)
     sizes = rng.integers(1, 17, size=25)
@@ -389,6 +389,40 @@ def test_group_order_is_numpys_stable_argsort_for_every_id_dtype_and_span(dtype,
     np.testing.assert_array_equal(by_group, values[expected])
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int32, np.uint64, np.int64])
+def test_unsorted_ids_at_both_limits_of_their_dtype_equal_their_ranks(dtype):
+    # The ten lowest and ten highest ids of the dtype, shuffled: every entry point must give what the ids' ranks
+    # (0 .. 19, in the same order) give, with the caller's ids (and dtype) back. uint8 used to overflow the sort key.
+    rng = np.random.default_rng(50)
+    sizes = np.r_[1, 16, rng.integers(1, 17, size=18)]  # the groups of test_fuse_ragged_equals_fusing_each_group_alone
+    values, weights = ragged_members(rng, sizes)
+    info = np.iinfo(dtype)
+    distinct = np.array([info.min + i for i in range(10)] + [info.max - i for i in range(10)], dtype=object)
+    order = rng.permutation(20)
+    member_group = rng.permutation(np.repeat(np.arange(20), sizes))
+    ids = distinct.astype(dtype)[order][member_group]
+    ranks = np.argsort(np.argsort(distinct))[order][member_group]  # distinct is not sorted for signed dtypes
+    assert ids.dtype == dtype and not (np.diff(ranks) >= 0).all()
+    expected_ids = np.unique(ids)
+    for template in ("gaussian", "laplace"):
+        fused = jaxfuse.fuse_ragged(values, weights, ids, template=template, temperature=0.3, **SMALL_BUCKETS)
+        by_rank = jaxfuse.fuse_ragged(values, weights, ranks, template=template, temperature=0.3, **SMALL_BUCKETS)
+        assert fused.group_ids.dtype == dtype
+        np.testing.assert_array_equal(fused.group_ids, expected_ids)
+        for ours, theirs in zip((fused.location, fused.result, fused.probabilities),
+                                (by_rank.location, by_rank.result, by_rank.probabilities)):
+            np.testing.assert_array_equal(ours, theirs)
+    packed, packed_by_rank = (jaxfuse.pack_groups(values, weights, x) for x in (ids, ranks))
+    np.testing.assert_array_equal(packed.group_ids, expected_ids)
+    np.testing.assert_array_equal(packed.values, packed_by_rank.values)
+    np.testing.assert_array_equal(packed.mask, packed_by_rank.mask)
+    buckets, buckets_by_rank = (jaxfuse.pack_ragged(values, weights, x, **SMALL_BUCKETS) for x in (ids, ranks))
+    np.testing.assert_array_equal(buckets.group_ids, expected_ids)
+    for ours, theirs in zip(buckets.batches, buckets_by_rank.batches):
+        np.testing.assert_array_equal(ours.values, theirs.values)
+        np.testing.assert_array_equal(ours.mask, theirs.mask)
+
+
 # ------------------------------------------------------------------ segment form (gaussian, uniform, exponential)
 
 
@@ -455,7 +489,7 @@ _CODE_GROUPS = [
 
 
 @pytest.mark.parametrize("temperature", [0.3, 1e-30])
-@pytest.mark.parametrize("template", SEGMENT_TEMPLATES)
+@pytest.mark.parametrize("template", SEGMENT_SUM_TEMPLATES)
 def test_segment_form_result_codes_and_outputs_equal_fuse_groups(template, temperature):
     sizes = np.array([len(v) for v, _ in _CODE_GROUPS])
     values = np.concatenate([np.reshape(v, (-1, 2)) for v, _ in _CODE_GROUPS]).astype(np.float32)
@@ -483,16 +517,16 @@ def test_segment_form_result_codes_and_outputs_equal_fuse_groups(template, tempe
 
 def test_segment_form_reports_a_bad_traced_temperature_on_every_group():
     # fuse_ragged rejects a bad concrete temperature; the program itself (traced T) answers INVALID_OPTION.
-    from jaxfuse._ragged import _layout
-    from jaxfuse._ragged_segments import host_inputs, segment_fusion
+    from jaxfuse._fusion.packing import member_layout
+    from jaxfuse._fusion.flat_closed_forms import host_inputs, fuse_flat_members
 
     rng = np.random.default_rng(63)
     sizes = np.array([3, 1, 4])
     values, weights = ragged_members(rng, sizes)
-    inputs = host_inputs(values, weights, _layout(sizes.sum(), None, sizes), np.float32)
+    inputs = host_inputs(values, weights, member_layout(sizes.sum(), None, sizes), np.float32)
     for temperature in (np.nan, -0.2, 0.0, np.inf):
-        fused = segment_fusion(*inputs, np.float32(temperature), template="gaussian")
+        fused = fuse_flat_members(*inputs, np.float32(temperature), template="gaussian")
         assert (np.asarray(fused.result)[:3] == jaxfuse.ResultCode.INVALID_OPTION).all()
         assert not np.asarray(fused.location).any() and not np.asarray(fused.probabilities).any()
-    good = segment_fusion(*inputs, np.float32(0.2), template="gaussian")
+    good = fuse_flat_members(*inputs, np.float32(0.2), template="gaussian")
     assert (np.asarray(good.result)[:3] == jaxfuse.ResultCode.SUCCESSFUL).all()

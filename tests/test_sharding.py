@@ -17,8 +17,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxfuse._proposals import fuse_proposals
-from jaxfuse._sharding import ITEMS_AXIS, fuse_proposals_sharded, item_mesh
+from jaxfuse._proposals.fuse_proposals import fuse_proposals
+from jaxfuse._proposals.sharding import ITEMS_AXIS, fuse_proposals_sharded, item_mesh
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,9 +30,9 @@ FOUR_DEVICE_SCRIPT = textwrap.dedent(
     import numpy as np
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from jaxfuse._detection_file import fuse_detections_json
-    from jaxfuse._proposals import fuse_proposals
-    from jaxfuse._sharding import fuse_proposals_sharded
+    from jaxfuse._proposals.detection_file import fuse_detections_json
+    from jaxfuse._proposals.fuse_proposals import fuse_proposals
+    from jaxfuse._proposals.sharding import fuse_proposals_sharded
 
     report = {"devices": len(jax.devices())}
     # Each device compiles its own copy of every program, so the whole script uses one
@@ -109,7 +109,7 @@ def test_four_virtual_devices_give_identical_sharded_results():
     assert report["shardings"] == [f"NamedSharding{jax.sharding.PartitionSpec(ITEMS_AXIS)}"]
     assert report["devices_per_leaf"] == [4] and report["shard_devices"] == 4 and report["shard_rows"] == [1]
     assert report["numpy_type"] == "ndarray" and report["dtype"] == "float64"
-    from jaxfuse._detection_file import fuse_detections_json
+    from jaxfuse._proposals.detection_file import fuse_detections_json
 
     assert report["file"] == fuse_detections_json(SMALL_RESULTS, temperature=0.5, weight_field="weight")
 

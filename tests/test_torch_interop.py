@@ -16,8 +16,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import jaxfuse  # noqa: E402
-from jaxfuse._interop import ArrayKind, from_jax, to_jax  # noqa: E402
-from jaxfuse._sharding import fuse_proposals_sharded  # noqa: E402
+from jaxfuse._core.interop import ArrayKind, from_jax, to_jax  # noqa: E402
+from jaxfuse._proposals.sharding import fuse_proposals_sharded  # noqa: E402
 
 GROUPS, MEMBERS, ITEMS, PROPOSALS = 8, 6, 3, 16
 

@@ -1,4 +1,4 @@
-"""Lower weighted quantiles (``jaxfuse._templates.weighted_quantiles``) against a plain numpy definition.
+"""Lower weighted quantiles (``jaxfuse._fusion.closed_forms.weighted_quantiles``) against a plain numpy definition.
 
 Weights are multiples of 1/64, so every cumulative weight is exact in float32 and
 the reference and the kernel must pick the same member, ties and zero weights
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from jaxfuse._templates import SNAPPED_BISECTION_LIMIT, laplace_fit, weighted_quantiles
+from jaxfuse._fusion.closed_forms import SNAPPED_BISECTION_LIMIT, laplace_fit, weighted_quantiles
 
 COORDINATES = 2
 SHAPES = [(6, 7), (2, 80)]  # (groups, members) on both sides of SNAPPED_BISECTION_LIMIT

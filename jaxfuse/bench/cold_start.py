@@ -185,7 +185,7 @@ def _detection_file_loop(input_path: str, output_path: str) -> None:
 
 
 def _fuse_cli_workload(sizes: Sizes, input_path: str, output_path: str) -> Workload:
-    from jaxfuse._detection_file import fuse_detection_file
+    from jaxfuse._proposals.detection_file import fuse_detection_file
 
     def call():
         return fuse_detection_file(input_path, output_path, temperature=TEMPERATURE, progress=False)
@@ -233,7 +233,7 @@ def child_main(import_seconds: float, options: dict) -> None:
         start = time.perf_counter()
         _block(workload.call())
         out["first_seconds"] = time.perf_counter() - start
-        from jaxfuse._executable_cache import store_counts
+        from jaxfuse._runtime.executable_store import store_counts
 
         # Programs read from disk: JAX's cache hits and whole executables from jaxfuse's store.
         out["cache_hits"] = len(hits) + store_counts()[0]
@@ -275,9 +275,9 @@ def run_child(options: dict, cache: Path, timeout: float = 900) -> dict:
 
 
 def run_cli(arguments: Sequence[str], cache: Path, timeout: float = 900) -> float:
-    """Wall seconds of ``python -m jaxfuse._cli ARGUMENTS`` in a fresh interpreter."""
+    """Wall seconds of ``python -m jaxfuse.cli.main ARGUMENTS`` in a fresh interpreter."""
     start = time.perf_counter()
-    completed = subprocess.run([sys.executable, "-m", "jaxfuse._cli", *arguments], capture_output=True, text=True,
+    completed = subprocess.run([sys.executable, "-m", "jaxfuse.cli.main", *arguments], capture_output=True, text=True,
                                env=_environment(cache), timeout=timeout)
     if completed.returncode != 0:
         raise RuntimeError(f"jaxfuse {' '.join(arguments)} failed:\n{completed.stderr[-3000:]}")

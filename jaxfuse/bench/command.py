@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 import jax
 
-from jaxfuse._compilation_cache import persistent_cache_disabled
+from jaxfuse._runtime.compilation_cache import persistent_cache_disabled
 from jaxfuse.bench.cold_start import measure_cold_start
 from jaxfuse.bench.compilation import measure_compile
 from jaxfuse.bench.floors import measure_floors

@@ -26,9 +26,9 @@ def _cas_items(proposals, videos: int, classes: int) -> list[tuple[np.ndarray, n
 
 def _jaxfuse_pipeline(cas: ThumosLikeCas):
     """CAS (numpy) -> proposals_from_cas -> pack_proposals -> fuse_proposals -> per-item fused detections."""
-    from jaxfuse._cas import proposals_from_cas
-    from jaxfuse._proposal_lists import pack_proposals, unpack_proposals
-    from jaxfuse._proposals import fuse_proposals
+    from jaxfuse._detection.cas_proposals import proposals_from_cas
+    from jaxfuse._proposals.proposal_lists import pack_proposals, unpack_proposals
+    from jaxfuse._proposals.fuse_proposals import fuse_proposals
 
     proposals = proposals_from_cas(cas.cas, CAS_THRESHOLDS, classes_last=True, length=cas.length)
     items = _cas_items(proposals, cas.cas.shape[0], cas.cas.shape[2])
@@ -44,7 +44,7 @@ def _loop_pipeline(cas: ThumosLikeCas) -> list[np.ndarray]:
 
 
 def _detections(fused_items, classes: int):
-    from jaxfuse._evaluate import Detections
+    from jaxfuse._evaluation.evaluate import Detections
 
     video = np.concatenate([np.full(item.count, i // classes) for i, item in enumerate(fused_items)])
     label = np.concatenate([np.full(item.count, i % classes) for i, item in enumerate(fused_items)])
@@ -55,10 +55,10 @@ def _detections(fused_items, classes: int):
 
 def measure_pipeline(sizes: Sizes) -> Section:
     """End to end: CAS -> proposals -> grouped and fused detections, against the published loops; then mAP."""
-    from jaxfuse._cas import proposals_from_cas
-    from jaxfuse._evaluate import GroundTruth, evaluate_detections
-    from jaxfuse._proposal_lists import pack_proposals
-    from jaxfuse._proposals import fuse_proposals
+    from jaxfuse._detection.cas_proposals import proposals_from_cas
+    from jaxfuse._evaluation.evaluate import GroundTruth, evaluate_detections
+    from jaxfuse._proposals.proposal_lists import pack_proposals
+    from jaxfuse._proposals.fuse_proposals import fuse_proposals
 
     cas = thumos_like_cas(sizes.cas_videos)
     videos, _, classes = cas.cas.shape

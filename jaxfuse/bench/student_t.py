@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 import jaxfuse
-from jaxfuse._result import ResultCode
+from jaxfuse._core.result_codes import ResultCode
 from jaxfuse.bench.baselines import ScipyStudentT, scipy_student_t_loop
 from jaxfuse.bench.data import closed_form_groups
 from jaxfuse.bench.section import Section, format_ratio, format_seconds

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 import jaxfuse
-from jaxfuse._result import ResultCode
+from jaxfuse._core.result_codes import ResultCode
 from jaxfuse.bench.baselines import float32_einsum_gaussian, numpy_closed_form
 from jaxfuse.bench.data import closed_form_groups
 from jaxfuse.bench.machine import closed_form_footprint

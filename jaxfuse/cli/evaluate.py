@@ -5,7 +5,7 @@
 
 The numbers are :func:`jaxfuse.evaluate_json`'s: ActivityNet's reference protocol
 (``compute_average_precision_detection``), ties resolved as documented in
-``jaxfuse._evaluate``. The dataset presets:
+``jaxfuse._evaluation.evaluate``. The dataset presets:
 
 - ``thumos14`` (default): tIoU 0.1:0.1:0.7; ground truth labelled ``Ambiguous`` is not
   a class (``--ambiguous ignore``), as THUMOS14 evaluators treat it; all subsets.
@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxfuse._evaluate import ACTIVITYNET_THRESHOLDS, THUMOS14_THRESHOLDS, DetectionMAP
-from jaxfuse._evaluate_json import ActivityNetData, ArgumentNames, evaluate_data, read_activitynet
+from jaxfuse._evaluation.activitynet_json import ActivityNetData, ArgumentNames, evaluate_data, read_activitynet
+from jaxfuse._evaluation.evaluate import ACTIVITYNET_THRESHOLDS, THUMOS14_THRESHOLDS, DetectionMAP
 from jaxfuse.formats.output import STDOUT, OutputError, plan_output, write_output
 
 PROG = "jaxfuse evaluate"
@@ -214,10 +214,13 @@ def _require_ground_truth(data: ActivityNetData, args: argparse.Namespace, subse
         return
     chosen = f" of --subset {subset!r}" if subset is not None else ""
     ignored = (
-        f"; {data.ignored_annotations:,} {AMBIGUOUS_LABEL!r} annotations are not a class (--ambiguous class counts them)"
-        if data.ignored_annotations else ""
+        f"; {data.ignored_annotations:,} {AMBIGUOUS_LABEL!r} annotations are not a class "
+        "(--ambiguous class counts them)"
+        if data.ignored_annotations
+        else ""
     )
-    raise _UsageError(f"{NAMES.ground_truth} ({args.ground_truth}): no annotations{chosen} to evaluate against{ignored}")
+    where = f"{NAMES.ground_truth} ({args.ground_truth})"
+    raise _UsageError(f"{where}: no annotations{chosen} to evaluate against{ignored}")
 
 
 def evaluate_files(args: argparse.Namespace) -> tuple[str, list[str], dict | None]:

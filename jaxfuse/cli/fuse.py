@@ -14,10 +14,10 @@ import math
 import signal
 import sys
 
-from jaxfuse._detection_file import DetectionFileError, fuse_detection_file
-from jaxfuse._grouping import OVERLAP_MEASURES
-from jaxfuse._presets import PRESETS
-from jaxfuse._proposals import METHODS
+from jaxfuse._proposals.detection_file import DetectionFileError, fuse_detection_file
+from jaxfuse._proposals.grouping import OVERLAP_MEASURES
+from jaxfuse._core.settings import PRESETS
+from jaxfuse._proposals.fuse_proposals import METHODS
 from jaxfuse.formats.output import STDOUT, OutputError
 
 PROG = "jaxfuse fuse"
@@ -91,7 +91,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--overlap", choices=OVERLAP_MEASURES, default=None,
-        help=f"grouping overlap: intersection / candidate length (published) or IoU (default {default.overlap})",
+        help="grouping overlap: intersection / candidate length (published) or IoU "
+        "(default: iou for nms / soft_nms, else candidate; --preset published: candidate)",
     )
     parser.add_argument(
         "--threshold", type=_fraction, default=None,
@@ -242,7 +243,7 @@ def _error(text: str) -> int:
 
 
 def _os_error(error: OSError, input_path: str) -> str:
-    """One line naming the file: output errors are ``OutputError``; any other ``OSError`` came from reading the input."""
+    """One line naming the file: an ``OutputError`` is the output's; any other ``OSError`` came from the input."""
     if isinstance(error, OutputError):
         verb, path, stream = "cannot write", error.filename, "standard output"
     else:

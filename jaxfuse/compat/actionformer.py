@@ -17,7 +17,7 @@ Per video, ActionFormer's rule is:
 2. Soft-NMS (Gaussian decay ``exp(-iou**2 / sigma)``, drop below ``min_score``;
    ``iou_threshold`` unused) or hard NMS (keep ``score > min_score``, suppress
    ``iou >= iou_threshold``), with ActionFormer's IoU (lengths ``+ 1e-6``);
-   see :mod:`jaxfuse._actionformer_nms` for the exact tie rules;
+   see :mod:`jaxfuse._proposals.actionformer_nms` for the exact tie rules;
 3. class-agnostic with ``voting_thresh > 0``: segment voting over all the
    video's detections;
 4. the classes' lists concatenated in ascending class order, sorted by score
@@ -53,9 +53,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfuse._actionformer_nms import select
-from jaxfuse._ragged import bucket_size
-from jaxfuse._validation import choice, positive_scalar
+from jaxfuse._core.interop import is_torch_tensor, to_host
+from jaxfuse._proposals.actionformer_nms import select
+from jaxfuse._core.padding import bucket_size
+from jaxfuse._core.validation import choice, positive_scalar
 
 METHODS = ("soft_nms", "nms", "gaussian")
 DEFAULT_TEMPERATURE = 0.2  # the published evaluation temperature
@@ -79,17 +80,10 @@ class NMSResult(NamedTuple):
 # ------------------------------------------------------------------ checks
 
 
-def _is_torch(x: Any) -> bool:
-    return type(x).__module__.startswith("torch")
-
-
 def _host(x: Any) -> np.ndarray:
-    if _is_torch(x):
-        x = x.detach()
-        if x.dtype.is_floating_point and x.dtype.itemsize < 4:
-            x = x.float()  # numpy has no bfloat16
-        return x.cpu().numpy()
-    return np.asarray(x)
+    """On the host; half-precision floats widened to float32, as ActionFormer's C++ computes in float."""
+    x = to_host(x)
+    return x.astype(np.float32) if x.dtype == np.float16 else x
 
 
 def _video_arrays(segs, scores, cls_idxs, where: str = ""):
@@ -255,7 +249,7 @@ def _run_select(arrays, options, keep, voting):
 
 def _fuse_bucket(segments, scores, valid, options, keep):
     """GauFuse on one bucket: group (IoU > iou_threshold, continuous lengths), fuse, best ``keep`` per row."""
-    from jaxfuse._proposals import fuse_proposals
+    from jaxfuse._proposals.fuse_proposals import fuse_proposals
 
     eligible = valid & (scores > options["min_score"]) if options["min_score"] > 0 else valid
     fused = fuse_proposals(
@@ -276,7 +270,7 @@ def _fuse_bucket(segments, scores, valid, options, keep):
 
 def _outputs(member, kept_scores, kept_segments, segs, scores, cls_idxs, method, voting):
     """Detections of one video (``member [n]`` global indices) in the caller's array kind, dtype and device."""
-    if _is_torch(segs):
+    if is_torch_tensor(segs):
         import torch
 
         index = torch.from_numpy(member).to(segs.device)
@@ -300,7 +294,7 @@ def _outputs(member, kept_scores, kept_segments, segs, scores, cls_idxs, method,
 
 
 def _empty(segs, scores, cls_idxs):
-    if _is_torch(segs):
+    if is_torch_tensor(segs):
         return NMSResult(segs.new_zeros((0, 2)), scores.new_zeros((0,)), cls_idxs.new_zeros((0,)))
     return NMSResult(
         np.zeros((0, 2), _host(segs).dtype), np.zeros((0,), _host(scores).dtype), np.zeros((0,), _host(cls_idxs).dtype)
@@ -398,13 +392,13 @@ def batched_nms(
     item_ids = item_ids.reshape(-1)
     voting = not multiclass and options["voting_thresh"] > 0 and options["method"] != "gaussian"
     priority = None
-    if options["method"] == "nms" and _is_torch(scores):
+    if options["method"] == "nms" and is_torch_tensor(scores):
         priority = _torch_sort_priority(scores, score_values, item_ids, options["min_score"])
     chosen = _select_items(segments, score_values, item_ids, int(item_ids.max()) + 1, options, voting, priority)
     # ActionFormer's last step, with its own call so that equal scores come out in its order.
     kept = np.arange(chosen.member.shape[1])[None, :] < chosen.count[:, None]
     member, kept_scores, kept_segments = chosen.member[kept], chosen.scores[kept], chosen.segments[kept]
-    if _is_torch(scores):
+    if is_torch_tensor(scores):
         import torch
 
         ranking_scores = torch.from_numpy(kept_scores).to(scores.dtype)
@@ -417,6 +411,23 @@ def batched_nms(
     return _outputs(
         member[order], kept_scores[order], kept_segments[order], segs, scores, cls_idxs, options["method"], voting
     )
+
+
+def _class_items(videos, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One item per (video, class), by video then ascending class: ``(item of each detection, video of each item)``.
+
+    Each video's classes are ranked by ``np.unique`` in their own dtype, never
+    combined by arithmetic: a key such as ``video * span + class`` overflows
+    for ids near the int64 limits, and uint64 ids above them (or two videos'
+    dtypes mixed in one array) do not fit one signed type.
+    """
+    ranks, counts = [], np.zeros(len(videos), np.int64)
+    for video, (_, _, labels) in enumerate(videos):
+        distinct, rank = np.unique(labels, return_inverse=True)
+        ranks.append(rank.reshape(-1).astype(np.int64))
+        counts[video] = distinct.size
+    first_item = np.cumsum(counts) - counts
+    return np.concatenate(ranks) + np.repeat(first_item, sizes), np.repeat(np.arange(len(videos)), counts)
 
 
 @functools.partial(jax.jit, static_argnames=("keep",))
@@ -482,15 +493,10 @@ def batched_nms_videos(
         return [_empty(*arrays) for arrays in zip(segs, scores, cls_idxs)]
     segments = np.concatenate([s for s, _, _ in videos])
     score_values = np.concatenate([q for _, q, _ in videos])
-    labels = np.concatenate([c.astype(np.int64) for _, _, c in videos])
-    video_of = np.repeat(np.arange(len(videos)), sizes)
     if multiclass:
-        # One integer key per (video, class), ordered by video then class.
-        lowest = labels.min()
-        keys, item_ids = np.unique(video_of * (labels.max() - lowest + 1) + (labels - lowest), return_inverse=True)
-        item_video = keys // (labels.max() - lowest + 1)
+        item_ids, item_video = _class_items(videos, sizes)
     else:
-        item_video, item_ids = np.unique(video_of, return_inverse=True)
+        item_video, item_ids = np.unique(np.repeat(np.arange(len(videos)), sizes), return_inverse=True)
     item_ids = item_ids.reshape(-1)
     voting = not multiclass and options["voting_thresh"] > 0 and options["method"] != "gaussian"
     chosen = _select_items(segments, score_values, item_ids, item_video.size, options, voting)

@@ -1,4 +1,4 @@
-"""Why bytes that should be ActivityNet JSON do not parse, in words: a byte-order mark, UTF-16 or UTF-32, compression, NaN or Infinity.
+"""Why bytes that should be ActivityNet JSON do not parse: a byte-order mark, UTF-16/32, compression, NaN or Infinity.
 
 The parser says "invalid character (byte 0)" for all of the first four, and
 points at the token for the last; these functions name each case and its
@@ -85,7 +85,10 @@ def encoding_problem(raw: bytes) -> str | None:
     wide = _wide_text(raw[:4])
     if wide is not None:
         name, source = wide
-        return f"is {name} text (zero bytes between its characters); JSON files must be UTF-8: convert it, e.g. iconv -f {source} -t UTF-8 FILE"
+        return (
+            f"is {name} text (zero bytes between its characters); JSON files must be UTF-8: convert it, "
+            f"e.g. iconv -f {source} -t UTF-8 FILE"
+        )
     for magic, name, command in _COMPRESSED:
         if raw.startswith(magic):
             return f"is {name}-compressed (starts with {_hex(magic)}); decompress it first ({command})"

@@ -1,4 +1,4 @@
-"""Writing an output file without harming what is there: checked before the work, atomic where it can be, never through another user's link.
+"""Writing an output file without harming what is there: checked first, atomic where it can be, not via others' links.
 
 What happens at the output path, by what is there:
 
@@ -170,7 +170,8 @@ def _write_existing(resolved: ResolvedOutput, data: bytes, path: str) -> None:
         descriptor = os.open(resolved.name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=resolved.directory)
     except OSError as error:
         if error.errno == errno.ELOOP:
-            raise _error(errno.ELOOP, path, f"{resolved.shown} became a symlink after it was checked; not followed") from None
+            why = f"{resolved.shown} became a symlink after it was checked; not followed"
+            raise _error(errno.ELOOP, path, why) from None
         raise
     try:
         opened = os.fstat(descriptor)
@@ -217,4 +218,3 @@ def write_stdout(data: bytes) -> None:
             errno.EBADF: "standard output is closed",
         }.get(error.errno, error.strerror)
         raise _error(error.errno or errno.EIO, STDOUT, why) from None
-

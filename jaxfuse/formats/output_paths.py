@@ -1,4 +1,4 @@
-"""Resolving an output path one component at a time, following a symlink only where the kernel's protected-symlinks rule would.
+"""Resolving an output path step by step, following a symlink only where the kernel's protected-symlinks rule would.
 
 Why not ``os.path.realpath`` and write the result: realpath follows every
 link, including one another user planted in ``/tmp``; the kernel's
@@ -38,9 +38,9 @@ MAX_SYMLINKS = 40
 
 _STICKY_WORLD_WRITABLE = stat.S_ISVTX | stat.S_IWOTH
 # O_PATH: a directory is entered with search permission alone, as the kernel's walk does.
-_DIRECTORY_FLAGS = (
-    getattr(os, "O_PATH", os.O_RDONLY) | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
-)
+_DIRECTORY_FLAGS = getattr(os, "O_PATH", os.O_RDONLY)
+for _flag in ("O_DIRECTORY", "O_CLOEXEC", "O_NOFOLLOW"):
+    _DIRECTORY_FLAGS |= getattr(os, _flag, 0)
 
 
 class ResolvedOutput(NamedTuple):
@@ -81,7 +81,8 @@ def check_not_shared(resolved: ResolvedOutput, path: str) -> None:
     """
     if resolved.status is not None and _shared_by_others(resolved.directory_status, resolved.status.st_uid):
         raise _error(
-            errno.EACCES, path,
+            errno.EACCES,
+            path,
             f"refusing to write {resolved.shown}: it belongs to uid {resolved.status.st_uid}, neither you nor the "
             "owner of its sticky world-writable directory (the kernel's protected_regular rule)",
         )
@@ -125,14 +126,16 @@ class _Walk:
         self._move(descriptor, shown)
 
     def parent(self) -> None:
-        self._move(os.open("..", _DIRECTORY_FLAGS, dir_fd=self.directory), os.path.normpath(os.path.join(self.shown, "..")))
+        parent = os.open("..", _DIRECTORY_FLAGS, dir_fd=self.directory)
+        self._move(parent, os.path.normpath(os.path.join(self.shown, "..")))
 
     def follow(self, part: str, status: os.stat_result) -> list[str]:
         """The components of the link ``part``, after the protected-symlinks check."""
         shown = os.path.join(self.shown, part)
         if _shared_by_others(os.fstat(self.directory), status.st_uid):
             raise _error(
-                errno.EACCES, self.path,
+                errno.EACCES,
+                self.path,
                 f"refusing to follow the symlink {shown}: it belongs to uid {status.st_uid}, neither you nor the owner "
                 "of its sticky world-writable directory (the kernel's protected_symlinks rule)",
             )

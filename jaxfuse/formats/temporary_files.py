@@ -48,7 +48,7 @@ def write_all(descriptor: int, data: bytes) -> None:
     """``os.write`` until every byte is written (a pipe or a signal can cut a write short)."""
     view = memoryview(data)
     while view:
-        view = view[os.write(descriptor, view):]
+        view = view[os.write(descriptor, view) :]
 
 
 @contextlib.contextmanager
@@ -82,7 +82,7 @@ def temporary_pattern(name: str) -> re.Pattern:
 
 
 def remove_stale_temporaries(directory: int, name: str, *, now: float | None = None) -> list[str]:
-    """Remove the stale temporary files of the output ``name`` in ``directory`` (a descriptor); see the module docstring.
+    """Remove the stale temporary files of the output ``name`` in ``directory`` (a descriptor); see the module doc.
 
     Returns:
         The names removed. A directory that cannot be listed is left alone.

@@ -27,12 +27,14 @@ from typing import NamedTuple, Sequence
 import jax
 import numpy as np
 
-from jaxfuse._detect import PUBLISHED_CLASS_THRESHOLD, detect
-from jaxfuse._evaluate import THUMOS14_THRESHOLDS, evaluate_detections
+from jaxfuse._core.settings import PUBLISHED_CLASS_THRESHOLD
+from jaxfuse._detection.detect import detect
+from jaxfuse._evaluation.evaluate import THUMOS14_THRESHOLDS, evaluate_detections
+from jaxfuse._fusion.templates import TEMPLATE_NAMES
 from jaxfuse.formats.output import OutputError, write_output
 from jaxfuse.tools.videos import SyntheticVideos, VideoParameters, synthetic_videos
 
-TEMPLATES = ("gaussian", "uniform", "exponential", "laplace", "student_t")
+TEMPLATES = TEMPLATE_NAMES
 BASELINES = ("nms", "soft_nms")
 DEFAULT_TEMPERATURES = (0.05, 0.2, 1.0)
 DEFAULT_OUTPUT_DIR = os.path.join("benchmarks", "results")

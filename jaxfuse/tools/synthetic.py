@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxfuse._ragged import bucket_size
+from jaxfuse._core.padding import bucket_size
 
 
 class SyntheticGroups(NamedTuple):

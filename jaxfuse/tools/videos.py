@@ -48,7 +48,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxfuse._evaluate import GroundTruth
+from jaxfuse._evaluation.evaluate import GroundTruth
 
 
 class VideoParameters(NamedTuple):

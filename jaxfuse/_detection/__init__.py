@@ -1,0 +1,1 @@
+"""Class activation sequences to proposals and fused detections."""

@@ -1,0 +1,1 @@
+"""Detection mAP under the ActivityNet protocol, and its JSON front end."""

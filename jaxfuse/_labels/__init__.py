@@ -1,0 +1,1 @@
+"""Training-time pseudo labels: fused segments to snippet labels through the published LP."""

@@ -1,0 +1,1 @@
+"""Process and machine state: the persistent compilation cache and the store of whole executables."""
