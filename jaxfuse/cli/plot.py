@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     for note in notes:
         print(f"{PROG}: {note}", file=sys.stderr)
-    figure = draw_panels(panels, title=f"video {args.video}", width=args.width, dpi=args.dpi)
+    figure = draw_panels(panels, title=args.video, width=args.width, dpi=args.dpi)
     try:
         data = png_bytes(figure)
     finally:

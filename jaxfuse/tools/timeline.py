@@ -109,10 +109,11 @@ def time_range(panels: Sequence[Panel]) -> tuple[float, float]:
 
 
 def _score_range(panel: Panel) -> tuple[float, float]:
-    scores = np.concatenate([np.asarray(t.scores, np.float64).ravel() for t in panel.tracks] + [np.zeros(0)])
-    low = min(0.0, float(scores.min())) if scores.size else 0.0
-    high = max(1.0, float(scores.max())) if scores.size else 1.0
-    margin = 0.06 * (high - low)
+    """From 0 (or the lowest score) to the highest score: contrast scores of CAS proposals are a few hundredths."""
+    scores = np.concatenate([np.asarray(t.scores, np.float64).ravel() for t in panel.tracks] + [np.zeros(1)])
+    low, high = float(scores.min()), float(scores.max())
+    high = high if high > low else low + 1.0
+    margin = 0.08 * (high - low)
     return low - margin, high + margin
 
 
