@@ -75,7 +75,13 @@ class RaggedBuckets(NamedTuple):
 
 
 def bucket_size(n: int, minimum: int = 1) -> int:
-    """The smallest power of two that is at least ``max(n, minimum)``."""
+    """The smallest power of two that is at least ``max(n, minimum)``.
+
+    Example:
+        >>> import jaxfuse
+        >>> jaxfuse.bucket_size(5), jaxfuse.bucket_size(16), jaxfuse.bucket_size(3, minimum=16)
+        (8, 16, 16)
+    """
     return 1 << (max(int(n), int(minimum), 1) - 1).bit_length()
 
 
@@ -410,7 +416,16 @@ def _host(array) -> np.ndarray:
 
 
 def unpack_members(packed_array, packed: PackedGroups) -> np.ndarray:
-    """Map a per-slot result ``[G, M, ...]`` (e.g. probabilities) back to the flat members ``[N, ...]``."""
+    """Map a per-slot result ``[G, M, ...]`` (e.g. probabilities) back to the flat members ``[N, ...]``.
+
+    Example:
+        >>> import numpy as np, jaxfuse
+        >>> values, weights = np.array([1, 2, 10, 20, 30], np.float32), np.zeros(5, np.float32)
+        >>> packed = jaxfuse.pack_groups(values, weights, lengths=[2, 3])
+        >>> fused = jaxfuse.fuse_gaussian(packed.values, packed.weights, packed.mask)
+        >>> jaxfuse.unpack_members(fused.probabilities, packed).round(3)
+        array([0.5  , 0.5  , 0.333, 0.333, 0.333], dtype=float32)
+    """
     array = _host(packed_array)
     if array.shape[:2] != packed.mask.shape:
         raise ValueError(f"`packed_array` must start with the packed shape {packed.mask.shape}, got {array.shape}")
@@ -420,7 +435,17 @@ def unpack_members(packed_array, packed: PackedGroups) -> np.ndarray:
 
 
 def unpack_groups(group_array, packed: PackedGroups) -> np.ndarray:
-    """The rows of a per-group result ``[G, ...]`` that belong to real groups (``[num_groups, ...]``)."""
+    """The rows of a per-group result ``[G, ...]`` that belong to real groups (``[num_groups, ...]``).
+
+    Example:
+        >>> import numpy as np, jaxfuse
+        >>> values, weights = np.array([1, 2, 10, 20, 30], np.float32), np.zeros(5, np.float32)
+        >>> packed = jaxfuse.pack_groups(values, weights, lengths=[2, 3])
+        >>> fused = jaxfuse.fuse_gaussian(packed.values, packed.weights, packed.mask)
+        >>> fused.location.shape, jaxfuse.unpack_groups(fused.location, packed)
+        ((256, 1), array([[ 1.5],
+               [20. ]], dtype=float32))
+    """
     return _host(group_array)[: packed.num_groups]
 
 
@@ -428,6 +453,15 @@ def unpack_ragged(batch_arrays, packed: RaggedBuckets) -> np.ndarray:
     """Per-batch per-group results (``[rows, ...]`` each, in ``packed.batches`` order) to ``[num_groups, ...]``.
 
     Row ``i`` of the output belongs to group ``packed.group_ids[i]``.
+
+    Example:
+        >>> import numpy as np, jaxfuse
+        >>> packed = jaxfuse.pack_ragged(np.array([1, 2, 10, 20, 30], np.float32), np.zeros(5, np.float32),
+        ...                              group_ids=np.array([4, 4, 9, 9, 9]))
+        >>> fused = [jaxfuse.fuse_gaussian(b.values, b.weights, b.mask) for b in packed.batches]
+        >>> packed.group_ids, jaxfuse.unpack_ragged([f.location for f in fused], packed)
+        (array([4, 9]), array([[ 1.5],
+               [20. ]], dtype=float32))
     """
     arrays = [_host(a) for a in batch_arrays]
     if len(arrays) != len(packed.batches):
@@ -445,7 +479,16 @@ def unpack_ragged(batch_arrays, packed: RaggedBuckets) -> np.ndarray:
 
 
 def unpack_ragged_members(batch_arrays, packed: RaggedBuckets) -> np.ndarray:
-    """Per-batch per-slot results (``[rows, capacity, ...]`` each, e.g. probabilities) to the members ``[N, ...]``."""
+    """Per-batch per-slot results (``[rows, capacity, ...]`` each, e.g. probabilities) to the members ``[N, ...]``.
+
+    Example:
+        >>> import numpy as np, jaxfuse
+        >>> packed = jaxfuse.pack_ragged(np.array([1, 2, 10, 20, 30], np.float32), np.zeros(5, np.float32),
+        ...                              lengths=[2, 3])
+        >>> fused = [jaxfuse.fuse_gaussian(b.values, b.weights, b.mask) for b in packed.batches]
+        >>> jaxfuse.unpack_ragged_members([f.probabilities for f in fused], packed).round(3)
+        array([0.5  , 0.5  , 0.333, 0.333, 0.333], dtype=float32)
+    """
     arrays = [_host(a) for a in batch_arrays]
     if len(arrays) != len(packed.batches) or any(
         a.shape[:2] != b.mask.shape or a.shape[2:] != arrays[0].shape[2:] for a, b in zip(arrays, packed.batches)

@@ -22,8 +22,12 @@ DOCS_API = Path(__file__).resolve().parents[1] / "docs" / "api"
 DIRECTIVE = re.compile(r"^:::\s+(?P<path>[\w.]+)\s*$", re.MULTILINE)
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
-# Examples that compile programs for seconds on a 2-core CPU with an empty cache.
-SLOW = {"jaxfuse.detect", "jaxfuse.pseudo_labels", "jaxfuse.fit_template", "jaxfuse.segments_to_snippets"}
+# Examples that compile for 5 s or more on a loaded 2-core CPU with an empty cache (still run in CI).
+SLOW = {
+    "jaxfuse.detect", "jaxfuse.pseudo_labels", "jaxfuse.fit_template", "jaxfuse.segments_to_snippets",
+    "jaxfuse.fuse_student_t", "jaxfuse.student_t_density", "jaxfuse.compat.actionformer.batched_nms",
+    "jaxfuse.compat.actionformer.batched_nms_videos",
+}
 
 
 def resolve(path: str):

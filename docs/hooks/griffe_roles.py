@@ -6,7 +6,7 @@ Two differences from what griffe's Google parser reads:
   nested block quotes; it is read as ``Examples:``, whose ``>>>`` lines render as code.
 * a list of parameters sharing one description may wrap onto a second line
   (``a, b,`` then ``c: as for ...``); it is joined into one line, which griffe needs.
-* reST roles (see below); ``:math:`...``` is shown as code.
+* reST roles (see below); ``:math:`...``` and a one-line ``.. math::`` are shown as code.
 * a two-column reST simple table (``====  ====`` borders) becomes a list of
   ``first: second`` items, Markdown having no table without a header row.
 
@@ -29,6 +29,7 @@ EXAMPLE_HEADER = re.compile(r"^(?P<indent>[ \t]*)Example:[ \t]*$", re.MULTILINE)
 NAMES = r"[\w*]+(?:, [\w*]+)*"
 WRAPPED_NAMES = re.compile(rf"^(?P<first>[ \t]+{NAMES},)\n[ \t]+(?P<rest>{NAMES}:)", re.MULTILINE)
 MATH = re.compile(r":math:`(?P<formula>[^`]+)`")
+MATH_DIRECTIVE = re.compile(r"^(?P<indent>[ \t]*)\.\. math::[ \t]+(?P<formula>\S.*)$", re.MULTILINE)
 SIMPLE_TABLE = re.compile(
     r"^(?P<indent>[ \t]*)(?P<border>=+ +=+)[ \t]*\n(?P<body>(?:.*\n)*?)(?P=indent)(?P=border)[ \t]*$", re.MULTILINE
 )
@@ -62,6 +63,7 @@ def _table_as_list(match: re.Match) -> str:
 def render_tables_and_math(text: str) -> str:
     """``text`` with two-column reST simple tables as lists and ``:math:`` as code."""
     text = SIMPLE_TABLE.sub(_table_as_list, text)
+    text = MATH_DIRECTIVE.sub(lambda match: f"{match.group('indent')}`{match.group('formula').strip()}`", text)
     return MATH.sub(lambda match: f"`{match.group('formula')}`", text)
 
 
