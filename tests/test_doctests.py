@@ -24,7 +24,7 @@ FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 # Examples that compile for 5 s or more on a loaded 2-core CPU with an empty cache (still run in CI).
 SLOW = {
-    "jaxfuse.detect", "jaxfuse.pseudo_labels", "jaxfuse.fit_template", "jaxfuse.segments_to_snippets",
+    "jaxfuse.detect", "jaxfuse.detect_videos", "jaxfuse.pseudo_labels", "jaxfuse.fit_template", "jaxfuse.segments_to_snippets",
     "jaxfuse.fuse_student_t", "jaxfuse.student_t_density", "jaxfuse.compat.actionformer.batched_nms",
     "jaxfuse.compat.actionformer.batched_nms_videos",
 }
@@ -44,9 +44,14 @@ def resolve(path: str):
     raise ImportError(path)
 
 
+def documented_paths() -> set[str]:
+    """The object paths of every ``::: path`` entry of the API pages."""
+    return {m.group("path") for page in DOCS_API.glob("*.md") for m in DIRECTIVE.finditer(page.read_text())}
+
+
 def documented_doctests() -> list:
-    """``(path, DocTest)`` for every example of every documented function and class, in page order."""
-    paths = sorted({m.group("path") for page in DOCS_API.glob("*.md") for m in DIRECTIVE.finditer(page.read_text())})
+    """``(path, DocTest)`` for every example of every documented function and class, by path."""
+    paths = sorted(documented_paths())
     finder = doctest.DocTestFinder(exclude_empty=True)
     found = []
     for path in paths:
@@ -72,9 +77,19 @@ def compilation_cache_kept():
         jaxfuse.set_compilation_cache(before.directory)
 
 
-def test_the_public_functions_have_examples_to_run():
-    assert {path for path, _ in DOCTESTS} >= {"jaxfuse.fuse_groups", "jaxfuse.fuse_ragged", "jaxfuse.fuse_proposals",
-                                             "jaxfuse.pseudo_labels", "jaxfuse.fuse_detections_json"}
+# Documented functions still without an example (their modules are being reworked elsewhere).
+WITHOUT_EXAMPLES = {
+    "jaxfuse.compilation_cache_status",
+    "jaxfuse.formats.activitynet.read_ground_truth",
+    "jaxfuse.formats.activitynet.encode_results",
+}
+
+
+def test_every_documented_function_has_an_example_to_run():
+    functions = {path for path in documented_paths() if inspect.isfunction(resolve(path))}
+    with_examples = {path for path, _ in DOCTESTS}
+    assert sorted(functions - with_examples - WITHOUT_EXAMPLES) == []
+    assert sorted(WITHOUT_EXAMPLES & with_examples) == [], "an example was added: remove it from WITHOUT_EXAMPLES"
 
 
 @pytest.mark.usefixtures("compilation_cache_kept")
