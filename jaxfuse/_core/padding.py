@@ -36,8 +36,9 @@ def bucket_size(n: int, minimum: int = 1) -> int:
     """The smallest power of two that is at least ``max(n, minimum)``.
 
     Example:
-        >>> bucket_size(5), bucket_size(5, minimum=16), bucket_size(0)
-        (8, 16, 1)
+        >>> import jaxfuse
+        >>> jaxfuse.bucket_size(5), jaxfuse.bucket_size(16), jaxfuse.bucket_size(3, minimum=16)
+        (8, 16, 16)
     """
     return 1 << (max(int(n), int(minimum), 1) - 1).bit_length()
 

@@ -639,8 +639,15 @@ def detect_videos(
             disagree on the number of classes, or as :func:`detect`.
 
     Example:
-        >>> predictions = detect_videos([cas_a, cas_b], scores)       # doctest: +SKIP
-        >>> jaxfuse.evaluate_detections(predictions, ground_truth)    # doctest: +SKIP
+        >>> import jaxfuse
+        >>> videos = jaxfuse.synthetic_videos(num_videos=2, seed=0)
+        >>> cas_list = [videos.cas[i, :n] for i, n in enumerate(videos.length)]  # two lengths
+        >>> predictions = jaxfuse.detect_videos(cas_list, videos.video_scores, preset="published")
+        >>> sorted(set(predictions.video.tolist()))
+        [0, 1]
+        >>> result = jaxfuse.evaluate_detections(predictions, videos.ground_truth)
+        >>> bool(0 < result.average <= 1)
+        True
     """
     if "length" in detect_options:
         raise TypeError("`length` is taken from each video's CAS; do not pass it to detect_videos")

@@ -258,7 +258,12 @@ def evaluate_json(
         OSError: a file cannot be read.
 
     Example:
-        >>> result = evaluate_json("results.json", "activity_net.v1-3.min.json",
+        >>> predictions = {"results": {"v": [{"label": "Jump", "score": 0.9, "segment": [10.0, 20.0]},
+        ...                                  {"label": "Jump", "score": 0.5, "segment": [40.0, 42.0]}]}}
+        >>> truth = {"database": {"v": {"annotations": [{"label": "Jump", "segment": [11.0, 20.0]}]}}}
+        >>> evaluate_json(predictions, truth, thresholds=(0.5, 0.95)).mean_average_precision  # tIoU 0.9
+        array([1., 0.])
+        >>> result = evaluate_json("results.json", "activity_net.v1-3.min.json",  # files, ActivityNet 1.3
         ...                        thresholds=ACTIVITYNET_THRESHOLDS, subset="validation")  # doctest: +SKIP
     """
     data = load_activitynet_json(

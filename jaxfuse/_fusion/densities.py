@@ -130,7 +130,16 @@ laplace_density = TemplateDensity("laplace", _laplace_log_density, _location_sca
 
 
 def student_t_density(df: float) -> TemplateDensity:
-    """The location-scale Student-t template with fixed degrees of freedom ``df``."""
+    """The location-scale Student-t template with fixed degrees of freedom ``df``.
+
+    Example:
+        >>> import numpy as np, jaxfuse
+        >>> x, w = np.array([[10.0, 11.0, 12.0, 30.0]], np.float32), np.zeros((1, 4), np.float32)
+        >>> generic = jaxfuse.fit_template(jaxfuse.student_t_density(3.0), x, w)
+        >>> newton = jaxfuse.fuse_student_t(x[..., None], w, df=3.0)
+        >>> bool(np.allclose(generic.location, newton.location[..., 0], rtol=1e-4))
+        True
+    """
 
     def log_density(parameters, values, mask):
         del mask

@@ -397,7 +397,16 @@ def pack_ragged_buckets(values, weights, group_ids, lengths, min_members, min_sl
 
 
 def unpack_members(packed_array, packed: PackedGroups) -> np.ndarray:
-    """Map a per-slot result ``[G, M, ...]`` (e.g. probabilities) back to the flat members ``[N, ...]``."""
+    """Map a per-slot result ``[G, M, ...]`` (e.g. probabilities) back to the flat members ``[N, ...]``.
+
+    Example:
+        >>> import numpy as np, jaxfuse
+        >>> values, weights = np.array([1, 2, 10, 20, 30], np.float32), np.zeros(5, np.float32)
+        >>> packed = jaxfuse.pack_groups(values, weights, lengths=[2, 3])
+        >>> fused = jaxfuse.fuse_gaussian(packed.values, packed.weights, packed.mask)
+        >>> jaxfuse.unpack_members(fused.probabilities, packed).round(3)
+        array([0.5  , 0.5  , 0.333, 0.333, 0.333], dtype=float32)
+    """
     array = to_host(packed_array)
     if array.shape[:2] != packed.mask.shape:
         raise ValueError(f"`packed_array` must start with the packed shape {packed.mask.shape}, got {array.shape}")
@@ -407,7 +416,17 @@ def unpack_members(packed_array, packed: PackedGroups) -> np.ndarray:
 
 
 def unpack_groups(group_array, packed: PackedGroups) -> np.ndarray:
-    """The rows of a per-group result ``[G, ...]`` that belong to real groups (``[num_groups, ...]``)."""
+    """The rows of a per-group result ``[G, ...]`` that belong to real groups (``[num_groups, ...]``).
+
+    Example:
+        >>> import numpy as np, jaxfuse
+        >>> values, weights = np.array([1, 2, 10, 20, 30], np.float32), np.zeros(5, np.float32)
+        >>> packed = jaxfuse.pack_groups(values, weights, lengths=[2, 3])
+        >>> fused = jaxfuse.fuse_gaussian(packed.values, packed.weights, packed.mask)
+        >>> fused.location.shape, jaxfuse.unpack_groups(fused.location, packed)
+        ((256, 1), array([[ 1.5],
+               [20. ]], dtype=float32))
+    """
     return to_host(group_array)[: packed.num_groups]
 
 
@@ -415,6 +434,15 @@ def unpack_ragged(batch_arrays, packed: RaggedBuckets) -> np.ndarray:
     """Per-batch per-group results (``[rows, ...]`` each, in ``packed.batches`` order) to ``[num_groups, ...]``.
 
     Row ``i`` of the output belongs to group ``packed.group_ids[i]``.
+
+    Example:
+        >>> import numpy as np, jaxfuse
+        >>> packed = jaxfuse.pack_ragged(np.array([1, 2, 10, 20, 30], np.float32), np.zeros(5, np.float32),
+        ...                              group_ids=np.array([4, 4, 9, 9, 9]))
+        >>> fused = [jaxfuse.fuse_gaussian(b.values, b.weights, b.mask) for b in packed.batches]
+        >>> packed.group_ids, jaxfuse.unpack_ragged([f.location for f in fused], packed)
+        (array([4, 9]), array([[ 1.5],
+               [20. ]], dtype=float32))
     """
     arrays = [to_host(a) for a in batch_arrays]
     if len(arrays) != len(packed.batches):
@@ -432,7 +460,16 @@ def unpack_ragged(batch_arrays, packed: RaggedBuckets) -> np.ndarray:
 
 
 def unpack_ragged_members(batch_arrays, packed: RaggedBuckets) -> np.ndarray:
-    """Per-batch per-slot results (``[rows, capacity, ...]`` each, e.g. probabilities) to the members ``[N, ...]``."""
+    """Per-batch per-slot results (``[rows, capacity, ...]`` each, e.g. probabilities) to the members ``[N, ...]``.
+
+    Example:
+        >>> import numpy as np, jaxfuse
+        >>> packed = jaxfuse.pack_ragged(np.array([1, 2, 10, 20, 30], np.float32), np.zeros(5, np.float32),
+        ...                              lengths=[2, 3])
+        >>> fused = [jaxfuse.fuse_gaussian(b.values, b.weights, b.mask) for b in packed.batches]
+        >>> jaxfuse.unpack_ragged_members([f.probabilities for f in fused], packed).round(3)
+        array([0.5  , 0.5  , 0.333, 0.333, 0.333], dtype=float32)
+    """
     arrays = [to_host(a) for a in batch_arrays]
     if len(arrays) != len(packed.batches) or any(
         a.shape[:2] != b.mask.shape or a.shape[2:] != arrays[0].shape[2:] for a, b in zip(arrays, packed.batches)

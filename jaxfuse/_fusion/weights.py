@@ -26,6 +26,11 @@ def member_probabilities(weights: jax.Array, mask: jax.Array, temperature) -> ja
     Returns:
         ``[..., M]`` probabilities, zero in padding, summing to one over the real
         members of each non-empty group (all zeros for an empty group).
+
+    Example:
+        >>> import numpy as np, jaxfuse
+        >>> jaxfuse.member_probabilities(np.array([[1.0, 1.0, 5.0]], np.float32), np.array([[True, True, False]]), 0.2)
+        Array([[0.5, 0.5, 0. ]], dtype=float32)
     """
     temperature = jnp.asarray(temperature, weights.dtype)
     if temperature.ndim:

@@ -520,6 +520,21 @@ def fuse_detection_file(
             (``"-"`` for standard output: closed, or its reader exited early).
         OSError: the input cannot be read (naming the path given).
         ValueError, TypeError: a bad option.
+
+    Example:
+        >>> import json, os, shutil, tempfile, jaxfuse
+        >>> folder = tempfile.mkdtemp()
+        >>> source, target = os.path.join(folder, "in.json"), os.path.join(folder, "out.json")
+        >>> with open(source, "w") as file:
+        ...     json.dump({"results": {"v1": [{"label": "Jump", "score": 0.9, "segment": [0.0, 10.0]},
+        ...                                   {"label": "Jump", "score": 0.9, "segment": [2.0, 12.0]}]}}, file)
+        >>> report = jaxfuse.fuse_detection_file(source, target, temperature=1.0)
+        >>> report.detections, report.fused_detections
+        (2, 1)
+        >>> with open(target) as file:
+        ...     json.load(file)["results"]["v1"]
+        [{'label': 'Jump', 'score': 0.9, 'segment': [1.0, 11.0]}]
+        >>> shutil.rmtree(folder)
     """
     settings = _settings(method, temperature, overlap, overlap_threshold, discrete, sigma, decay, top_k, min_score)
     plan = plan_output(output_path)

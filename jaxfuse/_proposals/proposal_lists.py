@@ -149,6 +149,15 @@ def unpack_proposals(batches: Sequence[PaddedProposals], results: Sequence[Fused
         ``spread [count, 2]``, parameters with ``[count, 2]`` fields,
         ``group [n]`` (the item's own proposals), ``count`` and
         ``item_result`` ints.
+
+    Example:
+        >>> import numpy as np, jaxfuse
+        >>> segments = [np.array([[0, 10], [1, 11], [30, 40]], np.float32), np.array([[5, 6]], np.float32)]
+        >>> scores = [np.array([0.9, 0.8, 0.7], np.float32), np.array([0.5], np.float32)]
+        >>> batches = jaxfuse.pack_proposals(segments, scores)
+        >>> fused = [jaxfuse.fuse_proposals(b.segments, b.scores, valid=b.valid) for b in batches]
+        >>> [(item.count, item.group.tolist()) for item in jaxfuse.unpack_proposals(batches, fused)]
+        [(2, [0, 0, 1]), (1, [0])]
     """
     per_item: dict[int, FusedProposals] = {}
     for batch, fused in zip(batches, results):

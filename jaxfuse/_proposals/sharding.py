@@ -65,6 +65,12 @@ def item_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
 
     Raises:
         ValueError: an empty device list, or a device named twice.
+
+    Example:
+        >>> import jax, jaxfuse
+        >>> mesh = jaxfuse.item_mesh()
+        >>> mesh.axis_names, mesh.size == len(jax.devices())
+        (('items',), True)
     """
     devices = list(jax.devices() if devices is None else devices)
     if not devices:

@@ -20,10 +20,12 @@ _SUBCOMMANDS = {
     "bench": ("jaxfuse.bench.command", "run the benchmark suite and write a report"),
     "study": ("jaxfuse.tools.study", "compare templates, NMS and Soft-NMS by detection mAP on synthetic videos"),
     "evaluate": ("jaxfuse.cli.evaluate", "detection mAP of a results file against its ground truth, as papers print it"),
+    "plot": ("jaxfuse.cli.plot", "draw one video's timeline per class: ground truth, raw and fused detections (PNG)"),
 }
 
-# Commands that time compilation run without the persistent cache: nothing to announce or record.
-_MEASURES_COMPILATION = frozenset({"bench"})
+# Commands that time compilation without the persistent cache (bench) or compile nothing (plot):
+# no first-compilation notice, and no record that this machine has compiled.
+_MEASURES_COMPILATION = frozenset({"bench", "plot"})
 
 
 def _available_subcommands():
