@@ -99,6 +99,21 @@ def test_benchmark_reports_and_their_plots_are_in_the_site(site):
         assert f'href="results/{report.stem}/"' in overview, f"the benchmarks page does not list {report.name}"
 
 
+def test_organisation_page_names_every_module_and_no_stale_one():
+    """docs/organisation.md is the map of the package: every module has its row, every row a module."""
+    package = Path(jaxfuse.__file__).parent
+    text = (DOCS / "organisation.md").read_text()
+    areas = {path.name for path in package.iterdir() if (path / "__init__.py").is_file()}
+    named = {path for path in re.findall(r"`(\w+/[\w/]*\w+\.py)`", text) if path.split("/")[0] in areas}
+    modules = {path.relative_to(package).as_posix() for path in package.rglob("*.py") if path.name != "__init__.py"}
+    assert not named - modules, f"docs/organisation.md names modules that do not exist: {sorted(named - modules)}"
+    # bench/'s modules are listed by name in one row (one per report section).
+    missing = {m for m in modules - named if not (m.startswith("bench/") and f"`{Path(m).stem}`" in text)}
+    assert not missing, f"add a row for {sorted(missing)} to docs/organisation.md"
+    for area in areas:
+        assert f"`{area}/" in text, f"docs/organisation.md does not describe the area {area}/"
+
+
 # ---------------------------------------------------------------------- the pages' code runs
 
 
