@@ -57,7 +57,7 @@ status=0
 # loops on the host CPU), then the quick preset's sections; numpy and scipy baselines run on the host.
 # A run cut short by the timeout keeps the sections it finished (cold start first).
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
-timeout 270 "$PYTHON" -m jaxfuse.cli.main bench ${BENCH_ARGS:---memory-gb 32} 2>&1 | tee "$results/$machine.log" \
+timeout 270 "$PYTHON" -m jaxfuse.cli.main bench --output-dir "$results" ${BENCH_ARGS:---memory-gb 32} 2>&1 | tee "$results/$machine.log" \
     || { status=$?; echo "gpu.sh: jaxfuse bench exited with status $status"; }
 
 # About 1 minute: copy and exp floors, every closed form at 3.2 million groups x 32 members x 3

@@ -92,7 +92,7 @@ def _soft_nms_output(segments, kept, groups: ProposalGroups, codes):
     kept_segments = jnp.take_along_axis(segments, leader[..., None], axis=1)
     success = jnp.full((num,), ResultCode.SUCCESSFUL, RESULT_DTYPE)
     return finish_fused_groups(
-        kept_segments.reshape(num, 2), kept.reshape(num), jnp.zeros((num, 2), kept.dtype), None, success, groups, codes
+        kept_segments.reshape(num, 2), kept.reshape(num), None, None, success, groups, codes
     )
 
 

@@ -182,20 +182,21 @@ def finish_fused_groups(location, score, spread, parameters, result, groups: Pro
     """Reshape per-group ``[B*N, ...]`` arrays to ``[B, N, ...]``, apply the result codes, blank the padding.
 
     ``codes [B]`` are the items' input and option codes; they go to every group
-    of the item. A group whose inputs were sound but whose outputs are not
-    finite overflowed (finite values near the dtype's limit, or a temperature
-    too small for it): ``OVERFLOW``. Groups with a code from
-    ``NONFINITE_INPUT`` up get zeros.
+    of the item. ``spread`` None means zero spread (NMS keeps a member as it
+    is): a constant array of zeros there would make XLA constant-fold its
+    finiteness check, for seconds at large shapes ("slow_operation_alarm").
+    A group whose inputs were sound but whose outputs are not finite
+    overflowed (finite values near the dtype's limit, or a temperature too
+    small for it): ``OVERFLOW``. Groups with a code from ``NONFINITE_INPUT``
+    up get zeros.
     """
     items, size = groups.group.shape
     valid = jnp.arange(size) < groups.count[:, None]
     shaped = lambda x: x.reshape((items, size) + x.shape[1:])  # noqa: E731
     result = jnp.maximum(result.reshape(items, size), codes[:, None])
-    finite = (
-        jnp.all(jnp.isfinite(shaped(location)), axis=-1)
-        & jnp.isfinite(shaped(score))
-        & jnp.all(jnp.isfinite(shaped(spread)), axis=-1)
-    )
+    finite = jnp.all(jnp.isfinite(shaped(location)), axis=-1) & jnp.isfinite(shaped(score))
+    if spread is not None:
+        finite &= jnp.all(jnp.isfinite(shaped(spread)), axis=-1)
     result = jnp.where(~finite & (result < ResultCode.NONFINITE_INPUT), ResultCode.OVERFLOW, result)
     result = jnp.where(valid, result, ResultCode.EMPTY_GROUP).astype(RESULT_DTYPE)
     kept = valid & ((result < ResultCode.NONFINITE_INPUT) | (result == ResultCode.EMPTY_GROUP))
@@ -213,7 +214,7 @@ def finish_fused_groups(location, score, spread, parameters, result, groups: Pro
         count=groups.count,
         group=groups.group,
         leader=groups.leader,
-        spread=blank(spread),
+        spread=jnp.zeros((items, size, 2), score.dtype) if spread is None else blank(spread),
         parameters=None if parameters is None else jax.tree.map(blank, parameters),
         result=result,
         item_result=item_result.astype(RESULT_DTYPE),
@@ -240,8 +241,7 @@ def _fuse_nms(segments, scores, groups: ProposalGroups, codes):
     num = scores.size
     success = jnp.full((num,), ResultCode.SUCCESSFUL, RESULT_DTYPE)
     return finish_fused_groups(
-        kept_segments.reshape(num, 2), kept_scores.reshape(num), jnp.zeros((num, 2), scores.dtype), None, success,
-        groups, codes,
+        kept_segments.reshape(num, 2), kept_scores.reshape(num), None, None, success, groups, codes,
     )
 
 

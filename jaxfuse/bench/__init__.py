@@ -21,6 +21,7 @@ Every measurement runs in one process, baselines side by side with jaxfuse, so
 the ratios hold even on a busy machine whose absolute timings wander. Timings are
 medians of several calls after a warm-up call (compilation is never timed, except
 where first-call latency is the measurement), and every timed JAX call ends with
-``jax.block_until_ready``. The report goes to ``benchmarks/results/<machine>.md``
-with a JSON copy of the numbers and PNG plots.
+``jax.block_until_ready``. The report goes to ``<machine>.md`` in ``--output-dir``
+(default: the per-user directory of :mod:`jaxfuse.tools.report_files`) with a JSON
+copy of the numbers and PNG plots.
 """

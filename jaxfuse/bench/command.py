@@ -23,6 +23,12 @@ from jaxfuse.bench.sizes import FULL, QUICK, SECTIONS, SMOKE, Sizes
 from jaxfuse.bench.student_t import measure_student_t
 from jaxfuse.bench.templates import measure_group_sweep, measure_member_sweep, measure_templates
 from jaxfuse.formats.output import OutputError
+from jaxfuse.tools.report_files import (
+    DEFAULT_REPORT_DIR_TEXT,
+    Requirement,
+    missing_requirements_message,
+    report_directory,
+)
 
 
 def run_benchmarks(sizes: Sizes, sections: Sequence[str] = SECTIONS, *, memory_gb: float | None = None,
@@ -72,8 +78,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     preset.add_argument("--full", action="store_true",
                         help="full sizes (G up to 10^7 where memory allows, more repeats); quick by default")
     preset.add_argument("--smoke", action="store_true", help="tiny sizes: checks the machinery in seconds")
-    parser.add_argument("--output-dir", type=Path, default=Path("benchmarks") / "results",
-                        help="where the report, its JSON copy and the plots go (default benchmarks/results)")
+    parser.add_argument("--output-dir", type=Path, default=None,
+                        help=f"where the report, its JSON copy and the plots go (default {DEFAULT_REPORT_DIR_TEXT})")
     parser.add_argument("--machine", default=None, help="report name (default: GPU name or cpu-<model>-<n>cores)")
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated subset of {','.join(SECTIONS)} (default all)")
@@ -90,20 +96,28 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}", file=sys.stderr)
         return 2
+    # Before any work: a missing optional dependency is one line, not a traceback after minutes of measuring.
+    needs = [] if args.no_plots else [Requirement("matplotlib", "the plots", "--no-plots")]
+    if "student_t" in chosen:
+        needs.append(Requirement("scipy", "the student_t baseline", "--sections without student_t"))
+    if message := missing_requirements_message("jaxfuse bench", needs, "bench"):
+        print(message, file=sys.stderr)
+        return 2
+    output_dir = report_directory(args.output_dir)
     device = jax.devices()[0]
     print(f"jaxfuse bench ({sizes.name}) on {device.platform}: {device.device_kind}, {machine_name()}\n")
     start = time.perf_counter()
     command = "jaxfuse bench" + {"full": " --full", "smoke": " --smoke", "quick": ""}[sizes.name]
 
     def save_partial(done: dict[str, Section]) -> None:
-        write_report(done, sizes, Path(args.output_dir), machine=args.machine, plots=False,
+        write_report(done, sizes, output_dir, machine=args.machine, plots=False,
                      command=command + " (partial)")
 
     try:
         # Every first call measured here compiles, as on a new machine: no programs from the user's disk cache.
         with persistent_cache_disabled():
             sections = run_benchmarks(sizes, chosen, memory_gb=args.memory_gb, on_section=save_partial)
-        report = write_report(sections, sizes, Path(args.output_dir), machine=args.machine, plots=not args.no_plots,
+        report = write_report(sections, sizes, output_dir, machine=args.machine, plots=not args.no_plots,
                               command=command)
     except OutputError as error:
         print(f"jaxfuse bench: error: cannot write {error.filename}: {error.strerror}", file=sys.stderr)

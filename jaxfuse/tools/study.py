@@ -32,12 +32,17 @@ from jaxfuse._detection.detect import detect
 from jaxfuse._evaluation.evaluate import THUMOS14_THRESHOLDS, evaluate_detections
 from jaxfuse._fusion.templates import TEMPLATE_NAMES
 from jaxfuse.formats.output import OutputError, write_output
+from jaxfuse.tools.report_files import (
+    DEFAULT_REPORT_DIR_TEXT,
+    Requirement,
+    missing_requirements_message,
+    report_directory,
+)
 from jaxfuse.tools.videos import SyntheticVideos, VideoParameters, synthetic_videos
 
 TEMPLATES = TEMPLATE_NAMES
 BASELINES = ("nms", "soft_nms")
 DEFAULT_TEMPERATURES = (0.05, 0.2, 1.0)
-DEFAULT_OUTPUT_DIR = os.path.join("benchmarks", "results")
 # Soft-NMS as usually run: continuous tIoU, Gaussian decay (sigma 0.5).
 SOFT_NMS_OPTIONS = {"overlap": "iou", "discrete": False, "sigma": 0.5}
 # Whether a method wins depends on how noisy the CAS is: the main setting is
@@ -85,7 +90,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="temperatures of the fusion templates (default 0.05 0.2 1.0)")
     parser.add_argument("--methods", nargs="+", default=list(BASELINES + TEMPLATES), choices=BASELINES + TEMPLATES,
                         help="methods to compare (default: all)")
-    parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="where study.md and study.png go (default benchmarks/results)")
+    parser.add_argument("--output-dir", default=None,
+                        help=f"where study.md and study.png go (default {DEFAULT_REPORT_DIR_TEXT})")
     parser.add_argument("--no-plot", action="store_true", help="skip study.png (no matplotlib needed)")
     parser.add_argument("--no-sensitivity", action="store_true",
                         help="skip the easier/harder reruns (nms, soft_nms, gaussian with changed noise, ramp, spurious rate)")
@@ -316,6 +322,17 @@ def _device_text(device) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Before any work: a missing matplotlib is one line, not a traceback after the whole study.
+    needs = [] if args.no_plot else [Requirement("matplotlib", "study.png", "--no-plot")]
+    if message := missing_requirements_message("jaxfuse study", needs, "plot"):
+        print(message, file=sys.stderr)
+        return 2
+    output_dir = str(report_directory(args.output_dir))
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as error:
+        print(f"jaxfuse study: error: cannot create {output_dir}: {error.strerror}", file=sys.stderr)
+        return 2
     started = time.perf_counter()
     parameters = video_parameters(args)
     videos = synthetic_videos(parameters)
@@ -336,12 +353,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"\n{name} CAS: " + ", ".join(f"{k} {v}" for k, v in changes.items()))
             sensitivity[name] = (varied, run_study(synthetic_videos(varied), methods, args.temperatures))
 
-    os.makedirs(args.output_dir, exist_ok=True)
     plot_name = None if args.no_plot else "study.png"
-    markdown_path = os.path.join(args.output_dir, "study.md")
+    markdown_path = os.path.join(output_dir, "study.md")
     try:
         if plot_name is not None:
-            _plot(rows, os.path.join(args.output_dir, plot_name))
+            _plot(rows, os.path.join(output_dir, plot_name))
         seconds = time.perf_counter() - started
         command = "jaxfuse study" + ("" if _is_default(args) else " " + _arguments_text(args))
         report = _markdown_report(rows, parameters, videos, seconds, command, plot_name, sensitivity)
@@ -349,7 +365,7 @@ def run(args: argparse.Namespace) -> int:
     except OutputError as error:
         print(f"jaxfuse study: error: cannot write {error.filename}: {error.strerror}", file=sys.stderr)
         return 2
-    print(f"wrote {markdown_path}" + ("" if plot_name is None else f" and {os.path.join(args.output_dir, plot_name)}")
+    print(f"wrote {markdown_path}" + ("" if plot_name is None else f" and {os.path.join(output_dir, plot_name)}")
           + f" ({seconds:.0f} s)")
     return 0
 
