@@ -568,7 +568,7 @@ def test_soft_nms_options_reach_the_kernel(tmp_path):
         got = fuse_detections_json(data, method="soft_nms", overlap="iou", **options)["results"]["v"]
         kernel_options = {k: v for k, v in options.items() if k != "min_score"}
         if "min_score" in options:
-            kernel_options["score_floor"] = options["min_score"]
+            kernel_options["min_score"] = options["min_score"]
         with jax.enable_x64(True):
             want = fuse_proposals(segments, scores, method="soft_nms", overlap="iou", discrete=False, temperature=0.2, **kernel_options)
         kept = np.asarray(want.valid)

@@ -245,7 +245,7 @@ def test_soft_nms_matches_sequential_loop(decay, overlap, discrete, float_dtype)
 def check_soft_nms_matches_sequential_loop(decay, overlap, discrete, float_dtype):
     rng = np.random.default_rng([len(decay), discrete])
     segments, scores, weights, valid = random_batch(rng, ITEMS, SIZE, float_dtype)
-    options = dict(decay=decay, sigma=0.3, score_floor=0.05)
+    options = dict(decay=decay, sigma=0.3, min_score=0.05)
     fused = fuse_proposals(
         segments, scores, None, valid, method="soft_nms", overlap_threshold=0.4, overlap=overlap, discrete=discrete, **options
     )
@@ -367,7 +367,7 @@ def test_ten_thousand_proposals_in_one_item():
     fused = fuse_proposals(segments, scores, weights, temperature=0.2, overlap="iou", discrete=False)
     expected = reference_fuse(segments, scores, weights, method="gaussian", temperature=0.2, overlap="iou", discrete=False)
     assert_item_matches(single(fused), 0, expected, np.float32)
-    kept = fuse_proposals(segments, scores, method="soft_nms", overlap="iou", discrete=False, score_floor=0.3)
+    kept = fuse_proposals(segments, scores, method="soft_nms", overlap="iou", discrete=False, min_score=0.3)
     assert 0 < int(kept.count) <= 10_000
 
 

@@ -54,6 +54,68 @@ class ResultCode(enum.IntEnum):
     INVALID_OPTION = 7
     INFEASIBLE = 8
 
+    @classmethod
+    def names(cls, codes) -> np.ndarray:
+        """The name of every code of an array, in one call: ``[...]`` int codes in, ``[...]`` str out.
+
+        Args:
+            codes: an int array (numpy, JAX, or a CPU torch tensor) or scalar of
+                result codes, e.g. the ``result`` field of any jaxfuse result.
+
+        Returns:
+            A numpy array of str of the same shape.
+
+        Raises:
+            TypeError: ``codes`` is not an integer array.
+            ValueError: a value that is no ResultCode.
+
+        Example:
+            >>> import numpy as np, jaxfuse
+            >>> jaxfuse.ResultCode.names(np.array([0, 4, 3], np.int32)).tolist()
+            ['SUCCESSFUL', 'EMPTY_GROUP', 'NONFINITE_INPUT']
+            >>> fused = jaxfuse.fuse_groups(np.ones((2, 3, 1), np.float32), np.zeros((2, 3), np.float32),
+            ...                             np.array([[True, True, False], [False, False, False]]))
+            >>> jaxfuse.ResultCode.names(fused.result)
+            array(['SUCCESSFUL', 'EMPTY_GROUP'], dtype='<U17')
+        """
+        values = np.asarray(codes)
+        if not np.issubdtype(values.dtype, np.integer):
+            raise TypeError(f"`codes` must be an integer array of result codes, got dtype {values.dtype}")
+        table = np.array([member.name for member in sorted(cls, key=int)])
+        unknown = (values < 0) | (values >= len(table))
+        if unknown.any():
+            bad = sorted(set(values[unknown].tolist()))
+            raise ValueError(f"`codes` holds values that are no {cls.__name__}: {bad}")
+        return table[values]
+
+
+def repr_with_code_names(result) -> str:
+    """``repr`` of a result NamedTuple with its result-code fields (``result``, ``item_result``) as names.
+
+    The classes stay NamedTuples (pytrees, ``vmap`` and ``jit`` as before); only
+    their text changes. A field that is not a concrete int array (a tracer
+    inside ``jit``, a placeholder JAX puts in a pytree) keeps its usual repr.
+    """
+    fields = ", ".join(
+        f"{name}={_code_names_text(value) if name in RESULT_FIELDS else repr(value)}"
+        for name, value in zip(result._fields, result)
+    )
+    return f"{type(result).__name__}({fields})"
+
+
+RESULT_FIELDS = ("result", "item_result")
+"""The fields of jaxfuse's result NamedTuples that hold :class:`ResultCode` arrays."""
+
+
+def _code_names_text(value) -> str:
+    if isinstance(value, jax.core.Tracer):
+        return repr(value)
+    try:
+        names = ResultCode.names(value)
+    except (TypeError, ValueError, RuntimeError):  # not codes, or not concrete (a device tensor numpy cannot read)
+        return repr(value)
+    return "<ResultCode " + np.array2string(names, separator=", ", formatter={"numpystr": str}) + ">"
+
 
 LPResultCode = ResultCode
 """The codes of the segment-to-snippet LPs: the same enum (the LP codes joined :class:`ResultCode`;

@@ -62,7 +62,7 @@ import numpy as np
 from jax import lax
 
 from jaxfuse._core.interop import array_kind, from_jax, is_traced
-from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode
+from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode, repr_with_code_names
 from jaxfuse._core.settings import MARGIN_POWER, MARGIN_SCALE
 from jaxfuse._core.rows import gather_rows, running_count
 from jaxfuse._core.validation import checked_length, choice, float_array, positive_int
@@ -116,6 +116,8 @@ class CasProposals(NamedTuple):
     count: Any
     num_found: Any
     result: Any
+
+    __repr__ = repr_with_code_names  # result codes by name; still a NamedTuple (a pytree)
 
     @property
     def truncated(self):

@@ -517,7 +517,7 @@ def detect(
         min_length: shortest run, in snippets, that makes a proposal (2).
         **options: method options of :func:`jaxfuse.fuse_proposals`
             (``student_t``: ``df``, ...; ``soft_nms``: ``sigma``, ``decay``,
-            ``score_floor``).
+            ``min_score``).
 
     ``detect`` itself is not traceable (it sizes its programs from the data,
     on the host): call it outside ``jax.jit``. ``"laplace"`` and

@@ -13,7 +13,14 @@ from jaxfuse._fusion import templates
 from jaxfuse._fusion.templates import TEMPLATES, representable
 from jaxfuse._core.interop import array_kind, from_jax
 from jaxfuse._core.settings import DEFAULT
-from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode, group_result, keeps_outputs, raise_for_results
+from jaxfuse._core.result_codes import (
+    RESULT_DTYPE,
+    ResultCode,
+    group_result,
+    keeps_outputs,
+    raise_for_results,
+    repr_with_code_names,
+)
 from jaxfuse._core.validation import bool_array, choice, float_array, positive_scalar
 from jaxfuse._fusion.weights import clipped_temperature, member_probabilities, temperature_is_valid
 
@@ -42,6 +49,8 @@ class FusionResult(NamedTuple):
     probabilities: jax.Array
     result: jax.Array
     steps: jax.Array
+
+    __repr__ = repr_with_code_names  # result codes by name; still a NamedTuple (a pytree)
 
 
 @functools.partial(jax.jit, static_argnames=("template", "options"))

@@ -15,7 +15,7 @@ from jaxfuse._core.interop import ArrayKind, array_kind, from_jax, source_dtype,
 from jaxfuse._core.settings import DEFAULT
 from jaxfuse._fusion.packing import check_bucket_floors, member_layout, checked_members, pack_ragged_buckets, unpack_ragged, unpack_ragged_members
 from jaxfuse._fusion.flat_closed_forms import host_inputs, fuse_flat_members
-from jaxfuse._core.result_codes import RESULT_DTYPE, raise_for_results
+from jaxfuse._core.result_codes import RESULT_DTYPE, raise_for_results, repr_with_code_names
 from jaxfuse._fusion.student_t import StudentTParameters
 from jaxfuse._fusion.closed_forms import (
     ExponentialParameters,
@@ -57,6 +57,8 @@ class RaggedFusion(NamedTuple):
     result: Any
     steps: Any
     group_ids: Any
+
+    __repr__ = repr_with_code_names  # result codes by name; still a NamedTuple (a pytree)
 
 
 def _check_float(x, name: str) -> None:

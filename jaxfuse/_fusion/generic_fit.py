@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxfuse._fusion.densities import TemplateDensity
+from jaxfuse._fusion.densities import TemplateDensity, student_t_density
 from jaxfuse._core.interop import array_kind, from_jax
 from jaxfuse._core.settings import DEFAULT
-from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode, group_result
+from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode, group_result, repr_with_code_names
 from jaxfuse._core.validation import bool_array, float_array, positive_int, positive_scalar
 from jaxfuse._fusion.weights import member_probabilities
 
@@ -43,6 +43,8 @@ class FitResult(NamedTuple):
     loss: jax.Array
     steps: jax.Array
     result: jax.Array
+
+    __repr__ = repr_with_code_names  # result codes by name; still a NamedTuple (a pytree)
 
 
 class _FitState(NamedTuple):
@@ -133,14 +135,21 @@ def fit_template(
     r"""Fit a template to every group by minimising the cross-entropy with optax.
 
     For each group: :math:`\min_\theta -\sum_k g_k \log p(x_k; \theta)`,
-    :math:`g = \mathrm{softmax}(w / T)`. One coordinate at a time (``values [..., M]``).
+    :math:`g = \mathrm{softmax}(w / T)`. Each coordinate is fitted on its own,
+    with the group's probabilities, in either layout:
+
+    * ``values [..., M, K]``, ``weights [..., M]``: the layout of
+      :func:`jaxfuse.fuse_groups` (K coordinates per member, one weight per
+      member); the outputs have shape ``[..., K]``, one fit per coordinate.
+    * ``values [..., M]``, ``weights [..., M]``: one coordinate; outputs ``[...]``.
 
     Args:
         template: a :class:`TemplateDensity` (built-ins: ``gaussian_density``,
             ``uniform_density``, ``exponential_density``, ``laplace_density``,
-            ``student_t_density(df)``), or one of your own.
-        values: ``[..., M]`` float member values of one coordinate.
-        weights: ``[..., M]`` float softmax logits.
+            ``student_t_density(df)``; ``student_t_density`` itself, not
+            called, means ``df=3``, as :func:`jaxfuse.fuse_student_t`), or one of your own.
+        values: ``[..., M, K]`` or ``[..., M]`` float member values (see above).
+        weights: ``[..., M]`` float softmax logits, one per member.
         mask: ``[..., M]`` bool, real members; ``None`` means all.
         temperature: positive scalar T (default 0.2, ``jaxfuse._core.settings.DEFAULT.temperature``).
         optimizer: any optax ``GradientTransformation`` (extra-args ones such as
@@ -151,7 +160,7 @@ def fit_template(
             ``sqrt(eps)`` of the dtype.
 
     Returns:
-        A :class:`FitResult` with leading batch shape ``[...]``.
+        A :class:`FitResult` with leading shape ``[..., K]`` (``[...]`` for one coordinate).
 
     Raises:
         TypeError, ValueError: bad arrays or options, naming the argument.
@@ -162,17 +171,19 @@ def fit_template(
         >>> fit = jaxfuse.fit_template(jaxfuse.gaussian_density, x, w)
         >>> float(fit.location[0])  # doctest: +ELLIPSIS
         2.33...
+        >>> segments = np.array([[[10.0, 50.0], [12.0, 48.0], [20.0, 60.0]]])  # [G, M, K]: fuse_groups' layout
+        >>> print(jaxfuse.fit_template(jaxfuse.gaussian_density, segments, w).location.round(3))
+        [[14.    52.667]]
     """
-    if not isinstance(template, TemplateDensity):
-        raise TypeError(f"`template` must be a TemplateDensity, got {type(template).__name__}")
+    template = _checked_template(template)
     kind = array_kind(values, weights)
     values = float_array(values, "values", min_ndim=1)
     weights = float_array(weights, "weights", min_ndim=1)
-    if weights.shape != values.shape:
-        raise ValueError(f"`weights` must have the shape of `values` {values.shape}, got {weights.shape}")
+    one_coordinate = values.shape == weights.shape
+    values, weights = _one_coordinate_per_row(values, weights)
     if values.shape[-1] == 0:
         raise ValueError("`values` must have at least one member slot")
-    mask = jnp.ones(values.shape, bool) if mask is None else bool_array(mask, "mask", values.shape)
+    mask = _broadcast_mask(mask, values.shape, one_coordinate)
     temperature = positive_scalar(temperature, "temperature")
     max_steps = positive_int(max_steps, "max_steps")
     dtype = jnp.result_type(values.dtype, weights.dtype)
@@ -194,3 +205,47 @@ def fit_template(
     )
     fitted = jax.tree_util.tree_map(lambda x: x.reshape(batch_shape + x.shape[1:]), flat)
     return from_jax(fitted, kind)
+
+
+_BARE_STUDENT_T_DF = 3.0
+
+
+@functools.cache
+def _bare_student_t() -> TemplateDensity:
+    # One object for every bare reference, so that repeated calls reuse the compiled fit.
+    return student_t_density(_BARE_STUDENT_T_DF)
+
+
+def _checked_template(template) -> TemplateDensity:
+    """The template to fit: ``student_t_density`` itself (not called) means df = 3."""
+    if template is student_t_density:
+        return _bare_student_t()
+    if isinstance(template, TemplateDensity):
+        return template
+    if callable(template):
+        raise TypeError("`template` must be a TemplateDensity, got a function; if it builds one, call it "
+                        "(e.g. student_t_density(df=5.0))")
+    raise TypeError(f"`template` must be a TemplateDensity, got {type(template).__name__}")
+
+
+def _one_coordinate_per_row(values, weights):
+    """``values [..., M, K]`` with ``weights [..., M]`` -> ``[..., K, M]`` each (K fits); ``[..., M]`` unchanged."""
+    if weights.shape == values.shape:
+        return values, weights
+    if values.ndim == weights.ndim + 1 and values.shape[:-1] == weights.shape:
+        values = jnp.moveaxis(values, -1, -2)
+        return values, jnp.broadcast_to(weights[..., None, :], values.shape)
+    raise ValueError(
+        f"`weights` must hold one weight per member: shape {values.shape[:-1]} for `values` {values.shape} read as "
+        f"[..., M, K] (the fuse_groups layout), or {values.shape} for one coordinate [..., M]; got {weights.shape}"
+    )
+
+
+def _broadcast_mask(mask, shape: tuple[int, ...], one_coordinate: bool):
+    """The mask ``[..., M]`` (like ``weights``) in the shape ``[..., (K,) M]`` of the rows being fitted."""
+    if mask is None:
+        return jnp.ones(shape, bool)
+    if one_coordinate:
+        return bool_array(mask, "mask", shape)
+    mask = bool_array(mask, "mask", shape[:-2] + shape[-1:])
+    return jnp.broadcast_to(mask[..., None, :], shape)

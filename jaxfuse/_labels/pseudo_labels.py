@@ -45,7 +45,7 @@ from jaxfuse._detection.cas_proposals import proposals_from_cas
 from jaxfuse._proposals.grouping import group_proposals
 from jaxfuse._core.interop import array_kind, from_jax
 
-from jaxfuse._core.result_codes import ResultCode, raise_for_results
+from jaxfuse._core.result_codes import ResultCode, raise_for_results, repr_with_code_names
 from jaxfuse._labels.snippets import (
     DEFAULT_CHECK_EVERY,
     DEFAULT_MAX_STEPS,
@@ -85,6 +85,8 @@ class PseudoLabels(NamedTuple):
     num_segments: Any
     truncated: Any
     steps: Any
+
+    __repr__ = repr_with_code_names  # result codes by name; still a NamedTuple (a pytree)
 
 
 def _fuse_to_whole_snippets(segments, contrast, inner, valid, group, leader, count, temperature, max_segments: int):

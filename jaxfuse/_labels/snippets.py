@@ -48,7 +48,7 @@ import numpy as np
 
 from jaxfuse._core.interop import array_kind, from_jax, is_traced, to_jax
 from jaxfuse._labels.pdhg import apply_rows, solve_interval_lp
-from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode, raise_for_results
+from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode, raise_for_results, repr_with_code_names
 from jaxfuse._core.settings import MARGIN_POWER, MARGIN_SCALE
 from jaxfuse._core.validation import checked_length, choice, float_array, positive_int
 
@@ -86,6 +86,8 @@ class SnippetLabels(NamedTuple):
     steps: Any
     restarts: Any
     num_segments: Any
+
+    __repr__ = repr_with_code_names  # result codes by name; still a NamedTuple (a pytree)
 
 
 @functools.lru_cache(maxsize=64)

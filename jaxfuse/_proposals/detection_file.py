@@ -167,7 +167,7 @@ def _settings(method, temperature, overlap, overlap_threshold, discrete, sigma, 
         if not np.isfinite(min_score):
             raise ValueError(f"`min_score` must be finite, got {min_score}")
         if method == "soft_nms":
-            kernel_options["score_floor"] = min_score  # ActionFormer's min_score: decayed below it, dropped
+            kernel_options["min_score"] = min_score  # ActionFormer's min_score: decayed below it, dropped
     if top_k is not None:
         top_k = positive_int(top_k, "top_k")
     return _Settings(method, temperature, overlap, float(overlap_threshold), bool(discrete), kernel_options, top_k, min_score)

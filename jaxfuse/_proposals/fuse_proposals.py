@@ -54,6 +54,7 @@ from jaxfuse._core.settings import FusionSettings, resolve_settings
 from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode
 from jaxfuse._proposals.group_fusion import FusedProposals, finish_fused_groups, group_and_fuse, temperature_code
 from jaxfuse._proposals.soft_nms import DECAYS, DEFAULT_SCORE_FLOOR, DEFAULT_SIGMA, soft_nms_batch
+from jaxfuse._core.deprecation import renamed_option
 from jaxfuse._core.validation import choice, positive_scalar
 from jaxfuse._fusion.templates import PADDED_TEMPLATES, TEMPLATE_NAMES, template_options
 
@@ -97,15 +98,17 @@ def _soft_nms_output(segments, kept, groups: ProposalGroups, codes):
 
 
 def _soft_nms_options(options: dict) -> tuple[bool, float, float]:
-    unknown = set(options) - {"decay", "sigma", "score_floor"}
+    # `min_score`, as in jaxfuse fuse --min-score, fuse_detection_file and ActionFormer; `score_floor` until 0.2.
+    options = renamed_option(options, "score_floor", "min_score", "fuse_proposals(method='soft_nms')")
+    unknown = set(options) - {"decay", "sigma", "min_score"}
     if unknown:
-        raise TypeError(f"unknown option(s) {sorted(unknown)} for method 'soft_nms'; expected decay, sigma, score_floor")
+        raise TypeError(f"unknown option(s) {sorted(unknown)} for method 'soft_nms'; expected decay, sigma, min_score")
     decay = choice(options.get("decay", "gaussian"), "decay", DECAYS)
     sigma = positive_scalar(options.get("sigma", DEFAULT_SIGMA), "sigma")
-    floor = options.get("score_floor", DEFAULT_SCORE_FLOOR)
+    floor = options.get("min_score", DEFAULT_SCORE_FLOOR)
     if not isinstance(floor, jax.core.Tracer):
         if np.ndim(floor) != 0 or not np.isfinite(floor):
-            raise ValueError(f"`score_floor` must be a finite scalar, got {floor!r}")
+            raise ValueError(f"`min_score` must be a finite scalar, got {floor!r}")
         floor = float(floor)
     return decay == "linear", sigma, floor
 
@@ -217,8 +220,9 @@ def fuse_proposals(
             (``df``, ``fit_df``, ``df_bounds``, ``max_steps``, ``rtol``,
             ``atol``). ``"soft_nms"``: ``decay`` (``"gaussian"``, default, or
             ``"linear"``), ``sigma`` (0.5; Gaussian decay
-            ``exp(-overlap**2 / sigma)``), ``score_floor`` (0.001; lower scores
-            are dropped, so negative scores never survive). Linear decay
+            ``exp(-overlap**2 / sigma)``), ``min_score`` (0.001; a proposal
+            whose decayed score falls below it is dropped, so negative scores
+            never survive; ``score_floor`` is its deprecated name). Linear decay
             multiplies by ``1 - overlap`` where ``overlap > overlap_threshold``.
 
     Dtypes: the computation follows the input's float dtype. float64 needs

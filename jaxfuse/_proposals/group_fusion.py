@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from jaxfuse._runtime.executable_store import stored_executable
 from jaxfuse._proposals.grouping import ProposalGroups, group_batch_checked
-from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode
+from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode, repr_with_code_names
 from jaxfuse._fusion.flat_closed_forms import GroupMoments, mean_excess, parameters_from_moments
 
 
@@ -69,6 +69,8 @@ class FusedProposals(NamedTuple):
     parameters: Any
     result: Any
     item_result: Any = None
+
+    __repr__ = repr_with_code_names  # result codes by name; still a NamedTuple (a pytree)
 
 
 class _GroupMeans(NamedTuple):

@@ -139,7 +139,7 @@ def _soft_nms_workload(sizes: Sizes) -> Workload:
     def call():
         kept = jaxfuse.fuse_proposal_lists(segments, scores, method="soft_nms", overlap="iou", discrete=False,
                                            overlap_threshold=SOFT_NMS_IOU, sigma=SOFT_NMS_SIGMA,
-                                           score_floor=SOFT_NMS_MIN_SCORE)
+                                           min_score=SOFT_NMS_MIN_SCORE)
         per_video: dict[int, list] = {}
         for (video, label), item in zip(keys, kept):
             per_video.setdefault(video, []).append((item.segments, item.scores, np.full(item.count, label)))

@@ -29,6 +29,7 @@ import numpy as np
 
 from jaxfuse._evaluation.activitynet_json import ActivityNetData, ArgumentNames, evaluate_data, read_activitynet
 from jaxfuse._evaluation.evaluate import ACTIVITYNET_THRESHOLDS, THUMOS14_THRESHOLDS, DetectionMAP
+from jaxfuse.cli.wording import counted
 from jaxfuse.formats.output import STDOUT, OutputError, plan_output, write_output
 
 PROG = "jaxfuse evaluate"
@@ -77,7 +78,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--thresholds", type=_threshold, nargs="+", metavar="T",
-        help="tIoU thresholds in (0, 1], replacing the dataset's",
+        help="tIoU thresholds in (0, 1] (default: the dataset's, see --dataset)",
     )
     parser.add_argument(
         "--subset", metavar="NAME",
@@ -178,9 +179,9 @@ def _notes(data: ActivityNetData, result: DetectionMAP, subset: str | None) -> l
     has_gt = ~np.isnan(result.average_precision[0])
     gt_videos = np.unique(truth.video)
     lines = [
-        f"{truth.video.size:,} ground-truth segments in {gt_videos.size:,} videos"
+        f"{counted(truth.video.size, 'ground-truth segment')} in {counted(gt_videos.size, 'video')}"
         + (f" (subset {subset!r})" if subset is not None else "")
-        + f", {int(has_gt.sum())} classes; {predictions.video.size:,} predictions"
+        + f", {counted(has_gt.sum(), 'class', 'classes')}; {counted(predictions.video.size, 'prediction')}"
     ]
     if data.ignored_annotations:
         lines.append(
@@ -193,13 +194,14 @@ def _notes(data: ActivityNetData, result: DetectionMAP, subset: str | None) -> l
         labels = result.classes[~has_gt]
         shown = ", ".join(repr(label) for label in labels[:5]) + (", ..." if labels.size > 5 else "")
         lines.append(
-            f"{int(without_gt.sum()):,} predictions of {labels.size} labels without ground truth ({shown}) "
-            "are not counted"
+            f"{counted(without_gt.sum(), 'prediction')} of {counted(labels.size, 'label')} without ground truth "
+            f"({shown}) {'is' if without_gt.sum() == 1 else 'are'} not counted"
         )
     outside = ~np.isin(predictions.video, gt_videos)
     if outside.any():
         videos = np.unique(predictions.video[outside]).size
-        lines.append(f"{int(outside.sum()):,} predictions in {videos:,} videos without ground truth are false positives")
+        lines.append(f"{counted(outside.sum(), 'prediction')} in {counted(videos, 'video')} without ground truth "
+                     f"{'is a false positive' if outside.sum() == 1 else 'are false positives'}")
     if result.tied_predictions:
         lines.append(
             f"{result.tied_predictions:,} predictions tie in score with another of their class: "

@@ -18,6 +18,7 @@ from jaxfuse._proposals.detection_file import DetectionFileError, fuse_detection
 from jaxfuse._proposals.grouping import OVERLAP_MEASURES
 from jaxfuse._core.settings import PRESETS
 from jaxfuse._proposals.fuse_proposals import METHODS
+from jaxfuse.cli.wording import counted
 from jaxfuse.formats.output import STDOUT, OutputError
 
 PROG = "jaxfuse fuse"
@@ -109,12 +110,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--weight-field", metavar="NAME", default=None,
-        help="use this per-detection field as the softmax weights instead of the score",
+        help="use this per-detection field as the softmax weights (default: the score; --preset published: "
+        f"{INNER_SCORE_FIELD!r})",
     )
-    parser.add_argument("--top-k", type=_positive_int, default=None, metavar="K", help="keep the K highest-scoring detections per video")
+    parser.add_argument("--top-k", type=_positive_int, default=None, metavar="K",
+                        help="keep the K highest-scoring detections per video (default: all)")
     parser.add_argument(
         "--min-score", type=_finite_float, default=None, metavar="S",
-        help="drop output detections scoring below S (for soft_nms also the decay floor, default 0.001 there)",
+        help="drop output detections scoring below S (default: none) and, for soft_nms, decayed ones below S "
+        "(default 0.001 there)",
     )
     parser.add_argument("--sigma", type=_positive_float, default=None, help="soft_nms Gaussian decay exp(-overlap^2 / sigma) (default 0.5)")
     parser.add_argument("--decay", choices=("gaussian", "linear"), default=None, help="soft_nms decay (default gaussian)")
@@ -206,10 +210,10 @@ class _Progress:
             return
         seconds = report.seconds
         print(
-            f"{PROG}: {report.detections:,} detections of {report.videos:,} videos ({report.items:,} items) -> "
-            f"{report.fused_detections:,} in {seconds['total']:.1f} s (read {seconds['read']:.1f} s, fuse "
-            f"{seconds['fuse']:.1f} s of which compile {seconds['compile']:.1f} s, {report.batches} batches, "
-            f"write {seconds['write']:.1f} s)",
+            f"{PROG}: {counted(report.detections, 'detection')} of {counted(report.videos, 'video')} "
+            f"({counted(report.items, 'item')}) -> {report.fused_detections:,} in {seconds['total']:.1f} s "
+            f"(read {seconds['read']:.1f} s, fuse {seconds['fuse']:.1f} s of which compile {seconds['compile']:.1f} s, "
+            f"{counted(report.batches, 'batch', 'batches')}, write {seconds['write']:.1f} s)",
             file=self.stream, flush=True,
         )
 

@@ -14,6 +14,8 @@ import importlib.util
 import os
 import sys
 
+from jaxfuse._core.version import VERSION
+
 _SUBCOMMANDS = {
     "demo": ("jaxfuse.tools.demo", "fuse a built-in THUMOS-like set of groups with every template, checked against numpy"),
     "fuse": ("jaxfuse.cli.fuse", "fuse detections of an ActivityNet-format JSON file"),
@@ -37,6 +39,7 @@ def _available_subcommands():
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="jaxfuse", description="JAX-accelerated instance fusion for temporal action localization.")
+    parser.add_argument("--version", action="version", version=f"jaxfuse {VERSION}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     modules = {}
     for name, module, help_text in _available_subcommands():

@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxfuse.cli.wording import counted
 from jaxfuse.formats.activitynet import DetectionFileError, read_ground_truth, read_predictions
 from jaxfuse.formats.output import plan_output, write_output
 from jaxfuse.tools.timeline import Panel, Track, draw_panels, png_bytes, require_matplotlib
@@ -143,7 +144,7 @@ def video_panels(labels: list, truth: VideoRows | None, raw: VideoRows, fused: V
     for label in labels:
         segments, scores = _select(raw, label)
         tracks = [Track(RAW_TRACK, segments, scores, raw=True)]
-        title = f"{label}: {len(scores)} detections"
+        title = f"{label}: {counted(len(scores), 'detection')}"
         if fused is not None:
             kept_segments, kept_scores = _select(fused, label)
             tracks.append(Track(FUSED_TRACK, kept_segments, kept_scores))

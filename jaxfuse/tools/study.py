@@ -77,15 +77,20 @@ class StudyRow(NamedTuple):
 
 def configure(parser: argparse.ArgumentParser) -> None:
     defaults = VideoParameters()
-    parser.add_argument("--videos", type=int, default=defaults.num_videos, help=f"synthetic videos (default {defaults.num_videos})")
-    parser.add_argument("--classes", type=int, default=defaults.num_classes, help=f"action classes (default {defaults.num_classes})")
-    parser.add_argument("--min-length", type=int, default=defaults.min_length, help="shortest video, snippets")
-    parser.add_argument("--max-length", type=int, default=defaults.max_length, help="longest video, snippets")
-    parser.add_argument("--noise", type=float, default=defaults.noise, help=f"logit noise std (default {defaults.noise})")
-    parser.add_argument("--ramp", type=int, default=defaults.ramp, help=f"boundary blur, snippets (default {defaults.ramp})")
-    parser.add_argument("--spurious-rate", type=float, default=defaults.spurious_rate, help="spurious peaks per snippet")
-    parser.add_argument("--confusion", type=float, default=defaults.confusion, help="probability of a confused class per video")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    add = parser.add_argument
+    add("--videos", type=int, default=defaults.num_videos, help=f"synthetic videos (default {defaults.num_videos})")
+    add("--classes", type=int, default=defaults.num_classes, help=f"action classes (default {defaults.num_classes})")
+    add("--min-length", type=int, default=defaults.min_length,
+        help=f"shortest video, snippets (default {defaults.min_length})")
+    add("--max-length", type=int, default=defaults.max_length,
+        help=f"longest video, snippets (default {defaults.max_length})")
+    add("--noise", type=float, default=defaults.noise, help=f"logit noise std (default {defaults.noise})")
+    add("--ramp", type=int, default=defaults.ramp, help=f"boundary blur, snippets (default {defaults.ramp})")
+    add("--spurious-rate", type=float, default=defaults.spurious_rate,
+        help=f"spurious peaks per snippet (default {defaults.spurious_rate})")
+    add("--confusion", type=float, default=defaults.confusion,
+        help=f"probability of a confused class per video (default {defaults.confusion})")
+    add("--seed", type=int, default=defaults.seed, help=f"seed of the synthetic videos (default {defaults.seed})")
     parser.add_argument("--temperatures", type=float, nargs="+", default=list(DEFAULT_TEMPERATURES),
                         help="temperatures of the fusion templates (default 0.05 0.2 1.0)")
     parser.add_argument("--methods", nargs="+", default=list(BASELINES + TEMPLATES), choices=BASELINES + TEMPLATES,
