@@ -137,8 +137,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "left, even after SIGKILL. A regular file is replaced atomically keeping its mode, a hard-linked one written "
         "in place, a device or FIFO directly. A symlink is written through to its target unless the kernel's "
         "protected-symlinks rule would refuse it (another user's link in a sticky world-writable directory such "
-        "as /tmp), nor is another user's file there written. Compiled kernels can be kept between runs by "
-        "setting JAX_COMPILATION_CACHE_DIR."
+        "as /tmp), nor is another user's file there written. Compiled programs are kept between runs, with nothing "
+        "to set: in $XDG_CACHE_HOME/jaxfuse/jax (else ~/.cache/jaxfuse/jax; JAXFUSE_COMPILATION_CACHE=0 turns it off, "
+        "=DIR moves it), so only the first run on a machine compiles, and says so."
     )
 
 
