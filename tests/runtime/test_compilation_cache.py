@@ -20,7 +20,7 @@ import pytest
 import jaxfuse
 from jaxfuse._runtime import compilation_cache as compilation_cache_module
 
-REPOSITORY = Path(__file__).resolve().parent.parent
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 # One small program with a while loop (grouping and fusion): it takes well over
 # MIN_COMPILE_TIME_SECS to compile, so the cache must store it. The script prints
