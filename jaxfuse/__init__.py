@@ -9,7 +9,6 @@ from jaxfuse._cas import CasProposals, max_runs_per_threshold, proposals_from_ca
 from jaxfuse._compilation_cache import (
     CompilationCacheStatus,
     compilation_cache_status,
-    enable_default_compilation_cache,
     set_compilation_cache,
 )
 from jaxfuse._densities import (
@@ -70,9 +69,8 @@ from jaxfuse._weights import member_probabilities
 
 __version__ = "0.1.0"
 
-# Before any compilation, so that jaxfuse's programs persist across processes
-# (see jaxfuse/_compilation_cache.py for why at import, and how to turn it off).
-enable_default_compilation_cache()
+# The persistent compilation cache is set up at jaxfuse's first call that may compile, not here
+# (see jaxfuse/_compilation_cache.py: ensure_compilation_cache).
 
 __all__ = [
     "ACTIVITYNET_THRESHOLDS",

@@ -61,6 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxfuse._compilation_cache import ensure_compilation_cache
 from jaxfuse._interop import array_kind, from_jax
 from jaxfuse._rows import gather_rows, running_count
 from jaxfuse._validation import choice, float_array, positive_int
@@ -597,6 +598,7 @@ def proposals_from_cas(
         >>> found.threshold_index[: found.count].tolist()
         [0, 1]
     """
+    ensure_compilation_cache()  # before this call's first compilation
     kind = array_kind(cas)
     cas = float_array(cas, "cas", min_ndim=2 if classes_last else 1)
     classes_last = bool(classes_last)

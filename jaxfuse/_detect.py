@@ -77,6 +77,7 @@ from jaxfuse._cas import (
     _batch_proposals,
     max_runs_per_threshold,
 )
+from jaxfuse._compilation_cache import ensure_compilation_cache
 from jaxfuse._evaluate import Detections
 from jaxfuse._executable_cache import stored_executable
 from jaxfuse._grouping import overlap_settings, raise_for_value_problems
@@ -493,6 +494,7 @@ def detect(
         >>> found.count.tolist(), found.segments[0, 1, 0].tolist()
         ([[0, 1]], [4.0, 12.0])
     """
+    ensure_compilation_cache()  # before this call's first compilation
     kind = array_kind(cas)
     if isinstance(cas, jax.core.Tracer) or isinstance(video_scores, jax.core.Tracer):
         raise TypeError("detect cannot run under jax.jit: it sizes its programs from the data on the host")

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxfuse._compilation_cache import ensure_compilation_cache
 from jaxfuse._densities import TemplateDensity
 from jaxfuse._interop import array_kind, from_jax
 from jaxfuse._presets import DEFAULT
@@ -163,6 +164,7 @@ def fit_template(
         >>> float(fit.location[0])  # doctest: +ELLIPSIS
         2.33...
     """
+    ensure_compilation_cache()  # before this call's first compilation
     if not isinstance(template, TemplateDensity):
         raise TypeError(f"`template` must be a TemplateDensity, got {type(template).__name__}")
     kind = array_kind(values, weights)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxfuse import _templates
+from jaxfuse._compilation_cache import ensure_compilation_cache
 from jaxfuse._interop import array_kind, from_jax
 from jaxfuse._presets import DEFAULT
 from jaxfuse._result import RESULT_DTYPE, ResultCode, raise_for_results
@@ -294,6 +295,7 @@ def fuse_groups(
         >>> fused.location
         array([[11., 21.]], dtype=float32)
     """
+    ensure_compilation_cache()  # before this call's first compilation
     kind = array_kind(values, weights)
     values = float_array(values, "values", min_ndim=2)
     weights = float_array(weights, "weights", min_ndim=1)

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxfuse._compilation_cache import ensure_compilation_cache
 from jaxfuse._interop import host_to_device, warn_if_narrowed
 from jaxfuse._presets import resolve_settings
 from jaxfuse._result import RESULT_DTYPE, ResultCode
@@ -603,6 +604,7 @@ def group_proposals(
         >>> groups.group.tolist(), groups.leader.tolist(), int(groups.count)
         ([0, 0, 1], [0, 2, -1], 2)
     """
+    ensure_compilation_cache()  # before this call's first compilation
     settings = resolve_settings(preset, overlap_threshold=overlap_threshold, overlap=overlap, discrete=discrete)
     threshold = validate_threshold(settings.overlap_threshold)
     overlap, discrete = validate_overlap(settings.overlap, settings.discrete)

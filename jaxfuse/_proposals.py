@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfuse._bucketed_templates import _fuse_padded
+from jaxfuse._compilation_cache import ensure_compilation_cache
 from jaxfuse._executable_cache import stored_executable
 from jaxfuse._grouping import (
     ProposalGroups,
@@ -251,6 +252,7 @@ def fuse_proposals(
         >>> fused.segments[:2].astype(float).round(2).tolist()
         [[0.95, 10.95], [40.0, 50.0]]
     """
+    ensure_compilation_cache()  # before this call's first compilation
     kind = array_kind(segments, scores, weights, valid)
     settings = resolve_fusion_settings(
         preset, overlap_threshold=overlap_threshold, overlap=overlap, discrete=discrete, method=method,

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfuse._cas import proposals_from_cas
+from jaxfuse._compilation_cache import ensure_compilation_cache
 from jaxfuse._grouping import group_proposals
 from jaxfuse._interop import array_kind, from_jax
 from jaxfuse._interval_lp import LPResultCode
@@ -238,6 +239,7 @@ def pseudo_labels(
         >>> out.labels.shape == videos.cas.shape
         True
     """
+    ensure_compilation_cache()  # before this call's first compilation
     kind = array_kind(cas, video_scores)
     cas = float_array(cas, "cas", min_ndim=3)
     if cas.ndim != 3:

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxfuse._compilation_cache import ensure_compilation_cache
 from jaxfuse._grouping import raise_for_value_problems, validate_proposals, value_problems
 from jaxfuse._interop import ArrayKind, array_kind
 from jaxfuse._proposals import FusedProposals, _check_options, fuse_proposals, resolve_fusion_settings
@@ -134,6 +135,7 @@ def fuse_proposals_sharded(
         >>> fused.count.tolist(), fused.group.tolist()
         ([2], [[0, 0, 1]])
     """
+    ensure_compilation_cache()  # before this call's first compilation
     options = {**_DEFAULTS, **fuse_options}
     kind = array_kind(segments, scores, weights, valid)
     mesh = item_mesh(devices)

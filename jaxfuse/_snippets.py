@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxfuse._compilation_cache import ensure_compilation_cache
 from jaxfuse._interop import array_kind, from_jax, to_jax
 from jaxfuse._interval_lp import LPResultCode, apply_rows, solve_interval_lp
 from jaxfuse._result import RESULT_DTYPE
@@ -283,6 +284,7 @@ def segments_to_snippets(
         >>> round(float(labels.objective), 3), int(labels.result)
         (1.5, 0)
     """
+    ensure_compilation_cache()  # before this call's first compilation
     kind = array_kind(segments, scores, valid)
     num_snippets = positive_int(num_snippets, "num_snippets")
     options = check_solver_options(method, fallback, max_steps, check_every, rtol, atol, margin_scale, margin_power)

@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfuse._actionformer_nms import select
+from jaxfuse._compilation_cache import ensure_compilation_cache
 from jaxfuse._ragged import bucket_size
 from jaxfuse._validation import choice, positive_scalar
 
@@ -387,6 +388,7 @@ def batched_nms(
         >>> out.cls_idxs.tolist(), [round(s, 4) for s in out.scores.tolist()]
         ([0, 1, 0], [0.9, 0.7, 0.1583])
     """
+    ensure_compilation_cache()  # before this call's first compilation
     options = _options(iou_threshold, min_score, max_seg_num, use_soft_nms, sigma, voting_thresh, method, temperature)
     segments, score_values, labels = _video_arrays(segs, scores, cls_idxs)
     if segments.shape[0] == 0 or options["max_seg_num"] == 0:
@@ -471,6 +473,7 @@ def batched_nms_videos(
         >>> [len(video.scores) for video in out]
         [1, 1]
     """
+    ensure_compilation_cache()  # before this call's first compilation
     options = _options(iou_threshold, min_score, max_seg_num, use_soft_nms, sigma, voting_thresh, method, temperature)
     if not (len(segs) == len(scores) == len(cls_idxs)):
         raise ValueError(
