@@ -205,16 +205,23 @@ def _open_store(cache_directory: str) -> store_files.StoreDirectory | None:
     return store_files.StoreDirectory(path)
 
 
+# A compiler option set to XLA's default: it changes nothing in the code, only JAX's in-memory key.
+_FRESH_COMPILE_OPTIONS = {"xla_embed_ir_in_executable": False}
+
+
 def _compile_afresh(jitted: Callable, args, kwargs, statics):
-    """Compile without JAX's persistent cache: an executable JAX loaded from it serializes without its code.
+    """Compile without JAX's caches: an executable JAX loaded from its disk cache serializes without its code.
 
     (XLA:CPU, jax 0.10: such an entry deserializes, then fails at run time with
-    "Function ... not found".) The program is compiled once per key, so the
-    store costs one full compile where JAX's cache would have served it. Only
-    this thread's compilation skips JAX's cache; its settings are untouched.
+    "Function ... not found".) So this thread's compilation skips JAX's disk
+    cache (its settings untouched, see :mod:`jaxfuse._jax_cache_bypass`), and
+    a compiler option keys it apart in JAX's memory, where the plain ``jit``
+    path of this process may hold the same program loaded from disk. The
+    program is compiled once per key, so the store costs one full compile where
+    JAX's cache would have served it.
     """
     with bypassing_jax_cache():
-        return jitted.lower(*args, **kwargs, **statics).compile()
+        return jitted.lower(*args, **kwargs, **statics).compile(compiler_options=_FRESH_COMPILE_OPTIONS)
 
 
 def _load(entry: store_files.Entry, in_tree):

@@ -162,3 +162,41 @@ def test_a_fifo_at_an_entry_does_not_hang(tmp_path):
     (report,) = _run(tmp_path, [cache], timeout=60)  # a blocking open would wait for a writer forever
     assert (report["loaded"], report["compiled"]) == (0, 1) and report["result"] == _EXPECTED
     assert stat.S_ISREG(entry.lstat().st_mode)
+
+
+_SAME_PROGRAM_CHILD = r"""
+import functools, json, sys
+import jax, jax.numpy as jnp, numpy as np
+jax.config.update("jax_compilation_cache_dir", sys.argv[1])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # JAX keeps even this small program
+from jaxfuse import _executable_cache
+
+@functools.partial(jax.jit, static_argnames=("power",))
+def program(x, *, power):
+    return jnp.cumsum(x ** power)
+
+x = np.arange(1.0, 6.0, dtype=np.float32)
+if sys.argv[2] == "plain first":
+    program(x, power=2).block_until_ready()  # the same program, through JAX's cache
+wrapped = _executable_cache.stored_executable(program, static_argnames=("power",))
+result = np.asarray(wrapped(x, power=2)).tolist()
+print("RESULT " + json.dumps({"loaded": wrapped.stored_calls, "compiled": wrapped.compiled_calls, "result": result}))
+"""
+
+
+def test_the_store_compiles_past_jax_cache_even_when_it_holds_the_same_program(tmp_path):
+    """An executable JAX loaded from its cache serializes without its code; the store's compile must not read it."""
+    cache = _private_cache(tmp_path / "cache")
+
+    def run(mode: str) -> dict:
+        completed = subprocess.run([sys.executable, "-c", _SAME_PROGRAM_CHILD, str(cache), mode], capture_output=True,
+                                   text=True, env=_environment(tmp_path), cwd=tmp_path, timeout=120, check=False)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        return json.loads(completed.stdout.split("RESULT ", 1)[1])
+
+    assert run("plain first")["compiled"] == 1  # JAX's cache now holds the program; the store compiled its own
+    _only_entry(cache).unlink()
+    assert run("plain first")["compiled"] == 1  # a JAX cache hit for the plain call, a fresh compile for the store
+    assert [p for p in cache.glob("*-cache")]
+    loaded = run("store only")
+    assert (loaded["loaded"], loaded["compiled"]) == (1, 0) and loaded["result"] == _EXPECTED
