@@ -52,7 +52,7 @@ FORMAT = 2
 
 ENVIRONMENT_VARIABLE = "JAXFUSE_EXECUTABLE_STORE_MAX_BYTES"
 DEFAULT_MAX_BYTES = 512 * 2**20
-"""A grouping + fusion program is about 1 MB, so this holds hundreds of shapes and versions."""
+"""A grouping + fusion program's entry is about 0.7 MB, so this holds hundreds of shapes and versions."""
 
 STALE_TEMPORARY_SECONDS = 600.0
 """A write takes well under a second; a temporary file this old belongs to a writer that was killed."""
