@@ -21,10 +21,11 @@ jaxfuse`` itself changes no setting):
 * off with ``JAXFUSE_COMPILATION_CACHE=0`` (or ``off``, ``false``, ``no``), or
   by :func:`set_compilation_cache` ``(None)``, which also moves it.
 
-Why at the first call and not at import: JAX reads these settings at each
-compilation (once :func:`ensure_compilation_cache` has reset JAX's view of
-its cache), so they need only be in place before jaxfuse's first one; a user
-who configures JAX before that call overrides them. When the directory cannot
+Why at the first call and not at import: JAX opens its cache at the first
+compilation that finds a directory set, so the settings need only be in place
+before jaxfuse's first compilation (not before the user's own, which then
+simply persist nothing until then); a user who configures JAX before that
+call overrides them. When the directory cannot
 be created or written (a read-only home), the cache stays off silently and
 :func:`compilation_cache_status` says why; the CLI prints it.
 
@@ -140,7 +141,7 @@ def _store_jaxfuse_programs() -> None:
 
 
 def _reset_jax_cache() -> None:
-    """Make JAX look at its settings again: it decides whether to use its cache once, at its first compilation."""
+    """Make JAX open its cache afresh: it opens one once, at the first compilation that finds a directory set."""
     from jax.experimental.compilation_cache import compilation_cache
 
     compilation_cache.reset_cache()
@@ -323,10 +324,10 @@ def _marker(directory: str) -> Path:
     return Path(directory) / f"jaxfuse-{__version__}-jax-{jax.__version__}-{backend}.compiled"
 
 
-def _trusted_directory(directory: str) -> str:
-    """Why the marker cannot live in ``directory`` ('' when it can)."""
-    if "://" in directory or not can_check_ownership():
-        return "its owner cannot be checked"
+def _marker_problem(directory: str | None) -> str:
+    """Why no marker can live in ``directory`` ('' when one can); jaxfuse writes it only where it owns the chain."""
+    if directory is None or "://" in directory or not can_check_ownership():
+        return "no local directory whose owner jaxfuse can check"
     return directory_problem(directory)
 
 
@@ -345,9 +346,9 @@ def announce_first_compilation(stream: TextIO) -> bool:
         print(f"jaxfuse: compiling without a persistent cache ({status.reason}); every run compiles again",
               file=stream)
         return True
-    if status.directory is None or "://" in status.directory:
-        return False
-    problem = _trusted_directory(status.directory)
+    if status.directory is None or "://" in status.directory or not can_check_ownership():
+        return False  # off on purpose, or JAX's alone (a remote cache of the user's; Windows): nothing to mark
+    problem = _marker_problem(status.directory)
     if problem:  # the user's own JAX cache directory: jaxfuse keeps nothing there
         if first_warning(Path(status.directory) / "jaxfuse-executables"):
             print(f"jaxfuse: not keeping compiled programs in {status.directory} ({problem})", file=stream)
@@ -370,7 +371,7 @@ def mark_compiled() -> None:
     is created without following a link or blocking on a FIFO. Never raises.
     """
     directory = compilation_cache_status().directory
-    if directory is None or _store_writes["failed"] or _trusted_directory(directory):
+    if _store_writes["failed"] or _marker_problem(directory):
         return
     try:
         touch_private_file(_marker(directory))

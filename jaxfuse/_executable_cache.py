@@ -196,10 +196,15 @@ def _served_by_plain_jit(directory: str | None) -> bool:
 
 
 _refused: dict[str, str] = {}  # store directories found untrusted in this process, and why
+_opened: dict[str, store_files.StoreDirectory] = {}
 
 
 def _open_store(cache_directory: str) -> store_files.StoreDirectory | None:
-    """The store under ``cache_directory``, created 0700; None (after one warning) when it must not be used."""
+    """The store under ``cache_directory``, created 0700; None (after one warning) when it must not be used.
+
+    The directory chain is checked at every open (each program's first call in
+    the process); a refusal holds for the rest of the process.
+    """
     path = Path(cache_directory) / SUBDIRECTORY
     if str(path) in _refused:
         return None
@@ -214,7 +219,7 @@ def _open_store(cache_directory: str) -> store_files.StoreDirectory | None:
         _refused[str(path)] = problem
         warn_untrusted(path, problem, "compiled programs are neither loaded from nor stored there")
         return None
-    return store_files.StoreDirectory(path)
+    return _opened.setdefault(str(path), store_files.StoreDirectory(path))
 
 
 # A compiler option set to XLA's default: it changes nothing in the code, only JAX's in-memory key.

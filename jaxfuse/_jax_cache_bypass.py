@@ -34,7 +34,7 @@ _installed: bool | None = None  # None: not tried yet
 
 
 def _install() -> bool:
-    global _installed
+    global _installed, _state
     with _install_lock:
         if _installed is not None:
             return _installed
@@ -47,15 +47,19 @@ def _install() -> bool:
         if not callable(original):
             _installed = False
             return False
-        if not getattr(original, "jaxfuse_bypass", False):  # a reloaded jaxfuse finds its wrapper in place
+        existing = getattr(original, "jaxfuse_bypass_state", None)
+        if existing is not None:  # a reloaded jaxfuse finds its wrapper in place: share its per-thread state
+            _state = existing
+        else:
+            state = _state
 
             @functools.wraps(original)
             def cache_key_unless_bypassed(*args, **kwargs):
-                if getattr(_state, "depth", 0):
+                if getattr(state, "depth", 0):
                     return None  # JAX's path for "no persistent cache": compile, no read, no write
                 return original(*args, **kwargs)
 
-            cache_key_unless_bypassed.jaxfuse_bypass = True
+            cache_key_unless_bypassed.jaxfuse_bypass_state = state
             compiler._get_cache_key = cache_key_unless_bypassed
         _installed = True
         return True

@@ -285,7 +285,8 @@ def test_stale_temporary_files_of_killed_writers_are_removed_when_the_store_open
     stale.write_bytes(b"half an entry")
     fresh.write_bytes(b"being written now")
     os.utime(stale, (time.time() - 3600,) * 2)
-    _fresh()(np.ones((2, 3), np.float32), 1.0, power=2)  # a new wrapper opens the store, as a new process does
+    _executable_cache._opened.clear()  # as in a new process, which opens the store at its first program
+    _fresh()(np.ones((2, 3), np.float32), 1.0, power=2)
     assert not stale.exists() and fresh.exists() and entry.exists()
 
 
