@@ -251,8 +251,8 @@ def set_compilation_cache(path: str | os.PathLike | None) -> CompilationCacheSta
 
 
 _fallback_lock = threading.Lock()
-_fallback_depth = 0
-_fallback_saved: tuple = ()
+_fallback_depth = 0  # threads inside persistent_cache_disabled, where jax offers no per-thread bypass
+_fallback_saved_directory: str | None = None
 
 
 @contextlib.contextmanager
@@ -265,17 +265,18 @@ def persistent_cache_disabled() -> Iterator[None]:
     :mod:`jaxfuse._jax_cache_bypass`). With a jax that offers no per-thread
     bypass, the cache directory is unset while any thread is inside and put
     back when the last one leaves: other threads then compile without the
-    cache meanwhile.
+    cache meanwhile. Threads started inside (the workers of
+    :func:`jaxfuse.fuse_proposals_sharded`) are not covered by the bypass.
     """
     ensure_compilation_cache()
     if bypass_available():
         with bypassing_jax_cache():
             yield
         return
-    global _fallback_depth, _fallback_saved
+    global _fallback_depth, _fallback_saved_directory
     with _fallback_lock:
         if _fallback_depth == 0:
-            _fallback_saved = (jax.config.jax_compilation_cache_dir,)
+            _fallback_saved_directory = jax.config.jax_compilation_cache_dir
             jax.config.update("jax_compilation_cache_dir", None)
             _reset_jax_cache()
         _fallback_depth += 1
@@ -285,7 +286,7 @@ def persistent_cache_disabled() -> Iterator[None]:
         with _fallback_lock:
             _fallback_depth -= 1
             if _fallback_depth == 0:
-                jax.config.update("jax_compilation_cache_dir", _fallback_saved[0])
+                jax.config.update("jax_compilation_cache_dir", _fallback_saved_directory)
                 _reset_jax_cache()
 
 

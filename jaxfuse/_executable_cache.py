@@ -53,9 +53,7 @@ JAX's cache serves the compiled code but every program is traced and lowered
 again; the three entries take 2.0 MB. Three seconds saved on every one-shot
 run (each CLI call), and the risk is the one JAX's own cache already carries,
 behind the same ownership check; so the store stays on by default.
-Reproduce with :func:`jaxfuse.bench.cold_start.run_child` (``workload``
-``fuse_proposal_lists``) in two caches, one run with
-``JAXFUSE_EXECUTABLE_STORE_MAX_BYTES=0``.
+Rerun: ``python -m pytest benchmarks/test_bench_executable_store.py -s``.
 """
 
 from __future__ import annotations
@@ -116,6 +114,7 @@ _NOT_PROGRAM_OPTIONS = ("jax_compilation_cache", "jax_persistent_cache", "jax_en
                         "jax_pprint", "jax_traceback", "jax_tracer_error")
 # Environment variables that XLA reads when the backend starts (compiler flags, TPU runtime arguments).
 _COMPILER_ENVIRONMENT_PREFIXES = ("XLA_", "LIBTPU_")
+
 
 @functools.lru_cache(maxsize=1)
 def source_digest() -> str:
@@ -211,10 +210,14 @@ def _open_store(cache_directory: str) -> store_files.StoreDirectory | None:
     if not (can_check_ownership() and bypass_available()):
         return None  # see the module docstring (Windows) and jaxfuse._jax_cache_bypass (another jax)
     try:
-        make_private_directory(path)
+        make_private_directory(cache_directory)
+        # The root first: nothing is created inside a directory others could write.
+        problem = directory_problem(cache_directory)
+        if not problem:
+            make_private_directory(path)
+            problem = directory_problem(path, cache_directory)
     except OSError:
-        return None  # a read-only cache: JAX's cache says why where it matters
-    problem = directory_problem(path, cache_directory)
+        return None  # a read-only cache: nothing can be kept; compute as without a store
     if problem:
         _refused[str(path)] = problem
         warn_untrusted(path, problem, "compiled programs are neither loaded from nor stored there")
@@ -315,7 +318,6 @@ def stored_executable(jitted: Callable, *, static_argnames: tuple[str, ...] = ()
             return jitted(*args, **kwargs, **dict(statics))
         key = repr((_environment(), name, str(tree), tuple(signature), repr(statics), _settings()))
         executable, loaded = _executable(store, key, tree, args, kwargs, dict(statics))
-        result = None
         if loaded:
             # The first run of a loaded executable is waited for: an entry that loads but cannot
             # run (see _compile_afresh) is replaced by a fresh compile instead of failing the call.
@@ -324,8 +326,11 @@ def stored_executable(jitted: Callable, *, static_argnames: tuple[str, ...] = ()
             except jax.errors.JaxRuntimeError:
                 store.forget(key)
                 executable, _ = _executable(store, key, tree, args, kwargs, dict(statics))
+            else:
+                in_memory[memory_key] = executable
+                return result
         in_memory[memory_key] = executable
-        return executable(*args, **kwargs) if result is None else result
+        return executable(*args, **kwargs)
 
     def _executable(store: store_files.StoreDirectory, key: str, in_tree, args, kwargs, statics):
         """``(executable, loaded)``: from the store when a sound entry is there, else compiled and stored."""

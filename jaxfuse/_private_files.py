@@ -86,7 +86,7 @@ def _component_problem(path: Path, status: os.stat_result, private: bool, user: 
         if status.st_uid != user:
             return f"{path} is owned by uid {status.st_uid}, not by you (uid {user})"
         if status.st_mode & _OTHERS_WRITE:
-            return f"{path} is writable by {_writers(status.st_mode)} (fix: chmod go-w {path})"
+            return f"{path} is writable by {_writers(status.st_mode)}; fix with chmod go-w {path}"
         return ""
     if status.st_uid not in (user, 0):
         return f"{path}, a parent of the cache, is owned by uid {status.st_uid}, neither you (uid {user}) nor root"
