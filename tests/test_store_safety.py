@@ -140,28 +140,21 @@ def test_a_cache_or_entry_owned_by_someone_else_is_not_used(tmp_path):
     assert _only_entry(entry_cache).stat().st_uid == os.geteuid()
 
 
-def test_a_symlink_at_an_entry_is_not_followed(tmp_path):
-    cache = _private_cache(tmp_path / "cache")
-    _run(tmp_path, [cache])
-    entry = _only_entry(cache)
-    elsewhere = tmp_path / "elsewhere.bin"
-    entry.rename(elsewhere)
+def test_a_link_or_a_fifo_at_an_entry_is_neither_followed_nor_waited_on(tmp_path):
+    linked, fifo = _private_cache(tmp_path / "linked"), _private_cache(tmp_path / "fifo")
+    _run(tmp_path, [linked, fifo])
+    link, elsewhere = _only_entry(linked), tmp_path / "elsewhere.bin"
+    link.rename(elsewhere)  # a sound entry, reachable only through a link
     original = elsewhere.read_bytes()
-    entry.symlink_to(elsewhere)
-    (report,) = _run(tmp_path, [cache])
-    assert (report["loaded"], report["compiled"]) == (0, 1) and report["result"] == _EXPECTED
-    assert not entry.is_symlink() and elsewhere.read_bytes() == original  # the link replaced, its target untouched
-
-
-def test_a_fifo_at_an_entry_does_not_hang(tmp_path):
-    cache = _private_cache(tmp_path / "cache")
-    _run(tmp_path, [cache])
-    entry = _only_entry(cache)
-    entry.unlink()
-    os.mkfifo(entry)
-    (report,) = _run(tmp_path, [cache], timeout=60)  # a blocking open would wait for a writer forever
-    assert (report["loaded"], report["compiled"]) == (0, 1) and report["result"] == _EXPECTED
-    assert stat.S_ISREG(entry.lstat().st_mode)
+    link.symlink_to(elsewhere)
+    pipe = _only_entry(fifo)
+    pipe.unlink()
+    os.mkfifo(pipe)
+    through_link, at_fifo = _run(tmp_path, [linked, fifo], timeout=60)  # a blocking open would wait forever
+    for report in (through_link, at_fifo):
+        assert (report["loaded"], report["compiled"]) == (0, 1) and report["result"] == _EXPECTED
+    assert not link.is_symlink() and elsewhere.read_bytes() == original  # the link replaced, its target untouched
+    assert stat.S_ISREG(pipe.lstat().st_mode)
 
 
 _SAME_PROGRAM_CHILD = r"""
