@@ -203,12 +203,15 @@ def _open_store(cache_directory: str) -> store_files.StoreDirectory | None:
 
     The directory chain is checked at every open (each program's first call in
     the process); a refusal holds for the rest of the process.
+
+    Raises:
+        ValueError: ``$JAXFUSE_EXECUTABLE_STORE_MAX_BYTES`` is not a number of bytes.
     """
     path = Path(cache_directory) / SUBDIRECTORY
     if str(path) in _refused:
         return None
-    if not (can_check_ownership() and bypass_available()):
-        return None  # see the module docstring (Windows) and jaxfuse._jax_cache_bypass (another jax)
+    if store_files.max_bytes() == 0 or not (can_check_ownership() and bypass_available()):
+        return None  # off, or see the module docstring (Windows) and jaxfuse._jax_cache_bypass (another jax)
     try:
         make_private_directory(cache_directory)
         # The root first: nothing is created inside a directory others could write.
@@ -296,7 +299,7 @@ def stored_executable(jitted: Callable, *, static_argnames: tuple[str, ...] = ()
     def call(*args, **kwargs):
         ensure_compilation_cache()
         directory = compilation_cache_status().directory
-        if _served_by_plain_jit(directory) or store_files.max_bytes() == 0:
+        if _served_by_plain_jit(directory):
             return jitted(*args, **kwargs)
         statics = tuple(sorted((key, kwargs.pop(key)) for key in static_argnames if key in kwargs))
         leaves, tree = jax.tree_util.tree_flatten((args, kwargs))
