@@ -297,8 +297,8 @@ class StoreDirectory:
         self._opened = True
         now = time.time()
         for modified, _, path in self._scan():
-            if path.name.startswith(".") and path.name.endswith(TEMPORARY_SUFFIX) \
-                    and now - modified > STALE_TEMPORARY_SECONDS:
+            # Any temporary name: also those of earlier jaxfuse versions ("<entry>XXXX.tmp").
+            if path.name.endswith(TEMPORARY_SUFFIX) and now - modified > STALE_TEMPORARY_SECONDS:
                 try:
                     os.unlink(path)
                 except OSError:
