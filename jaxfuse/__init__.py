@@ -9,7 +9,6 @@ from jaxfuse._detection.cas_proposals import CasProposals, max_runs_per_threshol
 from jaxfuse._runtime.compilation_cache import (
     CompilationCacheStatus,
     compilation_cache_status,
-    enable_default_compilation_cache,
     set_compilation_cache,
 )
 from jaxfuse._fusion.densities import (
@@ -77,9 +76,8 @@ from jaxfuse._fusion.weights import member_probabilities
 
 __version__ = VERSION
 
-# Before any compilation, so that jaxfuse's programs persist across processes
-# (see jaxfuse/_runtime/compilation_cache.py for why at import, and how to turn it off).
-enable_default_compilation_cache()
+# The persistent compilation cache is set up at jaxfuse's first call that may compile, not here
+# (see jaxfuse/_runtime/compilation_cache.py: ensure_compilation_cache).
 
 __all__ = [
     "ACTIVITYNET_THRESHOLDS",

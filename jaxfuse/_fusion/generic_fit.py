@@ -21,6 +21,7 @@ from jaxfuse._core.settings import DEFAULT
 from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode, group_result
 from jaxfuse._core.validation import bool_array, float_array, positive_int, positive_scalar
 from jaxfuse._fusion.weights import member_probabilities
+from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
 
 
 class FitResult(NamedTuple):
@@ -163,6 +164,7 @@ def fit_template(
         >>> float(fit.location[0])  # doctest: +ELLIPSIS
         2.33...
     """
+    ensure_compilation_cache()  # before this call's first compilation
     if not isinstance(template, TemplateDensity):
         raise TypeError(f"`template` must be a TemplateDensity, got {type(template).__name__}")
     kind = array_kind(values, weights)
