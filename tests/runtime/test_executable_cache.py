@@ -124,7 +124,7 @@ def test_source_digest_covers_every_module():
     from pathlib import Path
 
     modules = list(Path(jaxfuse.__file__).parent.rglob("*.py"))
-    assert any(p.name == "_segment_fusion.py" for p in modules) and len(modules) > 40
+    assert any(p.parts[-2:] == ("_proposals", "group_fusion.py") for p in modules) and len(modules) > 40
 
 
 def test_lambdas_and_closures_are_refused():
