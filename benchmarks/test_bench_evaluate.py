@@ -7,7 +7,7 @@ code, evaluate) on the same detections written as ActivityNet JSON.
 
 The baseline is the straightforward per-prediction loop (ground truth looked up by
 (class, video), tIoU computed once per pair), ``jaxfuse.bench.published.detection_map_loop``,
-written like the independent reference in ``tests/test_evaluate.py`` (benchmarks do not
+written like the independent reference in ``tests/evaluation/test_evaluate.py`` (benchmarks do not
 import tests). ``test_bench_reference_loop`` also checks that ``evaluate_detections``
 agrees with it on the benchmark data to 1e-9. The speed-up (reference time / evaluator
 time, best rounds) is printed and recorded in ``extra_info`` next to the target (20x);

@@ -13,7 +13,7 @@ weights the inner score, T = 0.2, the published grouping (candidate overlap >
 
 The baseline is the published rule as a plain numpy loop per item and per
 group (vectorised within a group), a copy of the reference in
-``tests/test_proposals.py`` (benchmarks do not import tests);
+``tests/proposals/test_proposals.py`` (benchmarks do not import tests);
 ``test_bench_reference_loop`` checks that ``fuse_proposals`` gives the same
 groups, fused segments and scores (1e-5 relative) on the benchmark data.
 

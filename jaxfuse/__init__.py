@@ -5,81 +5,155 @@ fused into one instance by fitting a template distribution to the group under
 softmax(score / T) sampling probabilities (Zhou et al., CVPR 2023).
 """
 
-from jaxfuse._detection.cas_proposals import CasProposals, max_runs_per_threshold, proposals_from_cas
+# Result codes, presets, published constants, padding
+from jaxfuse._core.padding import (
+    bucket_size as bucket_size,
+)
+from jaxfuse._core.result_codes import (
+    LPResultCode as LPResultCode,
+    ResultCode as ResultCode,
+)
+from jaxfuse._core.settings import (
+    DEFAULT as DEFAULT,
+    FusionSettings as FusionSettings,
+    PRESETS as PRESETS,
+    PUBLISHED as PUBLISHED,
+    PUBLISHED_CLASS_THRESHOLD as PUBLISHED_CLASS_THRESHOLD,
+    PUBLISHED_THRESHOLDS as PUBLISHED_THRESHOLDS,
+)
+from jaxfuse._core.version import VERSION
+
+# Compilation cache
 from jaxfuse._runtime.compilation_cache import (
-    CompilationCacheStatus,
-    compilation_cache_status,
-    enable_default_compilation_cache,
-    set_compilation_cache,
+    compilation_cache_status as compilation_cache_status,
+    CompilationCacheStatus as CompilationCacheStatus,
+    set_compilation_cache as set_compilation_cache,
+)
+
+# Fusion of groups: templates, densities, fitters, padded and ragged entry points
+from jaxfuse._fusion.closed_forms import (
+    ExponentialParameters as ExponentialParameters,
+    GaussianParameters as GaussianParameters,
+    LaplaceParameters as LaplaceParameters,
+    UniformParameters as UniformParameters,
 )
 from jaxfuse._fusion.densities import (
-    TemplateDensity,
-    exponential_density,
-    gaussian_density,
-    laplace_density,
-    student_t_density,
-    uniform_density,
+    exponential_density as exponential_density,
+    gaussian_density as gaussian_density,
+    laplace_density as laplace_density,
+    student_t_density as student_t_density,
+    TemplateDensity as TemplateDensity,
+    uniform_density as uniform_density,
 )
-from jaxfuse._detection.detect import VideoDetections, detect, detect_videos
-from jaxfuse._proposals.detection_file import DetectionFileError, FileFusionReport, fuse_detection_file, fuse_detections_json
-from jaxfuse._evaluation.evaluate import (
-    ACTIVITYNET_THRESHOLDS,
-    THUMOS14_THRESHOLDS,
-    DetectionMAP,
-    Detections,
-    GroundTruth,
-    evaluate_detections,
-)
-from jaxfuse._evaluation.activitynet_json import ActivityNetData, evaluate_json, load_activitynet_json
-from jaxfuse._fusion.generic_fit import FitResult, fit_template
 from jaxfuse._fusion.fuse_groups import (
-    FusionResult,
-    compile_count,
-    fuse_exponential,
-    fuse_gaussian,
-    fuse_groups,
-    fuse_laplace,
-    fuse_student_t,
-    fuse_uniform,
+    compile_count as compile_count,
+    fuse_exponential as fuse_exponential,
+    fuse_gaussian as fuse_gaussian,
+    fuse_groups as fuse_groups,
+    fuse_laplace as fuse_laplace,
+    fuse_student_t as fuse_student_t,
+    fuse_uniform as fuse_uniform,
+    FusionResult as FusionResult,
 )
-from jaxfuse._proposals.grouping import ProposalGroups, group_proposals
-from jaxfuse._labels.pseudo_labels import PseudoLabels, pseudo_labels
-from jaxfuse._proposals.proposal_lists import PaddedProposals, fuse_proposal_lists, pack_proposals, unpack_proposals
-from jaxfuse._proposals.fuse_proposals import FusedProposals, fuse_proposals
-from jaxfuse._core.settings import (
-    DEFAULT,
-    PRESETS,
-    PUBLISHED,
-    PUBLISHED_CLASS_THRESHOLD,
-    PUBLISHED_THRESHOLDS,
-    FusionSettings,
+from jaxfuse._fusion.fuse_ragged import (
+    fuse_ragged as fuse_ragged,
+    RaggedFusion as RaggedFusion,
 )
-from jaxfuse._core.padding import bucket_size
+from jaxfuse._fusion.generic_fit import (
+    fit_template as fit_template,
+    FitResult as FitResult,
+)
 from jaxfuse._fusion.packing import (
-    PackedGroups,
-    RaggedBuckets,
-    pack_groups,
-    pack_ragged,
-    unpack_groups,
-    unpack_members,
-    unpack_ragged,
-    unpack_ragged_members,
+    pack_groups as pack_groups,
+    pack_ragged as pack_ragged,
+    PackedGroups as PackedGroups,
+    RaggedBuckets as RaggedBuckets,
+    unpack_groups as unpack_groups,
+    unpack_members as unpack_members,
+    unpack_ragged as unpack_ragged,
+    unpack_ragged_members as unpack_ragged_members,
 )
-from jaxfuse._fusion.fuse_ragged import RaggedFusion, fuse_ragged
-from jaxfuse._core.result_codes import LPResultCode, ResultCode
-from jaxfuse._core.version import VERSION
-from jaxfuse._labels.snippets import SnippetLabels, segments_to_snippets
-from jaxfuse._proposals.sharding import fuse_proposals_sharded, item_mesh
-from jaxfuse._fusion.student_t import StudentTParameters
-from jaxfuse._fusion.closed_forms import ExponentialParameters, GaussianParameters, LaplaceParameters, UniformParameters
-from jaxfuse.tools.videos import SyntheticVideos, VideoParameters, synthetic_videos
-from jaxfuse._fusion.weights import member_probabilities
+from jaxfuse._fusion.student_t import (
+    StudentTParameters as StudentTParameters,
+)
+from jaxfuse._fusion.weights import (
+    member_probabilities as member_probabilities,
+)
+
+# Proposals: grouping, fusion, NMS, detection files
+from jaxfuse._proposals.detection_file import (
+    DetectionFileError as DetectionFileError,
+    FileFusionReport as FileFusionReport,
+    fuse_detection_file as fuse_detection_file,
+    fuse_detections_json as fuse_detections_json,
+)
+from jaxfuse._proposals.fuse_proposals import (
+    fuse_proposals as fuse_proposals,
+    FusedProposals as FusedProposals,
+)
+from jaxfuse._proposals.grouping import (
+    group_proposals as group_proposals,
+    ProposalGroups as ProposalGroups,
+)
+from jaxfuse._proposals.proposal_lists import (
+    fuse_proposal_lists as fuse_proposal_lists,
+    pack_proposals as pack_proposals,
+    PaddedProposals as PaddedProposals,
+    unpack_proposals as unpack_proposals,
+)
+from jaxfuse._proposals.sharding import (
+    fuse_proposals_sharded as fuse_proposals_sharded,
+    item_mesh as item_mesh,
+)
+
+# Evaluation
+from jaxfuse._evaluation.activitynet_json import (
+    ActivityNetData as ActivityNetData,
+    evaluate_json as evaluate_json,
+    load_activitynet_json as load_activitynet_json,
+)
+from jaxfuse._evaluation.evaluate import (
+    ACTIVITYNET_THRESHOLDS as ACTIVITYNET_THRESHOLDS,
+    DetectionMAP as DetectionMAP,
+    Detections as Detections,
+    evaluate_detections as evaluate_detections,
+    GroundTruth as GroundTruth,
+    THUMOS14_THRESHOLDS as THUMOS14_THRESHOLDS,
+)
+
+# CAS to proposals and detections
+from jaxfuse._detection.cas_proposals import (
+    CasProposals as CasProposals,
+    max_runs_per_threshold as max_runs_per_threshold,
+    proposals_from_cas as proposals_from_cas,
+)
+from jaxfuse._detection.detect import (
+    detect as detect,
+    detect_videos as detect_videos,
+    VideoDetections as VideoDetections,
+)
+
+# Training-time pseudo labels
+from jaxfuse._labels.pseudo_labels import (
+    pseudo_labels as pseudo_labels,
+    PseudoLabels as PseudoLabels,
+)
+from jaxfuse._labels.snippets import (
+    segments_to_snippets as segments_to_snippets,
+    SnippetLabels as SnippetLabels,
+)
+
+# Synthetic data
+from jaxfuse.tools.videos import (
+    synthetic_videos as synthetic_videos,
+    SyntheticVideos as SyntheticVideos,
+    VideoParameters as VideoParameters,
+)
 
 __version__ = VERSION
 
-# Before any compilation, so that jaxfuse's programs persist across processes
-# (see jaxfuse/_runtime/compilation_cache.py for why at import, and how to turn it off).
-enable_default_compilation_cache()
+# The persistent compilation cache is set up at jaxfuse's first call that may compile, not at import
+# (see jaxfuse/_runtime/compilation_cache.py: ensure_compilation_cache).
 
 __all__ = [
     "ACTIVITYNET_THRESHOLDS",

@@ -56,7 +56,7 @@ SHARED_GROUPS, SHARED_MEMBERS, SHARED_COORDINATES = 32, 16, 2
 def pad_to_shared_shape(values, weights, mask=None):
     """Pad ``[G, M, K]`` groups into the shared shape: empty groups, masked members, coordinate 0 repeated.
 
-    Padding cannot change a group's fit (tests/test_fuse.py checks padded + mask equals
+    Padding cannot change a group's fit (tests/fusion/test_fuse.py checks padded + mask equals
     unpadded); repeating a real coordinate keeps each group's result code and steps.
     """
     values, weights = np.asarray(values), np.asarray(weights)

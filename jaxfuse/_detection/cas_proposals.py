@@ -66,6 +66,7 @@ from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode, repr_with_code_
 from jaxfuse._core.settings import MARGIN_POWER, MARGIN_SCALE
 from jaxfuse._core.rows import gather_rows, running_count
 from jaxfuse._core.validation import checked_length, choice, float_array, positive_int
+from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
 
 CONVENTIONS = ("spec", "published")
 MARGIN_ROUNDINGS = ("ceil", "floor")
@@ -585,6 +586,7 @@ def proposals_from_cas(
         >>> found.threshold_index[: found.count].tolist()
         [0, 1]
     """
+    ensure_compilation_cache()  # before this call's first compilation
     kind = array_kind(cas)
     cas = float_array(cas, "cas", min_ndim=2 if classes_last else 1)
     classes_last = bool(classes_last)

@@ -70,6 +70,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
 from jaxfuse._detection.cas_proposals import (
     CONVENTIONS,
     batch_proposals,
@@ -547,6 +548,7 @@ def detect(
         >>> found.count.tolist(), found.segments[0, 1, 0].tolist()
         ([[0, 1]], [4.0, 12.0])
     """
+    ensure_compilation_cache()  # before this call's first compilation
     kind = array_kind(cas)
     request = _checked_request(
         cas, video_scores, thresholds, class_threshold, length, preset, options, convention, min_length,

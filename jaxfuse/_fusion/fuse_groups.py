@@ -23,6 +23,7 @@ from jaxfuse._core.result_codes import (
 )
 from jaxfuse._core.validation import bool_array, choice, float_array, positive_scalar
 from jaxfuse._fusion.weights import clipped_temperature, member_probabilities, temperature_is_valid
+from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
 
 
 class FusionResult(NamedTuple):
@@ -234,6 +235,7 @@ def fuse_groups(
         >>> fused.location
         array([[11., 21.]], dtype=float32)
     """
+    ensure_compilation_cache()  # before this call's first compilation
     kind = array_kind(values, weights)
     values = float_array(values, "values", min_ndim=2)
     weights = float_array(weights, "weights", min_ndim=1)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
 from jaxfuse._fusion.fuse_groups import fuse_groups
 from jaxfuse._fusion import templates
 from jaxfuse._fusion.templates import SEGMENT_SUM_TEMPLATES, TEMPLATES
@@ -140,6 +141,7 @@ def fuse_ragged(
         (array([3, 7]), array([[80., 90.],
                [11., 21.]], dtype=float32))
     """
+    ensure_compilation_cache()  # before this call's first compilation
     kind = array_kind(values, weights)
     for name, x in (("values", values), ("weights", weights), ("group_ids", group_ids), ("lengths", lengths)):
         if isinstance(x, jax.core.Tracer):

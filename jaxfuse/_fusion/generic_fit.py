@@ -21,6 +21,7 @@ from jaxfuse._core.settings import DEFAULT
 from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode, group_result, repr_with_code_names
 from jaxfuse._core.validation import bool_array, float_array, positive_int, positive_scalar
 from jaxfuse._fusion.weights import member_probabilities
+from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
 
 
 class FitResult(NamedTuple):
@@ -175,6 +176,7 @@ def fit_template(
         >>> print(jaxfuse.fit_template(jaxfuse.gaussian_density, segments, w).location.round(3))
         [[14.    52.667]]
     """
+    ensure_compilation_cache()  # before this call's first compilation
     template = _checked_template(template)
     kind = array_kind(values, weights)
     values = float_array(values, "values", min_ndim=1)

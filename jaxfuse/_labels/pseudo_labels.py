@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
 from jaxfuse._detection.cas_proposals import proposals_from_cas
 from jaxfuse._proposals.grouping import group_proposals
 from jaxfuse._core.interop import array_kind, from_jax
@@ -253,6 +254,7 @@ def pseudo_labels(
         >>> out.labels.shape == videos.cas.shape
         True
     """
+    ensure_compilation_cache()  # before this call's first compilation
     kind = array_kind(cas, video_scores)
     cas = float_array(cas, "cas", min_ndim=3)
     if cas.ndim != 3:

@@ -51,6 +51,7 @@ from jaxfuse._labels.pdhg import apply_rows, solve_interval_lp
 from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode, raise_for_results, repr_with_code_names
 from jaxfuse._core.settings import MARGIN_POWER, MARGIN_SCALE
 from jaxfuse._core.validation import checked_length, choice, float_array, positive_int
+from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
 
 METHODS = ("lp", "paint")
 FALLBACKS = ("paint", "zeros")
@@ -282,6 +283,7 @@ def segments_to_snippets(
         >>> round(float(labels.objective), 3), int(labels.result)
         (1.5, 0)
     """
+    ensure_compilation_cache()  # before this call's first compilation
     kind = array_kind(segments, scores, valid)
     num_snippets = positive_int(num_snippets, "num_snippets")
     options = check_solver_options(method, fallback, max_steps, check_every, rtol, atol, margin_scale, margin_power)

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
 from jaxfuse._proposals.bucketed_templates import fuse_padded_templates
 from jaxfuse._runtime.executable_store import stored_executable
 from jaxfuse._proposals.grouping import (
@@ -255,6 +256,7 @@ def fuse_proposals(
         >>> fused.segments[:2].astype(float).round(2).tolist()
         [[0.95, 10.95], [40.0, 50.0]]
     """
+    ensure_compilation_cache()  # before this call's first compilation
     kind = array_kind(segments, scores, weights, valid)
     settings = resolve_fusion_settings(
         preset, overlap_threshold=overlap_threshold, overlap=overlap, discrete=discrete, method=method,

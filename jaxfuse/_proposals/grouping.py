@@ -45,6 +45,7 @@ from jaxfuse._core.settings import resolve_settings
 from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode
 from jaxfuse._core.rows import compacted_while_loop, first_best, gather_rows, running_count
 from jaxfuse._core.validation import bool_array, choice, float_array
+from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
 
 OVERLAP_MEASURES = ("candidate", "iou")
 
@@ -546,6 +547,7 @@ def group_proposals(
         >>> groups.group.tolist(), groups.leader.tolist(), int(groups.count)
         ([0, 0, 1], [0, 2, -1], 2)
     """
+    ensure_compilation_cache()  # before this call's first compilation
     settings = resolve_settings(preset, overlap_threshold=overlap_threshold, overlap=overlap, discrete=discrete)
     threshold = validate_threshold(settings.overlap_threshold)
     overlap, discrete = validate_overlap(settings.overlap, settings.discrete)

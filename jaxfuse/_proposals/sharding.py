@@ -42,6 +42,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxfuse._proposals.grouping import raise_for_value_problems, validate_proposals, value_problems
 from jaxfuse._core.interop import ArrayKind, array_kind
 from jaxfuse._proposals.fuse_proposals import FusedProposals, check_method_options, fuse_proposals, resolve_fusion_settings
+from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
 
 ITEMS_AXIS = "items"
 """The name of the mesh axis that the items are split over."""
@@ -140,6 +141,7 @@ def fuse_proposals_sharded(
         >>> fused.count.tolist(), fused.group.tolist()
         ([2], [[0, 0, 1]])
     """
+    ensure_compilation_cache()  # before this call's first compilation
     options = {**_DEFAULTS, **fuse_options}
     kind = array_kind(segments, scores, weights, valid)
     mesh = item_mesh(devices)

@@ -5,10 +5,13 @@ run, so in a one-shot use (evaluate a model's outputs once, fuse one detection
 file) compilation is most of the wait. JAX can keep compiled programs on disk
 and load them in a later process, but by default it keeps none (no cache
 directory) and, once given one, skips programs that compiled in under a
-second, which is most of jaxfuse's. So ``import jaxfuse`` turns the cache on:
+second, which is most of jaxfuse's. So jaxfuse turns the cache on, at its
+first call that may compile (:func:`ensure_compilation_cache`; ``import
+jaxfuse`` itself changes no setting):
 
-* where: ``$JAXFUSE_COMPILATION_CACHE`` when it names a directory, else
-  ``$XDG_CACHE_HOME/jaxfuse/jax``, else ``~/.cache/jaxfuse/jax``;
+* where: ``$JAXFUSE_COMPILATION_CACHE`` when it names a local directory, else
+  ``$XDG_CACHE_HOME/jaxfuse/jax``, else ``~/.cache/jaxfuse/jax``; missing
+  directories are created ``0700``;
 * what: every program that took at least :data:`MIN_COMPILE_TIME_SECS` to
   compile, whatever its size;
 * never over the user's own choice: nothing is changed when JAX already has a
@@ -18,29 +21,52 @@ second, which is most of jaxfuse's. So ``import jaxfuse`` turns the cache on:
 * off with ``JAXFUSE_COMPILATION_CACHE=0`` (or ``off``, ``false``, ``no``), or
   by :func:`set_compilation_cache` ``(None)``, which also moves it.
 
-Why at import: JAX reads these settings at the first compilation, which can be
-any jaxfuse call, so they must be in place before it. Setting them costs a
-directory check and no compilation; a user who configures JAX afterwards (a
-``jax.config.update`` before their first call) simply overrides them. When the
-directory cannot be created or written (a read-only home), the cache stays off
-silently and :func:`compilation_cache_status` says why; the CLI prints it.
+Why at the first call and not at import: JAX opens its cache at the first
+compilation that finds a directory set, so the settings need only be in place
+before jaxfuse's first compilation (not before the user's own, which then
+simply persist nothing until then); a user who configures JAX before that
+call overrides them. When the directory cannot
+be created or written (a read-only home), the cache stays off silently and
+:func:`compilation_cache_status` says why; the CLI prints it.
+
+A cache is code: whoever can write it chooses what runs. So the directory
+jaxfuse picks must be the user's alone (:mod:`jaxfuse._runtime.private_files`: owned
+by the user and writable by nobody else, and so is every directory up to the
+root, sticky ones like ``/tmp`` aside); otherwise the cache stays off with the
+reason in :func:`compilation_cache_status`, and one warning. A remote URL
+(``gs://...``) in ``JAXFUSE_COMPILATION_CACHE`` is refused the same way, since
+its owner cannot be checked: to share a remote cache, configure JAX itself
+(``JAX_COMPILATION_CACHE_DIR``), which jaxfuse then leaves alone.
 
 The cache is JAX's own: its entries are keyed by the program, the jax and
-jaxlib versions and the device, so a stale entry is never used. As JAX warns,
-only point it at a directory that nobody else can write to. jaxfuse's store
-of whole executables (:mod:`jaxfuse._runtime.executable_store`, which also skips
-tracing) lives in its ``jaxfuse-executables`` subdirectory and follows the
-same switches.
+jaxlib versions and the device, so a stale entry is never used. jaxfuse's
+store of whole executables (:mod:`jaxfuse._runtime.executable_store`, which also skips
+tracing) lives in its ``jaxfuse-executables`` subdirectory, follows the same
+switches and checks its directory the same way, also in a directory the user
+gave JAX.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, NamedTuple, TextIO
+from typing import NamedTuple, TextIO
 
 import jax
+
+from jaxfuse._runtime.jax_cache_bypass import bypass_available, bypassing_jax_cache
+from jaxfuse._runtime.private_files import (
+    can_check_ownership,
+    directory_problem,
+    first_warning,
+    make_private_directory,
+    private_file_exists,
+    touch_private_file,
+    warn_untrusted,
+)
 
 ENVIRONMENT_VARIABLE = "JAXFUSE_COMPILATION_CACHE"
 OFF_VALUES = frozenset({"0", "off", "false", "no", "none"})
@@ -62,7 +88,8 @@ class CompilationCacheStatus(NamedTuple):
         source: ``"jaxfuse"`` (the per-user default or the environment variable),
             ``"set_compilation_cache"``, ``"user"`` (JAX configured by the user:
             left alone), ``"off"`` (turned off on purpose) or ``"unavailable"``
-            (the directory cannot be created or written).
+            (the directory cannot be created or written, is not the user's
+            alone, or is remote).
         reason: why the cache is off or unavailable (empty when it is on).
     """
 
@@ -72,6 +99,9 @@ class CompilationCacheStatus(NamedTuple):
 
 
 _status = CompilationCacheStatus(None, "off", "not configured yet")
+_configured = False  # whether _status reflects a decision (lazy: at jaxfuse's first compiling call)
+_configure_lock = threading.Lock()
+_refused = False  # whether the directory jaxfuse picked was refused for a reason worth a warning
 
 
 def default_cache_directory() -> Path:
@@ -80,15 +110,26 @@ def default_cache_directory() -> Path:
     return Path(base) / "jaxfuse" / "jax"
 
 
-def _writable_directory(path: Path) -> str:
-    """Create ``path``; return why it cannot hold the cache ('' when it can)."""
+def _unusable_directory(path: str | os.PathLike) -> tuple[str, bool]:
+    """Create ``path`` (0700); return why it cannot hold the cache ('' when it can) and whether to warn.
+
+    A remote URL or a directory others can write is worth a warning; a
+    read-only home (cannot create, not writable) is not, as before.
+    """
+    if "://" in os.fspath(path):
+        return (f"{os.fspath(path)} is a remote URL, whose owner jaxfuse cannot check; to use a remote cache, "
+                f"set JAX_COMPILATION_CACHE_DIR (jaxfuse leaves JAX's own setting alone)"), True
+    path = Path(path)
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        make_private_directory(path)
     except OSError as error:
-        return f"cannot create {path}: {error.strerror or error}"
+        return f"cannot create {path}: {error.strerror or error}", False
     if not os.access(path, os.W_OK | os.X_OK):
-        return f"{path} is not writable"
-    return ""
+        return f"{path} is not writable", False
+    if can_check_ownership():
+        problem = directory_problem(path)
+        return problem, bool(problem)
+    return "", False  # Windows: a profile directory is the user's by its access list; the executable store stays off
 
 
 def _store_jaxfuse_programs() -> None:
@@ -99,24 +140,27 @@ def _store_jaxfuse_programs() -> None:
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)  # no minimum, no override
 
 
-def _use_directory(path: Path, source: str) -> CompilationCacheStatus:
-    global _status
-    problem = _writable_directory(path)
+def _reset_jax_cache() -> None:
+    """Make JAX open its cache afresh: it opens one once, at the first compilation that finds a directory set."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    compilation_cache.reset_cache()
+
+
+def _use_directory(path: str | os.PathLike, source: str) -> CompilationCacheStatus:
+    global _status, _refused
+    problem, _refused = _unusable_directory(path)
     if problem:
         _status = CompilationCacheStatus(None, "unavailable", problem)
         return _status
     _store_jaxfuse_programs()
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    _status = CompilationCacheStatus(str(path), source)
+    jax.config.update("jax_compilation_cache_dir", os.fspath(path))
+    _reset_jax_cache()
+    _status = CompilationCacheStatus(os.fspath(path), source)
     return _status
 
 
-def enable_default_compilation_cache() -> CompilationCacheStatus:
-    """Turn the cache on as the module docstring says; called once by ``import jaxfuse``.
-
-    Returns:
-        The resulting :class:`CompilationCacheStatus`.
-    """
+def _decide() -> CompilationCacheStatus:
     global _status
     if jax.config.jax_compilation_cache_dir is not None:
         _status = CompilationCacheStatus(jax.config.jax_compilation_cache_dir, "user")
@@ -128,75 +172,132 @@ def enable_default_compilation_cache() -> CompilationCacheStatus:
     if setting.lower() in OFF_VALUES:
         _status = CompilationCacheStatus(None, "off", f"{ENVIRONMENT_VARIABLE}={setting}")
         return _status
-    path = Path(setting).expanduser() if setting else default_cache_directory()
-    return _use_directory(path, "jaxfuse")
+    return _use_directory(_local_path(setting) if setting else default_cache_directory(), "jaxfuse")
+
+
+def _local_path(setting: str) -> str | Path:
+    """``setting`` with ``~`` expanded; a URL as it is (refused by :func:`_use_directory`, never made a directory)."""
+    return setting if "://" in setting else Path(setting).expanduser()
+
+
+def enable_default_compilation_cache() -> CompilationCacheStatus:
+    """Turn the cache on as the module docstring says, now (:func:`ensure_compilation_cache` does it once, lazily).
+
+    Returns:
+        The resulting :class:`CompilationCacheStatus`.
+    """
+    global _configured
+    with _configure_lock:
+        _configured = True
+        return _decide()
+
+
+def ensure_compilation_cache(*, warn: bool = True) -> None:
+    """Turn the cache on as the module docstring says, once per process; called by jaxfuse before it compiles.
+
+    Costs one check after the first call. A directory refused as not the
+    user's alone is named in one warning (``warn``; the CLI says it itself).
+    """
+    global _configured
+    if _configured:
+        return
+    with _configure_lock:
+        if _configured:
+            return
+        status = _decide()
+        _configured = True
+    if status.source == "unavailable" and _refused:
+        directory = os.environ.get(ENVIRONMENT_VARIABLE, "").strip() or str(default_cache_directory())
+        if warn:
+            warn_untrusted(directory, status.reason, "compiling without a persistent cache")
+        else:
+            first_warning(directory)  # the caller prints the status itself
 
 
 def set_compilation_cache(path: str | os.PathLike | None) -> CompilationCacheStatus:
     """Move JAX's persistent compilation cache to ``path``, or turn it off with None.
 
     Takes effect for the next compilation in this process (programs already
-    compiled stay in memory). It overrides what ``import jaxfuse`` chose and
-    the user's own ``jax_compilation_cache_dir``. For a whole environment, set
-    ``JAXFUSE_COMPILATION_CACHE`` to a directory, or to ``0`` for no cache,
-    before importing jaxfuse.
+    compiled stay in memory). It overrides what jaxfuse chose and the user's
+    own ``jax_compilation_cache_dir``. For a whole environment, set
+    ``JAXFUSE_COMPILATION_CACHE`` to a directory, or to ``0`` for no cache.
 
     Args:
-        path: a directory (created if missing) or None.
+        path: a local directory (created 0700 if missing) or None.
 
     Returns:
         The new :class:`CompilationCacheStatus`: ``directory`` None, with the
-        reason, when ``path`` cannot be created or written.
+        reason, when ``path`` cannot be created or written, is not the user's
+        alone, or is a remote URL.
 
     Example:
         >>> import jaxfuse
         >>> jaxfuse.set_compilation_cache(None).directory is None
         True
     """
-    global _status
-    # JAX opens its cache once, at the first compilation; forget it so that the
-    # next one sees the new setting.
-    from jax.experimental.compilation_cache import compilation_cache
+    global _status, _configured
+    with _configure_lock:
+        _configured = True
+        if path is None:
+            jax.config.update("jax_compilation_cache_dir", None)
+            _reset_jax_cache()
+            _status = CompilationCacheStatus(None, "off", "set_compilation_cache(None)")
+            return _status
+        status = _use_directory(_local_path(os.fspath(path)), "set_compilation_cache")
+        if status.directory is None:
+            jax.config.update("jax_compilation_cache_dir", None)
+            _reset_jax_cache()
+        return status
 
-    if path is None:
-        jax.config.update("jax_compilation_cache_dir", None)
-        compilation_cache.reset_cache()
-        _status = CompilationCacheStatus(None, "off", "set_compilation_cache(None)")
-        return _status
-    status = _use_directory(Path(os.fspath(path)).expanduser(), "set_compilation_cache")
-    if status.directory is None:
-        jax.config.update("jax_compilation_cache_dir", None)
-    compilation_cache.reset_cache()
-    return status
+
+_fallback_lock = threading.Lock()
+_fallback_depth = 0  # threads inside persistent_cache_disabled, where jax offers no per-thread bypass
+_fallback_saved_directory: str | None = None
 
 
 @contextlib.contextmanager
 def persistent_cache_disabled() -> Iterator[None]:
-    """Compile everything inside, reading and writing no persistent cache; then restore the settings.
+    """Compile everything inside, in this thread, reading and writing no persistent cache; nests.
 
     For measuring compilation itself (the benchmarks' compile counts and
-    first-call latencies), which a warm disk cache would hide.
+    first-call latencies), which a warm disk cache would hide. JAX's settings
+    are not touched and other threads keep their caches (see
+    :mod:`jaxfuse._runtime.jax_cache_bypass`). With a jax that offers no per-thread
+    bypass, the cache directory is unset while any thread is inside and put
+    back when the last one leaves: other threads then compile without the
+    cache meanwhile. Threads started inside (the workers of
+    :func:`jaxfuse.fuse_proposals_sharded`) are not covered by the bypass.
     """
-    global _status
-    from jax.experimental.compilation_cache import compilation_cache
-
-    saved_status, saved_directory = _status, jax.config.jax_compilation_cache_dir
-    jax.config.update("jax_compilation_cache_dir", None)
-    compilation_cache.reset_cache()
+    ensure_compilation_cache()
+    if bypass_available():
+        with bypassing_jax_cache():
+            yield
+        return
+    global _fallback_depth, _fallback_saved_directory
+    with _fallback_lock:
+        if _fallback_depth == 0:
+            _fallback_saved_directory = jax.config.jax_compilation_cache_dir
+            jax.config.update("jax_compilation_cache_dir", None)
+            _reset_jax_cache()
+        _fallback_depth += 1
     try:
         yield
     finally:
-        jax.config.update("jax_compilation_cache_dir", saved_directory)
-        compilation_cache.reset_cache()
-        _status = saved_status
+        with _fallback_lock:
+            _fallback_depth -= 1
+            if _fallback_depth == 0:
+                jax.config.update("jax_compilation_cache_dir", _fallback_saved_directory)
+                _reset_jax_cache()
 
 
 def compilation_cache_status() -> CompilationCacheStatus:
     """Where compiled programs persist now (see :class:`CompilationCacheStatus`).
 
-    A ``jax.config.update("jax_compilation_cache_dir", ...)`` made after
-    ``import jaxfuse`` is reported as the user's.
+    Sets the cache up first if no jaxfuse call has yet (as that call would). A
+    ``jax.config.update("jax_compilation_cache_dir", ...)`` made after that is
+    reported as the user's.
     """
+    ensure_compilation_cache()
     directory = jax.config.jax_compilation_cache_dir
     if directory != _status.directory:
         return CompilationCacheStatus(directory, "user" if directory else "off",
@@ -206,12 +307,29 @@ def compilation_cache_status() -> CompilationCacheStatus:
     return _status
 
 
+# ------------------------------------------------------------ first-run marker
+
+_store_writes = {"kept": 0, "failed": 0}
+
+
+def record_store_write(kept: bool) -> None:
+    """Count a program written to (or lost by) the executable store, for :func:`mark_compiled`."""
+    _store_writes["kept" if kept else "failed"] += 1
+
+
 def _marker(directory: str) -> Path:
-    """One file per jaxfuse, jax and backend: its presence means jaxfuse compiled here before."""
+    """One file per jaxfuse, jax and backend: its presence means an earlier run compiled here and kept its programs."""
     from jaxfuse._core.version import VERSION as __version__
 
     backend = jax.default_backend()
     return Path(directory) / f"jaxfuse-{__version__}-jax-{jax.__version__}-{backend}.compiled"
+
+
+def _marker_problem(directory: str | None) -> str:
+    """Why no marker can live in ``directory`` ('' when one can); jaxfuse writes it only where it owns the chain."""
+    if directory is None or "://" in directory or not can_check_ownership():
+        return "no local directory whose owner jaxfuse can check"
+    return directory_problem(directory)
 
 
 def announce_first_compilation(stream: TextIO) -> bool:
@@ -223,17 +341,21 @@ def announce_first_compilation(stream: TextIO) -> bool:
     Returns:
         Whether a line was written.
     """
+    ensure_compilation_cache(warn=False)
     status = compilation_cache_status()
     if status.source == "unavailable":
         print(f"jaxfuse: compiling without a persistent cache ({status.reason}); every run compiles again",
               file=stream)
         return True
-    if status.directory is None:
+    if status.directory is None or "://" in status.directory or not can_check_ownership():
+        return False  # off on purpose, or JAX's alone (a remote cache of the user's; Windows): nothing to mark
+    problem = _marker_problem(status.directory)
+    if problem:  # the user's own JAX cache directory: jaxfuse keeps nothing there
+        if first_warning(Path(status.directory) / "jaxfuse-executables"):
+            print(f"jaxfuse: not keeping compiled programs in {status.directory} ({problem})", file=stream)
+            return True
         return False
-    try:
-        if _marker(status.directory).exists():
-            return False
-    except OSError:
+    if private_file_exists(_marker(status.directory)):
         return False
     print(f"jaxfuse: first run on this machine (jax {jax.__version__}, {jax.default_backend()}): compiling, "
           f"which takes a while; compiled programs are kept in {status.directory} for the next runs",
@@ -242,11 +364,17 @@ def announce_first_compilation(stream: TextIO) -> bool:
 
 
 def mark_compiled() -> None:
-    """Record that jaxfuse compiled here (see :func:`announce_first_compilation`); never raises."""
+    """Record that jaxfuse compiled here and kept its programs (see :func:`announce_first_compilation`).
+
+    Nothing is recorded when a program could not be written to the executable
+    store in this process (a full disk: the next run compiles again, and must
+    say so), or when the cache directory is not the user's alone. The marker
+    is created without following a link or blocking on a FIFO. Never raises.
+    """
     directory = compilation_cache_status().directory
-    if directory is None:
+    if _store_writes["failed"] or _marker_problem(directory):
         return
     try:
-        _marker(directory).touch()
+        touch_private_file(_marker(directory))
     except OSError:
         pass

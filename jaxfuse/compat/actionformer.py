@@ -57,6 +57,7 @@ from jaxfuse._core.interop import is_torch_tensor, to_host
 from jaxfuse._proposals.actionformer_nms import select
 from jaxfuse._core.padding import bucket_size
 from jaxfuse._core.validation import choice, positive_scalar
+from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
 
 METHODS = ("soft_nms", "nms", "gaussian")
 DEFAULT_TEMPERATURE = 0.2  # the published evaluation temperature
@@ -381,6 +382,7 @@ def batched_nms(
         >>> out.cls_idxs.tolist(), [round(s, 4) for s in out.scores.tolist()]
         ([0, 1, 0], [0.9, 0.7, 0.1583])
     """
+    ensure_compilation_cache()  # before this call's first compilation
     options = _options(iou_threshold, min_score, max_seg_num, use_soft_nms, sigma, voting_thresh, method, temperature)
     segments, score_values, labels = _video_arrays(segs, scores, cls_idxs)
     if segments.shape[0] == 0 or options["max_seg_num"] == 0:
@@ -482,6 +484,7 @@ def batched_nms_videos(
         >>> [len(video.scores) for video in out]
         [1, 1]
     """
+    ensure_compilation_cache()  # before this call's first compilation
     options = _options(iou_threshold, min_score, max_seg_num, use_soft_nms, sigma, voting_thresh, method, temperature)
     if not (len(segs) == len(scores) == len(cls_idxs)):
         raise ValueError(

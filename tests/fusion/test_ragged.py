@@ -83,7 +83,7 @@ def test_empty_input_packs_to_empty_padding():
 # ------------------------------------------------------------------ size-bucketed path (pack_ragged, fuse_ragged)
 
 # Groups of 1-16 members go to capacities 8 ([64, 8, 2]) and 16 ([32, 16, 2], the suite's shared shape): two
-# programs per template and dtype, the second shared with tests/test_fuse.py.
+# programs per template and dtype, the second shared with tests/fusion/test_fuse.py.
 SMALL_BUCKETS = dict(min_members=8, min_slots=512, merge_slots=0)
 
 
@@ -112,7 +112,7 @@ def test_fuse_ragged_equals_fusing_each_group_alone(template, dtype):
     fused = jaxfuse.fuse_ragged(values, weights, labels, template=template, temperature=0.3, **buckets)
 
     np.testing.assert_array_equal(fused.group_ids, np.unique(labels))
-    # Each group in a row of its own (padding + mask equal the unpadded group: tests/test_fuse.py).
+    # Each group in a row of its own (padding + mask equal the unpadded group: tests/fusion/test_fuse.py).
     alone_values = np.zeros((len(sizes), 16, 2), dtype)
     alone_weights = np.zeros((len(sizes), 16), dtype)
     alone_mask = np.zeros((len(sizes), 16), bool)

@@ -34,7 +34,7 @@ from jaxfuse._proposals.detection_file import (
 )
 from jaxfuse._proposals.proposal_lists import pack_proposals
 
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(autouse=True)

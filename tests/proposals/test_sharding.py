@@ -20,7 +20,7 @@ import pytest
 from jaxfuse._proposals.fuse_proposals import fuse_proposals
 from jaxfuse._proposals.sharding import ITEMS_AXIS, fuse_proposals_sharded, item_mesh
 
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FOUR_DEVICE_SCRIPT = textwrap.dedent(
     """
@@ -117,7 +117,7 @@ def test_four_virtual_devices_give_identical_sharded_results():
 # --------------------------------------------------------------- one device, in process
 
 
-# The batch shape of tests/test_torch_interop.py (weights and valid given): one compiled program for both.
+# The batch shape of tests/core/test_torch_interop.py (weights and valid given): one compiled program for both.
 ITEMS, PROPOSALS = 3, 16
 
 

@@ -16,7 +16,7 @@ import jaxfuse
 from jaxfuse.cli import main
 from jaxfuse._core.settings import resolve_settings
 
-# The batch shape of tests/test_proposals.py: the float32 programs are shared with it.
+# The batch shape of tests/proposals/test_proposals.py: the float32 programs are shared with it.
 ITEMS, SIZE = 6, 40
 
 

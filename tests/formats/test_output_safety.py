@@ -23,7 +23,7 @@ import pytest
 from jaxfuse.formats.output import OutputError, plan_output, write_output
 from jaxfuse.formats.temporary_files import STALE_SECONDS, temporary_name, temporary_pattern
 
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHILD_ENVIRONMENT = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPOSITORY}
 IS_ROOT = os.geteuid() == 0
 OTHER_UID = 12345
