@@ -1,0 +1,179 @@
+"""The published segment-to-snippet LP solved exactly on device: components, closed forms, batched simplex.
+
+Steps (static shapes throughout, so it runs inside a caller's ``jit``):
+
+1. rows sorted by support start and cut into independent components
+   (:func:`jaxfuse._lp_components.split_components`); snippets outside every
+   support stay 0;
+2. one-row components in closed form, with HiGHS's own vertex;
+3. multi-row components, by size tier (up to 4 rows, up to 16, up to ``R``),
+   through the batched dual simplex on their atom LPs
+   (:mod:`jaxfuse._interval_simplex`), each tier with its own lanes and pivot cap;
+4. components past the pivot cap (none on the published chain's data in the
+   benchmarks) go to the restarted PDHG of :mod:`jaxfuse._interval_lp` on their
+   atom LP (an interval LP too: rows are runs of consecutive atoms, bounds
+   the atoms' widths), a few at a time; their items are flagged ``fallback``;
+5. atom values back to snippets by the right fill, all in one scatter.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxfuse._interval_lp import LPResultCode, solve_interval_lp
+from jaxfuse._interval_simplex import Atoms, atom_lp, solve_tier, store
+from jaxfuse._lp_components import (
+    Components,
+    TierList,
+    empty_fill,
+    feasibility_tolerance,
+    filled_snippets,
+    one_row_atoms,
+    right_fill,
+    split_components,
+    tier_list,
+)
+
+# (most rows, lanes) per tier: most components have 2 to 4 rows (the benchmark's published-chain
+# data: 95 %), a few up to 12; larger ones come from dense adversarial rows.
+_TIERS = ((4, 512), (16, 64))
+_LARGE_TIER_LANES = 4
+# Fallback lanes per PDHG solve.
+_FALLBACK_LANES = 4
+
+
+def pivot_cap(max_rows: int) -> int:
+    """Most simplex pivots for a component of up to ``max_rows`` rows (realistic ones need about ``rows``)."""
+    return 8 * max_rows + 32
+
+
+def tiers(rows: int) -> tuple[tuple[int, int, int], ...]:
+    """``(smallest, largest, lanes)`` component sizes per tier for items of ``rows`` rows."""
+    out, smallest = [], 2
+    for largest, lanes in _TIERS:
+        if smallest > rows:
+            break
+        largest = min(largest, rows)
+        out.append((smallest, largest, lanes))
+        smallest = largest + 1
+    if smallest <= rows:
+        out.append((smallest, rows, _LARGE_TIER_LANES))
+    return tuple(out)
+
+
+class ExactSolution(NamedTuple):
+    """Labels of a batch of published LPs.
+
+    Attributes:
+        x: ``[B, L]`` labels (zero past each length and outside every support).
+        result: ``[B]`` int32 ``LPResultCode``: ``SUCCESSFUL``, ``INFEASIBLE``,
+            or what the PDHG fallback reported (``MAX_STEPS_REACHED``, ``DIVERGED``).
+        steps: ``[B]`` int32 most simplex pivots of one component, plus the
+            fallback's PDHG iterations.
+        restarts: ``[B]`` int32 PDHG restarts of the fallback.
+        fallback: ``[B]`` bool, a component went past the pivot cap to PDHG.
+    """
+
+    x: jax.Array
+    result: jax.Array
+    steps: jax.Array
+    restarts: jax.Array
+    fallback: jax.Array
+
+
+def _fallback_list(status, capacity: int) -> TierList:
+    """The components past their tier's pivot cap (``status [B, R, 3]`` at their first rows), compacted."""
+    rows = status.shape[1]
+    capped = (status[..., 0] == LPResultCode.MAX_STEPS_REACHED).reshape(-1)
+    position = jnp.where(capped, jnp.cumsum(capped, dtype=jnp.int32) - 1, capacity)
+    where = jnp.arange(capped.shape[0], dtype=jnp.int32)
+
+    def listed(values):
+        return jnp.zeros((capacity,), jnp.int32).at[position].set(values, mode="drop")
+
+    return TierList(listed(where // rows), listed(where % rows), jnp.zeros((capacity,), jnp.int32), jnp.sum(capped, dtype=jnp.int32))
+
+
+def _pdhg_fallback(components: Components, listed: TierList, atoms: Atoms, *, max_steps: int, check_every: int, rtol,
+                   atol) -> Atoms:
+    """Solve the ``listed`` components by PDHG on their atom LPs, ``_FALLBACK_LANES`` at a time."""
+    rows = components.target.shape[1]
+    build = jax.vmap(lambda i, f, s: atom_lp(components, i, f, s, rows))
+
+    def chunk(carry):
+        done, atoms = carry
+        index = done + jnp.arange(_FALLBACK_LANES, dtype=jnp.int32)
+        real = index < listed.count
+        safe = jnp.minimum(index, listed.item.shape[0] - 1)
+        item, first = listed.item[safe], listed.first[safe]
+        size = jnp.where(real, components.size[item, first], 0)
+        lp = build(item, first, size)
+        num_atoms = lp.points.shape[-1] - 1
+        row_index = jnp.minimum(first[:, None] + jnp.arange(rows, dtype=jnp.int32), rows - 1)
+        breaks = components.breaks[item[:, None], row_index]
+        # Row r of the atom LP covers the atoms from the one starting at b_k on: an interval LP over atoms.
+        atom_breaks = jax.vmap(lambda points, b: jnp.searchsorted(points[:-1], b, side="left"))(lp.points, breaks)
+        atom_breaks = jnp.where((jnp.arange(rows) < size[:, None])[..., None], atom_breaks, 0).astype(jnp.int32)
+        status = jnp.where(real, LPResultCode.SUCCESSFUL, LPResultCode.EMPTY_GROUP).astype(jnp.int32)
+        solution = solve_interval_lp(
+            atom_breaks, lp.target, lp.upper[:, :num_atoms], status, max_steps=max_steps, check_every=check_every,
+            rtol=rtol, atol=atol,
+        )
+        usable = (solution.result != LPResultCode.INFEASIBLE) & (solution.result != LPResultCode.DIVERGED)
+        atoms = store(atoms, lp, solution.x, usable, solution.result, solution.steps, solution.restarts, real, rows)
+        return done + _FALLBACK_LANES, atoms
+
+    return jax.lax.while_loop(lambda c: c[0] < listed.count, chunk, (jnp.zeros((), jnp.int32), atoms))[1]
+
+
+@functools.partial(jax.jit, static_argnames=("num_snippets", "max_steps", "check_every"))
+def solve_published_lp(breaks, target, valid, *, num_snippets: int, max_steps: int, check_every: int, rtol, atol):
+    """Exact labels of a batch of published LPs (see the module docstring).
+
+    Args:
+        breaks: ``[B, R, 4]`` int32 row breakpoints in ``[0, L_b]`` (from
+            :mod:`jaxfuse._lp_rows`).
+        target: ``[B, R]`` row targets ``q``.
+        valid: ``[B, R]`` bool rows to use.
+        num_snippets: ``L``, the labels' padded length.
+        max_steps, check_every, rtol, atol: the PDHG fallback's options.
+
+    Returns:
+        An :class:`ExactSolution`.
+    """
+    batch, rows = target.shape
+    dtype = target.dtype
+    components = split_components(breaks, target, valid)
+    start, end, value, one_row_infeasible = one_row_atoms(components)
+    bounds = jnp.stack([start, end], axis=-1)  # [B, R, 3, 2]
+    bounds = jnp.concatenate([bounds, jnp.zeros_like(bounds[:, :, :1])], axis=2)
+    code = jnp.where(one_row_infeasible, LPResultCode.INFEASIBLE, LPResultCode.SUCCESSFUL)
+    status = jnp.stack([code, jnp.zeros_like(code), jnp.zeros_like(code)], axis=-1).astype(jnp.int32)
+    atoms = Atoms(
+        bounds=bounds.reshape(-1, 2),
+        value=jnp.concatenate([value, jnp.zeros_like(value[..., :1])], axis=-1).reshape(-1),
+        status=status.reshape(-1, 3),
+    )
+    for smallest, largest, lanes in tiers(rows):
+        listed = tier_list(components, smallest, largest)
+        atoms = solve_tier(components, listed, atoms, max_rows=largest, lanes=lanes, max_steps=pivot_cap(largest))
+    listed = _fallback_list(atoms.status.reshape(batch, rows, 3), max(1, batch * rows // 2))
+    in_list = jnp.arange(listed.item.shape[0]) < listed.count
+    fallback = jnp.zeros((batch,), bool).at[jnp.where(in_list, listed.item, batch)].set(True, mode="drop")
+    atoms = _pdhg_fallback(components, listed, atoms, max_steps=max_steps, check_every=check_every, rtol=rtol, atol=atol)
+    status = atoms.status.reshape(batch, rows, 3)
+    result = jnp.max(status[..., 0], axis=1, initial=0)
+    result = jnp.where(components.empty_infeasible, LPResultCode.INFEASIBLE, result)
+    item = jnp.broadcast_to(jnp.arange(batch, dtype=jnp.int32)[:, None], (batch, rows * 4)).reshape(-1)
+    fill = right_fill(
+        empty_fill(batch, num_snippets, dtype), item, atoms.bounds[:, 0], atoms.bounds[:, 1], atoms.value,
+        num_snippets, feasibility_tolerance(jnp.abs(atoms.value), dtype),
+    )
+    return ExactSolution(
+        filled_snippets(fill, batch, num_snippets), result.astype(jnp.int32), jnp.max(status[..., 1], axis=1),
+        jnp.max(status[..., 2], axis=1), fallback,
+    )
