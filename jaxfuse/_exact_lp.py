@@ -112,7 +112,6 @@ def _pdhg_fallback(components: Components, listed: TierList, atoms: Atoms, *, ma
         item, first = listed.item[safe], listed.first[safe]
         size = jnp.where(real, components.size[item, first], 0)
         lp = build(item, first, size)
-        num_atoms = lp.points.shape[-1] - 1
         row_index = jnp.minimum(first[:, None] + jnp.arange(rows, dtype=jnp.int32), rows - 1)
         breaks = components.breaks[item[:, None], row_index]
         # Row r of the atom LP covers the atoms from the one starting at b_k on: an interval LP over atoms.
@@ -120,7 +119,7 @@ def _pdhg_fallback(components: Components, listed: TierList, atoms: Atoms, *, ma
         atom_breaks = jnp.where((jnp.arange(rows) < size[:, None])[..., None], atom_breaks, 0).astype(jnp.int32)
         status = jnp.where(real, LPResultCode.SUCCESSFUL, LPResultCode.EMPTY_GROUP).astype(jnp.int32)
         solution = solve_interval_lp(
-            atom_breaks, lp.target, lp.upper[:, :num_atoms], status, max_steps=max_steps, check_every=check_every,
+            atom_breaks, lp.target, lp.upper, status, max_steps=max_steps, check_every=check_every,
             rtol=rtol, atol=atol,
         )
         usable = (solution.result != LPResultCode.INFEASIBLE) & (solution.result != LPResultCode.DIVERGED)
@@ -130,8 +129,10 @@ def _pdhg_fallback(components: Components, listed: TierList, atoms: Atoms, *, ma
     return jax.lax.while_loop(lambda c: c[0] < listed.count, chunk, (jnp.zeros((), jnp.int32), atoms))[1]
 
 
-@functools.partial(jax.jit, static_argnames=("num_snippets", "max_steps", "check_every"))
-def solve_published_lp(breaks, target, valid, *, num_snippets: int, max_steps: int, check_every: int, rtol, atol):
+@functools.partial(jax.jit, static_argnames=("num_snippets", "max_steps", "check_every", "max_pivots"))
+def solve_published_lp(
+    breaks, target, valid, *, num_snippets: int, max_steps: int, check_every: int, rtol, atol, max_pivots: int | None = None
+):
     """Exact labels of a batch of published LPs (see the module docstring).
 
     Args:
@@ -141,6 +142,8 @@ def solve_published_lp(breaks, target, valid, *, num_snippets: int, max_steps: i
         valid: ``[B, R]`` bool rows to use.
         num_snippets: ``L``, the labels' padded length.
         max_steps, check_every, rtol, atol: the PDHG fallback's options.
+        max_pivots: simplex pivots per component before the fallback
+            (default :func:`pivot_cap` of the component's tier).
 
     Returns:
         An :class:`ExactSolution`.
@@ -160,7 +163,7 @@ def solve_published_lp(breaks, target, valid, *, num_snippets: int, max_steps: i
     )
     for smallest, largest, lanes in tiers(rows):
         listed = tier_list(components, smallest, largest)
-        atoms = solve_tier(components, listed, atoms, max_rows=largest, lanes=lanes, max_steps=pivot_cap(largest))
+        atoms = solve_tier(components, listed, atoms, max_rows=largest, lanes=lanes, max_steps=pivot_cap(largest) if max_pivots is None else max_pivots)
     listed = _fallback_list(atoms.status.reshape(batch, rows, 3), max(1, batch * rows // 2))
     in_list = jnp.arange(listed.item.shape[0]) < listed.count
     fallback = jnp.zeros((batch,), bool).at[jnp.where(in_list, listed.item, batch)].set(True, mode="drop")

@@ -43,9 +43,9 @@ class AtomLP(NamedTuple):
     """One component's atom LP (leading lane dims when batched).
 
     Attributes:
-        matrix: ``[K, N + K]`` ``M`` then the artificial identity.
+        matrix: ``[K, N]`` ``M`` (the artificial identity columns are implicit).
         target: ``[K]`` ``q`` (0 on padding rows).
-        upper: ``[N + K]`` atom widths, then 0 for the artificials.
+        upper: ``[N]`` atom widths.
         points: ``[4 K]`` int32 sorted breakpoints: atom ``j`` is ``[points[j], points[j + 1])``.
         item: int32 the component's item; first, size: its rows.
         tolerance: bound violations up to this are rounding.
@@ -62,9 +62,19 @@ class AtomLP(NamedTuple):
 
 
 class Basis(NamedTuple):
+    """A basis with its basic values and reduced costs, updated pivot by pivot.
+
+    Column ``j < N`` is atom ``j``; ``N + r`` is the artificial of row ``r``
+    (fixed at 0: once it has left, it never enters again).
+    """
+
     inverse: jax.Array  # [K, K] B^-1
     columns: jax.Array  # [K] int32 basic columns
-    at_upper: jax.Array  # [N + K] bool, nonbasic columns at their upper bound
+    basic: jax.Array  # [N] bool, atom is basic
+    at_upper: jax.Array  # [N] bool, nonbasic atom at its upper bound
+    values: jax.Array  # [K] basic values
+    upper: jax.Array  # [K] basic variables' upper bounds
+    reduced: jax.Array  # [N] reduced costs
 
 
 class LaneState(NamedTuple):
@@ -79,34 +89,39 @@ class LaneState(NamedTuple):
 def atom_lp(components: Components, item, first, size, max_rows: int) -> AtomLP:
     """The atom LP of the component at rows ``first .. first + size - 1`` of ``item`` (one lane)."""
     rows = components.breaks.shape[1]
-    index = first + jnp.arange(max_rows, dtype=jnp.int32)
+    index = jnp.minimum(first + jnp.arange(max_rows, dtype=jnp.int32), rows - 1)
     real = jnp.arange(max_rows) < size
-    breaks = components.breaks[item, jnp.minimum(index, rows - 1)]
+    breaks = components.breaks[item, index]
     # Padding rows sit on the component's last breakpoint: zero-width atoms, zero coefficients.
     last = jnp.max(jnp.where(real, breaks[:, 3], 0))
     breaks = jnp.where(real[:, None], breaks, last)
-    target = jnp.where(real, components.target[item, jnp.minimum(index, rows - 1)], 0)
+    target = jnp.where(real, components.target[item, index], 0)
     points = jnp.sort(breaks.reshape(-1))
-    start, width = points[:-1], (points[1:] - points[:-1]).astype(target.dtype)
+    dtype = target.dtype
+    start, width = points[:-1], (points[1:] - points[:-1]).astype(dtype)
     x = start[None, :]
     b = breaks[:, :, None]
-    coefficient = (
-        ((b[:, 1] <= x) & (x < b[:, 2])).astype(target.dtype)
-        - ((b[:, 0] <= x) & (x < b[:, 1])).astype(target.dtype)
-        - ((b[:, 2] <= x) & (x < b[:, 3])).astype(target.dtype)
+    matrix = (
+        ((b[:, 1] <= x) & (x < b[:, 2])).astype(dtype)
+        - ((b[:, 0] <= x) & (x < b[:, 1])).astype(dtype)
+        - ((b[:, 2] <= x) & (x < b[:, 3])).astype(dtype)
     )
-    matrix = jnp.concatenate([coefficient, jnp.eye(max_rows, dtype=target.dtype)], axis=1)
-    upper = jnp.concatenate([width, jnp.zeros((max_rows,), target.dtype)])
-    tolerance = feasibility_tolerance(jnp.max(jnp.abs(target)) + jnp.max(width), target.dtype)
-    return AtomLP(matrix, target, upper, points, item, first, size, tolerance)
+    tolerance = feasibility_tolerance(jnp.max(jnp.abs(target)) + jnp.max(width), dtype)
+    return AtomLP(matrix, target, width, points, item, first, size, tolerance)
 
 
 def initial_basis(lp: AtomLP) -> Basis:
-    max_rows, columns = lp.matrix.shape
+    """The artificial basis: every atom nonbasic at 0 (reduced cost 1: dual feasible), artificials at ``q``."""
+    max_rows, num_atoms = lp.matrix.shape
+    dtype = lp.matrix.dtype
     return Basis(
-        inverse=jnp.eye(max_rows, dtype=lp.matrix.dtype),
-        columns=columns - max_rows + jnp.arange(max_rows, dtype=jnp.int32),
-        at_upper=jnp.zeros((columns,), bool),
+        inverse=jnp.eye(max_rows, dtype=dtype),
+        columns=num_atoms + jnp.arange(max_rows, dtype=jnp.int32),
+        basic=jnp.zeros((num_atoms,), bool),
+        at_upper=jnp.zeros((num_atoms,), bool),
+        values=lp.target,
+        upper=jnp.zeros((max_rows,), dtype),
+        reduced=jnp.ones((num_atoms,), dtype),
     )
 
 
@@ -115,61 +130,64 @@ def _one_hot(index, size: int, dtype):
     return (index[..., None] == jnp.arange(size, dtype=index.dtype)).astype(dtype)
 
 
-def _values(lp: AtomLP, basis: Basis):
-    """Nonbasic values ``[N + K]`` (0 at basic columns), basic values ``[K]``, the basic columns one-hot ``[K, N + K]``."""
-    dtype = lp.matrix.dtype
-    selected = _one_hot(basis.columns, lp.upper.shape[0], dtype)
-    basic = jnp.sum(selected, axis=0) > 0
-    nonbasic = jnp.where(basic | ~basis.at_upper, 0, lp.upper)
-    residual = lp.target - jnp.sum(lp.matrix * nonbasic, axis=1)
-    return nonbasic, jnp.sum(basis.inverse * residual, axis=1), selected, basic
+def solution_values(lp: AtomLP, basis: Basis):
+    """Atom values ``[N]`` of a basis, its basic values recomputed from ``B^-1`` (no rounding carried over from pivots)."""
+    nonbasic = jnp.where(basis.basic | ~basis.at_upper, 0, lp.upper)
+    basic_values = basis.inverse @ (lp.target - lp.matrix @ nonbasic)
+    selected = _one_hot(basis.columns, lp.upper.shape[0], lp.upper.dtype)
+    return nonbasic + jnp.clip(basic_values, 0, basis.upper) @ selected
 
 
 def pivot(lp: AtomLP, state: LaneState):
-    """One dual simplex pivot of a lane: ``(state, optimal, infeasible, atom values)``.
+    """One dual simplex pivot of a lane: ``(state, optimal, infeasible)``.
 
-    ``optimal`` and the values refer to the basis before the pivot (which is
-    then not applied); ``infeasible`` means no column can enter.
+    ``optimal`` refers to the basis before the pivot (which is then not
+    applied); ``infeasible`` means no column can enter.
     """
     basis = state.y
-    max_rows, columns = lp.matrix.shape
-    num_atoms = columns - max_rows
+    max_rows, num_atoms = lp.matrix.shape
     dtype = lp.matrix.dtype
-    nonbasic, basic_values, selected, basic = _values(lp, basis)
-    upper_basic = jnp.sum(selected * lp.upper, axis=1)
-    violation = jnp.maximum(-basic_values, basic_values - upper_basic)
+    violation = jnp.maximum(-basis.values, basis.values - basis.upper)
     diff = jnp.max(violation)
     leave = jnp.min(jnp.where(violation == diff, jnp.arange(max_rows), max_rows))
     leave_row = _one_hot(leave, max_rows, dtype)
     optimal = diff <= lp.tolerance
-    values = (nonbasic + jnp.sum(selected * jnp.clip(basic_values, 0, upper_basic)[:, None], axis=0))[:num_atoms]
+    leaving_value = leave_row @ basis.values
+    below = leaving_value < 0
 
-    cost_basic = (basis.columns < num_atoms).astype(dtype)
-    rows = jnp.stack([cost_basic, leave_row]) @ basis.inverse
-    products = jnp.sum(rows[:, :, None] * lp.matrix[None], axis=1)
-    reduced = (jnp.arange(columns) < num_atoms).astype(dtype) - products[0]
-    alpha = products[1]
-    below = jnp.sum(leave_row * basic_values) < 0
+    alpha = (leave_row @ basis.inverse) @ lp.matrix
     signed = jnp.where(below, -alpha, alpha)
     tiny = jnp.finfo(dtype).eps ** 0.75
-    eligible = ~basic & (lp.upper > 0) & jnp.where(basis.at_upper, signed < -tiny, signed > tiny)
-    ratio = jnp.where(eligible, jnp.abs(reduced) / jnp.where(eligible, jnp.abs(alpha), 1), jnp.inf)
+    eligible = ~basis.basic & (lp.upper > 0) & jnp.where(basis.at_upper, signed < -tiny, signed > tiny)
+    ratio = jnp.where(eligible, jnp.abs(basis.reduced) / jnp.where(eligible, jnp.abs(alpha), 1), jnp.inf)
     best = jnp.min(ratio)
-    ties = eligible & (ratio <= best + tiny * (1 + best))
-    enter = jnp.max(jnp.where(ties, jnp.arange(columns), -1))
+    # Ties to the rightmost atom: HiGHS's vertex more often than the leftmost.
+    enter = jnp.max(jnp.where(eligible & (ratio <= best + tiny * (1 + best)), jnp.arange(num_atoms), -1))
     infeasible = ~optimal & (enter < 0)
 
-    entering = _one_hot(enter, columns, dtype)
-    column = jnp.sum(basis.inverse * jnp.sum(lp.matrix * entering, axis=1), axis=1)
-    pivot_row = rows[1] / jnp.sum(leave_row * column)
-    inverse = jnp.where(leave_row[:, None] > 0, pivot_row, basis.inverse - column[:, None] * pivot_row[None, :])
-    leaving = jnp.sum(selected * leave_row[:, None], axis=0) > 0
-    at_upper = jnp.where(leaving, ~below, basis.at_upper) & (entering == 0)
-    moved = Basis(inverse, jnp.where(leave_row > 0, enter, basis.columns).astype(jnp.int32), at_upper)
+    entering = _one_hot(enter, num_atoms, dtype)
+    column = basis.inverse @ (lp.matrix @ entering)
+    pivot_value = leave_row @ column
+    dual_step = (entering @ basis.reduced) / (entering @ alpha)
+    primal_step = (leaving_value - jnp.where(below, 0, leave_row @ basis.upper)) / pivot_value
+    entering_upper = entering @ lp.upper
+    entering_value = jnp.where(entering @ basis.at_upper.astype(dtype) > 0, entering_upper, 0)
+    leaving = _one_hot(leave_row @ basis.columns.astype(dtype), num_atoms, dtype) > 0  # artificial: no atom
+    pivot_row = (leave_row @ basis.inverse) / pivot_value
+    lead = leave_row > 0
+    moved = Basis(
+        inverse=jnp.where(lead[:, None], pivot_row, basis.inverse - column[:, None] * pivot_row[None, :]),
+        columns=jnp.where(lead, enter, basis.columns).astype(jnp.int32),
+        basic=(basis.basic | (entering > 0)) & ~leaving,
+        at_upper=jnp.where(leaving, ~below, basis.at_upper) & (entering == 0),
+        values=jnp.where(lead, entering_value + primal_step, basis.values - primal_step * column),
+        upper=jnp.where(lead, entering_upper, basis.upper),
+        reduced=jnp.where(leaving, -dual_step, jnp.where(entering > 0, 0, basis.reduced - dual_step * alpha)),
+    )
     stepped = LaneState(
         y=moved, step=state.step + 1, diff=diff, result=state.result, active=state.active, component=state.component
     )
-    return stepped, optimal, infeasible, values
+    return stepped, optimal, infeasible
 
 
 class Atoms(NamedTuple):
@@ -240,14 +258,17 @@ def solve_tier(components: Components, tier: TierList, atoms: Atoms, *, max_rows
     def body(carry):
         waiting = jnp.any(~carry[1].active) & (carry[2] < tier.count)
         lp, state, next_component, atoms = jax.lax.cond(waiting, load, lambda c: c, carry)
-        stepped, optimal, infeasible, values = jax.vmap(pivot)(lp, state)
+        stepped, optimal, infeasible = jax.vmap(pivot)(lp, state)
         done = state.active & (optimal | infeasible | (state.step >= max_steps))
         code = jnp.where(
             optimal, LPResultCode.SUCCESSFUL, jnp.where(infeasible, LPResultCode.INFEASIBLE, LPResultCode.MAX_STEPS_REACHED)
         )
-        atoms = jax.lax.cond(
-            jnp.any(done), lambda a: store(a, lp, values, optimal, code, state.step, zeros, done, rows), lambda a: a, atoms
-        )
+
+        def finish(atoms):
+            values = jax.vmap(solution_values)(lp, state.y)
+            return store(atoms, lp, values, optimal, code, state.step, zeros, done, rows)
+
+        atoms = jax.lax.cond(jnp.any(done), finish, lambda a: a, atoms)
         moving = state.active & ~done
         state = _where(moving, stepped, state)._replace(active=moving)
         return lp, state, next_component, atoms

@@ -25,7 +25,8 @@ training step can call it inside ``jit``:
    weigh 1e-10 and less, and ``leader + offset`` rounded to float32 would lose
    the offset's sign, which decides ``int()`` (the float64 published code
    keeps it). At most ``max_segments`` groups per item (leader order);
-5. :func:`jaxfuse.segments_to_snippets` (the published LP, batched PDHG).
+5. :func:`jaxfuse.segments_to_snippets` (the published LP, solved exactly on
+   device by default: components, closed forms and a batched simplex).
 
 Shapes are static: ``V x max_classes`` items of ``max_proposals`` proposal
 slots and ``max_segments`` rows. Anything a bound drops is flagged in
@@ -45,12 +46,13 @@ from jaxfuse._cas import proposals_from_cas
 from jaxfuse._grouping import group_proposals
 from jaxfuse._interop import array_kind, from_jax
 from jaxfuse._interval_lp import LPResultCode
+from jaxfuse._lp_rows import published_breaks
 from jaxfuse._snippets import (
     DEFAULT_CHECK_EVERY,
     DEFAULT_MAX_STEPS,
     check_solver_options,
     raise_for_unsolved,
-    snippets_from_integer_segments,
+    snippets_from_breaks,
 )
 from jaxfuse._validation import float_array, positive_int, positive_scalar
 
@@ -75,7 +77,10 @@ class PseudoLabels(NamedTuple):
         truncated: ``[V, C]`` bool: proposals (``max_proposals``) or segments
             (``max_segments``) were dropped, or the class passed the threshold
             but did not fit in ``max_classes``.
-        steps: ``[V, C]`` int32 PDHG iterations.
+        steps: ``[V, C]`` int32 solver iterations (see
+            :class:`jaxfuse.SnippetLabels`).
+        fallback: ``[V, C]`` bool, the exact solver handed a component to PDHG
+            (see :class:`jaxfuse.SnippetLabels`).
     """
 
     labels: Any
@@ -84,6 +89,7 @@ class PseudoLabels(NamedTuple):
     num_segments: Any
     truncated: Any
     steps: Any
+    fallback: Any
 
 
 def _fuse_to_whole_snippets(segments, contrast, inner, valid, group, leader, count, temperature, max_segments: int):
@@ -148,10 +154,13 @@ def _pseudo_labels(
         pad = ((0, 0), (0, max_segments - start.shape[1]))
         start, end, score, rows = jnp.pad(start, pad), jnp.pad(end, pad), jnp.pad(score, pad), jnp.pad(rows, pad)
     status = jnp.zeros(item_length.shape, jnp.int32)
-    solved = snippets_from_integer_segments(
-        start, end, score, rows, item_length, status, rtol, atol, num_snippets=num_snippets, method=method,
-        fallback=fallback, max_steps=max_steps, check_every=check_every, margin_scale=_MARGIN_SCALE,
-        margin_power=_MARGIN_POWER,
+    breaks = published_breaks(
+        start.astype(dtype), end.astype(dtype), rows, item_length, num_snippets=num_snippets, scale=_MARGIN_SCALE,
+        power=_MARGIN_POWER,
+    )
+    solved = snippets_from_breaks(
+        breaks, score, rows, item_length, status, rtol, atol, num_snippets=num_snippets, method=method,
+        fallback=fallback, max_steps=max_steps, check_every=check_every,
     )
 
     video_index = jnp.broadcast_to(jnp.arange(num_videos)[:, None], (num_videos, max_classes))
@@ -172,6 +181,7 @@ def _pseudo_labels(
         num_segments=scatter(solved.num_segments, 0),
         truncated=scatter(item_truncated, False) | not_fitted,
         steps=scatter(solved.steps, 0),
+        fallback=scatter(solved.fallback, False),
     )
 
 
