@@ -6,19 +6,25 @@ Steps (static shapes throughout, so it runs inside a caller's ``jit``):
    (:func:`jaxfuse._lp_components.split_components`); snippets outside every
    support stay 0;
 2. one-row components in closed form, with HiGHS's own vertex;
-3. multi-row components, by size tier (up to 4 rows, up to 16, up to ``R``),
-   through the batched dual simplex on their atom LPs
-   (:mod:`jaxfuse._interval_simplex`), each tier with its own lanes and pivot cap;
+3. multi-row components, by size tier (2 to 4 rows, 5 to 16, more), through
+   the batched dual simplex on their atom LPs (:mod:`jaxfuse._interval_simplex`),
+   each tier with its own lanes and pivot cap;
 4. components past the pivot cap (none on the published chain's data in the
    benchmarks) go to the restarted PDHG of :mod:`jaxfuse._interval_lp` on their
    atom LP (an interval LP too: rows are runs of consecutive atoms, bounds
    the atoms' widths), a few at a time; their items are flagged ``fallback``;
 5. atom values back to snippets by the right fill, all in one scatter.
+
+The work is split in three stages so that eager callers compile only what
+their data needs: :func:`first_stage` (steps 1 to 3 up to 16 rows: what the
+published chain's components need), :func:`second_stage` (larger components
+and the fallback: compiled and run only when :attr:`LPProgress.rest` is
+positive) and :func:`last_stage`. Inside a caller's ``jit`` the three run in one
+program (the second one's loops then make no iteration when nothing is left).
 """
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -38,8 +44,8 @@ from jaxfuse._lp_components import (
     tier_list,
 )
 
-# (most rows, lanes) per tier: most components have 2 to 4 rows (the benchmark's published-chain
-# data: 95 %), a few up to 12; larger ones come from dense adversarial rows.
+# (most rows, lanes) of the tiers of the first stage: most components have 2 to 4 rows (95 % on
+# the benchmark's published-chain data), a few up to 12; larger ones come from dense adversarial rows.
 _TIERS = ((4, 512), (16, 64))
 _LARGE_TIER_LANES = 4
 # Fallback lanes per PDHG solve.
@@ -52,7 +58,7 @@ def pivot_cap(max_rows: int) -> int:
 
 
 def tiers(rows: int) -> tuple[tuple[int, int, int], ...]:
-    """``(smallest, largest, lanes)`` component sizes per tier for items of ``rows`` rows."""
+    """``(smallest, largest, lanes)`` component sizes per first-stage tier for items of ``rows`` rows."""
     out, smallest = [], 2
     for largest, lanes in _TIERS:
         if smallest > rows:
@@ -60,9 +66,24 @@ def tiers(rows: int) -> tuple[tuple[int, int, int], ...]:
         largest = min(largest, rows)
         out.append((smallest, largest, lanes))
         smallest = largest + 1
-    if smallest <= rows:
-        out.append((smallest, rows, _LARGE_TIER_LANES))
     return tuple(out)
+
+
+class LPProgress(NamedTuple):
+    """A batch of published LPs between stages.
+
+    Attributes:
+        components: the rows cut into components.
+        atoms: the solved components' atoms and codes (see :class:`~jaxfuse._interval_simplex.Atoms`).
+        rest: scalar int32, components left for :func:`second_stage` (more
+            rows than the first stage's tiers hold, or past a pivot cap).
+        fallback: ``[B]`` bool, items with a component solved by PDHG.
+    """
+
+    components: Components
+    atoms: Atoms
+    rest: jax.Array
+    fallback: jax.Array
 
 
 class ExactSolution(NamedTuple):
@@ -72,8 +93,8 @@ class ExactSolution(NamedTuple):
         x: ``[B, L]`` labels (zero past each length and outside every support).
         result: ``[B]`` int32 ``LPResultCode``: ``SUCCESSFUL``, ``INFEASIBLE``,
             or what the PDHG fallback reported (``MAX_STEPS_REACHED``, ``DIVERGED``).
-        steps: ``[B]`` int32 most simplex pivots of one component, plus the
-            fallback's PDHG iterations.
+        steps: ``[B]`` int32 most simplex pivots of one component (PDHG
+            iterations for a fallback component).
         restarts: ``[B]`` int32 PDHG restarts of the fallback.
         fallback: ``[B]`` bool, a component went past the pivot cap to PDHG.
     """
@@ -83,6 +104,10 @@ class ExactSolution(NamedTuple):
     steps: jax.Array
     restarts: jax.Array
     fallback: jax.Array
+
+
+def _capped(atoms: Atoms):
+    return atoms.status[:, 0] == LPResultCode.MAX_STEPS_REACHED
 
 
 def _fallback_list(status, capacity: int) -> TierList:
@@ -129,30 +154,24 @@ def _pdhg_fallback(components: Components, listed: TierList, atoms: Atoms, *, ma
     return jax.lax.while_loop(lambda c: c[0] < listed.count, chunk, (jnp.zeros((), jnp.int32), atoms))[1]
 
 
-@functools.partial(jax.jit, static_argnames=("num_snippets", "max_steps", "check_every", "max_pivots"))
-def solve_published_lp(
-    breaks, target, valid, *, num_snippets: int, max_steps: int, check_every: int, rtol, atol, max_pivots: int | None = None
-):
-    """Exact labels of a batch of published LPs (see the module docstring).
+def first_stage(breaks, target, valid, *, max_pivots: int | None = None) -> LPProgress:
+    """First stage: components, one-row closed forms, and the simplex on components of up to 16 rows.
 
     Args:
         breaks: ``[B, R, 4]`` int32 row breakpoints in ``[0, L_b]`` (from
             :mod:`jaxfuse._lp_rows`).
         target: ``[B, R]`` row targets ``q``.
         valid: ``[B, R]`` bool rows to use.
-        num_snippets: ``L``, the labels' padded length.
-        max_steps, check_every, rtol, atol: the PDHG fallback's options.
         max_pivots: simplex pivots per component before the fallback
             (default :func:`pivot_cap` of the component's tier).
 
     Returns:
-        An :class:`ExactSolution`.
+        An :class:`LPProgress`.
     """
     batch, rows = target.shape
-    dtype = target.dtype
     components = split_components(breaks, target, valid)
-    start, end, value, one_row_infeasible = one_row_atoms(components)
-    bounds = jnp.stack([start, end], axis=-1)  # [B, R, 3, 2]
+    start_point, end_point, value, one_row_infeasible = one_row_atoms(components)
+    bounds = jnp.stack([start_point, end_point], axis=-1)  # [B, R, 3, 2]
     bounds = jnp.concatenate([bounds, jnp.zeros_like(bounds[:, :, :1])], axis=2)
     code = jnp.where(one_row_infeasible, LPResultCode.INFEASIBLE, LPResultCode.SUCCESSFUL)
     status = jnp.stack([code, jnp.zeros_like(code), jnp.zeros_like(code)], axis=-1).astype(jnp.int32)
@@ -161,13 +180,46 @@ def solve_published_lp(
         value=jnp.concatenate([value, jnp.zeros_like(value[..., :1])], axis=-1).reshape(-1),
         status=status.reshape(-1, 3),
     )
+    largest = 1
     for smallest, largest, lanes in tiers(rows):
         listed = tier_list(components, smallest, largest)
-        atoms = solve_tier(components, listed, atoms, max_rows=largest, lanes=lanes, max_steps=pivot_cap(largest) if max_pivots is None else max_pivots)
+        cap = pivot_cap(largest) if max_pivots is None else max_pivots
+        atoms = solve_tier(components, listed, atoms, max_rows=largest, lanes=lanes, max_steps=cap)
+    rest = jnp.sum(components.size > largest, dtype=jnp.int32) + jnp.sum(_capped(atoms), dtype=jnp.int32)
+    return LPProgress(components, atoms, rest, jnp.zeros((batch,), bool))
+
+
+def second_stage(progress: LPProgress, *, max_steps: int, check_every: int, rtol, atol,
+                max_pivots: int | None = None) -> LPProgress:
+    """Second stage: components of more than 16 rows by the simplex, then every component past its cap by PDHG.
+
+    Args:
+        progress: the first stage's :class:`LPProgress`.
+        max_steps, check_every, rtol, atol: the PDHG fallback's options.
+        max_pivots: as in :func:`first_stage`.
+
+    Returns:
+        The :class:`LPProgress` with nothing left (``rest`` 0).
+    """
+    components, atoms = progress.components, progress.atoms
+    batch, rows = components.target.shape
+    smallest = max((largest for _, largest, _ in tiers(rows)), default=1) + 1
+    if smallest <= rows:
+        listed = tier_list(components, smallest, rows)
+        cap = pivot_cap(rows) if max_pivots is None else max_pivots
+        atoms = solve_tier(components, listed, atoms, max_rows=rows, lanes=_LARGE_TIER_LANES, max_steps=cap)
     listed = _fallback_list(atoms.status.reshape(batch, rows, 3), max(1, batch * rows // 2))
     in_list = jnp.arange(listed.item.shape[0]) < listed.count
-    fallback = jnp.zeros((batch,), bool).at[jnp.where(in_list, listed.item, batch)].set(True, mode="drop")
+    fallback = progress.fallback.at[jnp.where(in_list, listed.item, batch)].set(True, mode="drop")
     atoms = _pdhg_fallback(components, listed, atoms, max_steps=max_steps, check_every=check_every, rtol=rtol, atol=atol)
+    return LPProgress(components, atoms, jnp.zeros((), jnp.int32), fallback)
+
+
+def last_stage(progress: LPProgress, *, num_snippets: int) -> ExactSolution:
+    """Last stage: the snippets of every atom (right fill) and each item's code."""
+    components, atoms = progress.components, progress.atoms
+    batch, rows = components.target.shape
+    dtype = atoms.value.dtype
     status = atoms.status.reshape(batch, rows, 3)
     result = jnp.max(status[..., 0], axis=1, initial=0)
     result = jnp.where(components.empty_infeasible, LPResultCode.INFEASIBLE, result)
@@ -178,5 +230,15 @@ def solve_published_lp(
     )
     return ExactSolution(
         filled_snippets(fill, batch, num_snippets), result.astype(jnp.int32), jnp.max(status[..., 1], axis=1),
-        jnp.max(status[..., 2], axis=1), fallback,
+        jnp.max(status[..., 2], axis=1), progress.fallback,
     )
+
+
+def solve_published_lp(breaks, target, valid, *, num_snippets: int, max_steps: int, check_every: int, rtol, atol,
+                       max_pivots: int | None = None) -> ExactSolution:
+    """All three stages in one program (see the module docstring; the arguments are :func:`first_stage`'s and :func:`second_stage`'s)."""
+    progress = first_stage(breaks, target, valid, max_pivots=max_pivots)
+    progress = second_stage(
+        progress, max_steps=max_steps, check_every=check_every, rtol=rtol, atol=atol, max_pivots=max_pivots
+    )
+    return last_stage(progress, num_snippets=num_snippets)

@@ -235,10 +235,12 @@ def solve_tier(components: Components, tier: TierList, atoms: Atoms, *, max_rows
     lanes = max(1, min(lanes, capacity))
     build = jax.vmap(lambda i, f, s: atom_lp(components, i, f, s, max_rows))
     zeros = jnp.zeros((lanes,), jnp.int32)
-    lp = build(zeros, zeros, zeros)
+    # Idle lanes to start with: only their shapes matter (no program to compile for them).
+    lp = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(build, zeros, zeros, zeros))
     state = LaneState(
-        y=jax.vmap(initial_basis)(lp), step=zeros, diff=jnp.zeros((lanes,), lp.target.dtype),
-        result=zeros, active=jnp.zeros((lanes,), bool), component=zeros,
+        y=jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(jax.vmap(initial_basis), lp)),
+        step=zeros, diff=jnp.zeros((lanes,), lp.target.dtype), result=zeros, active=jnp.zeros((lanes,), bool),
+        component=zeros,
     )
 
     def load(carry):

@@ -50,9 +50,12 @@ from jaxfuse._lp_rows import published_breaks
 from jaxfuse._snippets import (
     DEFAULT_CHECK_EVERY,
     DEFAULT_MAX_STEPS,
+    approximate_snippets,
     check_solver_options,
+    exact_first_stage,
+    exact_labels,
+    finish_exact,
     raise_for_unsolved,
-    snippets_from_breaks,
 )
 from jaxfuse._validation import float_array, positive_int, positive_scalar
 
@@ -118,17 +121,28 @@ def _fuse_to_whole_snippets(segments, contrast, inner, valid, group, leader, cou
     return whole[:, :keep, 0], whole[:, :keep, 1], fused_score[:, :keep], rows[:, :keep]
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("thresholds", "max_classes", "max_proposals", "max_segments", "method", "fallback", "max_steps", "check_every"),
-)
-def _pseudo_labels(
-    cas, video_scores, length, temperature, class_threshold, rtol, atol, *, thresholds, max_classes, max_proposals,
-    max_segments, method, fallback, max_steps, check_every,
-) -> PseudoLabels:
+class _ItemRows(NamedTuple):
+    """The chain up to the LP: flat items ``[V * K]`` of the batch's selected classes, and their rows."""
+
+    breaks: jax.Array  # [V K, R, 4] int32
+    score: jax.Array  # [V K, R]
+    rows: jax.Array  # [V K, R] bool
+    length: jax.Array  # [V K] int32, 0 for items not selected
+    chosen: jax.Array  # [V, K] int32 classes
+    item_valid: jax.Array  # [V, K] bool
+    passes: jax.Array  # [V, C] bool
+    truncated: jax.Array  # [V K] bool
+
+
+@functools.partial(jax.jit, static_argnames=("thresholds", "max_classes", "max_proposals", "max_segments", "method"))
+def _chain_rows(
+    cas, video_scores, length, temperature, class_threshold, *, thresholds, max_classes, max_proposals, max_segments,
+    method,
+):
+    """Steps 1 to 4 of the module docstring, and the exact solver's first stage for ``method="lp"``."""
     if cas.dtype in (jnp.float16, jnp.bfloat16):
         cas = cas.astype(jnp.float32)
-    num_videos, num_snippets, num_classes = cas.shape
+    num_videos, num_snippets, _ = cas.shape
     dtype = cas.dtype
     passes = video_scores >= class_threshold
     # The highest-scoring passing classes first; ties to the lower class index.
@@ -153,35 +167,71 @@ def _pseudo_labels(
     if start.shape[1] < max_segments:
         pad = ((0, 0), (0, max_segments - start.shape[1]))
         start, end, score, rows = jnp.pad(start, pad), jnp.pad(end, pad), jnp.pad(score, pad), jnp.pad(rows, pad)
-    status = jnp.zeros(item_length.shape, jnp.int32)
     breaks = published_breaks(
         start.astype(dtype), end.astype(dtype), rows, item_length, num_snippets=num_snippets, scale=_MARGIN_SCALE,
         power=_MARGIN_POWER,
     )
-    solved = snippets_from_breaks(
-        breaks, score, rows, item_length, status, rtol, atol, num_snippets=num_snippets, method=method,
-        fallback=fallback, max_steps=max_steps, check_every=check_every,
-    )
+    truncated = (found.num_found > found.count) | (groups.count > max_segments)
+    items = _ItemRows(breaks, score, rows, item_length, chosen, item_valid, passes, truncated)
+    progress = exact_first_stage(breaks, score, rows, _no_status(item_length)) if method == "lp" else None
+    return items, progress
 
+
+def _no_status(item_length):
+    return jnp.zeros(item_length.shape, jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("num_snippets", "method", "fallback", "max_steps", "check_every"))
+def _chain_labels(items: _ItemRows, progress, rtol, atol, *, num_snippets, method, fallback, max_steps, check_every):
+    """Step 5's labels (from the exact solver's stages, or by ``"pdhg"``/``"paint"``) scattered to ``[V, L, C]``."""
+    status = _no_status(items.length)
+    if method == "lp":
+        solved = exact_labels(
+            progress, items.breaks, items.score, items.rows, items.length, status, num_snippets=num_snippets,
+            fallback=fallback,
+        )
+    else:
+        solved = approximate_snippets(
+            items.breaks, items.score, items.rows, items.length, status, rtol, atol, num_snippets=num_snippets,
+            method=method, fallback=fallback, max_steps=max_steps, check_every=check_every,
+        )
+    num_videos, max_classes = items.chosen.shape
+    num_classes = items.passes.shape[1]
     video_index = jnp.broadcast_to(jnp.arange(num_videos)[:, None], (num_videos, max_classes))
     # Items that are not selected scatter nowhere (an out-of-range class, dropped).
-    class_index = jnp.where(item_valid, chosen, num_classes)
+    class_index = jnp.where(items.item_valid, items.chosen, num_classes)
 
     def scatter(values, fill):
         values = values.reshape((num_videos, max_classes) + values.shape[1:])
         dense = jnp.full((num_videos, num_classes) + values.shape[2:], fill, values.dtype)
         return dense.at[video_index, class_index].set(values, mode="drop")
 
-    item_truncated = (found.num_found > found.count) | (groups.count > max_segments)
-    not_fitted = passes & ~scatter(item_valid.reshape(-1), False)
+    selected = scatter(items.item_valid.reshape(-1), False)
     return PseudoLabels(
         labels=jnp.moveaxis(scatter(solved.snippets, 0), 1, 2),
         result=scatter(solved.result, LPResultCode.EMPTY_GROUP),
-        selected=scatter(item_valid.reshape(-1), False),
+        selected=selected,
         num_segments=scatter(solved.num_segments, 0),
-        truncated=scatter(item_truncated, False) | not_fitted,
+        truncated=scatter(items.truncated, False) | (items.passes & ~selected),
         steps=scatter(solved.steps, 0),
         fallback=scatter(solved.fallback, False),
+    )
+
+
+def _pseudo_labels(
+    cas, video_scores, length, temperature, class_threshold, rtol, atol, *, thresholds, max_classes, max_proposals,
+    max_segments, method, fallback, max_steps, check_every,
+) -> PseudoLabels:
+    """The chain as (at most) three programs: rows and the LP's first stage, its second stage when needed, labels."""
+    items, progress = _chain_rows(
+        cas, video_scores, length, temperature, class_threshold, thresholds=thresholds, max_classes=max_classes,
+        max_proposals=max_proposals, max_segments=max_segments, method=method,
+    )
+    if method == "lp":
+        progress = finish_exact(progress, rtol, atol, max_steps=max_steps, check_every=check_every)
+    return _chain_labels(
+        items, progress, rtol, atol, num_snippets=cas.shape[1], method=method, fallback=fallback, max_steps=max_steps,
+        check_every=check_every,
     )
 
 

@@ -48,7 +48,6 @@ Here the item gets ``LPResultCode.INFEASIBLE`` and the ``fallback`` labels.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, NamedTuple
 
@@ -56,7 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfuse._exact_lp import solve_published_lp
+from jaxfuse._exact_lp import LPProgress, first_stage, last_stage, second_stage
 from jaxfuse._interop import array_kind, from_jax, to_jax
 from jaxfuse._interval_lp import LPResultCode, apply_rows, solve_interval_lp
 from jaxfuse._lp_rows import published_breaks, published_breaks_host
@@ -119,51 +118,26 @@ def paint(breaks, scores, valid, num_snippets: int):
     return jax.lax.fori_loop(0, scores.shape[1], one_row, jnp.zeros((scores.shape[0], num_snippets), scores.dtype))
 
 
-@functools.partial(jax.jit, static_argnames=("num_snippets", "method", "fallback", "max_steps", "check_every"))
-def snippets_from_breaks(
-    breaks, scores, valid, length, status, rtol, atol, *, num_snippets: int, method: str, fallback: str,
-    max_steps: int, check_every: int,
-) -> SnippetLabels:
-    """The kernel on flat ``[B, R, 4]`` row breakpoints (:mod:`jaxfuse._lp_rows`) and ``status``, a code known beforehand.
-
-    ``status`` other than ``SUCCESSFUL`` (bad input found by the caller) gives
-    zeros with that code.
-    """
-    target = jnp.where(valid, scores, 0)
+def _item_status(valid, status):
+    """The known codes, with ``EMPTY_GROUP`` for items without a row."""
     count = jnp.sum(valid, axis=-1, dtype=jnp.int32)
-    status = jnp.where((status == LPResultCode.SUCCESSFUL) & (count == 0), LPResultCode.EMPTY_GROUP, status)
-    upper = (jnp.arange(num_snippets, dtype=jnp.int32) < length[:, None]).astype(scores.dtype)
-    batch = scores.shape[0]
-    zeros_int = jnp.zeros((batch,), jnp.int32)
+    return jnp.where((status == LPResultCode.SUCCESSFUL) & (count == 0), LPResultCode.EMPTY_GROUP, status), count
+
+
+def _labels(breaks, target, valid, length, status, count, x, result, steps, restarts, pdhg_used, *, num_snippets: int,
+            fallback: str) -> SnippetLabels:
+    """The :class:`SnippetLabels` of solved items: known codes kept, infeasible items given the ``fallback`` labels."""
     used = status == LPResultCode.SUCCESSFUL
-    if method == "paint":
-        snippets = jnp.where(used[:, None], paint(breaks, target, valid, num_snippets), 0)
-        steps = restarts = zeros_int
-        result = status
-        pdhg_used = jnp.zeros((batch,), bool)
+    result = jnp.where(used, result, status)
+    failed = (result == LPResultCode.INFEASIBLE) | (result == LPResultCode.DIVERGED)
+    if fallback == "paint":
+        replacement = jax.lax.cond(
+            jnp.any(failed), lambda: paint(breaks, target, valid, num_snippets), lambda: jnp.zeros_like(x)
+        )
     else:
-        if method == "lp":
-            solution = solve_published_lp(
-                breaks, target, valid & used[:, None], num_snippets=num_snippets, max_steps=max_steps,
-                check_every=check_every, rtol=rtol, atol=atol,
-            )
-            pdhg_used = solution.fallback
-        else:
-            solution = solve_interval_lp(
-                breaks, target, upper, status, max_steps=max_steps, check_every=check_every, rtol=rtol, atol=atol
-            )
-            pdhg_used = jnp.zeros((batch,), bool)
-        result = jnp.where(used, solution.result, status)
-        failed = (result == LPResultCode.INFEASIBLE) | (result == LPResultCode.DIVERGED)
-        if fallback == "paint":
-            replacement = jax.lax.cond(
-                jnp.any(failed), lambda: paint(breaks, target, valid, num_snippets), lambda: jnp.zeros_like(solution.x)
-            )
-        else:
-            replacement = jnp.zeros_like(solution.x)
-        snippets = jnp.where(failed[:, None], replacement, jnp.where(used[:, None], solution.x, 0))
-        steps, restarts = solution.steps, solution.restarts
-    snippets = snippets * upper
+        replacement = jnp.zeros_like(x)
+    upper = (jnp.arange(num_snippets, dtype=jnp.int32) < length[:, None]).astype(x.dtype)
+    snippets = jnp.where(failed[:, None], replacement, jnp.where(used[:, None], x, 0)) * upper
     residual = jnp.max(jnp.abs(apply_rows(breaks, snippets) - target), axis=-1, initial=0)
     return SnippetLabels(
         snippets=snippets,
@@ -175,6 +149,87 @@ def snippets_from_breaks(
         num_segments=count,
         fallback=pdhg_used,
     )
+
+
+def approximate_snippets(breaks, scores, valid, length, status, rtol, atol, *, num_snippets: int, method: str,
+                         fallback: str, max_steps: int, check_every: int) -> SnippetLabels:
+    """``method="paint"`` or ``"pdhg"`` on flat ``[B, R, 4]`` row breakpoints (one program; see :func:`snippets_from_breaks`)."""
+    target = jnp.where(valid, scores, 0)
+    status, count = _item_status(valid, status)
+    batch = scores.shape[0]
+    zeros = jnp.zeros((batch,), jnp.int32)
+    if method == "paint":
+        x = paint(breaks, target, valid, num_snippets)
+        result, steps, restarts = status, zeros, zeros
+    else:
+        upper = (jnp.arange(num_snippets, dtype=jnp.int32) < length[:, None]).astype(scores.dtype)
+        solution = solve_interval_lp(
+            breaks, target, upper, status, max_steps=max_steps, check_every=check_every, rtol=rtol, atol=atol
+        )
+        x, result, steps, restarts = solution.x, solution.result, solution.steps, solution.restarts
+    return _labels(
+        breaks, target, valid, length, status, count, x, result, steps, restarts, jnp.zeros((batch,), bool),
+        num_snippets=num_snippets, fallback=fallback,
+    )
+
+
+def exact_first_stage(breaks, scores, valid, status) -> LPProgress:
+    """The exact solver's first stage (:func:`jaxfuse._exact_lp.first_stage`) on the items still to solve."""
+    solvable = valid & (_item_status(valid, status)[0] == LPResultCode.SUCCESSFUL)[:, None]
+    return first_stage(breaks, jnp.where(solvable, scores, 0), solvable)
+
+
+def exact_labels(progress: LPProgress, breaks, scores, valid, length, status, *, num_snippets: int,
+                 fallback: str) -> SnippetLabels:
+    """The exact solver's last stage, as :class:`SnippetLabels`."""
+    target = jnp.where(valid, scores, 0)
+    status, count = _item_status(valid, status)
+    solution = last_stage(progress, num_snippets=num_snippets)
+    return _labels(
+        breaks, target, valid, length, status, count, solution.x, solution.result, solution.steps, solution.restarts,
+        solution.fallback, num_snippets=num_snippets, fallback=fallback,
+    )
+
+
+_approximate = jax.jit(
+    approximate_snippets, static_argnames=("num_snippets", "method", "fallback", "max_steps", "check_every")
+)
+_first_stage = jax.jit(exact_first_stage)
+_second_stage = jax.jit(second_stage, static_argnames=("max_steps", "check_every", "max_pivots"))
+_exact_labels = jax.jit(exact_labels, static_argnames=("num_snippets", "fallback"))
+
+
+def finish_exact(progress: LPProgress, rtol, atol, *, max_steps: int, check_every: int) -> LPProgress:
+    """The exact solver's second stage (:func:`jaxfuse._exact_lp.second_stage`) when it has work.
+
+    Outside a caller's ``jit`` that is known on the host (one scalar read), so
+    its program is only compiled for data that needs it; inside, it is part of
+    the caller's program.
+    """
+    if _is_traced(progress.rest) or int(progress.rest) > 0:
+        return _second_stage(progress, max_steps=max_steps, check_every=check_every, rtol=rtol, atol=atol)
+    return progress
+
+
+def snippets_from_breaks(
+    breaks, scores, valid, length, status, rtol, atol, *, num_snippets: int, method: str, fallback: str,
+    max_steps: int, check_every: int,
+) -> SnippetLabels:
+    """The kernel on flat ``[B, R, 4]`` row breakpoints (:mod:`jaxfuse._lp_rows`) and ``status``, a code known beforehand.
+
+    ``status`` other than ``SUCCESSFUL`` (bad input found by the caller) gives
+    zeros with that code. ``method="lp"`` runs the exact solver's stages as
+    separate programs, the second one (larger components, the fallback) only
+    when it has work; inside a caller's ``jit`` all of them are one program.
+    """
+    if method != "lp":
+        return _approximate(
+            breaks, scores, valid, length, status, rtol, atol, num_snippets=num_snippets, method=method,
+            fallback=fallback, max_steps=max_steps, check_every=check_every,
+        )
+    progress = _first_stage(breaks, scores, valid, status)
+    progress = finish_exact(progress, rtol, atol, max_steps=max_steps, check_every=check_every)
+    return _exact_labels(progress, breaks, scores, valid, length, status, num_snippets=num_snippets, fallback=fallback)
 
 
 def _nonnegative_float(value, name: str) -> float:
