@@ -154,7 +154,7 @@ def _pdhg_fallback(components: Components, listed: TierList, atoms: Atoms, *, ma
     return jax.lax.while_loop(lambda c: c[0] < listed.count, chunk, (jnp.zeros((), jnp.int32), atoms))[1]
 
 
-def first_stage(breaks, target, valid, *, max_pivots: int | None = None) -> LPProgress:
+def first_stage(breaks, target, valid, *, num_snippets: int, max_pivots: int | None = None) -> LPProgress:
     """First stage: components, one-row closed forms, and the simplex on components of up to 16 rows.
 
     Args:
@@ -162,6 +162,7 @@ def first_stage(breaks, target, valid, *, max_pivots: int | None = None) -> LPPr
             :mod:`jaxfuse._lp_rows`).
         target: ``[B, R]`` row targets ``q``.
         valid: ``[B, R]`` bool rows to use.
+        num_snippets: ``L``, the largest breakpoint there can be.
         max_pivots: simplex pivots per component before the fallback
             (default :func:`pivot_cap` of the component's tier).
 
@@ -169,7 +170,7 @@ def first_stage(breaks, target, valid, *, max_pivots: int | None = None) -> LPPr
         An :class:`LPProgress`.
     """
     batch, rows = target.shape
-    components = split_components(breaks, target, valid)
+    components = split_components(breaks, target, valid, num_snippets)
     start_point, end_point, value, one_row_infeasible = one_row_atoms(components)
     bounds = jnp.stack([start_point, end_point], axis=-1)  # [B, R, 3, 2]
     bounds = jnp.concatenate([bounds, jnp.zeros_like(bounds[:, :, :1])], axis=2)
@@ -237,7 +238,7 @@ def last_stage(progress: LPProgress, *, num_snippets: int) -> ExactSolution:
 def solve_published_lp(breaks, target, valid, *, num_snippets: int, max_steps: int, check_every: int, rtol, atol,
                        max_pivots: int | None = None) -> ExactSolution:
     """All three stages in one program (see the module docstring; the arguments are :func:`first_stage`'s and :func:`second_stage`'s)."""
-    progress = first_stage(breaks, target, valid, max_pivots=max_pivots)
+    progress = first_stage(breaks, target, valid, num_snippets=num_snippets, max_pivots=max_pivots)
     progress = second_stage(
         progress, max_steps=max_steps, check_every=check_every, rtol=rtol, atol=atol, max_pivots=max_pivots
     )

@@ -121,6 +121,57 @@ def _fuse_to_whole_snippets(segments, contrast, inner, valid, group, leader, cou
     return whole[:, :keep, 0], whole[:, :keep, 1], fused_score[:, :keep], rows[:, :keep]
 
 
+def _item_chunk(num_videos: int, max_classes: int) -> int:
+    """Items per pass of the proposal, grouping and fusion steps: two per video (1 to 3 classes pass on THUMOS14)."""
+    return max(1, min(num_videos * max_classes, 2 * num_videos))
+
+
+def _rows_of_selected_items(sequences, item_length, selected, temperature, *, thresholds, max_proposals, max_segments,
+                            chunk: int):
+    """Steps 2 to 4 for the selected items only, ``chunk`` at a time: ``[I, S]`` int ``start``, ``end``, ``score``,
+    ``rows`` and ``[I]`` ``truncated`` (zeros for the others).
+
+    With every class an item (``max_classes`` = C), most items are not selected
+    (THUMOS14: 1 to 3 of 20 classes pass): a pass over all of them would spend
+    90 % of its work on nothing.
+    """
+    items = sequences.shape[0]
+    dtype = sequences.dtype
+    count = jnp.sum(selected, dtype=jnp.int32)
+    passes = -(-items // chunk)
+    order = jnp.argsort(~selected, stable=True).astype(jnp.int32)
+    order = jnp.concatenate([order, jnp.full((passes * chunk - items,), items, jnp.int32)])
+    empty = (
+        jnp.zeros((items, max_segments), jnp.int32), jnp.zeros((items, max_segments), jnp.int32),
+        jnp.zeros((items, max_segments), dtype), jnp.zeros((items, max_segments), bool), jnp.zeros((items,), bool),
+    )
+
+    def one_pass(index, out):
+        item = jax.lax.dynamic_slice(order, (index * chunk,), (chunk,))
+        real = index * chunk + jnp.arange(chunk) < count
+        safe = jnp.minimum(item, items - 1)
+        found = proposals_from_cas(
+            sequences[safe], np.asarray(thresholds), min_length=2, margin_scale=_MARGIN_SCALE,
+            margin_power=_MARGIN_POWER, convention="published", length=jnp.where(real, item_length[safe], 0),
+            max_proposals=max_proposals,
+        )
+        groups = group_proposals(
+            found.segments, found.contrast, found.valid, overlap_threshold=0.25, overlap="candidate", discrete=True
+        )
+        fused = _fuse_to_whole_snippets(
+            found.segments, found.contrast, found.inner, found.valid, groups.group, groups.leader, groups.count,
+            temperature, max_segments,
+        )
+        if fused[0].shape[1] < max_segments:
+            pad = ((0, 0), (0, max_segments - fused[0].shape[1]))
+            fused = tuple(jnp.pad(x, pad) for x in fused)
+        truncated = (found.num_found > found.count) | (groups.count > max_segments)
+        target = jnp.where(real, item, items)
+        return tuple(o.at[target].set(x, mode="drop") for o, x in zip(out, (*fused, truncated)))
+
+    return jax.lax.fori_loop(0, -(-count // chunk), one_pass, empty)
+
+
 class _ItemRows(NamedTuple):
     """The chain up to the LP: flat items ``[V * K]`` of the batch's selected classes, and their rows."""
 
@@ -153,27 +204,18 @@ def _chain_rows(
     sequences = jnp.moveaxis(sequences, 2, 1).reshape(num_videos * max_classes, num_snippets)
     item_length = jnp.where(item_valid, length[:, None], 0).reshape(-1)
 
-    found = proposals_from_cas(
-        sequences, np.asarray(thresholds), min_length=2, margin_scale=_MARGIN_SCALE, margin_power=_MARGIN_POWER,
-        convention="published", length=item_length, max_proposals=max_proposals,
+    start, end, score, rows, truncated = _rows_of_selected_items(
+        sequences, item_length, item_valid.reshape(-1), jnp.asarray(temperature, dtype), thresholds=thresholds,
+        max_proposals=max_proposals, max_segments=max_segments, chunk=_item_chunk(num_videos, max_classes),
     )
-    groups = group_proposals(
-        found.segments, found.contrast, found.valid, overlap_threshold=0.25, overlap="candidate", discrete=True
-    )
-    start, end, score, rows = _fuse_to_whole_snippets(
-        found.segments, found.contrast, found.inner, found.valid, groups.group, groups.leader, groups.count,
-        jnp.asarray(temperature, dtype), max_segments,
-    )
-    if start.shape[1] < max_segments:
-        pad = ((0, 0), (0, max_segments - start.shape[1]))
-        start, end, score, rows = jnp.pad(start, pad), jnp.pad(end, pad), jnp.pad(score, pad), jnp.pad(rows, pad)
     breaks = published_breaks(
         start.astype(dtype), end.astype(dtype), rows, item_length, num_snippets=num_snippets, scale=_MARGIN_SCALE,
         power=_MARGIN_POWER,
     )
-    truncated = (found.num_found > found.count) | (groups.count > max_segments)
     items = _ItemRows(breaks, score, rows, item_length, chosen, item_valid, passes, truncated)
-    progress = exact_first_stage(breaks, score, rows, _no_status(item_length)) if method == "lp" else None
+    if method == "lp":
+        return items, exact_first_stage(breaks, score, rows, _no_status(item_length), num_snippets=num_snippets)
+    return items, None
     return items, progress
 
 

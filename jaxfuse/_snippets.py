@@ -173,10 +173,10 @@ def approximate_snippets(breaks, scores, valid, length, status, rtol, atol, *, n
     )
 
 
-def exact_first_stage(breaks, scores, valid, status) -> LPProgress:
+def exact_first_stage(breaks, scores, valid, status, *, num_snippets: int) -> LPProgress:
     """The exact solver's first stage (:func:`jaxfuse._exact_lp.first_stage`) on the items still to solve."""
     solvable = valid & (_item_status(valid, status)[0] == LPResultCode.SUCCESSFUL)[:, None]
-    return first_stage(breaks, jnp.where(solvable, scores, 0), solvable)
+    return first_stage(breaks, jnp.where(solvable, scores, 0), solvable, num_snippets=num_snippets)
 
 
 def exact_labels(progress: LPProgress, breaks, scores, valid, length, status, *, num_snippets: int,
@@ -194,7 +194,7 @@ def exact_labels(progress: LPProgress, breaks, scores, valid, length, status, *,
 _approximate = jax.jit(
     approximate_snippets, static_argnames=("num_snippets", "method", "fallback", "max_steps", "check_every")
 )
-_first_stage = jax.jit(exact_first_stage)
+_first_stage = jax.jit(exact_first_stage, static_argnames=("num_snippets",))
 _second_stage = jax.jit(second_stage, static_argnames=("max_steps", "check_every", "max_pivots"))
 _exact_labels = jax.jit(exact_labels, static_argnames=("num_snippets", "fallback"))
 
@@ -227,7 +227,7 @@ def snippets_from_breaks(
             breaks, scores, valid, length, status, rtol, atol, num_snippets=num_snippets, method=method,
             fallback=fallback, max_steps=max_steps, check_every=check_every,
         )
-    progress = _first_stage(breaks, scores, valid, status)
+    progress = _first_stage(breaks, scores, valid, status, num_snippets=num_snippets)
     progress = finish_exact(progress, rtol, atol, max_steps=max_steps, check_every=check_every)
     return _exact_labels(progress, breaks, scores, valid, length, status, num_snippets=num_snippets, fallback=fallback)
 
