@@ -216,7 +216,6 @@ def _chain_rows(
     if method == "lp":
         return items, exact_first_stage(breaks, score, rows, _no_status(item_length), num_snippets=num_snippets)
     return items, None
-    return items, progress
 
 
 def _no_status(item_length):
