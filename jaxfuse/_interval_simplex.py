@@ -81,9 +81,9 @@ class LaneState(NamedTuple):
     y: Basis
     step: jax.Array  # int32 pivots made
     diff: jax.Array  # largest bound violation of a basic variable
-    result: jax.Array  # int32 LPResultCode
+    result: jax.Array  # int32 LPResultCode, once finished
     active: jax.Array  # bool, solving a component
-    component: jax.Array  # int32 index in the tier list
+    pending: jax.Array  # bool, finished and not yet stored
 
 
 def atom_lp(components: Components, item, first, size, max_rows: int) -> AtomLP:
@@ -184,10 +184,7 @@ def pivot(lp: AtomLP, state: LaneState):
         upper=jnp.where(lead, entering_upper, basis.upper),
         reduced=jnp.where(leaving, -dual_step, jnp.where(entering > 0, 0, basis.reduced - dual_step * alpha)),
     )
-    stepped = LaneState(
-        y=moved, step=state.step + 1, diff=diff, result=state.result, active=state.active, component=state.component
-    )
-    return stepped, optimal, infeasible
+    return state._replace(y=moved, step=state.step + 1, diff=diff), optimal, infeasible
 
 
 class Atoms(NamedTuple):
@@ -227,35 +224,49 @@ def _where(mask, new, old):
     return jax.tree.map(lambda a, b: jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b), new, old)
 
 
+def _store_finished(atoms: Atoms, lp: AtomLP, state: LaneState, rows: int) -> Atoms:
+    """Store the lanes that finished since the last store (their basis is the final one)."""
+    values = jax.vmap(solution_values)(lp, state.y)
+    optimal = state.result == LPResultCode.SUCCESSFUL
+    return store(atoms, lp, values, optimal, state.result, state.step, jnp.zeros_like(state.step), state.pending, rows)
+
+
 def solve_tier(components: Components, tier: TierList, atoms: Atoms, *, max_rows: int, lanes: int,
                max_steps: int) -> Atoms:
-    """Solve every component of ``tier`` (of at most ``max_rows`` rows) on ``lanes`` lanes; store them in ``atoms``."""
+    """Solve every component of ``tier`` (of at most ``max_rows`` rows) on ``lanes`` lanes; store them in ``atoms``.
+
+    A lane that finishes keeps its basis until it takes the next component
+    (or the loop ends); only then is it stored, so most iterations are
+    pivots alone.
+    """
     rows = components.target.shape[1]
     capacity = tier.item.shape[0]
     lanes = max(1, min(lanes, capacity))
     build = jax.vmap(lambda i, f, s: atom_lp(components, i, f, s, max_rows))
     zeros = jnp.zeros((lanes,), jnp.int32)
+    no = jnp.zeros((lanes,), bool)
     # Idle lanes to start with: only their shapes matter (no program to compile for them).
     lp = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(build, zeros, zeros, zeros))
     state = LaneState(
         y=jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(jax.vmap(initial_basis), lp)),
-        step=zeros, diff=jnp.zeros((lanes,), lp.target.dtype), result=zeros, active=jnp.zeros((lanes,), bool),
-        component=zeros,
+        step=zeros, diff=jnp.zeros((lanes,), lp.target.dtype), result=zeros, active=no, pending=no,
     )
 
     def load(carry):
         lp, state, next_component, atoms = carry
+        atoms = _store_finished(atoms, lp, state, rows)
         idle = ~state.active
         component = next_component + jnp.cumsum(idle, dtype=jnp.int32) - 1
         take = idle & (component < tier.count)
         safe = jnp.minimum(component, capacity - 1)
         fresh = build(tier.item[safe], tier.first[safe], tier.size[safe])
         start = LaneState(
-            y=jax.vmap(initial_basis)(fresh), step=zeros, diff=jnp.zeros_like(state.diff),
-            result=zeros, active=take, component=component,
+            y=jax.vmap(initial_basis)(fresh), step=zeros, diff=jnp.zeros_like(state.diff), result=zeros, active=take,
+            pending=no,
         )
         taken = jnp.sum(take, dtype=jnp.int32)
-        return _where(take, fresh, lp), _where(take, start, state), next_component + taken, atoms
+        state = _where(take, start, state._replace(pending=no))
+        return _where(take, fresh, lp), state, next_component + taken, atoms
 
     def body(carry):
         waiting = jnp.any(~carry[1].active) & (carry[2] < tier.count)
@@ -265,17 +276,13 @@ def solve_tier(components: Components, tier: TierList, atoms: Atoms, *, max_rows
         code = jnp.where(
             optimal, LPResultCode.SUCCESSFUL, jnp.where(infeasible, LPResultCode.INFEASIBLE, LPResultCode.MAX_STEPS_REACHED)
         )
-
-        def finish(atoms):
-            values = jax.vmap(solution_values)(lp, state.y)
-            return store(atoms, lp, values, optimal, code, state.step, zeros, done, rows)
-
-        atoms = jax.lax.cond(jnp.any(done), finish, lambda a: a, atoms)
         moving = state.active & ~done
-        state = _where(moving, stepped, state)._replace(active=moving)
+        finished = state._replace(result=code.astype(jnp.int32), active=no, pending=state.pending | done)
+        state = _where(moving, stepped, finished)
         return lp, state, next_component, atoms
 
     def running(carry):
         return jnp.any(carry[1].active) | (carry[2] < tier.count)
 
-    return jax.lax.while_loop(running, body, (lp, state, jnp.zeros((), jnp.int32), atoms))[3]
+    lp, state, _, atoms = jax.lax.while_loop(running, body, (lp, state, jnp.zeros((), jnp.int32), atoms))
+    return _store_finished(atoms, lp, state, rows)

@@ -118,6 +118,30 @@ def paint(breaks, scores, valid, num_snippets: int):
     return jax.lax.fori_loop(0, scores.shape[1], one_row, jnp.zeros((scores.shape[0], num_snippets), scores.dtype))
 
 
+_PAINT_CHUNK = 8
+
+
+def paint_some(breaks, scores, valid, chosen, num_snippets: int):
+    """``[B, L]`` :func:`paint` of the ``chosen`` items (zeros elsewhere), ``_PAINT_CHUNK`` items at a time.
+
+    The fallback labels are for the few infeasible items: painting every item
+    of a large batch would cost ``B L R`` for them.
+    """
+    batch = scores.shape[0]
+    chunk = min(_PAINT_CHUNK, batch)
+    count = jnp.sum(chosen, dtype=jnp.int32)
+    order = jnp.argsort(~chosen, stable=True).astype(jnp.int32)
+    order = jnp.concatenate([order, jnp.full((-(-batch // chunk) * chunk - batch,), batch, jnp.int32)])
+
+    def one_chunk(index, painted):
+        item = jax.lax.dynamic_slice(order, (index * chunk,), (chunk,))
+        safe = jnp.minimum(item, batch - 1)
+        target = jnp.where(index * chunk + jnp.arange(chunk) < count, item, batch)
+        return painted.at[target].set(paint(breaks[safe], scores[safe], valid[safe], num_snippets), mode="drop")
+
+    return jax.lax.fori_loop(0, -(-count // chunk), one_chunk, jnp.zeros((batch, num_snippets), scores.dtype))
+
+
 def _item_status(valid, status):
     """The known codes, with ``EMPTY_GROUP`` for items without a row."""
     count = jnp.sum(valid, axis=-1, dtype=jnp.int32)
@@ -131,9 +155,7 @@ def _labels(breaks, target, valid, length, status, count, x, result, steps, rest
     result = jnp.where(used, result, status)
     failed = (result == LPResultCode.INFEASIBLE) | (result == LPResultCode.DIVERGED)
     if fallback == "paint":
-        replacement = jax.lax.cond(
-            jnp.any(failed), lambda: paint(breaks, target, valid, num_snippets), lambda: jnp.zeros_like(x)
-        )
+        replacement = paint_some(breaks, target, valid, failed, num_snippets)
     else:
         replacement = jnp.zeros_like(x)
     upper = (jnp.arange(num_snippets, dtype=jnp.int32) < length[:, None]).astype(x.dtype)
