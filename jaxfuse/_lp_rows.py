@@ -44,13 +44,24 @@ import numpy as np
 
 
 @functools.lru_cache(maxsize=64)
-def margin_floor_ceil(num_lengths: int, scale: float, power: float) -> tuple[np.ndarray, np.ndarray]:
-    """``floor(m)`` and ``ceil(m)`` (float64) of ``m = scale * n ** power`` for ``n = 0 .. num_lengths - 1``.
+def margin_table(num_lengths: int, scale: float, power: float) -> np.ndarray:
+    """``m = scale * n ** power`` for ``n = 0 .. num_lengths - 1``: Python's float64 expression, as published.
 
-    ``m`` is Python's float64 expression, as in the published code.
+    (NumPy's vectorised ``power`` may differ from C's ``pow`` in the last bit.)
     """
-    margins = [scale * float(n) ** power for n in range(num_lengths)]
-    return np.floor(margins), np.ceil(margins)
+    table = np.array([scale * float(n) ** power for n in range(num_lengths)], np.float64)
+    table.flags.writeable = False
+    return table
+
+
+def _margins(lengths, scale: float, power: float, table) -> np.ndarray:
+    """``m`` of integer-valued float64 ``lengths``: from ``table``, or by Python's ``**`` past it."""
+    inside = lengths < table.shape[0]
+    margin = table[np.where(inside, lengths, 0).astype(np.int64)]
+    if not inside.all():
+        beyond, inverse = np.unique(lengths[~inside], return_inverse=True)
+        margin[~inside] = np.array([scale * float(n) ** power for n in beyond.tolist()], np.float64)[inverse]
+    return margin
 
 
 def published_breaks(start, end, valid, length, *, num_snippets: int, scale: float, power: float):
@@ -70,7 +81,8 @@ def published_breaks(start, end, valid, length, *, num_snippets: int, scale: flo
         ``[..., R, 4]`` int32 ``(b0, b1, b2, b3)`` in ``[0, L]``.
     """
     dtype = start.dtype
-    floor_table, ceil_table = margin_floor_ceil(num_snippets + 2, scale, power)
+    table = margin_table(num_snippets + 2, scale, power)
+    floor_table, ceil_table = np.floor(table), np.ceil(table)
     s = jnp.floor(jnp.where(valid, start, 0))
     e = jnp.maximum(jnp.floor(jnp.where(valid, end, 0)), s)
     n = e - s
@@ -88,13 +100,15 @@ def published_breaks(start, end, valid, length, *, num_snippets: int, scale: flo
     return jnp.where(valid[..., None], breaks, 0)
 
 
-def published_breaks_host(start, end, valid, length, *, scale: float, power: float) -> np.ndarray:
+def published_breaks_host(start, end, valid, length, *, num_snippets: int, scale: float, power: float) -> np.ndarray:
     """The same breakpoints from concrete arrays, by the published float64 expressions themselves.
 
     Args:
         start, end: ``[..., R]`` float arrays.
         valid: ``[..., R]`` bool.
         length: ``[...]`` int video lengths.
+        num_snippets: the padded length (the table of ``m`` covers lengths up
+            to ``num_snippets + 1``).
         scale, power: the margin ``m = scale * n ** power``.
 
     Returns:
@@ -103,8 +117,7 @@ def published_breaks_host(start, end, valid, length, *, scale: float, power: flo
     valid = np.asarray(valid, bool)
     s = np.floor(np.where(valid, np.asarray(start, np.float64), 0))
     e = np.maximum(np.floor(np.where(valid, np.asarray(end, np.float64), 0)), s)
-    lengths, inverse = np.unique(e - s, return_inverse=True)
-    margin = np.array([scale * float(n) ** power for n in lengths.tolist()], np.float64)[inverse].reshape(s.shape)
+    margin = _margins(e - s, scale, power, margin_table(num_snippets + 2, scale, power))
     size = np.asarray(length, np.float64)[..., None]
     b1 = np.clip(s, 0, size)
     b2 = np.clip(e, b1, size)

@@ -379,37 +379,42 @@ def segments_to_snippets(
     length = _checked_length(length, batch_shape, num_snippets)
     dtype = jnp.float32 if scores.dtype in (jnp.float16, jnp.bfloat16) else scores.dtype
     items = math.prod(batch_shape)
-    flat_segments = segments.astype(dtype).reshape(items, rows, 2)
-    flat_scores = scores.astype(dtype).reshape(items, rows)
-    flat_valid = valid.reshape(items, rows)
-    flat_length = jnp.asarray(length).reshape(items)
-
-    concrete = not _is_traced(flat_segments, flat_scores, flat_valid, flat_length)
-    if concrete:
-        _raise_for_bad_rows(np.asarray(flat_segments), np.asarray(flat_scores), np.asarray(flat_valid), batch_shape)
-    finite = jnp.isfinite(flat_segments).all(-1) & jnp.isfinite(flat_scores)
-    ordered = flat_segments[..., 0] <= flat_segments[..., 1]
-    status = jnp.where(
-        jnp.any(flat_valid & ~finite, axis=-1),
-        LPResultCode.NONFINITE_INPUT,
-        jnp.where(jnp.any(flat_valid & ~ordered, axis=-1), LPResultCode.INVALID_INPUT, LPResultCode.SUCCESSFUL),
-    ).astype(jnp.int32)
-    usable = flat_valid & finite & ordered
-    if concrete:  # the published float64 expressions themselves, for any segment
+    if not _is_traced(segments, scores, valid, length):
+        # Concrete input: checked, and the rows built by the published float64 expressions, on the host.
+        flat_segments = np.asarray(segments).astype(dtype).reshape(items, rows, 2)
+        flat_scores = np.asarray(scores).astype(dtype).reshape(items, rows)
+        usable = np.asarray(valid).reshape(items, rows)
+        flat_length = np.asarray(length, np.int32).reshape(items)
+        _raise_for_bad_rows(flat_segments, flat_scores, usable, batch_shape)
+        status = np.zeros(items, np.int32)
         breaks = published_breaks_host(
-            np.asarray(flat_segments[..., 0]), np.asarray(flat_segments[..., 1]), np.asarray(usable),
-            np.asarray(flat_length), scale=margin_scale, power=margin_power,
+            flat_segments[..., 0], flat_segments[..., 1], usable, flat_length, num_snippets=num_snippets,
+            scale=margin_scale, power=margin_power,
         )
     else:
+        flat_segments = segments.astype(dtype).reshape(items, rows, 2)
+        flat_scores = scores.astype(dtype).reshape(items, rows)
+        flat_valid = valid.reshape(items, rows)
+        flat_length = jnp.asarray(length).reshape(items)
+        finite = jnp.isfinite(flat_segments).all(-1) & jnp.isfinite(flat_scores)
+        ordered = flat_segments[..., 0] <= flat_segments[..., 1]
+        status = jnp.where(
+            jnp.any(flat_valid & ~finite, axis=-1),
+            LPResultCode.NONFINITE_INPUT,
+            jnp.where(jnp.any(flat_valid & ~ordered, axis=-1), LPResultCode.INVALID_INPUT, LPResultCode.SUCCESSFUL),
+        ).astype(jnp.int32)
+        usable = flat_valid & finite & ordered
         breaks = published_breaks(
             flat_segments[..., 0], flat_segments[..., 1], usable, flat_length, num_snippets=num_snippets,
             scale=margin_scale, power=margin_power,
         )
+        flat_scores = jnp.where(usable, flat_scores, 0)
     result = snippets_from_breaks(
-        breaks, jnp.where(usable, flat_scores, 0), usable, flat_length, status, rtol, atol, num_snippets=num_snippets,
-        method=method, fallback=fallback, max_steps=max_steps, check_every=check_every,
+        breaks, flat_scores, usable, flat_length, status, rtol, atol, num_snippets=num_snippets, method=method,
+        fallback=fallback, max_steps=max_steps, check_every=check_every,
     )
-    result = jax.tree.map(lambda x: x.reshape(batch_shape + x.shape[1:]), result)
+    if batch_shape != (items,):
+        result = jax.tree.map(lambda x: x.reshape(batch_shape + x.shape[1:]), result)
     if throw and not _is_traced(result.result):
         raise_for_unsolved(result.result, "segments_to_snippets")
     return from_jax(result, kind)

@@ -161,7 +161,9 @@ def test_published_rows_from_any_segment(arrays):
 def test_fallback_to_pdhg_past_the_pivot_cap(arrays):
     """With a pivot cap of 1 every multi-row component goes to PDHG: flagged, and still optimal to its tolerance."""
     segments, scores, valid, length = arrays
-    breaks = published_breaks_host(segments[..., 0], segments[..., 1], valid, length, scale=0.0785, power=0.9)
+    breaks = published_breaks_host(
+        segments[..., 0], segments[..., 1], valid, length, num_snippets=NUM_SNIPPETS, scale=0.0785, power=0.9
+    )
     solution = solve_published_lp(
         jnp.asarray(breaks), jnp.asarray(scores, jnp.float32), jnp.asarray(valid), num_snippets=NUM_SNIPPETS,
         max_steps=4096, check_every=16, rtol=1e-6, atol=1e-6, max_pivots=1,
