@@ -235,9 +235,11 @@ def solve_tier(components: Components, tier: TierList, atoms: Atoms, *, max_rows
                max_steps: int) -> Atoms:
     """Solve every component of ``tier`` (of at most ``max_rows`` rows) on ``lanes`` lanes; store them in ``atoms``.
 
-    A lane that finishes keeps its basis until it takes the next component
-    (or the loop ends); only then is it stored, so most iterations are
-    pivots alone.
+    Two nested loops: the outer one stores the lanes that finished and gives
+    idle lanes the next components of the queue; the inner one pivots until
+    a quarter of the lanes wait for a component (or none is left to pivot).
+    When the lanes outnumber the components, that is one refill and one
+    store.
     """
     rows = components.target.shape[1]
     capacity = tier.item.shape[0]
@@ -251,8 +253,28 @@ def solve_tier(components: Components, tier: TierList, atoms: Atoms, *, max_rows
         y=jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(jax.vmap(initial_basis), lp)),
         step=zeros, diff=jnp.zeros((lanes,), lp.target.dtype), result=zeros, active=no, pending=no,
     )
+    refill_at = max(1, lanes // 4)
 
-    def load(carry):
+    def pivots(carry):
+        lp, state, next_component = carry
+
+        def more(state):
+            idle = jnp.sum(~state.active, dtype=jnp.int32)
+            return jnp.any(state.active) & ((idle < refill_at) | (next_component >= tier.count))
+
+        def step(state):
+            stepped, optimal, infeasible = jax.vmap(pivot)(lp, state)
+            done = state.active & (optimal | infeasible | (state.step >= max_steps))
+            code = jnp.where(
+                optimal, LPResultCode.SUCCESSFUL,
+                jnp.where(infeasible, LPResultCode.INFEASIBLE, LPResultCode.MAX_STEPS_REACHED),
+            )
+            finished = state._replace(result=code.astype(jnp.int32), active=no, pending=state.pending | done)
+            return _where(state.active & ~done, stepped, finished)
+
+        return jax.lax.while_loop(more, step, state)
+
+    def refill_and_solve(carry):
         lp, state, next_component, atoms = carry
         atoms = _store_finished(atoms, lp, state, rows)
         idle = ~state.active
@@ -264,25 +286,12 @@ def solve_tier(components: Components, tier: TierList, atoms: Atoms, *, max_rows
             y=jax.vmap(initial_basis)(fresh), step=zeros, diff=jnp.zeros_like(state.diff), result=zeros, active=take,
             pending=no,
         )
-        taken = jnp.sum(take, dtype=jnp.int32)
+        lp = _where(take, fresh, lp)
         state = _where(take, start, state._replace(pending=no))
-        return _where(take, fresh, lp), state, next_component + taken, atoms
-
-    def body(carry):
-        waiting = jnp.any(~carry[1].active) & (carry[2] < tier.count)
-        lp, state, next_component, atoms = jax.lax.cond(waiting, load, lambda c: c, carry)
-        stepped, optimal, infeasible = jax.vmap(pivot)(lp, state)
-        done = state.active & (optimal | infeasible | (state.step >= max_steps))
-        code = jnp.where(
-            optimal, LPResultCode.SUCCESSFUL, jnp.where(infeasible, LPResultCode.INFEASIBLE, LPResultCode.MAX_STEPS_REACHED)
-        )
-        moving = state.active & ~done
-        finished = state._replace(result=code.astype(jnp.int32), active=no, pending=state.pending | done)
-        state = _where(moving, stepped, finished)
-        return lp, state, next_component, atoms
+        next_component = next_component + jnp.sum(take, dtype=jnp.int32)
+        return lp, pivots((lp, state, next_component)), next_component, atoms
 
     def running(carry):
-        return jnp.any(carry[1].active) | (carry[2] < tier.count)
+        return jnp.any(carry[1].active | carry[1].pending) | (carry[2] < tier.count)
 
-    lp, state, _, atoms = jax.lax.while_loop(running, body, (lp, state, jnp.zeros((), jnp.int32), atoms))
-    return _store_finished(atoms, lp, state, rows)
+    return jax.lax.while_loop(running, refill_and_solve, (lp, state, jnp.zeros((), jnp.int32), atoms))[3]
