@@ -122,67 +122,55 @@ def _fuse_to_whole_snippets(segments, contrast, inner, valid, group, leader, cou
 
 
 def _item_chunk(num_videos: int, max_classes: int) -> int:
-    """Items per pass of the proposal, grouping and fusion steps: two per video (1 to 3 classes pass on THUMOS14)."""
+    """Items per pass of steps 2 to 5: two per video (1 to 3 of 20 classes pass on THUMOS14)."""
     return max(1, min(num_videos * max_classes, 2 * num_videos))
 
 
-def _rows_of_selected_items(sequences, item_length, selected, temperature, *, thresholds, max_proposals, max_segments,
-                            chunk: int):
-    """Steps 2 to 4 for the selected items only, ``chunk`` at a time: ``[I, S]`` int ``start``, ``end``, ``score``,
-    ``rows`` and ``[I]`` ``truncated`` (zeros for the others).
+def _in_chunks(fn, count, chunk: int, batch: int, *args):
+    """``fn`` on the first ``count`` of ``batch`` items of ``args``, ``chunk`` items at a time; zeros for the rest.
 
-    With every class an item (``max_classes`` = C), most items are not selected
-    (THUMOS14: 1 to 3 of 20 classes pass): a pass over all of them would spend
-    90 % of its work on nothing.
+    Every array leaf of ``args`` and of ``fn``'s output holds the items along
+    its first axis, item-major (any number of entries per item); scalar
+    leaves of ``args`` go to every call whole, scalar outputs are summed.
+    With every class an item, most items are not selected (THUMOS14: 1 to 3
+    of 20 classes pass): passes over all of them would mostly work on nothing.
     """
-    items = sequences.shape[0]
-    dtype = sequences.dtype
-    count = jnp.sum(selected, dtype=jnp.int32)
-    passes = -(-items // chunk)
-    order = jnp.argsort(~selected, stable=True).astype(jnp.int32)
-    order = jnp.concatenate([order, jnp.full((passes * chunk - items,), items, jnp.int32)])
-    empty = (
-        jnp.zeros((items, max_segments), jnp.int32), jnp.zeros((items, max_segments), jnp.int32),
-        jnp.zeros((items, max_segments), dtype), jnp.zeros((items, max_segments), bool), jnp.zeros((items,), bool),
+    passes = -(-batch // chunk)
+    leaves, tree = jax.tree.flatten(args)
+    # Pad every leaf to whole passes, then view it as [passes, chunk entries, ...].
+    blocked = [
+        x if x.ndim == 0 else jnp.pad(x, [(0, passes * chunk * (x.shape[0] // batch) - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+        .reshape((passes, -1) + x.shape[1:])
+        for x in leaves
+    ]
+
+    def call(index):
+        return fn(*jax.tree.unflatten(tree, [x if x.ndim == 0 else x[index] for x in blocked]))
+
+    out = jax.tree.map(
+        lambda x: jnp.zeros(((passes,) + x.shape) if x.ndim else (), x.dtype), jax.eval_shape(lambda: call(0))
     )
 
     def one_pass(index, out):
-        item = jax.lax.dynamic_slice(order, (index * chunk,), (chunk,))
-        real = index * chunk + jnp.arange(chunk) < count
-        safe = jnp.minimum(item, items - 1)
-        found = proposals_from_cas(
-            sequences[safe], np.asarray(thresholds), min_length=2, margin_scale=_MARGIN_SCALE,
-            margin_power=_MARGIN_POWER, convention="published", length=jnp.where(real, item_length[safe], 0),
-            max_proposals=max_proposals,
-        )
-        groups = group_proposals(
-            found.segments, found.contrast, found.valid, overlap_threshold=0.25, overlap="candidate", discrete=True
-        )
-        fused = _fuse_to_whole_snippets(
-            found.segments, found.contrast, found.inner, found.valid, groups.group, groups.leader, groups.count,
-            temperature, max_segments,
-        )
-        if fused[0].shape[1] < max_segments:
-            pad = ((0, 0), (0, max_segments - fused[0].shape[1]))
-            fused = tuple(jnp.pad(x, pad) for x in fused)
-        truncated = (found.num_found > found.count) | (groups.count > max_segments)
-        target = jnp.where(real, item, items)
-        return tuple(o.at[target].set(x, mode="drop") for o, x in zip(out, (*fused, truncated)))
+        return jax.tree.map(lambda whole, new: whole + new if new.ndim == 0 else whole.at[index].set(new), out, call(index))
 
-    return jax.lax.fori_loop(0, -(-count // chunk), one_pass, empty)
+    out = jax.lax.fori_loop(0, -(-count // chunk), one_pass, out)
+    return jax.tree.map(lambda x: x if x.ndim == 0 else x.reshape((-1,) + x.shape[2:])[: x.shape[1] // chunk * batch], out)
 
 
 class _ItemRows(NamedTuple):
-    """The chain up to the LP: flat items ``[V * K]`` of the batch's selected classes, and their rows."""
+    """The chain up to the LP, for the items in "slot" order: the selected items first (slot ``s`` is item ``order[s]``)."""
 
-    breaks: jax.Array  # [V K, R, 4] int32
-    score: jax.Array  # [V K, R]
-    rows: jax.Array  # [V K, R] bool
-    length: jax.Array  # [V K] int32, 0 for items not selected
+    breaks: jax.Array  # [I, R, 4] int32
+    score: jax.Array  # [I, R]
+    rows: jax.Array  # [I, R] bool
+    length: jax.Array  # [I] int32, 0 for items not selected
+    truncated: jax.Array  # [I] bool
+    order: jax.Array  # [I] int32, item (video * K + k) of each slot
+    count: jax.Array  # scalar int32, selected items
     chosen: jax.Array  # [V, K] int32 classes
     item_valid: jax.Array  # [V, K] bool
     passes: jax.Array  # [V, C] bool
-    truncated: jax.Array  # [V K] bool
 
 
 @functools.partial(jax.jit, static_argnames=("thresholds", "max_classes", "max_proposals", "max_segments", "method"))
@@ -190,7 +178,7 @@ def _chain_rows(
     cas, video_scores, length, temperature, class_threshold, *, thresholds, max_classes, max_proposals, max_segments,
     method,
 ):
-    """Steps 1 to 4 of the module docstring, and the exact solver's first stage for ``method="lp"``."""
+    """Steps 1 to 4 of the module docstring, and the exact solver's first stage for ``method="lp"``, in slot order."""
     if cas.dtype in (jnp.float16, jnp.bfloat16):
         cas = cas.astype(jnp.float32)
     num_videos, num_snippets, _ = cas.shape
@@ -200,22 +188,47 @@ def _chain_rows(
     ranked = jnp.where(passes, video_scores.astype(dtype), -jnp.inf)
     _, chosen = jax.lax.top_k(ranked, max_classes)  # [V, K]
     item_valid = jnp.take_along_axis(passes, chosen, axis=1)
-    sequences = jnp.take_along_axis(cas, chosen[:, None, :], axis=2)  # [V, L, K]
-    sequences = jnp.moveaxis(sequences, 2, 1).reshape(num_videos * max_classes, num_snippets)
-    item_length = jnp.where(item_valid, length[:, None], 0).reshape(-1)
+    items = num_videos * max_classes
+    selected = item_valid.reshape(-1)
+    count = jnp.sum(selected, dtype=jnp.int32)
+    order = jnp.argsort(~selected, stable=True).astype(jnp.int32)
+    temperature = jnp.asarray(temperature, dtype)
 
-    start, end, score, rows, truncated = _rows_of_selected_items(
-        sequences, item_length, item_valid.reshape(-1), jnp.asarray(temperature, dtype), thresholds=thresholds,
-        max_proposals=max_proposals, max_segments=max_segments, chunk=_item_chunk(num_videos, max_classes),
+    def rows_and_first_stage(slot_items, slot_index):
+        real = slot_index < count
+        video, klass = slot_items // max_classes, jnp.take_along_axis(chosen.reshape(-1), slot_items, axis=0)
+        sequences = cas[video, :, klass]  # [chunk, L]
+        item_length = jnp.where(real, length[video], 0)
+        found = proposals_from_cas(
+            sequences, np.asarray(thresholds), min_length=2, margin_scale=_MARGIN_SCALE, margin_power=_MARGIN_POWER,
+            convention="published", length=item_length, max_proposals=max_proposals,
+        )
+        groups = group_proposals(
+            found.segments, found.contrast, found.valid, overlap_threshold=0.25, overlap="candidate", discrete=True
+        )
+        start, end, score, rows = _fuse_to_whole_snippets(
+            found.segments, found.contrast, found.inner, found.valid, groups.group, groups.leader, groups.count,
+            temperature, max_segments,
+        )
+        if start.shape[1] < max_segments:
+            pad = ((0, 0), (0, max_segments - start.shape[1]))
+            start, end, score, rows = (jnp.pad(x, pad) for x in (start, end, score, rows))
+        breaks = published_breaks(
+            start.astype(dtype), end.astype(dtype), rows, item_length, num_snippets=num_snippets,
+            scale=_MARGIN_SCALE, power=_MARGIN_POWER,
+        )
+        truncated = real & ((found.num_found > found.count) | (groups.count > max_segments))
+        progress = None
+        if method == "lp":
+            progress = exact_first_stage(breaks, score, rows, _no_status(item_length), num_snippets=num_snippets)
+        return breaks, score, rows, item_length, truncated, progress
+
+    chunk = _item_chunk(num_videos, max_classes)
+    breaks, score, rows, item_length, truncated, progress = _in_chunks(
+        rows_and_first_stage, count, chunk, items, order, jnp.arange(items, dtype=jnp.int32)
     )
-    breaks = published_breaks(
-        start.astype(dtype), end.astype(dtype), rows, item_length, num_snippets=num_snippets, scale=_MARGIN_SCALE,
-        power=_MARGIN_POWER,
-    )
-    items = _ItemRows(breaks, score, rows, item_length, chosen, item_valid, passes, truncated)
-    if method == "lp":
-        return items, exact_first_stage(breaks, score, rows, _no_status(item_length), num_snippets=num_snippets)
-    return items, None
+    rows_out = _ItemRows(breaks, score, rows, item_length, truncated, order, count, chosen, item_valid, passes)
+    return rows_out, progress
 
 
 def _no_status(item_length):
@@ -225,29 +238,36 @@ def _no_status(item_length):
 @functools.partial(jax.jit, static_argnames=("num_snippets", "method", "fallback", "max_steps", "check_every"))
 def _chain_labels(items: _ItemRows, progress, rtol, atol, *, num_snippets, method, fallback, max_steps, check_every):
     """Step 5's labels (from the exact solver's stages, or by ``"pdhg"``/``"paint"``) scattered to ``[V, L, C]``."""
-    status = _no_status(items.length)
-    if method == "lp":
-        solved = exact_labels(
-            progress, items.breaks, items.score, items.rows, items.length, status, num_snippets=num_snippets,
-            fallback=fallback,
-        )
-    else:
-        solved = approximate_snippets(
-            items.breaks, items.score, items.rows, items.length, status, rtol, atol, num_snippets=num_snippets,
-            method=method, fallback=fallback, max_steps=max_steps, check_every=check_every,
-        )
     num_videos, max_classes = items.chosen.shape
     num_classes = items.passes.shape[1]
-    video_index = jnp.broadcast_to(jnp.arange(num_videos)[:, None], (num_videos, max_classes))
-    # Items that are not selected scatter nowhere (an out-of-range class, dropped).
-    class_index = jnp.where(items.item_valid, items.chosen, num_classes)
+
+    def solve(breaks, score, rows, length, progress):
+        status = _no_status(length)
+        if method == "lp":
+            return exact_labels(
+                progress, breaks, score, rows, length, status, num_snippets=num_snippets, fallback=fallback
+            )
+        return approximate_snippets(
+            breaks, score, rows, length, status, rtol, atol, num_snippets=num_snippets, method=method,
+            fallback=fallback, max_steps=max_steps, check_every=check_every,
+        )
+
+    if progress is not None:
+        progress = progress._replace(rest=jnp.zeros((), jnp.int32))  # per-item fields only, in chunks
+    solved = _in_chunks(
+        solve, items.count, _item_chunk(num_videos, max_classes), num_videos * max_classes, items.breaks, items.score,
+        items.rows, items.length, progress,
+    )
+    # Slots of selected items go to (video, class); the others nowhere (an out-of-range video, dropped).
+    slot = jnp.arange(items.order.shape[0])
+    video = jnp.where(slot < items.count, items.order // max_classes, num_videos)
+    klass = items.chosen.reshape(-1)[items.order]
 
     def scatter(values, fill):
-        values = values.reshape((num_videos, max_classes) + values.shape[1:])
-        dense = jnp.full((num_videos, num_classes) + values.shape[2:], fill, values.dtype)
-        return dense.at[video_index, class_index].set(values, mode="drop")
+        dense = jnp.full((num_videos, num_classes) + values.shape[1:], fill, values.dtype)
+        return dense.at[video, klass].set(values, mode="drop")
 
-    selected = scatter(items.item_valid.reshape(-1), False)
+    selected = scatter(jnp.ones(slot.shape, bool), False)
     return PseudoLabels(
         labels=jnp.moveaxis(scatter(solved.snippets, 0), 1, 2),
         result=scatter(solved.result, LPResultCode.EMPTY_GROUP),
