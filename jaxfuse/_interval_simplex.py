@@ -142,20 +142,26 @@ def pivot(lp: AtomLP, state: LaneState):
     """One dual simplex pivot of a lane: ``(state, optimal, infeasible)``.
 
     ``optimal`` refers to the basis before the pivot (which is then not
-    applied); ``infeasible`` means no column can enter.
+    applied); ``infeasible`` means no column can enter. What the pivot reads
+    of the leaving row and of the entering column is gathered by one product
+    each with a one-hot vector (per-lane gathers would each be a kernel).
     """
     basis = state.y
     max_rows, num_atoms = lp.matrix.shape
     dtype = lp.matrix.dtype
     violation = jnp.maximum(-basis.values, basis.values - basis.upper)
-    diff = jnp.max(violation)
-    leave = jnp.min(jnp.where(violation == diff, jnp.arange(max_rows), max_rows))
+    leave = jnp.argmax(violation)
     leave_row = _one_hot(leave, max_rows, dtype)
+    # The leaving row of B^-1, and the leaving variable's value, bound and column.
+    row_data = jnp.concatenate(
+        [basis.inverse, jnp.stack([basis.values, basis.upper, basis.columns.astype(dtype), violation], axis=1)], axis=1
+    )
+    row = leave_row @ row_data
+    rho, leaving_value, leaving_upper, leaving_column, diff = row[:max_rows], *row[max_rows:]
     optimal = diff <= lp.tolerance
-    leaving_value = leave_row @ basis.values
     below = leaving_value < 0
 
-    alpha = (leave_row @ basis.inverse) @ lp.matrix
+    alpha = rho @ lp.matrix
     signed = jnp.where(below, -alpha, alpha)
     tiny = jnp.finfo(dtype).eps ** 0.75
     eligible = ~basis.basic & (lp.upper > 0) & jnp.where(basis.at_upper, signed < -tiny, signed > tiny)
@@ -166,14 +172,20 @@ def pivot(lp: AtomLP, state: LaneState):
     infeasible = ~optimal & (enter < 0)
 
     entering = _one_hot(enter, num_atoms, dtype)
-    column = basis.inverse @ (lp.matrix @ entering)
+    column_data = jnp.concatenate(
+        [lp.matrix, jnp.stack([basis.reduced, alpha, lp.upper, basis.at_upper.astype(dtype)])], axis=0
+    )
+    entry = column_data @ entering
+    matrix_column, entering_reduced, entering_alpha, entering_upper, entering_at_upper = (
+        entry[:max_rows], *entry[max_rows:]
+    )
+    column = basis.inverse @ matrix_column
     pivot_value = leave_row @ column
-    dual_step = (entering @ basis.reduced) / (entering @ alpha)
-    primal_step = (leaving_value - jnp.where(below, 0, leave_row @ basis.upper)) / pivot_value
-    entering_upper = entering @ lp.upper
-    entering_value = jnp.where(entering @ basis.at_upper.astype(dtype) > 0, entering_upper, 0)
-    leaving = _one_hot(leave_row @ basis.columns.astype(dtype), num_atoms, dtype) > 0  # artificial: no atom
-    pivot_row = (leave_row @ basis.inverse) / pivot_value
+    dual_step = entering_reduced / entering_alpha
+    primal_step = (leaving_value - jnp.where(below, 0, leaving_upper)) / pivot_value
+    entering_value = jnp.where(entering_at_upper > 0, entering_upper, 0)
+    leaving = jnp.arange(num_atoms, dtype=dtype) == leaving_column  # an artificial: no atom
+    pivot_row = rho / pivot_value
     lead = leave_row > 0
     moved = Basis(
         inverse=jnp.where(lead[:, None], pivot_row, basis.inverse - column[:, None] * pivot_row[None, :]),
