@@ -149,6 +149,9 @@ def pivot(lp: AtomLP, state: LaneState):
     basis = state.y
     max_rows, num_atoms = lp.matrix.shape
     dtype = lp.matrix.dtype
+    # Basic values afresh from B^-1 (no rounding carried over from earlier pivots into the optimality test).
+    nonbasic = jnp.where(basis.basic | ~basis.at_upper, 0, lp.upper)
+    basis = basis._replace(values=basis.inverse @ (lp.target - lp.matrix @ nonbasic))
     violation = jnp.maximum(-basis.values, basis.values - basis.upper)
     leave = jnp.argmax(violation)
     leave_row = _one_hot(leave, max_rows, dtype)

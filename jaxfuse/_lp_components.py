@@ -56,8 +56,8 @@ class Components(NamedTuple):
 
 
 def feasibility_tolerance(magnitude, dtype):
-    """Bound violations up to this are rounding, for values of about ``magnitude``."""
-    return 64 * jnp.finfo(dtype).eps * (1 + magnitude)
+    """Bound violations up to this are rounding, for sums of values of about ``magnitude`` (16 ulps)."""
+    return 16 * jnp.finfo(dtype).eps * (1 + magnitude)
 
 
 def _order_by_start(key, largest_key: int):
