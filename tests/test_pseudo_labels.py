@@ -6,11 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from published_lp import highs_reference, published_matrix
 
 import jaxfuse
 from jaxfuse import LPResultCode, pseudo_labels
 from jaxfuse.bench.published_labels import published_fusion, published_proposals
-from published_lp import highs_reference, published_matrix
 
 LEVELS = np.arange(0.001, 0.04, 0.002)
 OPTIONS = dict(max_proposals=512, max_segments=96, max_classes=3)
