@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 
 import jaxfuse
-from jaxfuse._pseudo_labels import PUBLISHED_LEVELS, _chain_rows
+from jaxfuse._pseudo_labels import PUBLISHED_LEVELS, chain_rows
 from jaxfuse.bench.published_labels import (
     published_fusion,
     published_proposals,
@@ -163,19 +163,19 @@ def test_bench_chain(benchmark):
 
 def test_bench_fallback_lanes(benchmark):
     """Multi-row components of the published chain on 64 videos and how many went past the pivot cap."""
-    from jaxfuse._snippets import _first_stage
+    from jaxfuse._snippets import first_stage_program
 
     v = jaxfuse.synthetic_videos(num_videos=GPU_VIDEOS, num_classes=CHAIN_CLASSES, min_length=200, max_length=1000,
                                  seed=11)
     arrays = [jnp.asarray(a) for a in (v.cas, v.video_scores, v.length)]
 
     def first_stage():
-        items, _ = _chain_rows(
+        items, _ = chain_rows(
             *arrays, TEMPERATURE, 0.16, thresholds=PUBLISHED_LEVELS, max_classes=CHAIN_CLASSES, method="paint",
             **CHAIN_OPTIONS,
         )
         status = jnp.zeros(items.length.shape, jnp.int32)
-        return _first_stage(items.breaks, items.score, items.rows, status, num_snippets=v.cas.shape[1])
+        return first_stage_program(items.breaks, items.score, items.rows, status, num_snippets=v.cas.shape[1])
 
     progress = benchmark.pedantic(first_stage, rounds=1, iterations=1)
     size = np.asarray(progress.components.size)

@@ -174,7 +174,7 @@ class _ItemRows(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("thresholds", "max_classes", "max_proposals", "max_segments", "method"))
-def _chain_rows(
+def chain_rows(
     cas, video_scores, length, temperature, class_threshold, *, thresholds, max_classes, max_proposals, max_segments,
     method,
 ):
@@ -236,7 +236,7 @@ def _no_status(item_length):
 
 
 @functools.partial(jax.jit, static_argnames=("num_snippets", "method", "fallback", "max_steps", "check_every"))
-def _chain_labels(items: _ItemRows, progress, rtol, atol, *, num_snippets, method, fallback, max_steps, check_every):
+def chain_labels(items: _ItemRows, progress, rtol, atol, *, num_snippets, method, fallback, max_steps, check_every):
     """Step 5's labels (from the exact solver's stages, or by ``"pdhg"``/``"paint"``) scattered to ``[V, L, C]``."""
     num_videos, max_classes = items.chosen.shape
     num_classes = items.passes.shape[1]
@@ -284,13 +284,13 @@ def _pseudo_labels(
     max_segments, method, fallback, max_steps, check_every,
 ) -> PseudoLabels:
     """The chain as (at most) three programs: rows and the LP's first stage, its second stage when needed, labels."""
-    items, progress = _chain_rows(
+    items, progress = chain_rows(
         cas, video_scores, length, temperature, class_threshold, thresholds=thresholds, max_classes=max_classes,
         max_proposals=max_proposals, max_segments=max_segments, method=method,
     )
     if method == "lp":
         progress = finish_exact(progress, rtol, atol, max_steps=max_steps, check_every=check_every)
-    return _chain_labels(
+    return chain_labels(
         items, progress, rtol, atol, num_snippets=cas.shape[1], method=method, fallback=fallback, max_steps=max_steps,
         check_every=check_every,
     )

@@ -213,12 +213,12 @@ def exact_labels(progress: LPProgress, breaks, scores, valid, length, status, *,
     )
 
 
-_approximate = jax.jit(
+approximate_program = jax.jit(
     approximate_snippets, static_argnames=("num_snippets", "method", "fallback", "max_steps", "check_every")
 )
-_first_stage = jax.jit(exact_first_stage, static_argnames=("num_snippets",))
-_second_stage = jax.jit(second_stage, static_argnames=("max_steps", "check_every", "max_pivots"))
-_exact_labels = jax.jit(exact_labels, static_argnames=("num_snippets", "fallback"))
+first_stage_program = jax.jit(exact_first_stage, static_argnames=("num_snippets",))
+second_stage_program = jax.jit(second_stage, static_argnames=("max_steps", "check_every", "max_pivots"))
+exact_labels_program = jax.jit(exact_labels, static_argnames=("num_snippets", "fallback"))
 
 
 def finish_exact(progress: LPProgress, rtol, atol, *, max_steps: int, check_every: int) -> LPProgress:
@@ -229,7 +229,7 @@ def finish_exact(progress: LPProgress, rtol, atol, *, max_steps: int, check_ever
     the caller's program.
     """
     if _is_traced(progress.rest) or int(progress.rest) > 0:
-        return _second_stage(progress, max_steps=max_steps, check_every=check_every, rtol=rtol, atol=atol)
+        return second_stage_program(progress, max_steps=max_steps, check_every=check_every, rtol=rtol, atol=atol)
     return progress
 
 
@@ -245,13 +245,13 @@ def snippets_from_breaks(
     when it has work; inside a caller's ``jit`` all of them are one program.
     """
     if method != "lp":
-        return _approximate(
+        return approximate_program(
             breaks, scores, valid, length, status, rtol, atol, num_snippets=num_snippets, method=method,
             fallback=fallback, max_steps=max_steps, check_every=check_every,
         )
-    progress = _first_stage(breaks, scores, valid, status, num_snippets=num_snippets)
+    progress = first_stage_program(breaks, scores, valid, status, num_snippets=num_snippets)
     progress = finish_exact(progress, rtol, atol, max_steps=max_steps, check_every=check_every)
-    return _exact_labels(progress, breaks, scores, valid, length, status, num_snippets=num_snippets, fallback=fallback)
+    return exact_labels_program(progress, breaks, scores, valid, length, status, num_snippets=num_snippets, fallback=fallback)
 
 
 def _nonnegative_float(value, name: str) -> float:
