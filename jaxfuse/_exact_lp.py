@@ -44,9 +44,13 @@ from jaxfuse._lp_components import (
     tier_list,
 )
 
-# (most rows, lanes) of the tiers of the first stage: most components have 2 to 4 rows (95 % on
-# the benchmark's published-chain data), a few up to 12; larger ones come from dense adversarial rows.
-_TIERS = ((4, 512), (16, 64))
+# (most rows, lanes per item, most lanes) of the tiers of the first stage. Most components have 2 to 4
+# rows (95 % on the benchmark's published-chain data, about 12 per item), a few up to 12; larger ones
+# come from dense adversarial rows. A lane costs for every iteration of its tier's loop, an iteration
+# has a fixed cost too: on a 2-core CPU, 4 lanes per item up to 1,024 (2 to 4 rows) and one per 4 items
+# up to 32 (5 to 16 rows) took 1.1 ms for 32 published-chain LPs and 4.4 ms for 120 (512 and 64 lanes:
+# 1.7 and 4.8 ms; 16 and 2 per item: 11 ms for 120).
+_TIERS = ((4, 4.0, 1024), (16, 0.25, 32))
 _LARGE_TIER_LANES = 4
 # Fallback lanes per PDHG solve.
 _FALLBACK_LANES = 4
@@ -57,14 +61,14 @@ def pivot_cap(max_rows: int) -> int:
     return 8 * max_rows + 32
 
 
-def tiers(rows: int) -> tuple[tuple[int, int, int], ...]:
-    """``(smallest, largest, lanes)`` component sizes per first-stage tier for items of ``rows`` rows."""
+def tiers(batch: int, rows: int) -> tuple[tuple[int, int, int], ...]:
+    """``(smallest, largest, lanes)`` component sizes per first-stage tier for ``batch`` items of ``rows`` rows."""
     out, smallest = [], 2
-    for largest, lanes in _TIERS:
+    for largest, lanes_per_item, most_lanes in _TIERS:
         if smallest > rows:
             break
         largest = min(largest, rows)
-        out.append((smallest, largest, lanes))
+        out.append((smallest, largest, int(min(most_lanes, max(8, lanes_per_item * batch)))))
         smallest = largest + 1
     return tuple(out)
 
@@ -182,7 +186,7 @@ def first_stage(breaks, target, valid, *, num_snippets: int, max_pivots: int | N
         status=status.reshape(-1, 3),
     )
     largest = 1
-    for smallest, largest, lanes in tiers(rows):
+    for smallest, largest, lanes in tiers(batch, rows):
         listed = tier_list(components, smallest, largest)
         cap = pivot_cap(largest) if max_pivots is None else max_pivots
         atoms = solve_tier(components, listed, atoms, max_rows=largest, lanes=lanes, max_steps=cap)
@@ -204,7 +208,7 @@ def second_stage(progress: LPProgress, *, max_steps: int, check_every: int, rtol
     """
     components, atoms = progress.components, progress.atoms
     batch, rows = components.target.shape
-    smallest = max((largest for _, largest, _ in tiers(rows)), default=1) + 1
+    smallest = max((largest for _, largest, _ in tiers(batch, rows)), default=1) + 1
     if smallest <= rows:
         listed = tier_list(components, smallest, rows)
         cap = pivot_cap(rows) if max_pivots is None else max_pivots
