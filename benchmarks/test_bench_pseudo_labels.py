@@ -22,7 +22,10 @@ Workloads (seeded synthetic THUMOS-like CAS, :func:`jaxfuse.synthetic_videos`):
 * mpax (optional; skipped when it is not installed): its r2HPDHG and raPDHG on
   the same 32 LPs, dense constraint matrices under ``jax.vmap``.
 
-Ratios are recorded in ``extra_info`` and printed; nothing is asserted about time.
+Each round of the round-robin times one loop call and a few back-to-back jaxfuse calls (the loop
+itself is 32 or 16 back-to-back calls; a lone millisecond call right after it pays for the machine
+waking up), divided per call. Ratios are recorded in ``extra_info`` and printed; nothing is asserted
+about time.
 """
 
 from __future__ import annotations
@@ -73,15 +76,29 @@ def lp_batch():
     return items, (segments, scores, valid, length), problems
 
 
+REPEATS = 4  # back-to-back jaxfuse calls per round
+
+
+def _repeated(call):
+    def calls():
+        for _ in range(REPEATS - 1):
+            jax.block_until_ready(call())
+        return call()
+
+    return calls
+
+
 def _print_ratios(benchmark, timings, slow: str, fast: list[str], target: float) -> None:
+    per_call = {name: (t.median / REPEATS, t.best / REPEATS) for name, t in timings.items() if name in fast}
+    per_call[slow] = (timings[slow].median, timings[slow].best)
     for name in fast:
-        speedup = timings[slow].median / timings[name].median
+        speedup = per_call[slow][0] / per_call[name][0]
         benchmark.extra_info[f"speedup_{name}"] = speedup
-        print(f"\n{name}: {timings[name].median * 1e3:.2f} ms (best {timings[name].best * 1e3:.2f}) vs {slow}: "
-              f"{timings[slow].median * 1e3:.1f} ms -> {speedup:.1f}x (target {target}x)")
+        print(f"\n{name}: {per_call[name][0] * 1e3:.2f} ms (best {per_call[name][1] * 1e3:.2f}) vs {slow}: "
+              f"{per_call[slow][0] * 1e3:.1f} ms -> {speedup:.1f}x (target {target}x)")
     benchmark.extra_info.update(
-        target=target, **{f"median_ms_{name}": t.median * 1e3 for name, t in timings.items()},
-        **{f"best_ms_{name}": t.best * 1e3 for name, t in timings.items()},
+        target=target, **{f"median_ms_{name}": t[0] * 1e3 for name, t in per_call.items()},
+        **{f"best_ms_{name}": t[1] * 1e3 for name, t in per_call.items()},
     )
 
 
@@ -91,8 +108,8 @@ def test_bench_lp(benchmark, lp_batch):
     segments, scores, valid, length = (jnp.asarray(a) for a in arrays)
 
     def solve(method):
-        return lambda: jaxfuse.segments_to_snippets(segments, scores, valid, length=length, num_snippets=NUM_SNIPPETS,
-                                                    method=method)
+        return _repeated(lambda: jaxfuse.segments_to_snippets(segments, scores, valid, length=length,
+                                                              num_snippets=NUM_SNIPPETS, method=method))
 
     calls = {"highs_loop": lambda: [solve_published_lp(*p) for p in problems], "exact": solve("lp"), "pdhg": solve("pdhg")}
     timings = benchmark.pedantic(lambda: time_interleaved(calls, rounds=5, max_seconds=8.0), rounds=1, iterations=1)
@@ -131,15 +148,15 @@ def test_bench_lp_mpax(benchmark, lp_batch, solver_name):
 
     batched = jax.jit(jax.vmap(one))
     arrays = [jnp.asarray(a) for a in (dense, target, upper)]
-    calls = {"highs_loop": lambda: [solve_published_lp(*p) for p in problems], solver_name: lambda: batched(*arrays)}
+    calls = {"highs_loop": lambda: [solve_published_lp(*p) for p in problems], solver_name: _repeated(lambda: batched(*arrays))}
     timings = benchmark.pedantic(lambda: time_interleaved(calls, rounds=3, max_seconds=8.0), rounds=1, iterations=1)
     _print_ratios(benchmark, timings, "highs_loop", [solver_name], LP_TARGET)
 
 
 def _chain_call(videos, max_classes):
     arrays = [jnp.asarray(a) for a in (videos.cas, videos.video_scores, videos.length)]
-    return lambda: jaxfuse.pseudo_labels(arrays[0], arrays[1], length=arrays[2], temperature=TEMPERATURE,
-                                         max_classes=max_classes, **CHAIN_OPTIONS)
+    return _repeated(lambda: jaxfuse.pseudo_labels(arrays[0], arrays[1], length=arrays[2], temperature=TEMPERATURE,
+                                                   max_classes=max_classes, **CHAIN_OPTIONS))
 
 
 def test_bench_chain(benchmark):
@@ -202,11 +219,20 @@ t = time.perf_counter()
 out = jaxfuse.pseudo_labels(v.cas, v.video_scores, length=v.length, temperature=0.0016, max_proposals=1024,
                             max_segments=128)
 chain_second = time.perf_counter() - t
-rng = np.random.default_rng(0)
-start_points = rng.uniform(0, 900, (32, 128)).astype(np.float32)
-segments = np.stack([start_points, start_points + rng.uniform(2, 40, (32, 128)).astype(np.float32)], -1)
+from jaxfuse.bench.published_labels import published_fusion, published_proposals
+lp_videos = jaxfuse.synthetic_videos(num_videos=40, num_classes=5, min_length=200, max_length=1000, seed=3)
+segments, scores = np.zeros((32, 128, 2), np.float32), np.zeros((32, 128), np.float32)
+valid, lengths, i = np.zeros((32, 128), bool), np.zeros(32, np.int32), 0
+for video, n in enumerate(lp_videos.length.tolist()):
+    for klass in range(5):
+        if lp_videos.video_scores[video, klass] >= 0.16 and i < 32:
+            proposals = published_proposals(lp_videos.cas[video, :n, klass], np.arange(0.001, 0.04, 0.002))
+            if len(proposals):
+                fused = published_fusion(proposals, 0.02)[:128]
+                segments[i, :len(fused)], scores[i, :len(fused)], valid[i, :len(fused)] = fused[:, :2], fused[:, 2], True
+                lengths[i], i = n, i + 1
 t = time.perf_counter()
-jaxfuse.segments_to_snippets(segments, rng.uniform(-0.2, 0.8, (32, 128)).astype(np.float32), num_snippets=1024)
+jaxfuse.segments_to_snippets(segments, scores, valid, length=lengths, num_snippets=1024)
 lp_first = time.perf_counter() - t
 print(json.dumps({"import": imported - start, "chain_first_call": chain_first, "chain_second_call": chain_second,
                   "lp_first_call": lp_first}))
@@ -214,7 +240,7 @@ print(json.dumps({"import": imported - start, "chain_first_call": chain_first, "
 
 
 def test_bench_cold_start(benchmark):
-    """First calls in a fresh process with an empty compilation cache: the chain (16 x 20), then 32 LPs."""
+    """First calls in a fresh process with an empty compilation cache: the chain (16 x 20), then the 32 LPs."""
     report = _data.first_call_in_fresh_process(benchmark, _COLD_SCRIPT)
     benchmark.extra_info.update(target_seconds=COLD_TARGET, **report)
     print(f"\ncold: {', '.join(f'{k} {v:.2f} s' for k, v in report.items())} (chain target <= {COLD_TARGET} s)")
@@ -232,5 +258,5 @@ def test_bench_chain_gpu_batch(benchmark):
     benchmark.extra_info.update(device=str(jax.devices()[0]), target_ms=GPU_TARGET_MS,
                                 fallback=int(np.asarray(timings["all_classes"].result.fallback).sum()))
     _print_ratios(benchmark, timings, "published_loop", ["all_classes"], CHAIN_TARGET)
-    print(f"64 videos on {jax.devices()[0].platform}: {timings['all_classes'].median * 1e3:.2f} ms "
+    print(f"64 videos on {jax.devices()[0].platform}: {timings['all_classes'].median / REPEATS * 1e3:.2f} ms "
           f"(H200 target < {GPU_TARGET_MS} ms)")
