@@ -61,19 +61,24 @@ class LPResultCode(enum.IntEnum):
     """Per-LP outcome. Values shared with :class:`jaxfuse.ResultCode` mean the same.
 
     Attributes:
-        SUCCESSFUL: converged: the primal residual and the duality gap are within
-            tolerance; ``x`` is optimal to that tolerance.
-        MAX_STEPS_REACHED: ``max_steps`` iterations without meeting the
-            tolerance; ``x`` is the last restart candidate (within the bounds,
-            residual reported).
+        SUCCESSFUL: solved: exactly (``segments_to_snippets(method="lp")``), or
+            to tolerance (PDHG: the primal residual and the duality gap are
+            within it).
+        MAX_STEPS_REACHED: PDHG ran ``max_steps`` iterations (``method="pdhg"``,
+            or the fallback of a ``"lp"`` component past its pivot cap) without
+            meeting the tolerance; ``x`` is the last restart candidate (within
+            the bounds, residual reported).
         DIVERGED: the iterates overflowed (not seen on feasible LPs; a safeguard:
             ``x`` is then zero, never NaN).
         NONFINITE_INPUT: a real row had a non-finite target or breakpoint.
         EMPTY_GROUP: the LP has no row: ``x = 0`` is its solution.
         INVALID_INPUT: a real row is malformed (a segment with start > end
             reaching the kernel inside a caller's ``jit``).
-        INFEASIBLE: a Farkas certificate proves that no ``x`` in the bounds
-            satisfies ``A x = q``; the published code gets no solution (NaN) there.
+        INFEASIBLE: no ``x`` in the bounds satisfies ``A x = q``: a row alone
+            asks more than its snippets hold, the simplex found a row of
+            ``B^-1 M`` with no column to enter (an unbounded dual ray), or
+            (PDHG) a Farkas certificate; the published code gets no solution
+            (NaN) there.
     """
 
     SUCCESSFUL = 0
