@@ -62,7 +62,7 @@ class AtomLP(NamedTuple):
 
 
 class Basis(NamedTuple):
-    """A basis with its basic values and reduced costs, updated pivot by pivot.
+    """A basis and its reduced costs, updated pivot by pivot (basic values are recomputed from ``B^-1``).
 
     Column ``j < N`` is atom ``j``; ``N + r`` is the artificial of row ``r``
     (fixed at 0: once it has left, it never enters again).
@@ -72,7 +72,6 @@ class Basis(NamedTuple):
     columns: jax.Array  # [K] int32 basic columns
     basic: jax.Array  # [N] bool, atom is basic
     at_upper: jax.Array  # [N] bool, nonbasic atom at its upper bound
-    values: jax.Array  # [K] basic values
     upper: jax.Array  # [K] basic variables' upper bounds
     reduced: jax.Array  # [N] reduced costs
 
@@ -119,7 +118,6 @@ def initial_basis(lp: AtomLP) -> Basis:
         columns=num_atoms + jnp.arange(max_rows, dtype=jnp.int32),
         basic=jnp.zeros((num_atoms,), bool),
         at_upper=jnp.zeros((num_atoms,), bool),
-        values=lp.target,
         upper=jnp.zeros((max_rows,), dtype),
         reduced=jnp.ones((num_atoms,), dtype),
     )
@@ -151,16 +149,16 @@ def pivot(lp: AtomLP, state: LaneState):
     dtype = lp.matrix.dtype
     # Basic values afresh from B^-1 (no rounding carried over from earlier pivots into the optimality test).
     nonbasic = jnp.where(basis.basic | ~basis.at_upper, 0, lp.upper)
-    basis = basis._replace(values=basis.inverse @ (lp.target - lp.matrix @ nonbasic))
-    violation = jnp.maximum(-basis.values, basis.values - basis.upper)
+    values = basis.inverse @ (lp.target - lp.matrix @ nonbasic)
+    violation = jnp.maximum(-values, values - basis.upper)
     leave = jnp.argmax(violation)
     leave_row = _one_hot(leave, max_rows, dtype)
-    # The leaving row of B^-1, and the leaving variable's value, bound and column.
+    # The leaving row of B^-1, and the leaving variable's value and column.
     row_data = jnp.concatenate(
-        [basis.inverse, jnp.stack([basis.values, basis.upper, basis.columns.astype(dtype), violation], axis=1)], axis=1
+        [basis.inverse, jnp.stack([values, basis.columns.astype(dtype), violation], axis=1)], axis=1
     )
     row = leave_row @ row_data
-    rho, leaving_value, leaving_upper, leaving_column, diff = row[:max_rows], *row[max_rows:]
+    rho, leaving_value, leaving_column, diff = row[:max_rows], *row[max_rows:]
     optimal = diff <= lp.tolerance
     below = leaving_value < 0
 
@@ -176,17 +174,13 @@ def pivot(lp: AtomLP, state: LaneState):
 
     entering = _one_hot(enter, num_atoms, dtype)
     column_data = jnp.concatenate(
-        [lp.matrix, jnp.stack([basis.reduced, alpha, lp.upper, basis.at_upper.astype(dtype)])], axis=0
+        [lp.matrix, jnp.stack([basis.reduced, alpha, lp.upper])], axis=0
     )
     entry = column_data @ entering
-    matrix_column, entering_reduced, entering_alpha, entering_upper, entering_at_upper = (
-        entry[:max_rows], *entry[max_rows:]
-    )
+    matrix_column, entering_reduced, entering_alpha, entering_upper = entry[:max_rows], *entry[max_rows:]
     column = basis.inverse @ matrix_column
     pivot_value = leave_row @ column
     dual_step = entering_reduced / entering_alpha
-    primal_step = (leaving_value - jnp.where(below, 0, leaving_upper)) / pivot_value
-    entering_value = jnp.where(entering_at_upper > 0, entering_upper, 0)
     leaving = jnp.arange(num_atoms, dtype=dtype) == leaving_column  # an artificial: no atom
     pivot_row = rho / pivot_value
     lead = leave_row > 0
@@ -195,7 +189,6 @@ def pivot(lp: AtomLP, state: LaneState):
         columns=jnp.where(lead, enter, basis.columns).astype(jnp.int32),
         basic=(basis.basic | (entering > 0)) & ~leaving,
         at_upper=jnp.where(leaving, ~below, basis.at_upper) & (entering == 0),
-        values=jnp.where(lead, entering_value + primal_step, basis.values - primal_step * column),
         upper=jnp.where(lead, entering_upper, basis.upper),
         reduced=jnp.where(leaving, -dual_step, jnp.where(entering > 0, 0, basis.reduced - dual_step * alpha)),
     )
