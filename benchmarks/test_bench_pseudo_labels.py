@@ -211,10 +211,10 @@ import jax, numpy as np
 import jaxfuse
 imported = time.perf_counter()
 v = jaxfuse.synthetic_videos(num_videos=16, num_classes=20, min_length=200, max_length=1000, seed=7)
-t = time.perf_counter()
+t, cpu = time.perf_counter(), time.process_time()
 out = jaxfuse.pseudo_labels(v.cas, v.video_scores, length=v.length, temperature=0.02, max_proposals=1024,
                             max_segments=128)
-chain_first = time.perf_counter() - t
+chain_first, chain_first_cpu = time.perf_counter() - t, time.process_time() - cpu
 t = time.perf_counter()
 out = jaxfuse.pseudo_labels(v.cas, v.video_scores, length=v.length, temperature=0.0016, max_proposals=1024,
                             max_segments=128)
@@ -234,13 +234,17 @@ for video, n in enumerate(lp_videos.length.tolist()):
 t = time.perf_counter()
 jaxfuse.segments_to_snippets(segments, scores, valid, length=lengths, num_snippets=1024)
 lp_first = time.perf_counter() - t
-print(json.dumps({"import": imported - start, "chain_first_call": chain_first, "chain_second_call": chain_second,
-                  "lp_first_call": lp_first}))
+print(json.dumps({"import": imported - start, "chain_first_call": chain_first, "chain_first_call_cpu": chain_first_cpu,
+                  "chain_second_call": chain_second, "lp_first_call": lp_first}))
 """
 
 
 def test_bench_cold_start(benchmark):
-    """First calls in a fresh process with an empty compilation cache: the chain (16 x 20), then the 32 LPs."""
+    """First calls in a fresh process with an empty compilation cache: the chain (16 x 20), then the 32 LPs.
+
+    The chain's first call is also given in CPU time: its compilation runs on one core, so on a loaded
+    machine the wall time is the CPU time stretched by the load.
+    """
     report = _data.first_call_in_fresh_process(benchmark, _COLD_SCRIPT)
     benchmark.extra_info.update(target_seconds=COLD_TARGET, **report)
     print(f"\ncold: {', '.join(f'{k} {v:.2f} s' for k, v in report.items())} (chain target <= {COLD_TARGET} s)")
