@@ -14,14 +14,17 @@ its bounds leaves; the dual ratio test picks the entering column, ties to the
 rightmost atom, which reproduces most of HiGHS's vertices) needs no phase 1:
 every pivot moves one basic variable back into its bounds, the optimum is the
 first primal-feasible basis, and a row of ``B^-1 M`` with no entering column
-certifies infeasibility (an unbounded dual ray). Basic values and reduced
-costs are recomputed from the explicit ``B^-1`` at every pivot, so rounding
-does not build up between pivots.
+certifies infeasibility (an unbounded dual ray). Basic values are recomputed
+from the explicit ``B^-1`` at every pivot, so the optimality test carries no
+rounding over from earlier pivots (the reduced costs are updated: they only
+rank the entering candidates). On the published chain's components (2 to 12
+rows) a component needs about as many pivots as it has rows (at most 12).
 
-Batching: a while loop over lanes that each take the next component of a
-queue when their own is done (finished lanes frozen, then refilled), so a slow
-component delays only its lane and the loop runs about ``max(pivots)`` or
-``sum(pivots) / lanes`` iterations, whichever is more. Per lane, the carry is
+Batching: lanes that take the next component of a queue when theirs is done
+(finished lanes frozen until a quarter of them wait, then stored and
+refilled), so a slow component delays only its lane and the loop runs about
+``max(pivots)`` or ``sum(pivots) / lanes`` iterations, whichever is more. Per
+lane, the carry is
 optimistix's ``(y, step, diff, result)``: ``y`` the basis, ``diff`` the largest
 bound violation of a basic variable (0 at the optimum), ``result`` an
 :class:`~jaxfuse._interval_lp.LPResultCode`. ``max_steps`` (static) caps the pivots per

@@ -21,7 +21,11 @@ An atom value ``z`` goes back to snippets by the "right fill" that HiGHS's
 vertex shows on one-row components (16,456 of 16,456 in the issue's probe,
 re-checked in the tests): ``floor(z)`` ones at the right end of the atom, the
 fractional rest on the snippet to their left. For a negative one-row target
-the right margin is filled before the left one. Atoms share no snippet, so
+the right margin is filled before the left one. On multi-row components the
+same fill gives HiGHS's labels wherever the simplex ends on HiGHS's vertex
+(577 of 654 components of 24 published-chain videos in float64); on the
+others, all of the difference is in the atoms' sums (another vertex of the
+same optimal face: HiGHS's presolve picks it), none in the fill. Atoms share no snippet, so
 all atoms of a batch land in one scatter of ones (a difference array of
 int32, exact) and one of fractional points.
 """
