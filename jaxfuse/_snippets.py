@@ -35,7 +35,7 @@ Conventions, as in the published code (:mod:`jaxfuse._lp_rows`):
 
 The LP optimum is often not unique (any spread of ``q_r`` over a segment that
 touches no other row is optimal). ``"lp"`` returns a vertex: HiGHS's own on
-one-row components, and on most multi-row ones (85 % of those of the
+one-row components, and on most multi-row ones (88 % of those of the
 published chain's data; elsewhere another vertex of the same optimal face).
 ``"pdhg"`` returns a point of the optimal face near its start (the even
 spread). Objectives, residuals and bounds agree.
