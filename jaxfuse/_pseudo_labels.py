@@ -30,7 +30,9 @@ training step can call it inside ``jit``:
 
 Shapes are static: ``V x max_classes`` items of ``max_proposals`` proposal
 slots and ``max_segments`` rows. Anything a bound drops is flagged in
-``truncated``.
+``truncated``. Steps 2 to 5 run on the selected items only, two per video at
+a time (the selected items first, in "slots"), so items of classes that do
+not pass cost their buffers and nothing else.
 """
 
 from __future__ import annotations
@@ -337,7 +339,8 @@ def pseudo_labels(
             (published 0.16).
         thresholds: CAS levels (published ``np.arange(0.001, 0.04, 0.002)``).
         max_classes: most items per video (the best-scoring passing classes);
-            default ``C``, which never drops one. 4 suits THUMOS14 (1 to 3 pass).
+            default ``C``, which never drops one (items of classes that do not
+            pass cost no work). 4 suits THUMOS14 (1 to 3 pass).
         max_proposals: proposal slots per item (THUMOS14: 20 to 800); excess
             proposals (the highest levels) are dropped and flagged.
         max_segments: fused segments (LP rows) per item; excess groups (the
