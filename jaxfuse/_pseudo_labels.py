@@ -373,9 +373,10 @@ def pseudo_labels(
     if video_scores.shape != (num_videos, num_classes):
         raise ValueError(f"`video_scores` must have shape {(num_videos, num_classes)} (videos, classes), got {video_scores.shape}")
     temperature = positive_scalar(temperature, "temperature")
-    if not isinstance(class_threshold, jax.core.Tracer):
-        if np.ndim(class_threshold) != 0 or not np.isfinite(class_threshold):
-            raise ValueError(f"`class_threshold` must be a finite scalar, got {class_threshold!r}")
+    if not isinstance(class_threshold, jax.core.Tracer) and (
+        np.ndim(class_threshold) != 0 or not np.isfinite(class_threshold)
+    ):
+        raise ValueError(f"`class_threshold` must be a finite scalar, got {class_threshold!r}")
     levels = np.asarray(thresholds, np.float64)
     if levels.ndim != 1 or levels.size == 0 or not np.isfinite(levels).all():
         raise ValueError(f"`thresholds` must be a non-empty 1-D array of finite levels, got {thresholds!r}")
