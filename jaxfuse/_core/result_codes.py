@@ -40,8 +40,10 @@ class ResultCode(enum.IntEnum):
             which a concrete value would have rejected with an error. Every group
             of the call carries this code and zeros.
         INFEASIBLE: (segment-to-snippet LPs) no labels within the bounds meet
-            the LP's constraints, proved by a certificate; the published code
-            gets no solution (NaN) there.
+            the LP's constraints: a row alone asks more than its snippets hold,
+            the simplex found a row of ``B^-1 M`` with no column to enter (an
+            unbounded dual ray), or (PDHG) a Farkas certificate; the published
+            code gets no solution (NaN) there.
     """
 
     SUCCESSFUL = 0

@@ -25,11 +25,14 @@ training step can call it inside ``jit``:
    weigh 1e-10 and less, and ``leader + offset`` rounded to float32 would lose
    the offset's sign, which decides ``int()`` (the float64 published code
    keeps it). At most ``max_segments`` groups per item (leader order);
-5. :func:`jaxfuse.segments_to_snippets` (the published LP, batched PDHG).
+5. :func:`jaxfuse.segments_to_snippets` (the published LP, solved exactly on
+   device by default: components, closed forms and a batched simplex).
 
 Shapes are static: ``V x max_classes`` items of ``max_proposals`` proposal
 slots and ``max_segments`` rows. Anything a bound drops is flagged in
-``truncated``.
+``truncated``. Steps 2 to 5 run on the selected items only, two per video at
+a time (the selected items first, in "slots"), so items of classes that do
+not pass cost their buffers and nothing else.
 """
 
 from __future__ import annotations
@@ -47,11 +50,15 @@ from jaxfuse._proposals.grouping import group_proposals
 from jaxfuse._core.interop import array_kind, from_jax
 
 from jaxfuse._core.result_codes import ResultCode, raise_for_results, repr_with_code_names
+from jaxfuse._labels.lp_rows import published_breaks
 from jaxfuse._labels.snippets import (
     DEFAULT_CHECK_EVERY,
     DEFAULT_MAX_STEPS,
+    approximate_snippets,
     check_solver_options,
-    snippets_from_integer_segments,
+    exact_first_stage,
+    exact_labels,
+    finish_exact,
 )
 from jaxfuse._core.settings import MARGIN_POWER, MARGIN_SCALE, PUBLISHED_CLASS_THRESHOLD, PUBLISHED_THRESHOLDS
 from jaxfuse._core.validation import float_array, positive_int, positive_scalar
@@ -77,7 +84,10 @@ class PseudoLabels(NamedTuple):
         truncated: ``[V, C]`` bool: proposals (``max_proposals``) or segments
             (``max_segments``) were dropped, or the class passed the threshold
             but did not fit in ``max_classes``.
-        steps: ``[V, C]`` int32 PDHG iterations.
+        steps: ``[V, C]`` int32 solver iterations (see
+            :class:`jaxfuse.SnippetLabels`).
+        fallback: ``[V, C]`` bool, the exact solver handed a component to PDHG
+            (see :class:`jaxfuse.SnippetLabels`).
     """
 
     labels: Any
@@ -86,6 +96,7 @@ class PseudoLabels(NamedTuple):
     num_segments: Any
     truncated: Any
     steps: Any
+    fallback: Any
 
     __repr__ = repr_with_code_names  # result codes by name; still a NamedTuple (a pytree)
 
@@ -116,17 +127,68 @@ def _fuse_to_whole_snippets(segments, contrast, inner, valid, group, leader, cou
     return whole[:, :keep, 0], whole[:, :keep, 1], fused_score[:, :keep], rows[:, :keep]
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("thresholds", "max_classes", "max_proposals", "max_segments", "method", "fallback", "max_steps", "check_every"),
-)
-def _pseudo_labels(
-    cas, video_scores, length, temperature, class_threshold, rtol, atol, *, thresholds, max_classes, max_proposals,
-    max_segments, method, fallback, max_steps, check_every,
-) -> PseudoLabels:
+def _item_chunk(num_videos: int, max_classes: int) -> int:
+    """Items per pass of steps 2 to 5: two per video (1 to 3 of 20 classes pass on THUMOS14)."""
+    return max(1, min(num_videos * max_classes, 2 * num_videos))
+
+
+def _in_chunks(fn, count, chunk: int, batch: int, *args):
+    """``fn`` on the first ``count`` of ``batch`` items of ``args``, ``chunk`` items at a time; zeros for the rest.
+
+    Every array leaf of ``args`` and of ``fn``'s output holds the items along
+    its first axis, item-major (any number of entries per item); scalar
+    leaves of ``args`` go to every call whole, scalar outputs are summed.
+    With every class an item, most items are not selected (THUMOS14: 1 to 3
+    of 20 classes pass): passes over all of them would mostly work on nothing.
+    """
+    passes = -(-batch // chunk)
+    leaves, tree = jax.tree.flatten(args)
+    # Pad every leaf to whole passes, then view it as [passes, chunk entries, ...].
+    blocked = [
+        x if x.ndim == 0 else jnp.pad(x, [(0, passes * chunk * (x.shape[0] // batch) - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+        .reshape((passes, -1) + x.shape[1:])
+        for x in leaves
+    ]
+
+    def call(index):
+        return fn(*jax.tree.unflatten(tree, [x if x.ndim == 0 else x[index] for x in blocked]))
+
+    out = jax.tree.map(
+        lambda x: jnp.zeros(((passes,) + x.shape) if x.ndim else (), x.dtype), jax.eval_shape(lambda: call(0))
+    )
+
+    def one_pass(index, out):
+        return jax.tree.map(lambda whole, new: whole + new if new.ndim == 0 else whole.at[index].set(new), out, call(index))
+
+    out = jax.lax.fori_loop(0, -(-count // chunk), one_pass, out)
+    return jax.tree.map(lambda x: x if x.ndim == 0 else x.reshape((-1,) + x.shape[2:])[: x.shape[1] // chunk * batch], out)
+
+
+class _ItemRows(NamedTuple):
+    """The chain up to the LP, for the items in "slot" order: the selected items first (slot ``s`` is item ``order[s]``)."""
+
+    breaks: jax.Array  # [I, R, 4] int32
+    score: jax.Array  # [I, R]
+    rows: jax.Array  # [I, R] bool
+    length: jax.Array  # [I] int32, 0 for items not selected
+    truncated: jax.Array  # [I] bool
+    order: jax.Array  # [I] int32, item (video * K + k) of each slot
+    count: jax.Array  # scalar int32, selected items
+    chosen: jax.Array  # [V, K] int32 classes
+    item_valid: jax.Array  # [V, K] bool
+    passes: jax.Array  # [V, C] bool
+    nonfinite: jax.Array  # [V, C] bool: a NaN or inf in the CAS inside the video or in the video score
+
+
+@functools.partial(jax.jit, static_argnames=("thresholds", "max_classes", "max_proposals", "max_segments", "method"))
+def chain_rows(
+    cas, video_scores, length, temperature, class_threshold, *, thresholds, max_classes, max_proposals, max_segments,
+    method,
+):
+    """Steps 1 to 4 of the module docstring, and the exact solver's first stage for ``method="lp"``, in slot order."""
     if cas.dtype in (jnp.float16, jnp.bfloat16):
         cas = cas.astype(jnp.float32)
-    num_videos, num_snippets, num_classes = cas.shape
+    num_videos, num_snippets, _ = cas.shape
     dtype = cas.dtype
     # A (video, class) with a NaN or inf in its CAS inside the video, or in its
     # video score, is reported and skipped: never an item, so it takes no
@@ -138,49 +200,112 @@ def _pseudo_labels(
     ranked = jnp.where(passes, video_scores.astype(dtype), -jnp.inf)
     _, chosen = jax.lax.top_k(ranked, max_classes)  # [V, K]
     item_valid = jnp.take_along_axis(passes, chosen, axis=1)
-    sequences = jnp.take_along_axis(cas, chosen[:, None, :], axis=2)  # [V, L, K]
-    sequences = jnp.moveaxis(sequences, 2, 1).reshape(num_videos * max_classes, num_snippets)
-    item_length = jnp.where(item_valid, length[:, None], 0).reshape(-1)
+    items = num_videos * max_classes
+    selected = item_valid.reshape(-1)
+    count = jnp.sum(selected, dtype=jnp.int32)
+    order = jnp.argsort(~selected, stable=True).astype(jnp.int32)
+    temperature = jnp.asarray(temperature, dtype)
 
-    found = proposals_from_cas(
-        sequences, np.asarray(thresholds), min_length=2, margin_scale=MARGIN_SCALE, margin_power=MARGIN_POWER,
-        convention="published", length=item_length, max_proposals=max_proposals,
-    )
-    groups = group_proposals(
-        found.segments, found.contrast, found.valid, overlap_threshold=0.25, overlap="candidate", discrete=True
-    )
-    start, end, score, rows = _fuse_to_whole_snippets(
-        found.segments, found.contrast, found.inner, found.valid, groups.group, groups.leader, groups.count,
-        jnp.asarray(temperature, dtype), max_segments,
-    )
-    if start.shape[1] < max_segments:
-        pad = ((0, 0), (0, max_segments - start.shape[1]))
-        start, end, score, rows = jnp.pad(start, pad), jnp.pad(end, pad), jnp.pad(score, pad), jnp.pad(rows, pad)
-    status = jnp.zeros(item_length.shape, jnp.int32)
-    solved = snippets_from_integer_segments(
-        start, end, score, rows, item_length, status, rtol, atol, num_snippets=num_snippets, method=method,
-        fallback=fallback, max_steps=max_steps, check_every=check_every, margin_scale=MARGIN_SCALE,
-        margin_power=MARGIN_POWER,
-    )
+    def rows_and_first_stage(slot_items, slot_index):
+        real = slot_index < count
+        video, klass = slot_items // max_classes, jnp.take_along_axis(chosen.reshape(-1), slot_items, axis=0)
+        sequences = cas[video, :, klass]  # [chunk, L]
+        item_length = jnp.where(real, length[video], 0)
+        found = proposals_from_cas(
+            sequences, np.asarray(thresholds), min_length=2, margin_scale=MARGIN_SCALE, margin_power=MARGIN_POWER,
+            convention="published", length=item_length, max_proposals=max_proposals,
+        )
+        groups = group_proposals(
+            found.segments, found.contrast, found.valid, overlap_threshold=0.25, overlap="candidate", discrete=True
+        )
+        start, end, score, rows = _fuse_to_whole_snippets(
+            found.segments, found.contrast, found.inner, found.valid, groups.group, groups.leader, groups.count,
+            temperature, max_segments,
+        )
+        if start.shape[1] < max_segments:
+            pad = ((0, 0), (0, max_segments - start.shape[1]))
+            start, end, score, rows = (jnp.pad(x, pad) for x in (start, end, score, rows))
+        breaks = published_breaks(
+            start.astype(dtype), end.astype(dtype), rows, item_length, num_snippets=num_snippets,
+            scale=MARGIN_SCALE, power=MARGIN_POWER,
+        )
+        truncated = real & ((found.num_found > found.count) | (groups.count > max_segments))
+        progress = None
+        if method == "lp":
+            progress = exact_first_stage(breaks, score, rows, _no_status(item_length), num_snippets=num_snippets)
+        return breaks, score, rows, item_length, truncated, progress
 
-    video_index = jnp.broadcast_to(jnp.arange(num_videos)[:, None], (num_videos, max_classes))
-    # Items that are not selected scatter nowhere (an out-of-range class, dropped).
-    class_index = jnp.where(item_valid, chosen, num_classes)
+    chunk = _item_chunk(num_videos, max_classes)
+    breaks, score, rows, item_length, truncated, progress = _in_chunks(
+        rows_and_first_stage, count, chunk, items, order, jnp.arange(items, dtype=jnp.int32)
+    )
+    rows_out = _ItemRows(breaks, score, rows, item_length, truncated, order, count, chosen, item_valid, passes,
+                         nonfinite)
+    return rows_out, progress
+
+
+def _no_status(item_length):
+    return jnp.zeros(item_length.shape, jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("num_snippets", "method", "fallback", "max_steps", "check_every"))
+def chain_labels(items: _ItemRows, progress, rtol, atol, *, num_snippets, method, fallback, max_steps, check_every):
+    """Step 5's labels (from the exact solver's stages, or by ``"pdhg"``/``"paint"``) scattered to ``[V, L, C]``."""
+    num_videos, max_classes = items.chosen.shape
+    num_classes = items.passes.shape[1]
+
+    def solve(breaks, score, rows, length, progress):
+        status = _no_status(length)
+        if method == "lp":
+            return exact_labels(
+                progress, breaks, score, rows, length, status, num_snippets=num_snippets, fallback=fallback
+            )
+        return approximate_snippets(
+            breaks, score, rows, length, status, rtol, atol, num_snippets=num_snippets, method=method,
+            fallback=fallback, max_steps=max_steps, check_every=check_every,
+        )
+
+    if progress is not None:
+        progress = progress._replace(rest=jnp.zeros((), jnp.int32))  # per-item fields only, in chunks
+    solved = _in_chunks(
+        solve, items.count, _item_chunk(num_videos, max_classes), num_videos * max_classes, items.breaks, items.score,
+        items.rows, items.length, progress,
+    )
+    # Slots of selected items go to (video, class); the others nowhere (an out-of-range video, dropped).
+    slot = jnp.arange(items.order.shape[0])
+    video = jnp.where(slot < items.count, items.order // max_classes, num_videos)
+    klass = items.chosen.reshape(-1)[items.order]
 
     def scatter(values, fill):
-        values = values.reshape((num_videos, max_classes) + values.shape[1:])
-        dense = jnp.full((num_videos, num_classes) + values.shape[2:], fill, values.dtype)
-        return dense.at[video_index, class_index].set(values, mode="drop")
+        dense = jnp.full((num_videos, num_classes) + values.shape[1:], fill, values.dtype)
+        return dense.at[video, klass].set(values, mode="drop")
 
-    item_truncated = (found.num_found > found.count) | (groups.count > max_segments)
-    not_fitted = passes & ~scatter(item_valid.reshape(-1), False)
+    selected = scatter(jnp.ones(slot.shape, bool), False)
     return PseudoLabels(
         labels=jnp.moveaxis(scatter(solved.snippets, 0), 1, 2),
-        result=jnp.where(nonfinite, ResultCode.NONFINITE_INPUT, scatter(solved.result, ResultCode.EMPTY_GROUP)),
-        selected=scatter(item_valid.reshape(-1), False),
+        result=jnp.where(items.nonfinite, ResultCode.NONFINITE_INPUT, scatter(solved.result, ResultCode.EMPTY_GROUP)),
+        selected=selected,
         num_segments=scatter(solved.num_segments, 0),
-        truncated=scatter(item_truncated, False) | not_fitted,
+        truncated=scatter(items.truncated, False) | (items.passes & ~selected),
         steps=scatter(solved.steps, 0),
+        fallback=scatter(solved.fallback, False),
+    )
+
+
+def _pseudo_labels(
+    cas, video_scores, length, temperature, class_threshold, rtol, atol, *, thresholds, max_classes, max_proposals,
+    max_segments, method, fallback, max_steps, check_every,
+) -> PseudoLabels:
+    """The chain as (at most) three programs: rows and the LP's first stage, its second stage when needed, labels."""
+    items, progress = chain_rows(
+        cas, video_scores, length, temperature, class_threshold, thresholds=thresholds, max_classes=max_classes,
+        max_proposals=max_proposals, max_segments=max_segments, method=method,
+    )
+    if method == "lp":
+        progress = finish_exact(progress, rtol, atol, max_steps=max_steps, check_every=check_every)
+    return chain_labels(
+        items, progress, rtol, atol, num_snippets=cas.shape[1], method=method, fallback=fallback, max_steps=max_steps,
+        check_every=check_every,
     )
 
 
@@ -229,7 +354,8 @@ def pseudo_labels(
             (published 0.16).
         thresholds: CAS levels (published ``np.arange(0.001, 0.04, 0.002)``).
         max_classes: most items per video (the best-scoring passing classes);
-            default ``C``, which never drops one. 4 suits THUMOS14 (1 to 3 pass).
+            default ``C``, which never drops one (items of classes that do not
+            pass cost no work). 4 suits THUMOS14 (1 to 3 pass).
         max_proposals: proposal slots per item (THUMOS14: 20 to 800); excess
             proposals (the highest levels) are dropped and flagged.
         max_segments: fused segments (LP rows) per item; excess groups (the
@@ -272,9 +398,10 @@ def pseudo_labels(
     if video_scores.shape != (num_videos, num_classes):
         raise ValueError(f"`video_scores` must have shape {(num_videos, num_classes)} (videos, classes), got {video_scores.shape}")
     temperature = positive_scalar(temperature, "temperature")
-    if not isinstance(class_threshold, jax.core.Tracer):
-        if np.ndim(class_threshold) != 0 or not np.isfinite(class_threshold):
-            raise ValueError(f"`class_threshold` must be a finite scalar, got {class_threshold!r}")
+    if not isinstance(class_threshold, jax.core.Tracer) and (
+        np.ndim(class_threshold) != 0 or not np.isfinite(class_threshold)
+    ):
+        raise ValueError(f"`class_threshold` must be a finite scalar, got {class_threshold!r}")
     levels = np.asarray(thresholds, np.float64)
     if levels.ndim != 1 or levels.size == 0 or not np.isfinite(levels).all():
         raise ValueError(f"`thresholds` must be a non-empty 1-D array of finite levels, got {thresholds!r}")

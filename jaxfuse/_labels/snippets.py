@@ -11,24 +11,34 @@ row ``r`` of ``A`` being ``+1`` on the snippets ``[s, e)`` and ``-1`` on its out
 margins ``[max(0, int(s - m)), s)`` and ``[e, min(L - 1, int(e + m + 1)))``, with
 ``s = int(s_r)``, ``e = int(e_r)``, ``m = 0.0785 (e - s)^0.9``: the labels inside
 a segment minus those around it add up to its fused score. It is solved per
-(video, class) by ``scipy.optimize.linprog`` (HiGHS) there; here every LP of a
-batch is solved at once by :mod:`jaxfuse._labels.pdhg` (restarted PDHG whose
-products are prefix sums, O(L + R) per iteration).
+(video, class) by ``scipy.optimize.linprog`` (HiGHS) there. Here every LP of a
+batch is solved at once, on device:
 
-Conventions, as in the published code:
+* ``method="lp"`` (default), exactly (:mod:`jaxfuse._labels.exact_lp`): the rows split
+  into independent components, one-row components in closed form (HiGHS's own
+  vertex), the others by a batched dual simplex over their "atoms"; a component
+  past the simplex's pivot cap (none in the benchmarks) is solved by PDHG and
+  its item flagged ``fallback``;
+* ``method="pdhg"``: restarted PDHG over the whole LP (:mod:`jaxfuse._labels.pdhg`,
+  products by prefix sums, O(L + R) per iteration), optimal to ``rtol``/``atol``.
+
+Conventions, as in the published code (:mod:`jaxfuse._labels.lp_rows`):
 
 * ``int()`` truncates: ``s = floor(start)``, ``e = floor(end)`` for the
   non-negative segments of a video. So the left margin holds ``ceil(m)``
   snippets and the right one ``floor(m) + 1``, and the last snippet of the
-  video is never in a right margin. Margins are computed on the host in
-  float64 exactly as the published ``0.0785 * n ** 0.9``.
-* Indices past the video are clipped, as Python slicing clips them; snippets
-  at or after ``length`` are fixed at 0.
+  video is never in a right margin. ``m = 0.0785 n^0.9`` comes from the
+  segment as given (a segment running past the video keeps its margin), in
+  float64 as published.
+* Indices past the video are then clipped, as Python slicing clips them;
+  snippets at or after ``length`` are fixed at 0.
 
 The LP optimum is often not unique (any spread of ``q_r`` over a segment that
-touches no other row is optimal): HiGHS returns a vertex, PDHG a point of the
-optimal face near its start (the even spread). Objectives, residuals and
-bounds agree; labels agree where the optimum is unique.
+touches no other row is optimal). ``"lp"`` returns a vertex: HiGHS's own on
+one-row components, and on most multi-row ones (88 % of those of the
+published chain's data; elsewhere another vertex of the same optimal face).
+``"pdhg"`` returns a point of the optimal face near its start (the even
+spread). Objectives, residuals and bounds agree.
 
 When no ``p`` in the bounds satisfies ``A p = q`` (a segment at the video's edge
 with a negative score and no margin to hold it; overlapping segments that
@@ -38,7 +48,6 @@ Here the item gets ``ResultCode.INFEASIBLE`` and the ``fallback`` labels.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, NamedTuple
 
@@ -47,13 +56,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfuse._core.interop import array_kind, from_jax, is_traced, to_jax
-from jaxfuse._labels.pdhg import apply_rows, solve_interval_lp
 from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode, raise_for_results, repr_with_code_names
 from jaxfuse._core.settings import MARGIN_POWER, MARGIN_SCALE
 from jaxfuse._core.validation import checked_length, choice, float_array, positive_int
+from jaxfuse._labels.exact_lp import LPProgress, first_stage, last_stage, second_stage
+from jaxfuse._labels.lp_rows import published_breaks, published_breaks_host
+from jaxfuse._labels.pdhg import apply_rows, solve_interval_lp
 from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
 
-METHODS = ("lp", "paint")
+METHODS = ("lp", "pdhg", "paint")
 FALLBACKS = ("paint", "zeros")
 DEFAULT_MAX_STEPS = 4096
 DEFAULT_CHECK_EVERY = 16
@@ -66,7 +77,8 @@ class SnippetLabels(NamedTuple):
         snippets: ``[..., L]`` labels in ``[0, 1]``; zero at and after each
             item's ``length``.
         result: ``[...]`` int32 :class:`jaxfuse.ResultCode`: ``SUCCESSFUL``,
-            ``MAX_STEPS_REACHED`` (the last PDHG iterate, within the bounds),
+            ``MAX_STEPS_REACHED`` (``"pdhg"``, or a ``"lp"`` component that
+            went to PDHG: its last iterate, within the bounds),
             ``INFEASIBLE`` or ``DIVERGED`` (the ``fallback`` labels),
             ``EMPTY_GROUP`` (no valid segment: zeros), ``NONFINITE_INPUT`` and
             ``INVALID_INPUT`` (a bad segment inside a caller's ``jit``: zeros).
@@ -75,9 +87,14 @@ class SnippetLabels(NamedTuple):
         primal_residual: ``[...]`` ``max_r |(A p - q)_r|`` of the returned labels
             (large where the fallback or ``"paint"`` was used: they do not
             solve the LP).
-        steps: ``[...]`` int32 PDHG iterations (0 for ``"paint"``).
+        steps: ``[...]`` int32 iterations: for ``"lp"`` the most simplex
+            pivots of one component (PDHG iterations for a ``fallback``
+            component); for ``"pdhg"`` PDHG iterations; 0 for ``"paint"``.
         restarts: ``[...]`` int32 PDHG restarts.
         num_segments: ``[...]`` int32 valid segments (LP rows) of each item.
+        fallback: ``[...]`` bool, ``"lp"`` only: a component of the item went
+            past the simplex's pivot cap and was solved by PDHG (optimal to
+            ``rtol``/``atol``, not exactly).
     """
 
     snippets: Any
@@ -87,41 +104,9 @@ class SnippetLabels(NamedTuple):
     steps: Any
     restarts: Any
     num_segments: Any
+    fallback: Any
 
     __repr__ = repr_with_code_names  # result codes by name; still a NamedTuple (a pytree)
-
-
-@functools.lru_cache(maxsize=64)
-def margin_tables(num_snippets: int, scale: float, power: float) -> tuple[np.ndarray, np.ndarray]:
-    """Left and right margin widths, in snippets, for every segment length ``0 .. num_snippets + 1``.
-
-    Left: ``s - int(s - m) = ceil(m)``; right: ``int(e + m + 1) - e = floor(m) + 1``;
-    ``m = scale * n ** power`` in float64 (Python floats), as published.
-    """
-    left = np.zeros(num_snippets + 2, np.int32)
-    right = np.ones(num_snippets + 2, np.int32)
-    for n in range(1, num_snippets + 2):
-        margin = min(scale * n**power, float(num_snippets + 1))
-        left[n] = math.ceil(margin)
-        right[n] = math.floor(margin) + 1
-    return left, right
-
-
-def row_breaks(start, end, valid, length, left_table, right_table):
-    """``[..., R, 4]`` int32 breakpoints of the LP rows of integer segments ``[start, end)``.
-
-    Row ``r``: ``-1`` on ``[b0, b1)``, ``+1`` on ``[b1, b2)``, ``-1`` on ``[b2, b3)``,
-    all clipped to ``[0, length]``; invalid rows collapse to a point (no entry).
-    """
-    num_lengths = left_table.shape[0]
-    length = length[..., None]
-    size = jnp.clip(end - start, 0, num_lengths - 1)
-    b1 = jnp.clip(start, 0, length)
-    b2 = jnp.maximum(b1, jnp.minimum(end, length))
-    b0 = jnp.minimum(jnp.maximum(start - left_table[size], 0), b1)
-    b3 = jnp.maximum(b2, jnp.minimum(jnp.minimum(length - 1, end + right_table[size]), length))
-    breaks = jnp.stack([b0, b1, b2, b3], axis=-1).astype(jnp.int32)
-    return jnp.where(valid[..., None], breaks, 0)
 
 
 def paint(breaks, scores, valid, num_snippets: int):
@@ -137,53 +122,140 @@ def paint(breaks, scores, valid, num_snippets: int):
     return jax.lax.fori_loop(0, scores.shape[1], one_row, jnp.zeros((scores.shape[0], num_snippets), scores.dtype))
 
 
-@functools.partial(
-    jax.jit, static_argnames=("num_snippets", "method", "fallback", "max_steps", "check_every", "margin_scale", "margin_power")
-)
-def snippets_from_integer_segments(
-    start, end, scores, valid, length, status, rtol, atol, *, num_snippets: int, method: str, fallback: str,
-    max_steps: int, check_every: int, margin_scale: float, margin_power: float,
-) -> SnippetLabels:
-    """The kernel on flat ``[B, R]`` integer segments (``status``: a code known beforehand, per item).
+_PAINT_CHUNK = 8
 
-    ``status`` other than ``SUCCESSFUL`` (bad input found by the caller) gives
-    zeros with that code.
+
+def paint_some(breaks, scores, valid, chosen, num_snippets: int):
+    """``[B, L]`` :func:`paint` of the ``chosen`` items (zeros elsewhere), ``_PAINT_CHUNK`` items at a time.
+
+    The fallback labels are for the few infeasible items: painting every item
+    of a large batch would cost ``B L R`` for them.
     """
-    left, right = margin_tables(num_snippets, margin_scale, margin_power)
-    breaks = row_breaks(start, end, valid, length, jnp.asarray(left), jnp.asarray(right))
-    target = jnp.where(valid, scores, 0)
-    count = jnp.sum(valid, axis=-1, dtype=jnp.int32)
-    status = jnp.where((status == ResultCode.SUCCESSFUL) & (count == 0), ResultCode.EMPTY_GROUP, status)
-    upper = (jnp.arange(num_snippets, dtype=jnp.int32) < length[:, None]).astype(scores.dtype)
     batch = scores.shape[0]
-    zeros_int = jnp.zeros((batch,), jnp.int32)
-    if method == "paint":
-        snippets = jnp.where((status == ResultCode.SUCCESSFUL)[:, None], paint(breaks, target, valid, num_snippets), 0)
-        steps = restarts = zeros_int
-        result = status
+    chunk = min(_PAINT_CHUNK, batch)
+    count = jnp.sum(chosen, dtype=jnp.int32)
+    order = jnp.argsort(~chosen, stable=True).astype(jnp.int32)
+    order = jnp.concatenate([order, jnp.full((-(-batch // chunk) * chunk - batch,), batch, jnp.int32)])
+
+    def one_chunk(index, painted):
+        item = jax.lax.dynamic_slice(order, (index * chunk,), (chunk,))
+        safe = jnp.minimum(item, batch - 1)
+        target = jnp.where(index * chunk + jnp.arange(chunk) < count, item, batch)
+        return painted.at[target].set(paint(breaks[safe], scores[safe], valid[safe], num_snippets), mode="drop")
+
+    return jax.lax.fori_loop(0, -(-count // chunk), one_chunk, jnp.zeros((batch, num_snippets), scores.dtype))
+
+
+def _item_status(valid, status):
+    """The known codes, with ``EMPTY_GROUP`` for items without a row."""
+    count = jnp.sum(valid, axis=-1, dtype=jnp.int32)
+    return jnp.where((status == ResultCode.SUCCESSFUL) & (count == 0), ResultCode.EMPTY_GROUP, status), count
+
+
+def _labels(breaks, target, valid, length, status, count, x, result, steps, restarts, pdhg_used, *, num_snippets: int,
+            fallback: str) -> SnippetLabels:
+    """The :class:`SnippetLabels` of solved items: known codes kept, infeasible items given the ``fallback`` labels."""
+    used = status == ResultCode.SUCCESSFUL
+    result = jnp.where(used, result, status)
+    failed = (result == ResultCode.INFEASIBLE) | (result == ResultCode.DIVERGED)
+    if fallback == "paint":
+        replacement = paint_some(breaks, target, valid, failed, num_snippets)
     else:
-        solution = solve_interval_lp(
-            breaks, target, upper, status, max_steps=max_steps, check_every=check_every, rtol=rtol, atol=atol
-        )
-        failed = (solution.result == ResultCode.INFEASIBLE) | (solution.result == ResultCode.DIVERGED)
-        if fallback == "paint":
-            replacement = jax.lax.cond(
-                jnp.any(failed), lambda: paint(breaks, target, valid, num_snippets), lambda: jnp.zeros_like(solution.x)
-            )
-        else:
-            replacement = jnp.zeros_like(solution.x)
-        snippets = jnp.where(failed[:, None], replacement, solution.x)
-        steps, restarts, result = solution.steps, solution.restarts, solution.result
+        replacement = jnp.zeros_like(x)
+    upper = (jnp.arange(num_snippets, dtype=jnp.int32) < length[:, None]).astype(x.dtype)
+    snippets = jnp.where(failed[:, None], replacement, jnp.where(used[:, None], x, 0)) * upper
     residual = jnp.max(jnp.abs(apply_rows(breaks, snippets) - target), axis=-1, initial=0)
     return SnippetLabels(
-        snippets=snippets * upper,
+        snippets=snippets,
         result=result.astype(RESULT_DTYPE),
         objective=jnp.sum(snippets, axis=-1),
         primal_residual=residual,
         steps=steps,
         restarts=restarts,
         num_segments=count,
+        fallback=pdhg_used,
     )
+
+
+def approximate_snippets(breaks, scores, valid, length, status, rtol, atol, *, num_snippets: int, method: str,
+                         fallback: str, max_steps: int, check_every: int) -> SnippetLabels:
+    """``method="paint"`` or ``"pdhg"`` on flat ``[B, R, 4]`` row breakpoints (one program; see :func:`snippets_from_breaks`)."""
+    target = jnp.where(valid, scores, 0)
+    status, count = _item_status(valid, status)
+    batch = scores.shape[0]
+    zeros = jnp.zeros((batch,), jnp.int32)
+    if method == "paint":
+        x = paint(breaks, target, valid, num_snippets)
+        result, steps, restarts = status, zeros, zeros
+    else:
+        upper = (jnp.arange(num_snippets, dtype=jnp.int32) < length[:, None]).astype(scores.dtype)
+        solution = solve_interval_lp(
+            breaks, target, upper, status, max_steps=max_steps, check_every=check_every, rtol=rtol, atol=atol
+        )
+        x, result, steps, restarts = solution.x, solution.result, solution.steps, solution.restarts
+    return _labels(
+        breaks, target, valid, length, status, count, x, result, steps, restarts, jnp.zeros((batch,), bool),
+        num_snippets=num_snippets, fallback=fallback,
+    )
+
+
+def exact_first_stage(breaks, scores, valid, status, *, num_snippets: int) -> LPProgress:
+    """The exact solver's first stage (:func:`jaxfuse._labels.exact_lp.first_stage`) on the items still to solve."""
+    solvable = valid & (_item_status(valid, status)[0] == ResultCode.SUCCESSFUL)[:, None]
+    return first_stage(breaks, jnp.where(solvable, scores, 0), solvable, num_snippets=num_snippets)
+
+
+def exact_labels(progress: LPProgress, breaks, scores, valid, length, status, *, num_snippets: int,
+                 fallback: str) -> SnippetLabels:
+    """The exact solver's last stage, as :class:`SnippetLabels`."""
+    target = jnp.where(valid, scores, 0)
+    status, count = _item_status(valid, status)
+    solution = last_stage(progress, num_snippets=num_snippets)
+    return _labels(
+        breaks, target, valid, length, status, count, solution.x, solution.result, solution.steps, solution.restarts,
+        solution.fallback, num_snippets=num_snippets, fallback=fallback,
+    )
+
+
+approximate_program = jax.jit(
+    approximate_snippets, static_argnames=("num_snippets", "method", "fallback", "max_steps", "check_every")
+)
+first_stage_program = jax.jit(exact_first_stage, static_argnames=("num_snippets",))
+second_stage_program = jax.jit(second_stage, static_argnames=("max_steps", "check_every", "max_pivots"))
+exact_labels_program = jax.jit(exact_labels, static_argnames=("num_snippets", "fallback"))
+
+
+def finish_exact(progress: LPProgress, rtol, atol, *, max_steps: int, check_every: int) -> LPProgress:
+    """The exact solver's second stage (:func:`jaxfuse._labels.exact_lp.second_stage`) when it has work.
+
+    Outside a caller's ``jit`` that is known on the host (one scalar read), so
+    its program is only compiled for data that needs it; inside, it is part of
+    the caller's program.
+    """
+    if is_traced(progress.rest) or int(progress.rest) > 0:
+        return second_stage_program(progress, max_steps=max_steps, check_every=check_every, rtol=rtol, atol=atol)
+    return progress
+
+
+def snippets_from_breaks(
+    breaks, scores, valid, length, status, rtol, atol, *, num_snippets: int, method: str, fallback: str,
+    max_steps: int, check_every: int,
+) -> SnippetLabels:
+    """The kernel on flat ``[B, R, 4]`` row breakpoints (:mod:`jaxfuse._labels.lp_rows`) and ``status``, a code known beforehand.
+
+    ``status`` other than ``SUCCESSFUL`` (bad input found by the caller) gives
+    zeros with that code. ``method="lp"`` runs the exact solver's stages as
+    separate programs, the second one (larger components, the fallback) only
+    when it has work; inside a caller's ``jit`` all of them are one program.
+    """
+    if method != "lp":
+        return approximate_program(
+            breaks, scores, valid, length, status, rtol, atol, num_snippets=num_snippets, method=method,
+            fallback=fallback, max_steps=max_steps, check_every=check_every,
+        )
+    progress = first_stage_program(breaks, scores, valid, status, num_snippets=num_snippets)
+    progress = finish_exact(progress, rtol, atol, max_steps=max_steps, check_every=check_every)
+    return exact_labels_program(progress, breaks, scores, valid, length, status, num_snippets=num_snippets, fallback=fallback)
 
 
 def _nonnegative_float(value, name: str) -> float:
@@ -234,15 +306,15 @@ def segments_to_snippets(
     """Snippet labels from fused segments, for a whole batch of (video, class) items at once.
 
     ``method="lp"`` solves the published LP (see the module docstring) of
-    every item: ``min sum_t p_t`` s.t. ``A p = q``, ``0 <= p <= 1``, with
-    ``q_r`` the segments' scores. ``method="paint"`` is the closed-form
-    alternative: each snippet gets the largest score (clipped to ``[0, 1]``) of
-    the segments ``[int(start), int(end))`` covering it.
-
-    The LP stops when ``max_r |(A p - q)_r| <= atol + rtol max |q|`` and the
-    duality gap is at most ``atol + rtol (|primal| + |dual|)``; the objective is
-    then within about ``rtol`` of HiGHS's, and ``p`` is within the bounds
-    exactly.
+    every item exactly: ``min sum_t p_t`` s.t. ``A p = q``, ``0 <= p <= 1``,
+    with ``q_r`` the segments' scores; the labels are a vertex (HiGHS's on
+    one-row components). ``method="pdhg"`` solves it by restarted PDHG, which
+    stops when ``max_r |(A p - q)_r| <= atol + rtol max |q|`` and the
+    duality gap is at most ``atol + rtol (|primal| + |dual|)`` (the objective
+    then within about ``rtol`` of HiGHS's); ``"lp"`` uses it only for a
+    component past its pivot cap (``fallback``). ``method="paint"`` is the
+    closed-form alternative: each snippet gets the largest score (clipped to
+    ``[0, 1]``) of the segments ``[int(start), int(end))`` covering it.
 
     Args:
         segments: ``[..., R, 2]`` (start, end) in snippets (fused segments);
@@ -252,14 +324,16 @@ def segments_to_snippets(
         length: optional int ``[...]`` (broadcastable) snippets per item, in
             ``[0, num_snippets]``; default ``num_snippets``.
         num_snippets: ``L``, the (padded) length of the output.
-        method: ``"lp"`` (published) or ``"paint"``.
-        fallback: labels of infeasible items with ``method="lp"``:
+        method: ``"lp"`` (the published LP, exactly), ``"pdhg"`` (the same LP by
+            PDHG, to ``rtol``/``atol``) or ``"paint"``.
+        fallback: labels of infeasible items with ``"lp"`` or ``"pdhg"``:
             ``"paint"`` (default) or ``"zeros"`` (the published code has NaN).
         margin_scale, margin_power: the margin ``m = margin_scale * n **
             margin_power`` (published 0.0785 and 0.9).
-        max_steps: most PDHG iterations per item (static).
+        max_steps: most PDHG iterations per item (``"pdhg"``) or per fallback
+            component (``"lp"``) (static).
         check_every: PDHG iterations between convergence and restart checks.
-        rtol, atol: termination tolerances.
+        rtol, atol: PDHG's termination tolerances.
         throw: raise ``RuntimeError`` when an item is not solved
             (``MAX_STEPS_REACHED``, ``INFEASIBLE``, ``DIVERGED``, bad input;
             ``EMPTY_GROUP`` is fine) instead of returning its code. Needs
@@ -306,29 +380,42 @@ def segments_to_snippets(
     length = checked_length(length, batch_shape, num_snippets, unit="item")
     dtype = jnp.float32 if scores.dtype in (jnp.float16, jnp.bfloat16) else scores.dtype
     items = math.prod(batch_shape)
-    flat_segments = segments.astype(dtype).reshape(items, rows, 2)
-    flat_scores = scores.astype(dtype).reshape(items, rows)
-    flat_valid = valid.reshape(items, rows)
-    flat_length = jnp.asarray(length).reshape(items)
-
-    if not is_traced(flat_segments, flat_scores, flat_valid):
-        _raise_for_bad_rows(np.asarray(flat_segments), np.asarray(flat_scores), np.asarray(flat_valid), batch_shape)
-    finite = jnp.isfinite(flat_segments).all(-1) & jnp.isfinite(flat_scores)
-    ordered = flat_segments[..., 0] <= flat_segments[..., 1]
-    status = jnp.where(
-        jnp.any(flat_valid & ~finite, axis=-1),
-        ResultCode.NONFINITE_INPUT,
-        jnp.where(jnp.any(flat_valid & ~ordered, axis=-1), ResultCode.INVALID_INPUT, ResultCode.SUCCESSFUL),
-    ).astype(jnp.int32)
-    safe = jnp.where((flat_valid & finite)[..., None], flat_segments, 0)
-    # int() of the published code; ends past the video only matter through their length, capped at L + 1.
-    bounded = jnp.clip(jnp.floor(safe), 0, num_snippets + 1).astype(jnp.int32)
-    result = snippets_from_integer_segments(
-        bounded[..., 0], bounded[..., 1], jnp.where(flat_valid & finite, flat_scores, 0), flat_valid & finite,
-        flat_length, status, rtol, atol, num_snippets=num_snippets, method=method, fallback=fallback,
-        max_steps=max_steps, check_every=check_every, margin_scale=margin_scale, margin_power=margin_power,
+    if not is_traced(segments, scores, valid, length):
+        # Concrete input: checked, and the rows built by the published float64 expressions, on the host.
+        flat_segments = np.asarray(segments).astype(dtype).reshape(items, rows, 2)
+        flat_scores = np.asarray(scores).astype(dtype).reshape(items, rows)
+        usable = np.asarray(valid).reshape(items, rows)
+        flat_length = np.asarray(length, np.int32).reshape(items)
+        _raise_for_bad_rows(flat_segments, flat_scores, usable, batch_shape)
+        status = np.zeros(items, np.int32)
+        breaks = published_breaks_host(
+            flat_segments[..., 0], flat_segments[..., 1], usable, flat_length, num_snippets=num_snippets,
+            scale=margin_scale, power=margin_power,
+        )
+    else:
+        flat_segments = segments.astype(dtype).reshape(items, rows, 2)
+        flat_scores = scores.astype(dtype).reshape(items, rows)
+        flat_valid = valid.reshape(items, rows)
+        flat_length = jnp.asarray(length).reshape(items)
+        finite = jnp.isfinite(flat_segments).all(-1) & jnp.isfinite(flat_scores)
+        ordered = flat_segments[..., 0] <= flat_segments[..., 1]
+        status = jnp.where(
+            jnp.any(flat_valid & ~finite, axis=-1),
+            ResultCode.NONFINITE_INPUT,
+            jnp.where(jnp.any(flat_valid & ~ordered, axis=-1), ResultCode.INVALID_INPUT, ResultCode.SUCCESSFUL),
+        ).astype(jnp.int32)
+        usable = flat_valid & finite & ordered
+        breaks = published_breaks(
+            flat_segments[..., 0], flat_segments[..., 1], usable, flat_length, num_snippets=num_snippets,
+            scale=margin_scale, power=margin_power,
+        )
+        flat_scores = jnp.where(usable, flat_scores, 0)
+    result = snippets_from_breaks(
+        breaks, flat_scores, usable, flat_length, status, rtol, atol, num_snippets=num_snippets, method=method,
+        fallback=fallback, max_steps=max_steps, check_every=check_every,
     )
-    result = jax.tree.map(lambda x: x.reshape(batch_shape + x.shape[1:]), result)
+    if batch_shape != (items,):
+        result = jax.tree.map(lambda x: x.reshape(batch_shape + x.shape[1:]), result)
     if throw and not is_traced(result.result):
         raise_for_results(result.result, "segments_to_snippets", unit="item")
     return from_jax(result, kind)
