@@ -263,7 +263,8 @@ def group_batch(segments, scores, valid, threshold, use_iou, offset, *, min_rows
 _group_batch_jit = jax.jit(group_batch)
 
 
-def group_batch_distinct(segments, scores, valid, first_slot, threshold, use_iou, offset, *, num_distinct: int):
+def group_batch_distinct(segments, scores, valid, first_slot, threshold, use_iou, offset, *, num_distinct: int,
+                         kernel: Callable | None = None):
     """:func:`group_batch` for batches where many proposals repeat an earlier one (traceable).
 
     CAS proposals repeat: the same run, found at several levels, gives the same
@@ -314,10 +315,8 @@ def group_batch_distinct(segments, scores, valid, first_slot, threshold, use_iou
     )[:spare].reshape(items, num_distinct)
     distinct_valid = jnp.arange(num_distinct, dtype=jnp.int32) < running[:, -1:]
     distinct_segments = jnp.stack([gather_rows(starts, source), gather_rows(ends, source)], -1)
-    distinct = group_batch(
-        distinct_segments, gather_rows(scores, source), distinct_valid, threshold, use_iou, offset,
-        min_rows=_MIN_DISTINCT_STAGE_ROWS,
-    )
+    kernel = functools.partial(group_batch, min_rows=_MIN_DISTINCT_STAGE_ROWS) if kernel is None else kernel
+    distinct = kernel(distinct_segments, gather_rows(scores, source), distinct_valid, threshold, use_iou, offset)
     # The groups back at the first occurrences' own slots (a scatter, so the
     # result is in memory), then each proposal reads its first occurrence's.
     slots = items * size
@@ -367,7 +366,7 @@ def _proposal_flags(segments, scores, valid, extra):
 @functools.partial(jax.jit, static_argnames=("num_distinct",))
 def _group_batch_checked(segments, scores, valid, threshold, use_iou, offset, extra=(), first_slot=None, *,
                          num_distinct=None):
-    """:func:`group_batch`, :func:`value_problems` and :func:`item_codes` in one program (one dispatch).
+    """The grouping entry (:mod:`jaxfuse._grouping_entry`), :func:`value_problems` and :func:`item_codes` in one program.
 
     With ``first_slot`` (and ``num_distinct``), the grouping runs on first
     occurrences only (:func:`group_batch_distinct`); same result.
@@ -377,11 +376,14 @@ def _group_batch_checked(segments, scores, valid, threshold, use_iou, offset, ex
         :class:`jaxfuse.ResultCode` from its values (proposals with bad values
         join no group) and the threshold.
     """
+    # The entry (loop or parallel rounds) imports this module, hence the late import.
+    from jaxfuse._grouping_entry import group_items, group_items_distinct
+
     problems, codes, sound = _proposal_flags(segments, scores, valid, extra)
     if first_slot is None:
-        groups = group_batch(segments, scores, sound, threshold, use_iou, offset)
+        groups = group_items(segments, scores, sound, threshold, use_iou, offset)
     else:
-        groups = group_batch_distinct(
+        groups = group_items_distinct(
             segments, scores, sound, first_slot, threshold, use_iou, offset, num_distinct=num_distinct
         )
     return groups, problems, jnp.maximum(codes, threshold_code(threshold))

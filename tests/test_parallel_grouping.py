@@ -9,11 +9,14 @@ from test_grouping import (
     CONVENTION_IDS,
     CONVENTIONS,
     assert_matches_reference,
+    items_with_repeats,
     random_item,
     reference_overlap,
 )
 
+from jaxfuse._actionformer_nms import hard_nms_batch, parallel_hard_nms_batch
 from jaxfuse._grouping import group_batch, overlap_settings
+from jaxfuse._grouping_entry import group_items, group_items_distinct, grouping_method
 from jaxfuse._parallel_grouping import (
     DEFAULT_MAX_ROUNDS,
     parallel_group_batch_with_stats,
@@ -24,6 +27,8 @@ from jaxfuse.bench.data import actionformer_like_candidates
 _STATIC = ("max_rounds", "pairs_per_tile", "min_pairs", "fallback_rows")
 parallel = jax.jit(parallel_group_batch_with_stats, static_argnames=_STATIC)
 loop = jax.jit(group_batch)
+hard_nms = jax.jit(hard_nms_batch, static_argnames="keep")
+parallel_hard_nms = jax.jit(parallel_hard_nms_batch, static_argnames="keep")
 
 
 def assert_same_groups(expected, found):
@@ -223,3 +228,44 @@ def test_long_item_of_many_disjoint_proposals_forms_few_tile_pairs():
     memory = parallel.lower(*args).compile().memory_analysis()
     if memory is not None:  # an N x N float32 matrix would be 1.6 GB
         assert memory.temp_size_in_bytes < 200 * size * 4 + tile_plan(1, size).pairs * 300
+
+
+@pytest.mark.parametrize("keep", [40, 5_000], ids=["keep-40", "keep-all"])
+def test_actionformer_hard_nms_by_rounds_selects_what_the_loop_selects(keep):
+    segments, scores, valid = actionformer_classes()
+    priority = np.round(scores * 50) / 50  # many equal priorities: ties go to the lower index
+    eligible = valid & (scores > 0.001)
+    for threshold in (0.0, 0.1, 0.5, 0.7, 1.0):
+        expected = hard_nms(segments, scores, priority, eligible, threshold, keep=keep)
+        found = parallel_hard_nms(segments, scores, priority, eligible, threshold, keep=keep)
+        for name, a, b in zip(expected._fields, expected, found):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"{name} at {threshold}")
+
+
+def test_the_entry_picks_a_method_per_backend_and_size():
+    assert grouping_method(400, 1024, "gpu") == grouping_method(1, 16, "tpu") == "parallel"
+    assert grouping_method(400, 1024, "cpu") == "loop"  # THUMOS-like buckets: the sorts alone cost more
+    assert grouping_method(1, 100_000, "cpu") == grouping_method(400, 8192, "cpu") == "parallel"
+    assert grouping_method(1, 2048, "cpu") == "parallel" and grouping_method(64, 2048, "cpu") == "loop"
+    with pytest.raises(ValueError, match="`method`"):
+        group_items(np.zeros((1, 2, 2), np.float32), np.zeros((1, 2), np.float32), np.ones((1, 2), bool), 0.25,
+                    False, 1, method="greedy")
+
+
+@pytest.mark.parametrize("overlap,discrete", CONVENTIONS[1:3], ids=CONVENTION_IDS[1:3])
+def test_first_occurrences_only_by_either_method(overlap, discrete):
+    """detect's path: repeats take their first occurrence's group; the kernel on the first occurrences may be either."""
+    segments, scores, valid, first_slot = items_with_repeats(np.random.default_rng(29))
+    settings = overlap_settings(overlap, discrete)
+    distinct = int(((first_slot == np.arange(48)) | (segments[..., 1] - segments[..., 0] + discrete <= 0)).sum(-1).max())
+    run = jax.jit(group_items_distinct, static_argnames=("num_distinct", "method"))
+    for threshold in (0.25, 0.7):
+        loop_groups = run(segments, scores, valid, first_slot, threshold, *settings, num_distinct=distinct,
+                          method="loop")
+        found = run(segments, scores, valid, first_slot, threshold, *settings, num_distinct=distinct,
+                    method="parallel")
+        assert_same_groups(loop_groups, found)
+        assert_same_groups(jax.jit(group_items, static_argnames="method")(
+            segments, scores, valid, threshold, *settings, method="parallel"), found)
+        assert_matches_reference(found, segments, scores, valid, threshold=threshold, overlap=overlap,
+                                 discrete=discrete)

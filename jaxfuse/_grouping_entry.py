@@ -1,0 +1,104 @@
+"""The one grouping entry: the sequential loop or the parallel rounds, chosen per backend and item size.
+
+Every user of the greedy grouping (:func:`jaxfuse.group_proposals`,
+:func:`jaxfuse.fuse_proposals` and :func:`jaxfuse.fuse_proposal_lists`,
+:func:`jaxfuse.detect`, :func:`jaxfuse.pseudo_labels`, ActionFormer's hard NMS
+and ``method="gaussian"`` in :mod:`jaxfuse.compat.actionformer`) comes here.
+Both methods give the same groups bit for bit; they differ in speed only:
+
+* ``"loop"`` (:func:`jaxfuse._grouping.group_batch`): one leader per
+  iteration, ``O(N x groups)`` per item, with row compaction;
+* ``"parallel"`` (:func:`jaxfuse._parallel_grouping.parallel_group_batch`):
+  two sorts and a few rounds over overlapping tile pairs, ``O(N log N +
+  overlapping pairs)`` per item.
+
+On GPU and TPU the parallel form always: the loop is launch-bound there (one
+leader per iteration, each a few tiny kernels). On CPU the choice is by the
+padded item size ``N``, from measurements on the 2-core CPU this project is
+developed on (:data:`CPU_PARALLEL_FROM`, see its comment for the numbers):
+XLA:CPU's sort costs 90-150 ns per element, more than the whole loop on
+THUMOS-like items (20 to 800 proposals, tens of groups), while an item of
+2,000 disjoint proposals takes the loop 2,000 iterations (6 ms) and the rounds
+1 ms, and one of 100,000 proposals seconds to a minute against about 0.1 s.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from jaxfuse._grouping import ProposalGroups, group_batch, group_batch_distinct
+from jaxfuse._parallel_grouping import parallel_group_batch
+
+METHODS = ("loop", "parallel")
+
+# On CPU, the parallel rounds for items padded to at least CPU_PARALLEL_FROM
+# proposals, or CPU_FEW_ITEMS_PARALLEL_FROM in batches of at most
+# CPU_FEW_ITEMS rows (a loop iteration costs a few microseconds whatever the
+# batch, so a few long rows cannot amortise it). Measured side by side (see the
+# module docstring and benchmarks/test_bench_grouping.py).
+CPU_PARALLEL_FROM = 8192
+CPU_FEW_ITEMS_PARALLEL_FROM = 2048
+CPU_FEW_ITEMS = 4
+
+
+def grouping_method(items: int, size: int, backend: str | None = None) -> str:
+    """``"loop"`` or ``"parallel"`` for a batch of ``items`` rows of ``size`` proposals on ``backend``.
+
+    Args:
+        items: rows in the batch (static).
+        size: padded proposals per row (static).
+        backend: ``"cpu"``, ``"gpu"``, ``"tpu"``...; default :func:`jax.default_backend`.
+
+    Returns:
+        The faster method there (see the module docstring).
+    """
+    backend = jax.default_backend() if backend is None else backend
+    if backend != "cpu":
+        return "parallel"
+    few_items = items <= CPU_FEW_ITEMS and size >= CPU_FEW_ITEMS_PARALLEL_FROM
+    return "parallel" if size >= CPU_PARALLEL_FROM or few_items else "loop"
+
+
+def _use_parallel(method: str | None, items: int, size: int) -> bool:
+    method = grouping_method(items, size) if method is None else method
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
+    return method == "parallel"
+
+
+def group_items(segments, scores, valid, threshold, use_iou, offset, *, method: str | None = None) -> ProposalGroups:
+    """Greedy grouping of a flat batch ``[B, N]`` by the method that is faster here (traceable; no validation).
+
+    Args:
+        segments: ``[B, N, 2]`` floats.
+        scores: ``[B, N]`` ordering scores, finite where valid.
+        valid: ``[B, N]`` bool.
+        threshold: scalar; membership is ``overlap > threshold``.
+        use_iou: bool scalar, see :func:`jaxfuse._grouping.segment_overlap`.
+        offset: 0 or 1, likewise.
+        method: static, ``"loop"``, ``"parallel"`` or None (:func:`grouping_method`).
+
+    Returns:
+        :class:`jaxfuse._grouping.ProposalGroups` with leading dim ``B``; the same for either method.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> groups = group_items(jnp.array([[[0., 10.], [1., 9.], [20., 30.]]]), jnp.array([[0.9, 0.8, 0.7]]),
+        ...                      jnp.ones((1, 3), bool), 0.25, False, 0, method="parallel")
+        >>> groups.group.tolist(), groups.count.tolist()
+        ([[0, 0, 1]], [2])
+    """
+    items, size = scores.shape
+    kernel = parallel_group_batch if _use_parallel(method, items, size) else group_batch
+    return kernel(segments, scores, valid, threshold, use_iou, offset)
+
+
+def group_items_distinct(segments, scores, valid, first_slot, threshold, use_iou, offset, *, num_distinct: int,
+                         method: str | None = None) -> ProposalGroups:
+    """:func:`group_items` on the first occurrences of repeated proposals only (:func:`jaxfuse._grouping.group_batch_distinct`).
+
+    The method is chosen for the ``num_distinct`` columns the kernel runs on.
+    """
+    kernel = parallel_group_batch if _use_parallel(method, scores.shape[0], num_distinct) else None
+    return group_batch_distinct(segments, scores, valid, first_slot, threshold, use_iou, offset,
+                                num_distinct=num_distinct, kernel=kernel)
