@@ -2,8 +2,8 @@
 # One command on a GPU machine: the `jaxfuse bench` report (cold start first: fresh
 # processes, empty and warm compilation cache, against the loops), then the
 # kernels' fraction of the copy floor at >= 1e8 members and the proposal benchmark (400 and
-# 4,000 THUMOS-like items) under pytest-benchmark, in at most 9.5 minutes on one H200 (the
-# bench took 212 s there): fits one 600 s device call.
+# 4,000 THUMOS-like items) under pytest-benchmark, and the grouping table (loop against parallel rounds), in
+# at most 9.8 minutes on one H200 (the bench took 212 s there): fits one 600 s device call.
 #
 #   bash benchmarks/gpu.sh
 #
@@ -19,6 +19,7 @@
 #   <gpu>.md, <gpu>.json, <gpu>-*.png   the report (kept up to date section by section)
 #   <gpu>.log                           the command's output
 #   <gpu>-pytest.json                   pytest-benchmark's statistics
+#   <gpu>-grouping.json                 the grouping table (extra_info of test_grouping_table)
 # where <gpu> is the device name, e.g. nvidia-h100-80gb-hbm3. The compilation
 # caches of the cold-start rows are temporary directories; the rest of the run
 # uses JAXFUSE_COMPILATION_CACHE (default: a fresh temporary directory here, so
@@ -57,7 +58,7 @@ status=0
 # loops on the host CPU), then the quick preset's sections; numpy and scipy baselines run on the host.
 # A run cut short by the timeout keeps the sections it finished (cold start first).
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
-timeout 270 "$PYTHON" -m jaxfuse._cli bench ${BENCH_ARGS:---memory-gb 32} 2>&1 | tee "$results/$machine.log" \
+timeout 250 "$PYTHON" -m jaxfuse._cli bench ${BENCH_ARGS:---memory-gb 32} 2>&1 | tee "$results/$machine.log" \
     || { status=$?; echo "gpu.sh: jaxfuse bench exited with status $status"; }
 
 # About 1 minute: copy and exp floors, every closed form at 3.2 million groups x 32 members x 3
@@ -69,6 +70,12 @@ JAXFUSE_BENCH_MEMORY_GB=24 JAXFUSE_BENCH_FRACTION_GROUPS=3200000 timeout 240 "$P
     ${PYTEST_FILTER:+-k "$PYTEST_FILTER"} \
     --benchmark-only --benchmark-json "$results/$machine-pytest.json" 2>&1 | tail -n 25 \
     || { status=$?; echo "gpu.sh: pytest exited with status $status"; }
+
+# About 1.5 minutes: the grouping table of issue 18 (rounds, tile size, tile pairs, time) for the loop and the
+# parallel rounds at 400 and 4,000 THUMOS-like items, ActionFormer's 212 x 2,000 and single long items.
+timeout 100 "$PYTHON" -m pytest -q -s -p no:cacheprovider benchmarks/test_bench_grouping.py \
+    --benchmark-only --benchmark-json "$results/$machine-grouping.json" 2>&1 | grep -A 9 "^workload" \
+    || { status=$?; echo "gpu.sh: the grouping benchmark exited with status $status"; }
 
 echo "gpu.sh: done in $((SECONDS - start)) s; report: $results/$machine.md"
 exit "$status"

@@ -83,7 +83,11 @@ DEFAULT_MAX_ROUNDS = 24
 PAIRS_PER_TILE = 12
 MIN_PAIRS = 4096
 PAIR_BYTES = 256 << 20
+# Pairs whose words are computed in one step of a while loop: on CPU a few
+# hundred keep the [C, T, T] work in cache; on an accelerator every step costs
+# a launch and a host round trip, so the typical batch is one step.
 CHUNK_PAIRS = 512
+ACCELERATOR_CHUNK_PAIRS = 1 << 16
 FALLBACK_ROWS = 8
 
 _UNSET = jnp.iinfo(jnp.int32).max
@@ -118,7 +122,7 @@ def tile_plan(items: int, size: int, *, max_rounds: int = DEFAULT_MAX_ROUNDS, pa
     tiles = -(-size // tile)
     dense = items * tiles * (tiles + 1) // 2
     pairs = max(1, min(dense, max(pairs_per_tile * items * tiles, min_pairs), pair_bytes // (8 * tile + 16)))
-    chunk = min(pairs, CHUNK_PAIRS)
+    chunk = min(pairs, CHUNK_PAIRS if jax.default_backend() == "cpu" else ACCELERATOR_CHUNK_PAIRS)
     return TilePlan(tile, tiles, -(-pairs // chunk) * chunk, chunk, max(1, int(max_rounds)))
 
 
@@ -201,45 +205,59 @@ def _pack(flags, axis):
     return jnp.sum(jnp.where(flags, bits, jnp.uint32(0)), axis=axis, dtype=jnp.uint32)
 
 
-def _pair_words(tiles: Tiles, source, target, real, related):
-    """``[C, T]`` words: bit ``31 - j`` of word ``i`` says source slot ``j`` absorbs target slot ``i``."""
-    take = lambda x, index: x[index]
-    s_start, s_end, s_rank, s_valid = (take(x, source)[:, :, None] for x in tiles)
-    t_start, t_end, t_rank, t_valid = (take(x, target)[:, None, :] for x in tiles)
-    absorbs = related(s_start, s_end, t_start, t_end) & (s_rank < t_rank) & s_valid & t_valid & real[:, None, None]
-    return _pack(absorbs, axis=1)
+def _pair_tiles(count, plan: TilePlan):
+    """Each pair slot's two tiles ``(first, second)``, the pairs needed and each tile's running end (no search).
+
+    Tile ``t`` owns slots ``[ends[t] - count[t], ends[t])``: the slot where a
+    tile's run starts is marked, a running count of the marks is the owner's
+    ordinal among tiles with pairs, and the owners themselves are those tiles
+    in order.
+    """
+    slots = count.shape[0]
+    exact = slots * plan.tiles < 1 << 24  # running_count's float32 sums are exact below 2**24
+    ends = running_count(count) if exact else jnp.cumsum(count, dtype=jnp.int32)
+    has_pairs = count > 0
+    begin = ends - count
+    marks = jnp.zeros((plan.pairs + 1,), jnp.int32).at[jnp.where(has_pairs & (begin < plan.pairs), begin, plan.pairs)]
+    ordinal = running_count(marks.add(1, mode="promise_in_bounds")[: plan.pairs]) - 1
+    owners = jnp.zeros((slots,), jnp.int32).at[jnp.where(has_pairs, running_count(has_pairs) - 1, slots)].set(
+        jnp.arange(slots, dtype=jnp.int32), mode="drop")
+    first = owners[jnp.clip(ordinal, 0, slots - 1)]
+    k = jnp.arange(plan.pairs, dtype=jnp.int32)
+    real = k < jnp.minimum(ends[-1], plan.pairs)
+    second = jnp.where(real, first + k - begin[first], first)
+    return first, second, real, ends
+
+
+def _pair_words(tiles: Tiles, first, second, real, related):
+    """``[C, 2, T]`` words of pairs ``(first, second)``: direction 0 has the first tile's slots absorb the
+    second's, direction 1 the reverse; bit ``31 - j`` of word ``i`` says source slot ``j`` absorbs target slot ``i``.
+    """
+    source = jnp.stack([first, second], axis=1)
+    target = jnp.stack([second, first], axis=1)
+    s_start, s_end, s_rank, s_valid = (x[source][..., :, None] for x in tiles)
+    t_start, t_end, t_rank, t_valid = (x[target][..., None, :] for x in tiles)
+    absorbs = related(s_start, s_end, t_start, t_end) & (s_rank < t_rank) & s_valid & t_valid
+    return _pack(absorbs & real[:, None, None, None], axis=2)
 
 
 def _pair_words_all(tiles: Tiles, count, related, plan: TilePlan):
     """Every pair's words in both directions, chunk by chunk (only the chunks holding pairs are computed)."""
-    ends = jnp.cumsum(count, dtype=jnp.int32)
-    total = ends[-1]
-    used = jnp.minimum(total, plan.pairs)
-    slots = count.shape[0]
-
-    def chunk_words(start):
-        k = start + jnp.arange(plan.chunk, dtype=jnp.int32)
-        real = k < used
-        first = jnp.minimum(jnp.searchsorted(ends, k, side="right").astype(jnp.int32), slots - 1)
-        second = jnp.where(real, first + k - (ends[first] - count[first]), first)
-        forward = _pair_words(tiles, first, second, real, related)  # candidates in the second tile
-        backward = _pair_words(tiles, second, first, real, related)  # candidates in the first tile
-        return first, second, jnp.stack([forward, backward], axis=1)
-
+    first, second, real, ends = _pair_tiles(count, plan)
     zero = jnp.int32(0)
 
     def body(state):
-        chunk, first, second, words = state
+        chunk, words = state
         start = chunk * plan.chunk
-        a, b, w = chunk_words(start)
-        return (chunk + 1, lax.dynamic_update_slice(first, a, (start,)), lax.dynamic_update_slice(second, b, (start,)),
-                lax.dynamic_update_slice(words, w, (start, zero, zero)))
+        take = lambda x: lax.dynamic_slice_in_dim(x, start, plan.chunk)
+        chunk_words = _pair_words(tiles, take(first), take(second), take(real), related)
+        return chunk + 1, lax.dynamic_update_slice(words, chunk_words, (start, zero, zero))
 
-    zeros = jnp.zeros((plan.pairs,), jnp.int32)
-    state = (jnp.int32(0), zeros, zeros, jnp.zeros((plan.pairs, 2, plan.tile), jnp.uint32))
+    used = jnp.minimum(ends[-1], plan.pairs)
     chunks = (used + plan.chunk - 1) // plan.chunk
-    _, first, second, words = lax.while_loop(lambda s: s[0] < chunks, body, state)
-    return first, second, words, total, ends
+    state = (jnp.int32(0), jnp.zeros((plan.pairs, 2, plan.tile), jnp.uint32))
+    _, words = lax.while_loop(lambda s: s[0] < chunks, body, state)
+    return first, second, words, ends[-1], ends
 
 
 def _suppressed(words, first, second, bits, slots):
