@@ -16,7 +16,7 @@ Workloads (seeded; each item's proposals in a row of a padded batch):
 * ``single-disjoint-2000`` and ``single-one-group-2000``: one item of 2,000
   proposals, pairwise disjoint (2,000 groups) or all in one group;
 * ``single-100000``: one item of 100,000 short proposals spread over a long
-  video (about 80,000 groups). The loop takes about a minute there on a CPU;
+  video (about 90,000 groups). The loop takes about 20 s there on a CPU;
   it runs only with ``JAXFUSE_BENCH_SLOW=1``.
 
 Each workload is timed three ways, warm (best round): ``loop``
@@ -105,7 +105,7 @@ def _run(method: str, name: str):
 @pytest.mark.parametrize("name", WORKLOADS)
 def test_bench_grouping(benchmark, name, method):
     if method == "loop" and name == "single-100000" and not SLOW:
-        pytest.skip("the loop takes about a minute here; JAXFUSE_BENCH_SLOW=1 runs it")
+        pytest.skip("the loop takes about 20 s here; JAXFUSE_BENCH_SLOW=1 runs it")
     _data.run_benchmark(benchmark, lambda: jax.block_until_ready(_run(method, name)), budget_seconds=2.0,
                         max_rounds=10)
     batches = workload(name)[0]

@@ -13,13 +13,28 @@ Both methods give the same groups bit for bit; they differ in speed only:
   overlapping pairs)`` per item.
 
 On GPU and TPU the parallel form always: the loop is launch-bound there (one
-leader per iteration, each a few tiny kernels). On CPU the choice is by the
-padded item size ``N``, from measurements on the 2-core CPU this project is
-developed on (:data:`CPU_PARALLEL_FROM`, see its comment for the numbers):
-XLA:CPU's sort costs 90-150 ns per element, more than the whole loop on
-THUMOS-like items (20 to 800 proposals, tens of groups), while an item of
-2,000 disjoint proposals takes the loop 2,000 iterations (6 ms) and the rounds
-1 ms, and one of 100,000 proposals seconds to a minute against about 0.1 s.
+leader per iteration, each a few tiny kernels). On CPU the parallel form from
+:data:`CPU_PARALLEL_FROM` padded proposals per item, the loop below. Measured
+on the 2-core CPU this project is developed on (load average 4-7 from other
+work, so single figures vary by up to 2x; ratios side by side), warm, loop /
+parallel in milliseconds:
+
+* THUMOS-like buckets (the published rule): 64 x 110 items 0.30 / 1.4,
+  256 x 145 1.4 / 14, 1024 x 145 13 / 106 (XLA:CPU sorts at 90-150 ns per
+  element: the two sorts alone cost more than the loop there);
+* ActionFormer-like 212 x 2,000 per (video, class), IoU > 0.1, about 30
+  groups per item: 29 / 458 (buckets 1024 and 4096); dense short videos
+  truncated to 2,048 and 8,192 proposals, 16 items: 16 / 99 and 52 / 219;
+* sparse long items (clustered, about a group per 4 proposals), 16 items of
+  2,048 / 8,192: 44 / 36-113 and 1,324 / 304-430; one of 32,768: 655 / 24-46;
+* one item of 2,000 disjoint proposals 10 / 1-4, of 2,000 in one group
+  0.06 / 2; one of 100,000 short proposals (92,000 groups) 17,500 / 107-270.
+
+Compilation weighs on the choice too: the parallel program takes about 1.8 s
+of CPU to build against 0.4 s for a loop without row compaction (1 to 4
+rows), so a one-shot call on one item of a few thousand proposals is faster
+with the loop even when its warm time is a few milliseconds longer; from
+8,192 proposals the loop's warm time on sparse items passes a second.
 """
 
 from __future__ import annotations
@@ -31,21 +46,16 @@ from jaxfuse._parallel_grouping import parallel_group_batch
 
 METHODS = ("loop", "parallel")
 
-# On CPU, the parallel rounds for items padded to at least CPU_PARALLEL_FROM
-# proposals, or CPU_FEW_ITEMS_PARALLEL_FROM in batches of at most
-# CPU_FEW_ITEMS rows (a loop iteration costs a few microseconds whatever the
-# batch, so a few long rows cannot amortise it). Measured side by side (see the
-# module docstring and benchmarks/test_bench_grouping.py).
+# On CPU, the parallel rounds for items padded to at least this many proposals (see the module docstring).
 CPU_PARALLEL_FROM = 8192
-CPU_FEW_ITEMS_PARALLEL_FROM = 2048
-CPU_FEW_ITEMS = 4
 
 
 def grouping_method(items: int, size: int, backend: str | None = None) -> str:
     """``"loop"`` or ``"parallel"`` for a batch of ``items`` rows of ``size`` proposals on ``backend``.
 
     Args:
-        items: rows in the batch (static).
+        items: rows in the batch (static; the choice does not depend on it today,
+            both methods' costs growing about linearly with it).
         size: padded proposals per row (static).
         backend: ``"cpu"``, ``"gpu"``, ``"tpu"``...; default :func:`jax.default_backend`.
 
@@ -55,8 +65,7 @@ def grouping_method(items: int, size: int, backend: str | None = None) -> str:
     backend = jax.default_backend() if backend is None else backend
     if backend != "cpu":
         return "parallel"
-    few_items = items <= CPU_FEW_ITEMS and size >= CPU_FEW_ITEMS_PARALLEL_FROM
-    return "parallel" if size >= CPU_PARALLEL_FROM or few_items else "loop"
+    return "parallel" if size >= CPU_PARALLEL_FROM else "loop"
 
 
 def _use_parallel(method: str | None, items: int, size: int) -> bool:

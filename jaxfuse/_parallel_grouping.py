@@ -51,13 +51,15 @@ costs two sorts (``O(N log N)``) plus ``O(T^2)`` per tile pair once and
 ``O(T)`` per pair and round, so a long video with many disjoint proposals is
 near ``O(N log N + overlapping pairs)``; no ``N x N`` matrix is formed.
 
-Memory per call (``B`` items of ``N``, ``P`` pair slots, chunk ``C``): about
-``40 B N`` bytes of row arrays, ``272 P`` bytes for the packed words and pair
-indices, and ``8 C T^2`` bytes of temporaries while words are computed; ``P``
-is at most ``PAIRS_PER_TILE`` (12) per tile (at least ``MIN_PAIRS``, never
-more than the dense count) and within ``PAIR_BYTES`` (256 MB). E.g. one item
-of 100,000 proposals: 3,125 tiles, 37,500 pair slots, about 14 MB in all;
-212 x 2,048 candidates: 163,000 pair slots, about 60 MB.
+Memory per call: the pair slots dominate, ``PAIRS_PER_TILE`` (12) per tile
+of 32 proposals (at least ``MIN_PAIRS``, never more than the dense count,
+within ``PAIR_BYTES`` = 256 MB of words), each 2 x 32 words plus indices, and
+the rounds' scatter of hits; in all, by XLA's own count (``memory_analysis``,
+CPU), about 230 bytes of temporaries per padded proposal, against 24 for the
+loop: one item of 100,000 proposals 23 MB (3,125 tiles, 37,888 pair slots),
+145 x 1,024 34 MB, 94 x 4,096 87 MB. While words are computed, ``[C, 2, T,
+T]`` comparisons are formed per step (``C`` = 512 pairs on CPU, 65,536 on an
+accelerator, fused by XLA into the packing); no ``N x N`` array is formed.
 
 Exactness when the structure does not fit: a row whose pairs do not all fit
 in the pair slots (the slots are shared by the batch, in row order), or that
@@ -193,7 +195,8 @@ def _tile_reach(tiles: Tiles, items: int, reach_offset, disjoint_related, plan: 
     last = jax.vmap(lambda row, queries: jnp.searchsorted(row, queries, side="right"))(first_start, bound) - 1
     last = jnp.minimum(last, jnp.sum(any_valid, axis=1, keepdims=True, dtype=jnp.int32) - 1)
     own = jnp.arange(plan.tiles, dtype=jnp.int32)
-    return jnp.where(any_valid, last - own + 1, 0).reshape(-1).astype(jnp.int32)
+    # A tile always pairs with itself (a NaN bound from garbage input compares false everywhere).
+    return jnp.where(any_valid, jnp.maximum(last, own) - own + 1, 0).reshape(-1).astype(jnp.int32)
 
 
 def _pack(flags, axis):
@@ -265,8 +268,10 @@ def _suppressed(words, first, second, bits, slots):
     hit_second = (words[:, 0, :] & bits[first][:, None]) != 0
     hit_first = (words[:, 1, :] & bits[second][:, None]) != 0
     target = jnp.concatenate([second, first])
-    hits = jnp.concatenate([hit_second, hit_first]).astype(jnp.int8)
-    return jnp.zeros((slots, words.shape[2]), jnp.int8).at[target].max(hits, mode="promise_in_bounds") > 0
+    # Bytes on CPU; GPUs have native atomics for 32-bit integers only.
+    flag = jnp.int8 if jax.default_backend() == "cpu" else jnp.int32
+    hits = jnp.concatenate([hit_second, hit_first]).astype(flag)
+    return jnp.zeros((slots, words.shape[2]), flag).at[target].max(hits, mode="promise_in_bounds") > 0
 
 
 def _rounds(tiles: Tiles, words, first, second, active, items: int, plan: TilePlan):

@@ -246,7 +246,7 @@ def test_the_entry_picks_a_method_per_backend_and_size():
     assert grouping_method(400, 1024, "gpu") == grouping_method(1, 16, "tpu") == "parallel"
     assert grouping_method(400, 1024, "cpu") == "loop"  # THUMOS-like buckets: the sorts alone cost more
     assert grouping_method(1, 100_000, "cpu") == grouping_method(400, 8192, "cpu") == "parallel"
-    assert grouping_method(1, 2048, "cpu") == "parallel" and grouping_method(64, 2048, "cpu") == "loop"
+    assert grouping_method(1, 2048, "cpu") == "loop"  # a few milliseconds warm, against 1.4 s more to compile
     with pytest.raises(ValueError, match="`method`"):
         group_items(np.zeros((1, 2, 2), np.float32), np.zeros((1, 2), np.float32), np.ones((1, 2), bool), 0.25,
                     False, 1, method="greedy")
