@@ -91,6 +91,8 @@ PAIR_BYTES = 256 << 20
 CHUNK_PAIRS = 512
 ACCELERATOR_CHUNK_PAIRS = 1 << 16
 FALLBACK_ROWS = 8
+# Tile reach by comparing every pair of tiles' bounds up to this many comparisons, else by binary search.
+REACH_BY_COMPARISON = 1 << 24
 
 _UNSET = jnp.iinfo(jnp.int32).max
 
@@ -191,8 +193,13 @@ def _tile_reach(tiles: Tiles, items: int, reach_offset, disjoint_related, plan: 
     # intersection is then not positive); nextafter keeps the rounded bound safe.
     bound = jnp.nextafter(last_end + reach_offset, jnp.asarray(jnp.inf, last_end.dtype))
     bound = jnp.where(disjoint_related, jnp.inf, bound)
-    # Tiles' first starts increase along the row (empty tiles, +inf, come last).
-    last = jax.vmap(lambda row, queries: jnp.searchsorted(row, queries, side="right"))(first_start, bound) - 1
+    # Tiles' first starts increase along the row (empty tiles, +inf, come last). Comparing with
+    # every tile is one fused step where that is small; a binary search is a while loop (on a
+    # GPU, a host round trip per step).
+    if items * plan.tiles * plan.tiles <= REACH_BY_COMPARISON:
+        last = jnp.sum(first_start[:, None, :] <= bound[:, :, None], axis=2, dtype=jnp.int32) - 1
+    else:
+        last = jax.vmap(lambda row, queries: jnp.searchsorted(row, queries, side="right"))(first_start, bound) - 1
     last = jnp.minimum(last, jnp.sum(any_valid, axis=1, keepdims=True, dtype=jnp.int32) - 1)
     own = jnp.arange(plan.tiles, dtype=jnp.int32)
     # A tile always pairs with itself (a NaN bound from garbage input compares false everywhere).
@@ -221,8 +228,9 @@ def _pair_tiles(count, plan: TilePlan):
     ends = running_count(count) if exact else jnp.cumsum(count, dtype=jnp.int32)
     has_pairs = count > 0
     begin = ends - count
-    marks = jnp.zeros((plan.pairs + 1,), jnp.int32).at[jnp.where(has_pairs & (begin < plan.pairs), begin, plan.pairs)]
-    ordinal = running_count(marks.add(1, mode="promise_in_bounds")[: plan.pairs]) - 1
+    marked = jnp.where(has_pairs & (begin < plan.pairs), begin, plan.pairs)  # distinct slots, or the spare one
+    marks = jnp.zeros((plan.pairs + 1,), jnp.int32).at[marked].add(1, mode="promise_in_bounds")
+    ordinal = running_count(marks[: plan.pairs]) - 1
     owners = jnp.zeros((slots,), jnp.int32).at[jnp.where(has_pairs, running_count(has_pairs) - 1, slots)].set(
         jnp.arange(slots, dtype=jnp.int32), mode="drop")
     first = owners[jnp.clip(ordinal, 0, slots - 1)]

@@ -203,6 +203,19 @@ def test_overlaps_across_a_tile_boundary_at_the_edge_of_reach(discrete):
     assert_same_groups(expected, found)
 
 
+def test_tile_reach_by_binary_search(monkeypatch):
+    """Large batches find each tile's reach by binary search instead of comparing all tile pairs: same groups."""
+    import jaxfuse._parallel_grouping as module
+
+    monkeypatch.setattr(module, "REACH_BY_COMPARISON", 0)
+    rng = np.random.default_rng(31)
+    segments, scores, valid = tied_items(rng, 4, 200)
+    searched = jax.jit(lambda *args: parallel_group_batch_with_stats(*args)[0])  # a fresh trace
+    for threshold in (0.0, 0.3):
+        assert_same_groups(loop(segments, scores, valid, threshold, True, 0),
+                           searched(segments, scores, valid, threshold, True, 0))
+
+
 def test_empty_and_degenerate_batches():
     for shape in ((0, 5), (3, 0)):
         found, _ = parallel(np.zeros((*shape, 2), np.float32), np.zeros(shape, np.float32), np.ones(shape, bool),
