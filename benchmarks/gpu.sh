@@ -3,8 +3,8 @@
 # processes, empty and warm compilation cache, against the loops), then the
 # kernels' fraction of the copy floor at >= 1e8 members and the proposal benchmark (400 and
 # 4,000 THUMOS-like items), then the training-time pseudo labels of a 64-video batch with all
-# 20 classes (issue 19: under 5 ms on an H200) under pytest-benchmark, in at most 9.5 minutes
-# on one H200 (the bench took 212 s there): fits one 600 s device call.
+# 20 classes (issue 19: under 5 ms on an H200) and the grouping table (loop against parallel rounds) under
+# pytest-benchmark; the timeouts below sum to under 10 minutes (the bench took 212 s on an H200).
 #
 #   bash benchmarks/gpu.sh
 #
@@ -21,6 +21,7 @@
 #   <gpu>.log                           the command's output
 #   <gpu>-pytest.json                   pytest-benchmark's statistics
 #   <gpu>-pseudo-labels.json            those of the pseudo-label batch
+#   <gpu>-grouping.json                 the grouping table (extra_info of test_grouping_table)
 # where <gpu> is the device name, e.g. nvidia-h100-80gb-hbm3. The compilation
 # caches of the cold-start rows are temporary directories; the rest of the run
 # uses JAXFUSE_COMPILATION_CACHE (default: a fresh temporary directory here, so
@@ -59,14 +60,14 @@ status=0
 # loops on the host CPU), then the quick preset's sections; numpy and scipy baselines run on the host.
 # A run cut short by the timeout keeps the sections it finished (cold start first).
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
-timeout 260 "$PYTHON" -m jaxfuse.cli.main bench --output-dir "$results" ${BENCH_ARGS:---memory-gb 32} 2>&1 | tee "$results/$machine.log" \
+timeout 240 "$PYTHON" -m jaxfuse.cli.main bench --output-dir "$results" ${BENCH_ARGS:---memory-gb 32} 2>&1 | tee "$results/$machine.log" \
     || { status=$?; echo "gpu.sh: jaxfuse bench exited with status $status"; }
 
 # About 1 minute: copy and exp floors, every closed form at 3.2 million groups x 32 members x 3
 # (1.02e8 members; issue 12 asks >= 70% of the copy bandwidth of the Gaussian there), Student-t.
 # Then about 3 minutes: fuse_proposals on 400 and 4,000 THUMOS-like items (issue 12: 4,000 in
 # <= 3 ms) against the published loop on the host CPU (one round of the 4,000-item loop).
-JAXFUSE_BENCH_MEMORY_GB=24 JAXFUSE_BENCH_FRACTION_GROUPS=3200000 timeout 220 "$PYTHON" -m pytest -q -s \
+JAXFUSE_BENCH_MEMORY_GB=24 JAXFUSE_BENCH_FRACTION_GROUPS=3200000 timeout 200 "$PYTHON" -m pytest -q -s \
     -p no:cacheprovider benchmarks/test_bench_floors.py benchmarks/test_bench_proposals.py \
     ${PYTEST_FILTER:+-k "$PYTEST_FILTER"} \
     --benchmark-only --benchmark-json "$results/$machine-pytest.json" 2>&1 | tail -n 25 \
@@ -77,6 +78,11 @@ JAXFUSE_BENCH_MEMORY_GB=24 JAXFUSE_BENCH_FRACTION_GROUPS=3200000 timeout 220 "$P
 timeout 60 "$PYTHON" -m pytest -q -s -p no:cacheprovider benchmarks/test_bench_pseudo_labels.py \
     -k chain_gpu_batch --benchmark-only --benchmark-json "$results/$machine-pseudo-labels.json" 2>&1 | tail -n 8 \
     || { status=$?; echo "gpu.sh: pseudo-label pytest exited with status $status"; }
+# About 1.5 minutes: the grouping table of issue 18 (rounds, tile size, tile pairs, time) for the loop and the
+# parallel rounds at 400 and 4,000 THUMOS-like items, ActionFormer's 212 x 2,000 and single long items.
+timeout 90 "$PYTHON" -m pytest -q -s -p no:cacheprovider benchmarks/test_bench_grouping.py \
+    --benchmark-only --benchmark-json "$results/$machine-grouping.json" 2>&1 | grep -A 9 "^workload" \
+    || { status=$?; echo "gpu.sh: the grouping benchmark exited with status $status"; }
 
 echo "gpu.sh: done in $((SECONDS - start)) s; report: $results/$machine.md"
 exit "$status"

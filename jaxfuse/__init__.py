@@ -92,8 +92,10 @@ from jaxfuse._proposals.fuse_proposals import (
     FusedProposals as FusedProposals,
 )
 from jaxfuse._proposals.grouping import (
-    group_proposals as group_proposals,
     ProposalGroups as ProposalGroups,
+)
+from jaxfuse._proposals.grouping_entry import (
+    group_proposals as group_proposals,
 )
 from jaxfuse._proposals.proposal_lists import (
     fuse_proposal_lists as fuse_proposal_lists,

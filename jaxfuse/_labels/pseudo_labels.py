@@ -46,7 +46,7 @@ import numpy as np
 
 from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
 from jaxfuse._detection.cas_proposals import proposals_from_cas
-from jaxfuse._proposals.grouping import group_proposals
+from jaxfuse._proposals.grouping_entry import group_proposals
 from jaxfuse._core.interop import array_kind, from_jax
 
 from jaxfuse._core.result_codes import ResultCode, raise_for_results, repr_with_code_names

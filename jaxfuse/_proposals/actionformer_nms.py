@@ -26,7 +26,9 @@ operations on a padded batch ``[B, W]`` of items, one selection per item per
   libstdc++'s introsort, which keeps equal scores in input order only up to
   16 elements); here the order is a ``priority`` array: the scores (equal
   ones by lower input index), or minus the ranks of the caller's own
-  ``torch.sort`` to reproduce its order;
+  ``torch.sort`` to reproduce its order. Where the grouping entry picks the
+  parallel rounds (:func:`jaxfuse._proposals.grouping_entry.grouping_method`), the same
+  selections come from :func:`parallel_hard_nms_batch`;
 * segment voting (``seg_voting`` of ``libs/utils/nms.py``) for the
   class-agnostic mode.
 
@@ -44,7 +46,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxfuse._core.rows import first_best
+from jaxfuse._core.rows import first_best, running_count
+from jaxfuse._proposals.grouping_entry import grouping_method
+from jaxfuse._proposals.parallel_grouping import finish_rows, greedy_leaders, tile_plan
 
 
 # The C++ adds 1e-6 (a double literal, rounded to float32 by ATen's float add) to every length.
@@ -333,6 +337,45 @@ def hard_nms_batch(segments, scores, priority, eligible, iou_threshold, *, keep:
     return Selections(index, jnp.where(index >= 0, kept_scores, -jnp.inf), final.count)
 
 
+def parallel_hard_nms_batch(segments, scores, priority, eligible, iou_threshold, *, keep: int) -> Selections:
+    """:func:`hard_nms_batch` by parallel rounds (:mod:`jaxfuse._proposals.parallel_grouping`): the same selections.
+
+    Hard NMS is the greedy grouping rule with ActionFormer's IoU and ``>=``:
+    its selections are the rule's leaders in priority order, the first
+    ``keep`` of them. Rows that do not converge within the round cap (or whose
+    tile pairs do not fit) are rerun by :func:`hard_nms_batch`.
+    """
+    items, width = scores.shape
+    keep_width = min(keep, width)
+    if items == 0 or width == 0 or keep_width == 0:
+        return hard_nms_batch(segments, scores, priority, eligible, iou_threshold, keep=keep)
+    threshold = jnp.asarray(iou_threshold, scores.dtype)
+
+    def related(start, end, starts, ends):
+        return overlap(start, end, lengths(start, end), starts, ends, lengths(starts, ends)) >= threshold
+
+    # The loop never selects a -inf priority; such a proposal neither leads nor counts.
+    candidates = eligible & (priority > -jnp.inf)
+    # Disjoint segments have IoU 0, which only a threshold <= 0 reaches.
+    found = greedy_leaders(segments[..., 0], segments[..., 1], priority, candidates, related, 0.0, threshold <= 0,
+                           tile_plan(items, width))
+    is_leader = found.lead == jnp.arange(width, dtype=jnp.int32)
+    number = running_count(is_leader) - 1
+    rows = jnp.arange(items, dtype=jnp.int32)[:, None]
+    slot = jnp.where(is_leader & (number < keep_width), number + rows * keep_width, items * keep_width)
+    index = jnp.full((items * keep_width,), -1, jnp.int32).at[slot.reshape(-1)].set(found.order.reshape(-1),
+                                                                                   mode="drop")
+    index = index.reshape(items, keep_width)
+    kept_scores = jnp.take_along_axis(scores, jnp.maximum(index, 0), axis=1)
+    selections = Selections(index, jnp.where(index >= 0, kept_scores, -jnp.inf),
+                            jnp.minimum(number[:, -1] + 1, keep_width).astype(jnp.int32))
+
+    def sequential(*rows_inputs):
+        return hard_nms_batch(*rows_inputs, iou_threshold, keep=keep)
+
+    return finish_rows(sequential, (segments, scores, priority, eligible), selections, ~found.finished)
+
+
 # ------------------------------------------------------------------ voting
 
 
@@ -390,7 +433,9 @@ def select(
         selections, tied = fast_soft_nms_batch(segments, scores, valid, sigma, min_score, keep=keep)
     else:
         eligible = valid & jnp.where(min_score > 0, scores > min_score, True)
-        selections = hard_nms_batch(segments, scores, priority, eligible, iou_threshold, keep=keep)
+        parallel = grouping_method(*scores.shape) == "parallel"
+        nms = parallel_hard_nms_batch if parallel else hard_nms_batch
+        selections = nms(segments, scores, priority, eligible, iou_threshold, keep=keep)
     kept_segments = jnp.take_along_axis(segments, jnp.maximum(selections.index, 0)[..., None], axis=1)
     if voting:
         kept_segments = segment_voting(kept_segments, selections.index >= 0, segments, scores, valid, voting_thresh)

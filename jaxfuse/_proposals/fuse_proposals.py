@@ -39,17 +39,8 @@ import numpy as np
 from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
 from jaxfuse._proposals.bucketed_templates import fuse_padded_templates
 from jaxfuse._runtime.executable_store import stored_executable
-from jaxfuse._proposals.grouping import (
-    ProposalGroups,
-    group_batch_checked,
-    proposal_flags,
-    threshold_code,
-    overlap_settings,
-    raise_for_value_problems,
-    validate_overlap,
-    validate_proposals,
-    validate_threshold,
-)
+from jaxfuse._proposals.grouping import ProposalGroups, proposal_flags, threshold_code, overlap_settings, raise_for_value_problems, validate_overlap, validate_proposals, validate_threshold
+from jaxfuse._proposals.grouping_entry import group_batch_checked
 from jaxfuse._core.interop import array_kind, from_jax, is_traced
 from jaxfuse._core.settings import FusionSettings, resolve_settings
 from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode

@@ -33,19 +33,16 @@ narrower loop saved).
 from __future__ import annotations
 
 import functools
-import math
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxfuse._core.interop import host_to_device, is_traced, warn_if_narrowed
-from jaxfuse._core.settings import resolve_settings
 from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode
 from jaxfuse._core.rows import compacted_while_loop, first_best, gather_rows, running_count
 from jaxfuse._core.validation import bool_array, choice, float_array
-from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
 
 OVERLAP_MEASURES = ("candidate", "iou")
 
@@ -211,7 +208,8 @@ def group_batch(segments, scores, valid, threshold, use_iou, offset, *, min_rows
 _group_batch_jit = jax.jit(group_batch)
 
 
-def group_batch_distinct(segments, scores, valid, first_slot, threshold, use_iou, offset, *, num_distinct: int):
+def group_batch_distinct(segments, scores, valid, first_slot, threshold, use_iou, offset, *, num_distinct: int,
+                         kernel: Callable | None = None):
     """:func:`group_batch` for batches where many proposals repeat an earlier one (traceable).
 
     CAS proposals repeat: the same run, found at several levels, gives the same
@@ -262,10 +260,8 @@ def group_batch_distinct(segments, scores, valid, first_slot, threshold, use_iou
     )[:spare].reshape(items, num_distinct)
     distinct_valid = jnp.arange(num_distinct, dtype=jnp.int32) < running[:, -1:]
     distinct_segments = jnp.stack([gather_rows(starts, source), gather_rows(ends, source)], -1)
-    distinct = group_batch(
-        distinct_segments, gather_rows(scores, source), distinct_valid, threshold, use_iou, offset,
-        min_rows=_MIN_DISTINCT_STAGE_ROWS,
-    )
+    kernel = functools.partial(group_batch, min_rows=_MIN_DISTINCT_STAGE_ROWS) if kernel is None else kernel
+    distinct = kernel(distinct_segments, gather_rows(scores, source), distinct_valid, threshold, use_iou, offset)
     # The groups back at the first occurrences' own slots (a scatter, so the
     # result is in memory), then each proposal reads its first occurrence's.
     slots = items * size
@@ -310,29 +306,6 @@ def proposal_flags(segments, scores, valid, extra):
     for mask in bad:
         sound = sound & ~mask
     return value_problems(segments, scores, valid, extra), codes, sound
-
-
-@functools.partial(jax.jit, static_argnames=("num_distinct",))
-def group_batch_checked(segments, scores, valid, threshold, use_iou, offset, extra=(), first_slot=None, *,
-                         num_distinct=None):
-    """:func:`group_batch`, :func:`value_problems` and :func:`item_codes` in one program (one dispatch).
-
-    With ``first_slot`` (and ``num_distinct``), the grouping runs on first
-    occurrences only (:func:`group_batch_distinct`); same result.
-
-    Returns:
-        ``(groups, problems, codes)``: ``codes [B]`` is each item's
-        :class:`jaxfuse.ResultCode` from its values (proposals with bad values
-        join no group) and the threshold.
-    """
-    problems, codes, sound = proposal_flags(segments, scores, valid, extra)
-    if first_slot is None:
-        groups = group_batch(segments, scores, sound, threshold, use_iou, offset)
-    else:
-        groups = group_batch_distinct(
-            segments, scores, sound, first_slot, threshold, use_iou, offset, num_distinct=num_distinct
-        )
-    return groups, problems, jnp.maximum(codes, threshold_code(threshold))
 
 
 # --------------------------------------------------------------------- validation
@@ -501,65 +474,3 @@ def validate_overlap(overlap: Any, discrete: Any) -> tuple[str, bool]:
     if not isinstance(discrete, (bool, np.bool_)):
         raise TypeError(f"`discrete` must be a bool, got {discrete!r}")
     return overlap, bool(discrete)
-
-
-def group_proposals(
-    segments: Any,
-    scores: Any,
-    valid: Any = None,
-    *,
-    overlap_threshold: float | None = None,
-    overlap: str | None = None,
-    discrete: bool | None = None,
-    preset=None,
-) -> ProposalGroups:
-    """Group proposals with the published greedy rule, for many items at once.
-
-    Args:
-        segments: ``[..., N, 2]`` (start, end); leading dims are items.
-        scores: ``[..., N]`` ordering scores; ties go to the lower index.
-        valid: optional ``[..., N]`` bool; invalid proposals join no group.
-        overlap_threshold: a proposal joins the leader's group when its overlap
-            is strictly greater than this; in [0, 1] (default 0.25).
-        overlap: ``"candidate"`` (intersection / candidate length, published,
-            default) or ``"iou"``.
-        discrete: the ``+1`` frame convention for lengths if True; default
-            False (continuous lengths, right for times in seconds).
-        preset: ``"default"``, ``"published"`` or a :class:`jaxfuse.FusionSettings`
-            whose grouping settings fill the arguments left at None (explicit
-            values win).
-
-    Inside a caller's ``jit``, a proposal with a non-finite value or start >
-    end joins no group (group ``-1``); :func:`jaxfuse.fuse_proposals` reports
-    such items with a result code.
-
-    Returns:
-        :class:`ProposalGroups` of JAX arrays (leading dims kept).
-
-    Raises:
-        TypeError, ValueError: bad shapes or dtypes, non-finite values, or
-            ``start > end`` in a valid proposal (the message names the argument).
-
-    Example:
-        >>> import numpy as np
-        >>> groups = group_proposals(np.array([[0., 10.], [1., 9.], [20., 30.]]),
-        ...                          np.array([0.9, 0.8, 0.7]))
-        >>> groups.group.tolist(), groups.leader.tolist(), int(groups.count)
-        ([0, 0, 1], [0, 2, -1], 2)
-    """
-    ensure_compilation_cache()  # before this call's first compilation
-    settings = resolve_settings(preset, overlap_threshold=overlap_threshold, overlap=overlap, discrete=discrete)
-    threshold = validate_threshold(settings.overlap_threshold)
-    overlap, discrete = validate_overlap(settings.overlap, settings.discrete)
-    inputs = validate_proposals(segments, scores, valid)
-    batch_shape, size = inputs.scores.shape[:-1], inputs.scores.shape[-1]
-    items = math.prod(batch_shape)
-    flat = (inputs.segments.reshape(items, size, 2), inputs.scores.reshape(items, size), inputs.valid.reshape(items, size))
-    groups, problems, _ = group_batch_checked(*flat, threshold, *overlap_settings(overlap, discrete))
-    if inputs.check_on_device and not is_traced(problems):
-        raise_for_value_problems(problems, *flat)
-    return ProposalGroups(
-        groups.group.reshape(*batch_shape, size),
-        groups.leader.reshape(*batch_shape, size),
-        groups.count.reshape(batch_shape),
-    )

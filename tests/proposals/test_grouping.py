@@ -7,13 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfuse._proposals.grouping import (
-    _group_batch_jit,
-    group_batch_distinct,
-    group_proposals,
-    overlap_settings,
-    segment_overlap,
-)
+from jaxfuse._proposals.grouping import _group_batch_jit, group_batch_distinct, overlap_settings, segment_overlap
+from jaxfuse._proposals.grouping_entry import group_proposals
 
 CONVENTIONS = [("candidate", True), ("candidate", False), ("iou", True), ("iou", False)]
 CONVENTION_IDS = ["candidate-discrete", "candidate-continuous", "iou-discrete", "iou-continuous"]
