@@ -283,6 +283,105 @@ def _row_infeasible(problem: _Problem):
     return jnp.any((problem.target > inside + slack) | (problem.target < -margin - slack), axis=-1)
 
 
+def _pdhg_step(problem, plan, state):
+    """One PDHG iteration: projected primal step, extrapolated dual step."""
+    x, y, aty, x_sum, y_sum, omega = state
+    primal_step = (_STEP_SCALE / omega)[:, None] * problem.tau
+    dual_step = (_STEP_SCALE * omega)[:, None] * problem.sigma
+    x_new = jnp.clip(x - primal_step * (1 - aty), 0, problem.upper)
+    y_new = y + dual_step * (problem.target - apply_rows(problem.breaks, 2 * x_new - x))
+    aty_new = apply_transpose(plan, y_new)
+    return x_new, y_new, aty_new, x_sum + x_new, y_sum + y_new, omega
+
+def _kkt(problem, x, y, aty, omega):
+    """The weighted KKT error, max primal residual, primal and dual objectives of an iterate."""
+    residual = apply_rows(problem.breaks, x) - problem.target
+    primal = jnp.sum(x, axis=-1)
+    dual = _dual_objective(problem, y, aty)
+    error = jnp.sqrt((omega**2) * jnp.sum(residual**2, axis=-1) + (primal - dual) ** 2)
+    return error, jnp.max(jnp.abs(residual), axis=-1, initial=0), primal, dual
+
+def _check_round(inputs, c: _Carry, *, check_every: int, num_checks: int, rtol, atol) -> _Carry:
+    """``check_every`` PDHG iterations, then the convergence, infeasibility and restart checks of every lane."""
+    dtype = c.x.dtype
+    problem, plan = inputs
+    x, y, aty, x_sum, y_sum, _ = lax.fori_loop(
+        0, check_every, lambda _, state: _pdhg_step(problem, plan, state), (c.x, c.y, c.aty, c.x_sum, c.y_sum, c.omega)
+    )
+    count = c.count + check_every
+    step = c.step + check_every
+    x_avg = x_sum / count[:, None]
+    y_avg = y_sum / count[:, None]
+    aty_avg = apply_transpose(plan, y_avg)
+    kkt_current, residual_current, primal_current, dual_current = _kkt(problem, x, y, aty, c.omega)
+    kkt_average, residual_average, primal_average, dual_average = _kkt(problem, x_avg, y_avg, aty_avg, c.omega)
+    use_average = kkt_average < kkt_current
+    pick = lambda a, b: jnp.where(use_average.reshape(use_average.shape + (1,) * (a.ndim - 1)), a, b)  # noqa: E731
+    x_candidate, y_candidate, aty_candidate = pick(x_avg, x), pick(y_avg, y), pick(aty_avg, aty)
+    kkt_candidate = pick(kkt_average, kkt_current)
+    residual = pick(residual_average, residual_current)
+    primal, dual = pick(primal_average, primal_current), pick(dual_average, dual_current)
+
+    converged = (residual <= atol + rtol * jnp.max(jnp.abs(problem.target), axis=-1, initial=0)) & (
+        jnp.abs(primal - dual) <= atol + rtol * (jnp.abs(primal) + jnp.abs(dual))
+    )
+    y_moved = y - c.y_anchor
+    infeasible = _proves_infeasible(problem, y, aty, y_moved, aty - c.aty_anchor)
+    diverged = ~jnp.isfinite(kkt_candidate)
+    restart = (
+        (kkt_candidate <= _SUFFICIENT_DECAY * c.kkt_anchor)
+        | ((kkt_candidate <= _NECESSARY_DECAY * c.kkt_anchor) & (kkt_candidate > c.kkt_previous))
+        | (count >= _ARTIFICIAL_FRACTION * step.astype(dtype))
+    )
+    # Primal weight: move omega toward |dy| / |dx| (in log space), when both moved.
+    moved_x = jnp.sqrt(jnp.sum((x_candidate - c.x_anchor) ** 2, axis=-1))
+    moved_y = jnp.sqrt(jnp.sum((y_candidate - c.y_anchor) ** 2, axis=-1))
+    balanced = jnp.exp(
+        _PRIMAL_WEIGHT_SMOOTHING * jnp.log(jnp.where(moved_x > 0, moved_y, 1) / jnp.where(moved_x > 0, moved_x, 1))
+        + (1 - _PRIMAL_WEIGHT_SMOOTHING) * jnp.log(c.omega)
+    )
+    new_omega = jnp.where(restart & (moved_x > 1e-10) & (moved_y > 1e-10), balanced, c.omega)
+    keep = restart[:, None]
+    zero = jnp.zeros((), dtype)
+    out_of_steps = step >= num_checks * check_every
+    result = jnp.where(
+        converged,
+        ResultCode.SUCCESSFUL,
+        jnp.where(
+            infeasible,
+            ResultCode.INFEASIBLE,
+            jnp.where(diverged, ResultCode.DIVERGED, jnp.where(out_of_steps, ResultCode.MAX_STEPS_REACHED, c.result)),
+        ),
+    )
+    updated = _Carry(
+        x=jnp.where(keep, x_candidate, x),
+        y=jnp.where(keep, y_candidate, y),
+        aty=jnp.where(keep, aty_candidate, aty),
+        x_sum=jnp.where(keep, zero, x_sum),
+        y_sum=jnp.where(keep, zero, y_sum),
+        count=jnp.where(restart, zero, count),
+        x_anchor=jnp.where(keep, x_candidate, c.x_anchor),
+        y_anchor=jnp.where(keep, y_candidate, c.y_anchor),
+        aty_anchor=jnp.where(keep, aty_candidate, c.aty_anchor),
+        kkt_anchor=jnp.where(restart, kkt_candidate, c.kkt_anchor),
+        kkt_previous=kkt_candidate,
+        omega=new_omega,
+        best_x=x_candidate,
+        best_y=y_candidate,
+        residual=residual,
+        objective=primal,
+        dual_objective=dual,
+        step=step,
+        restarts=c.restarts + restart.astype(jnp.int32),
+        result=result.astype(jnp.int32),
+        active=~(converged | infeasible | diverged | out_of_steps),
+    )
+    # Finished lanes keep their state.
+    return jax.tree.map(
+        lambda new, old: jnp.where(c.active.reshape(c.active.shape + (1,) * (new.ndim - 1)), new, old), updated, c
+    )
+
+
 @functools.partial(jax.jit, static_argnames=("max_steps", "check_every"))
 def solve_interval_lp(breaks, target, upper, status, *, max_steps: int, check_every: int, rtol, atol):
     """Solve a batch of interval LPs by restarted PDHG (see the module docstring).
@@ -341,99 +440,7 @@ def solve_interval_lp(breaks, target, upper, status, *, max_steps: int, check_ev
     rtol = jnp.asarray(rtol, dtype)
     atol = jnp.asarray(atol, dtype)
 
-    def pdhg_step(problem, plan, state):
-        x, y, aty, x_sum, y_sum, omega = state
-        primal_step = (_STEP_SCALE / omega)[:, None] * problem.tau
-        dual_step = (_STEP_SCALE * omega)[:, None] * problem.sigma
-        x_new = jnp.clip(x - primal_step * (1 - aty), 0, problem.upper)
-        y_new = y + dual_step * (problem.target - apply_rows(problem.breaks, 2 * x_new - x))
-        aty_new = apply_transpose(plan, y_new)
-        return x_new, y_new, aty_new, x_sum + x_new, y_sum + y_new, omega
-
-    def kkt(problem, x, y, aty, omega):
-        residual = apply_rows(problem.breaks, x) - problem.target
-        primal = jnp.sum(x, axis=-1)
-        dual = _dual_objective(problem, y, aty)
-        error = jnp.sqrt((omega**2) * jnp.sum(residual**2, axis=-1) + (primal - dual) ** 2)
-        return error, jnp.max(jnp.abs(residual), axis=-1, initial=0), primal, dual
-
-    def body(inputs, c: _Carry) -> _Carry:
-        problem, plan = inputs
-        x, y, aty, x_sum, y_sum, _ = lax.fori_loop(
-            0, check_every, lambda _, state: pdhg_step(problem, plan, state), (c.x, c.y, c.aty, c.x_sum, c.y_sum, c.omega)
-        )
-        count = c.count + check_every
-        step = c.step + check_every
-        x_avg = x_sum / count[:, None]
-        y_avg = y_sum / count[:, None]
-        aty_avg = apply_transpose(plan, y_avg)
-        kkt_current, residual_current, primal_current, dual_current = kkt(problem, x, y, aty, c.omega)
-        kkt_average, residual_average, primal_average, dual_average = kkt(problem, x_avg, y_avg, aty_avg, c.omega)
-        use_average = kkt_average < kkt_current
-        pick = lambda a, b: jnp.where(use_average.reshape(use_average.shape + (1,) * (a.ndim - 1)), a, b)  # noqa: E731
-        x_candidate, y_candidate, aty_candidate = pick(x_avg, x), pick(y_avg, y), pick(aty_avg, aty)
-        kkt_candidate = pick(kkt_average, kkt_current)
-        residual = pick(residual_average, residual_current)
-        primal, dual = pick(primal_average, primal_current), pick(dual_average, dual_current)
-
-        converged = (residual <= atol + rtol * jnp.max(jnp.abs(problem.target), axis=-1, initial=0)) & (
-            jnp.abs(primal - dual) <= atol + rtol * (jnp.abs(primal) + jnp.abs(dual))
-        )
-        y_moved = y - c.y_anchor
-        infeasible = _proves_infeasible(problem, y, aty, y_moved, aty - c.aty_anchor)
-        diverged = ~jnp.isfinite(kkt_candidate)
-        restart = (
-            (kkt_candidate <= _SUFFICIENT_DECAY * c.kkt_anchor)
-            | ((kkt_candidate <= _NECESSARY_DECAY * c.kkt_anchor) & (kkt_candidate > c.kkt_previous))
-            | (count >= _ARTIFICIAL_FRACTION * step.astype(dtype))
-        )
-        # Primal weight: move omega toward |dy| / |dx| (in log space), when both moved.
-        moved_x = jnp.sqrt(jnp.sum((x_candidate - c.x_anchor) ** 2, axis=-1))
-        moved_y = jnp.sqrt(jnp.sum((y_candidate - c.y_anchor) ** 2, axis=-1))
-        balanced = jnp.exp(
-            _PRIMAL_WEIGHT_SMOOTHING * jnp.log(jnp.where(moved_x > 0, moved_y, 1) / jnp.where(moved_x > 0, moved_x, 1))
-            + (1 - _PRIMAL_WEIGHT_SMOOTHING) * jnp.log(c.omega)
-        )
-        new_omega = jnp.where(restart & (moved_x > 1e-10) & (moved_y > 1e-10), balanced, c.omega)
-        keep = restart[:, None]
-        zero = jnp.zeros((), dtype)
-        out_of_steps = step >= num_checks * check_every
-        result = jnp.where(
-            converged,
-            ResultCode.SUCCESSFUL,
-            jnp.where(
-                infeasible,
-                ResultCode.INFEASIBLE,
-                jnp.where(diverged, ResultCode.DIVERGED, jnp.where(out_of_steps, ResultCode.MAX_STEPS_REACHED, c.result)),
-            ),
-        )
-        updated = _Carry(
-            x=jnp.where(keep, x_candidate, x),
-            y=jnp.where(keep, y_candidate, y),
-            aty=jnp.where(keep, aty_candidate, aty),
-            x_sum=jnp.where(keep, zero, x_sum),
-            y_sum=jnp.where(keep, zero, y_sum),
-            count=jnp.where(restart, zero, count),
-            x_anchor=jnp.where(keep, x_candidate, c.x_anchor),
-            y_anchor=jnp.where(keep, y_candidate, c.y_anchor),
-            aty_anchor=jnp.where(keep, aty_candidate, c.aty_anchor),
-            kkt_anchor=jnp.where(restart, kkt_candidate, c.kkt_anchor),
-            kkt_previous=kkt_candidate,
-            omega=new_omega,
-            best_x=x_candidate,
-            best_y=y_candidate,
-            residual=residual,
-            objective=primal,
-            dual_objective=dual,
-            step=step,
-            restarts=c.restarts + restart.astype(jnp.int32),
-            result=result.astype(jnp.int32),
-            active=~(converged | infeasible | diverged | out_of_steps),
-        )
-        # Finished lanes keep their state.
-        return jax.tree.map(
-            lambda new, old: jnp.where(c.active.reshape(c.active.shape + (1,) * (new.ndim - 1)), new, old), updated, c
-        )
+    body = functools.partial(_check_round, check_every=check_every, num_checks=num_checks, rtol=rtol, atol=atol)
 
     # Lanes that finish early (or never start: empty items) drop out of the batch as it goes.
     final = compacted_while_loop(body, (problem, plan), carry, min_rows=max(_MIN_LANES, batch // 2))
