@@ -29,10 +29,10 @@ and its loop keep the same segments and scores, so the ratio compares equal work
 
 from __future__ import annotations
 
+import _data
 import numpy as np
 import pytest
 
-import _data
 from jaxfuse.bench.cold_start import WORKLOADS, Workload, _soft_nms_workload, measure_workload, target_checks
 from jaxfuse.bench.sizes import QUICK
 

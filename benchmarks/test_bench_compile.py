@@ -19,12 +19,11 @@ must stay at about a dozen.
 
 from __future__ import annotations
 
-
+import _data
 import jax
 import numpy as np
 import pytest
 
-import _data
 import jaxfuse
 from jaxfuse._runtime.compilation_cache import persistent_cache_disabled
 from jaxfuse.bench.compilation import PADDING_POLICIES, serve_stream

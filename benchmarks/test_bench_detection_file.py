@@ -50,10 +50,10 @@ import sys
 import time
 from pathlib import Path
 
+import _data
 import numpy as np
 import pytest
 
-import _data
 from jaxfuse._proposals.detection_file import detection_table, fuse_detection_file
 from jaxfuse.bench.published import published_fusion_loop
 from jaxfuse.formats.activitynet import read_predictions

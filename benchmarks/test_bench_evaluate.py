@@ -21,8 +21,8 @@ import json
 import numpy as np
 import pytest
 
-from jaxfuse._evaluation.evaluate import THUMOS14_THRESHOLDS, Detections, GroundTruth, evaluate_detections
 from jaxfuse._evaluation.activitynet_json import evaluate_json
+from jaxfuse._evaluation.evaluate import THUMOS14_THRESHOLDS, Detections, GroundTruth, evaluate_detections
 from jaxfuse.bench.published import detection_map_loop
 
 NUM_VIDEOS = 200

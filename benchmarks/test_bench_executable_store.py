@@ -16,6 +16,7 @@ from __future__ import annotations
 import statistics
 
 import _data
+
 from jaxfuse.bench.cold_start import run_child
 from jaxfuse.bench.sizes import QUICK
 

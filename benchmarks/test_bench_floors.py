@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import os
 
+import _data
 import jax
 import jax.numpy as jnp
 import pytest
 
-import _data
 import jaxfuse
 from jaxfuse.bench.sizes import CLOSED_FORMS
 

@@ -22,11 +22,11 @@ and records ``speedup`` = numpy median / jaxfuse median of this run.
 
 from __future__ import annotations
 
+import _data
 import jax
 import numpy as np
 import pytest
 
-import _data
 import jaxfuse
 from jaxfuse.bench.baselines import float32_einsum_gaussian, numpy_closed_form
 from jaxfuse.bench.sizes import CLOSED_FORMS

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 
+import _data
 import jax
 import numpy as np
 import pytest
 
-import _data
 import jaxfuse
 from jaxfuse.bench.baselines import numpy_closed_form
 

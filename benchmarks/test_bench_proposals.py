@@ -31,10 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfuse._proposals.grouping import _group_batch_jit, overlap_settings
-from jaxfuse._proposals.proposal_lists import pack_proposals
 from jaxfuse._proposals.fuse_proposals import fuse_proposals
 from jaxfuse._proposals.group_fusion import _fuse_closed_form
+from jaxfuse._proposals.grouping import _group_batch_jit, overlap_settings
+from jaxfuse._proposals.proposal_lists import pack_proposals
 from jaxfuse.bench.data import thumos_like_proposal_items
 from jaxfuse.bench.published import published_fusion_loop
 

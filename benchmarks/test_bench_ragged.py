@@ -29,14 +29,14 @@ from __future__ import annotations
 import math
 import time
 
+import _data
 import jax
 import numpy as np
 import pytest
 
-import _data
 import jaxfuse
-from jaxfuse._runtime.compilation_cache import persistent_cache_disabled
 from jaxfuse._fusion.flat_closed_forms import padded_groups, padded_members
+from jaxfuse._runtime.compilation_cache import persistent_cache_disabled
 from jaxfuse.bench.baselines import numpy_ragged_gaussian
 from jaxfuse.bench.timing import time_interleaved
 

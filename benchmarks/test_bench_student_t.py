@@ -22,11 +22,11 @@ Baselines:
 
 from __future__ import annotations
 
+import _data
 import jax
 import numpy as np
 import pytest
 
-import _data
 import jaxfuse
 from jaxfuse.bench.baselines import scipy_student_t_loop
 from jaxfuse.bench.data import closed_form_groups

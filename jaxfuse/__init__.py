@@ -11,66 +11,168 @@ from jaxfuse._core.padding import (
 )
 from jaxfuse._core.result_codes import (
     LPResultCode as LPResultCode,
+)
+from jaxfuse._core.result_codes import (
     ResultCode as ResultCode,
 )
 from jaxfuse._core.settings import (
     DEFAULT as DEFAULT,
-    FusionSettings as FusionSettings,
+)
+from jaxfuse._core.settings import (
     PRESETS as PRESETS,
+)
+from jaxfuse._core.settings import (
     PUBLISHED as PUBLISHED,
+)
+from jaxfuse._core.settings import (
     PUBLISHED_CLASS_THRESHOLD as PUBLISHED_CLASS_THRESHOLD,
+)
+from jaxfuse._core.settings import (
     PUBLISHED_THRESHOLDS as PUBLISHED_THRESHOLDS,
+)
+from jaxfuse._core.settings import (
+    FusionSettings as FusionSettings,
 )
 from jaxfuse._core.version import VERSION
 
-# Compilation cache
-from jaxfuse._runtime.compilation_cache import (
-    compilation_cache_status as compilation_cache_status,
-    CompilationCacheStatus as CompilationCacheStatus,
-    set_compilation_cache as set_compilation_cache,
+# CAS to proposals and detections
+from jaxfuse._detection.cas_proposals import (
+    CasProposals as CasProposals,
+)
+from jaxfuse._detection.cas_proposals import (
+    max_runs_per_threshold as max_runs_per_threshold,
+)
+from jaxfuse._detection.cas_proposals import (
+    proposals_from_cas as proposals_from_cas,
+)
+from jaxfuse._detection.detect import (
+    VideoDetections as VideoDetections,
+)
+from jaxfuse._detection.detect import (
+    detect as detect,
+)
+from jaxfuse._detection.detect import (
+    detect_videos as detect_videos,
+)
+
+# Evaluation
+from jaxfuse._evaluation.activitynet_json import (
+    ActivityNetData as ActivityNetData,
+)
+from jaxfuse._evaluation.activitynet_json import (
+    evaluate_json as evaluate_json,
+)
+from jaxfuse._evaluation.activitynet_json import (
+    load_activitynet_json as load_activitynet_json,
+)
+from jaxfuse._evaluation.evaluate import (
+    ACTIVITYNET_THRESHOLDS as ACTIVITYNET_THRESHOLDS,
+)
+from jaxfuse._evaluation.evaluate import (
+    THUMOS14_THRESHOLDS as THUMOS14_THRESHOLDS,
+)
+from jaxfuse._evaluation.evaluate import (
+    DetectionMAP as DetectionMAP,
+)
+from jaxfuse._evaluation.evaluate import (
+    Detections as Detections,
+)
+from jaxfuse._evaluation.evaluate import (
+    GroundTruth as GroundTruth,
+)
+from jaxfuse._evaluation.evaluate import (
+    evaluate_detections as evaluate_detections,
 )
 
 # Fusion of groups: templates, densities, fitters, padded and ragged entry points
 from jaxfuse._fusion.closed_forms import (
     ExponentialParameters as ExponentialParameters,
+)
+from jaxfuse._fusion.closed_forms import (
     GaussianParameters as GaussianParameters,
+)
+from jaxfuse._fusion.closed_forms import (
     LaplaceParameters as LaplaceParameters,
+)
+from jaxfuse._fusion.closed_forms import (
     UniformParameters as UniformParameters,
 )
 from jaxfuse._fusion.densities import (
-    exponential_density as exponential_density,
-    gaussian_density as gaussian_density,
-    laplace_density as laplace_density,
-    student_t_density as student_t_density,
     TemplateDensity as TemplateDensity,
+)
+from jaxfuse._fusion.densities import (
+    exponential_density as exponential_density,
+)
+from jaxfuse._fusion.densities import (
+    gaussian_density as gaussian_density,
+)
+from jaxfuse._fusion.densities import (
+    laplace_density as laplace_density,
+)
+from jaxfuse._fusion.densities import (
+    student_t_density as student_t_density,
+)
+from jaxfuse._fusion.densities import (
     uniform_density as uniform_density,
 )
 from jaxfuse._fusion.fuse_groups import (
-    compile_count as compile_count,
-    fuse_exponential as fuse_exponential,
-    fuse_gaussian as fuse_gaussian,
-    fuse_groups as fuse_groups,
-    fuse_laplace as fuse_laplace,
-    fuse_student_t as fuse_student_t,
-    fuse_uniform as fuse_uniform,
     FusionResult as FusionResult,
+)
+from jaxfuse._fusion.fuse_groups import (
+    compile_count as compile_count,
+)
+from jaxfuse._fusion.fuse_groups import (
+    fuse_exponential as fuse_exponential,
+)
+from jaxfuse._fusion.fuse_groups import (
+    fuse_gaussian as fuse_gaussian,
+)
+from jaxfuse._fusion.fuse_groups import (
+    fuse_groups as fuse_groups,
+)
+from jaxfuse._fusion.fuse_groups import (
+    fuse_laplace as fuse_laplace,
+)
+from jaxfuse._fusion.fuse_groups import (
+    fuse_student_t as fuse_student_t,
+)
+from jaxfuse._fusion.fuse_groups import (
+    fuse_uniform as fuse_uniform,
+)
+from jaxfuse._fusion.fuse_ragged import (
+    RaggedFusion as RaggedFusion,
 )
 from jaxfuse._fusion.fuse_ragged import (
     fuse_ragged as fuse_ragged,
-    RaggedFusion as RaggedFusion,
+)
+from jaxfuse._fusion.generic_fit import (
+    FitResult as FitResult,
 )
 from jaxfuse._fusion.generic_fit import (
     fit_template as fit_template,
-    FitResult as FitResult,
+)
+from jaxfuse._fusion.packing import (
+    PackedGroups as PackedGroups,
+)
+from jaxfuse._fusion.packing import (
+    RaggedBuckets as RaggedBuckets,
 )
 from jaxfuse._fusion.packing import (
     pack_groups as pack_groups,
+)
+from jaxfuse._fusion.packing import (
     pack_ragged as pack_ragged,
-    PackedGroups as PackedGroups,
-    RaggedBuckets as RaggedBuckets,
+)
+from jaxfuse._fusion.packing import (
     unpack_groups as unpack_groups,
+)
+from jaxfuse._fusion.packing import (
     unpack_members as unpack_members,
+)
+from jaxfuse._fusion.packing import (
     unpack_ragged as unpack_ragged,
+)
+from jaxfuse._fusion.packing import (
     unpack_ragged_members as unpack_ragged_members,
 )
 from jaxfuse._fusion.student_t import (
@@ -79,17 +181,39 @@ from jaxfuse._fusion.student_t import (
 from jaxfuse._fusion.weights import (
     member_probabilities as member_probabilities,
 )
+from jaxfuse._labels.pseudo_labels import (
+    PseudoLabels as PseudoLabels,
+)
+
+# Training-time pseudo labels
+from jaxfuse._labels.pseudo_labels import (
+    pseudo_labels as pseudo_labels,
+)
+from jaxfuse._labels.snippets import (
+    SnippetLabels as SnippetLabels,
+)
+from jaxfuse._labels.snippets import (
+    segments_to_snippets as segments_to_snippets,
+)
 
 # Proposals: grouping, fusion, NMS, detection files
 from jaxfuse._proposals.detection_file import (
     DetectionFileError as DetectionFileError,
+)
+from jaxfuse._proposals.detection_file import (
     FileFusionReport as FileFusionReport,
+)
+from jaxfuse._proposals.detection_file import (
     fuse_detection_file as fuse_detection_file,
+)
+from jaxfuse._proposals.detection_file import (
     fuse_detections_json as fuse_detections_json,
 )
 from jaxfuse._proposals.fuse_proposals import (
-    fuse_proposals as fuse_proposals,
     FusedProposals as FusedProposals,
+)
+from jaxfuse._proposals.fuse_proposals import (
+    fuse_proposals as fuse_proposals,
 )
 from jaxfuse._proposals.grouping import (
     ProposalGroups as ProposalGroups,
@@ -98,58 +222,44 @@ from jaxfuse._proposals.grouping_entry import (
     group_proposals as group_proposals,
 )
 from jaxfuse._proposals.proposal_lists import (
-    fuse_proposal_lists as fuse_proposal_lists,
-    pack_proposals as pack_proposals,
     PaddedProposals as PaddedProposals,
+)
+from jaxfuse._proposals.proposal_lists import (
+    fuse_proposal_lists as fuse_proposal_lists,
+)
+from jaxfuse._proposals.proposal_lists import (
+    pack_proposals as pack_proposals,
+)
+from jaxfuse._proposals.proposal_lists import (
     unpack_proposals as unpack_proposals,
 )
 from jaxfuse._proposals.sharding import (
     fuse_proposals_sharded as fuse_proposals_sharded,
+)
+from jaxfuse._proposals.sharding import (
     item_mesh as item_mesh,
 )
-
-# Evaluation
-from jaxfuse._evaluation.activitynet_json import (
-    ActivityNetData as ActivityNetData,
-    evaluate_json as evaluate_json,
-    load_activitynet_json as load_activitynet_json,
-)
-from jaxfuse._evaluation.evaluate import (
-    ACTIVITYNET_THRESHOLDS as ACTIVITYNET_THRESHOLDS,
-    DetectionMAP as DetectionMAP,
-    Detections as Detections,
-    evaluate_detections as evaluate_detections,
-    GroundTruth as GroundTruth,
-    THUMOS14_THRESHOLDS as THUMOS14_THRESHOLDS,
+from jaxfuse._runtime.compilation_cache import (
+    CompilationCacheStatus as CompilationCacheStatus,
 )
 
-# CAS to proposals and detections
-from jaxfuse._detection.cas_proposals import (
-    CasProposals as CasProposals,
-    max_runs_per_threshold as max_runs_per_threshold,
-    proposals_from_cas as proposals_from_cas,
+# Compilation cache
+from jaxfuse._runtime.compilation_cache import (
+    compilation_cache_status as compilation_cache_status,
 )
-from jaxfuse._detection.detect import (
-    detect as detect,
-    detect_videos as detect_videos,
-    VideoDetections as VideoDetections,
+from jaxfuse._runtime.compilation_cache import (
+    set_compilation_cache as set_compilation_cache,
 )
-
-# Training-time pseudo labels
-from jaxfuse._labels.pseudo_labels import (
-    pseudo_labels as pseudo_labels,
-    PseudoLabels as PseudoLabels,
+from jaxfuse.tools.videos import (
+    SyntheticVideos as SyntheticVideos,
 )
-from jaxfuse._labels.snippets import (
-    segments_to_snippets as segments_to_snippets,
-    SnippetLabels as SnippetLabels,
+from jaxfuse.tools.videos import (
+    VideoParameters as VideoParameters,
 )
 
 # Synthetic data
 from jaxfuse.tools.videos import (
     synthetic_videos as synthetic_videos,
-    SyntheticVideos as SyntheticVideos,
-    VideoParameters as VideoParameters,
 )
 
 __version__ = VERSION

@@ -3,7 +3,8 @@ the first best index of each row, and a batched while loop that drops finished r
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

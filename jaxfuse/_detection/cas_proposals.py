@@ -63,8 +63,8 @@ from jax import lax
 
 from jaxfuse._core.interop import array_kind, from_jax, is_traced
 from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode, repr_with_code_names
-from jaxfuse._core.settings import MARGIN_POWER, MARGIN_SCALE
 from jaxfuse._core.rows import gather_rows, running_count
+from jaxfuse._core.settings import MARGIN_POWER, MARGIN_SCALE
 from jaxfuse._core.validation import checked_length, choice, float_array, positive_int
 from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
 

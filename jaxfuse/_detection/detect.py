@@ -64,27 +64,22 @@ from __future__ import annotations
 
 import functools
 import itertools
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
-from jaxfuse._detection.cas_proposals import (
-    CONVENTIONS,
-    batch_proposals,
-    max_runs_per_threshold,
-)
-from jaxfuse._evaluation.evaluate import Detections
-from jaxfuse._runtime.executable_store import stored_executable
-from jaxfuse._proposals.grouping import overlap_settings, raise_for_value_problems
 from jaxfuse._core.interop import array_kind, from_jax, to_host, to_jax
-from jaxfuse._core.settings import MARGIN_POWER, MARGIN_SCALE, PUBLISHED_CLASS_THRESHOLD, PUBLISHED_THRESHOLDS, resolve_settings
-from jaxfuse._fusion.templates import SEGMENT_SUM_TEMPLATES
-from jaxfuse._proposals.fuse_proposals import check_method_options, fuse_proposals, resolve_fusion_settings
 from jaxfuse._core.padding import bucket_size, two_per_octave
-from jaxfuse._proposals.group_fusion import group_and_fuse
+from jaxfuse._core.settings import (
+    MARGIN_POWER,
+    MARGIN_SCALE,
+    PUBLISHED_CLASS_THRESHOLD,
+    PUBLISHED_THRESHOLDS,
+    resolve_settings,
+)
 from jaxfuse._core.validation import (
     checked_length,
     choice,
@@ -93,6 +88,18 @@ from jaxfuse._core.validation import (
     positive_int,
     positive_scalar,
 )
+from jaxfuse._detection.cas_proposals import (
+    CONVENTIONS,
+    batch_proposals,
+    max_runs_per_threshold,
+)
+from jaxfuse._evaluation.evaluate import Detections
+from jaxfuse._fusion.templates import SEGMENT_SUM_TEMPLATES
+from jaxfuse._proposals.fuse_proposals import check_method_options, fuse_proposals, resolve_fusion_settings
+from jaxfuse._proposals.group_fusion import group_and_fuse
+from jaxfuse._proposals.grouping import overlap_settings, raise_for_value_problems
+from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
+from jaxfuse._runtime.executable_store import stored_executable
 
 WEIGHT_COLUMNS = ("scores", "inner")
 

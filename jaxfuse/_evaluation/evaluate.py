@@ -51,8 +51,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxfuse._evaluation.matching import class_average_precision, dense_codes, tied_count, true_positives
 from jaxfuse._core.interop import to_host
+from jaxfuse._evaluation.matching import class_average_precision, dense_codes, tied_count, true_positives
 
 THUMOS14_THRESHOLDS: tuple[float, ...] = tuple(np.linspace(0.1, 0.7, 7).tolist())
 """tIoU thresholds reported by weakly supervised THUMOS14 papers (0.1:0.1:0.7).

@@ -15,7 +15,8 @@ data-dependent supports can be expressed; they return one log-density per member
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

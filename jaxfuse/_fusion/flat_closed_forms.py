@@ -40,12 +40,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfuse._core.padding import bucket_size, eight_per_octave
-from jaxfuse._fusion import closed_forms
-from jaxfuse._fusion.templates import TEMPLATES, representable
-from jaxfuse._fusion.packing import aligned_zeros
 from jaxfuse._core.result_codes import ResultCode, group_result
+from jaxfuse._fusion import closed_forms
+from jaxfuse._fusion.packing import aligned_zeros
+from jaxfuse._fusion.templates import TEMPLATES, representable
 from jaxfuse._fusion.weights import temperature_is_valid
-
 
 MIN_MEMBERS = 1 << 14
 MIN_GROUPS = 1 << 12

@@ -8,11 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxfuse._fusion import closed_forms, flat_closed_forms
-from jaxfuse._fusion import templates
-from jaxfuse._fusion.templates import TEMPLATES, representable
 from jaxfuse._core.interop import array_kind, from_jax
-from jaxfuse._core.settings import DEFAULT
 from jaxfuse._core.result_codes import (
     RESULT_DTYPE,
     ResultCode,
@@ -21,7 +17,10 @@ from jaxfuse._core.result_codes import (
     raise_for_results,
     repr_with_code_names,
 )
+from jaxfuse._core.settings import DEFAULT
 from jaxfuse._core.validation import bool_array, choice, float_array, positive_scalar
+from jaxfuse._fusion import closed_forms, flat_closed_forms, templates
+from jaxfuse._fusion.templates import TEMPLATES, representable
 from jaxfuse._fusion.weights import clipped_temperature, member_probabilities, temperature_is_valid
 from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
 

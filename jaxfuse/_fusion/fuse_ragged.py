@@ -8,24 +8,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
-from jaxfuse._fusion.fuse_groups import fuse_groups
-from jaxfuse._fusion import templates
-from jaxfuse._fusion.templates import SEGMENT_SUM_TEMPLATES, TEMPLATES
 from jaxfuse._core.interop import ArrayKind, array_kind, from_jax, source_dtype, to_host, warn_if_narrowed
-from jaxfuse._core.settings import DEFAULT
-from jaxfuse._fusion.packing import check_bucket_floors, member_layout, checked_members, pack_ragged_buckets, unpack_ragged, unpack_ragged_members
-from jaxfuse._fusion.flat_closed_forms import host_inputs, fuse_flat_members
 from jaxfuse._core.result_codes import RESULT_DTYPE, raise_for_results, repr_with_code_names
-from jaxfuse._fusion.student_t import StudentTParameters
+from jaxfuse._core.settings import DEFAULT
+from jaxfuse._core.validation import choice, positive_scalar
+from jaxfuse._fusion import templates
 from jaxfuse._fusion.closed_forms import (
     ExponentialParameters,
     GaussianParameters,
     LaplaceParameters,
     UniformParameters,
 )
-from jaxfuse._core.validation import choice, positive_scalar
+from jaxfuse._fusion.flat_closed_forms import fuse_flat_members, host_inputs
+from jaxfuse._fusion.fuse_groups import fuse_groups
+from jaxfuse._fusion.packing import (
+    check_bucket_floors,
+    checked_members,
+    member_layout,
+    pack_ragged_buckets,
+    unpack_ragged,
+    unpack_ragged_members,
+)
+from jaxfuse._fusion.student_t import StudentTParameters
+from jaxfuse._fusion.templates import SEGMENT_SUM_TEMPLATES, TEMPLATES
 from jaxfuse._fusion.weights import clipped_temperature
+from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
 
 _PARAMETER_TYPES = {
     "gaussian": GaussianParameters,

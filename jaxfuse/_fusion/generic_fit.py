@@ -15,11 +15,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxfuse._fusion.densities import TemplateDensity, student_t_density
 from jaxfuse._core.interop import array_kind, from_jax
-from jaxfuse._core.settings import DEFAULT
 from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode, group_result, repr_with_code_names
+from jaxfuse._core.settings import DEFAULT
 from jaxfuse._core.validation import bool_array, float_array, positive_int, positive_scalar
+from jaxfuse._fusion.densities import TemplateDensity, student_t_density
 from jaxfuse._fusion.weights import member_probabilities
 from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
 

@@ -44,9 +44,8 @@ the two-parameter problem are analytic (see :func:`_gradient_and_hessian`).
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

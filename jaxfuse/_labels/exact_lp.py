@@ -31,7 +31,6 @@ import jax
 import jax.numpy as jnp
 
 from jaxfuse._core.result_codes import ResultCode
-from jaxfuse._labels.pdhg import solve_interval_lp
 from jaxfuse._labels.interval_simplex import Atoms, atom_lp, solve_tier, store
 from jaxfuse._labels.lp_components import (
     Components,
@@ -44,6 +43,7 @@ from jaxfuse._labels.lp_components import (
     split_components,
     tier_list,
 )
+from jaxfuse._labels.pdhg import solve_interval_lp
 
 # (most rows, lanes per item, most lanes) of the tiers of the first stage. Most components have 2 to 4
 # rows (95 % on the benchmark's published-chain data, about 12 per item), a few up to 12; larger ones

@@ -44,12 +44,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
-from jaxfuse._detection.cas_proposals import proposals_from_cas
-from jaxfuse._proposals.grouping_entry import group_proposals
 from jaxfuse._core.interop import array_kind, from_jax
-
 from jaxfuse._core.result_codes import ResultCode, raise_for_results, repr_with_code_names
+from jaxfuse._core.settings import MARGIN_POWER, MARGIN_SCALE, PUBLISHED_CLASS_THRESHOLD, PUBLISHED_THRESHOLDS
+from jaxfuse._core.validation import float_array, positive_int, positive_scalar
+from jaxfuse._detection.cas_proposals import proposals_from_cas
 from jaxfuse._labels.lp_rows import published_breaks
 from jaxfuse._labels.snippets import (
     DEFAULT_CHECK_EVERY,
@@ -60,9 +59,8 @@ from jaxfuse._labels.snippets import (
     exact_labels,
     finish_exact,
 )
-from jaxfuse._core.settings import MARGIN_POWER, MARGIN_SCALE, PUBLISHED_CLASS_THRESHOLD, PUBLISHED_THRESHOLDS
-from jaxfuse._core.validation import float_array, positive_int, positive_scalar
-
+from jaxfuse._proposals.grouping_entry import group_proposals
+from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
 
 
 class PseudoLabels(NamedTuple):

@@ -50,7 +50,6 @@ from jaxfuse._core.rows import first_best, running_count
 from jaxfuse._proposals.grouping_entry import grouping_method
 from jaxfuse._proposals.parallel_grouping import finish_rows, greedy_leaders, tile_plan
 
-
 # The C++ adds 1e-6 (a double literal, rounded to float32 by ATen's float add) to every length.
 LENGTH_OFFSET = 1e-6
 

@@ -10,14 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfuse._core.interop import is_traced
-from jaxfuse._proposals.grouping import ProposalGroups
 from jaxfuse._core.padding import bucket_size, size_buckets
 from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode
-from jaxfuse._proposals.group_fusion import FusedProposals, finish_fused_groups, fused_scores, temperature_code
-from jaxfuse._fusion.student_t import StudentTParameters
 from jaxfuse._fusion.closed_forms import LaplaceParameters
-
-
+from jaxfuse._fusion.student_t import StudentTParameters
+from jaxfuse._proposals.group_fusion import FusedProposals, finish_fused_groups, fused_scores, temperature_code
+from jaxfuse._proposals.grouping import ProposalGroups
 
 
 class _BucketLayout(NamedTuple):

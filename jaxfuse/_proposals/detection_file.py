@@ -38,26 +38,27 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import msgspec
 import numpy as np
 
+from jaxfuse._core.result_codes import ResultCode
+from jaxfuse._core.settings import overlap_for_method
+from jaxfuse._core.validation import choice, positive_int, positive_scalar
+from jaxfuse._proposals.fuse_proposals import METHODS, fuse_proposals
 from jaxfuse._proposals.grouping import validate_overlap, validate_threshold
 from jaxfuse._proposals.item_batches import TableItems, batch_rows, merged_buckets, pack_items, table_items
 from jaxfuse._proposals.proposal_lists import PaddedProposals
-from jaxfuse._proposals.fuse_proposals import METHODS, fuse_proposals
-from jaxfuse._core.result_codes import ResultCode
-from jaxfuse._core.validation import choice, positive_int, positive_scalar
-from jaxfuse._core.settings import overlap_for_method
 from jaxfuse.formats.activitynet import (
     RESULTS,
     DetectionFileError,
     DetectionTable,
-    garbage_collector_paused,
     detection_table,
     encode_results,
+    garbage_collector_paused,
     read_predictions,
     results_of,
 )

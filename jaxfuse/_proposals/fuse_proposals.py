@@ -36,19 +36,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
-from jaxfuse._proposals.bucketed_templates import fuse_padded_templates
-from jaxfuse._runtime.executable_store import stored_executable
-from jaxfuse._proposals.grouping import ProposalGroups, proposal_flags, threshold_code, overlap_settings, raise_for_value_problems, validate_overlap, validate_proposals, validate_threshold
-from jaxfuse._proposals.grouping_entry import group_batch_checked
-from jaxfuse._core.interop import array_kind, from_jax, is_traced
-from jaxfuse._core.settings import FusionSettings, resolve_settings
-from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode
-from jaxfuse._proposals.group_fusion import FusedProposals, finish_fused_groups, group_and_fuse, temperature_code
-from jaxfuse._proposals.soft_nms import DECAYS, DEFAULT_SCORE_FLOOR, DEFAULT_SIGMA, soft_nms_batch
 from jaxfuse._core.deprecation import renamed_option
+from jaxfuse._core.interop import array_kind, from_jax, is_traced
+from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode
+from jaxfuse._core.settings import FusionSettings, resolve_settings
 from jaxfuse._core.validation import choice, positive_scalar
 from jaxfuse._fusion.templates import PADDED_TEMPLATES, TEMPLATE_NAMES, template_options
+from jaxfuse._proposals.bucketed_templates import fuse_padded_templates
+from jaxfuse._proposals.group_fusion import FusedProposals, finish_fused_groups, group_and_fuse, temperature_code
+from jaxfuse._proposals.grouping import (
+    ProposalGroups,
+    overlap_settings,
+    proposal_flags,
+    raise_for_value_problems,
+    threshold_code,
+    validate_overlap,
+    validate_proposals,
+    validate_threshold,
+)
+from jaxfuse._proposals.grouping_entry import group_batch_checked
+from jaxfuse._proposals.soft_nms import DECAYS, DEFAULT_SCORE_FLOOR, DEFAULT_SIGMA, soft_nms_batch
+from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
+from jaxfuse._runtime.executable_store import stored_executable
 
 METHODS = TEMPLATE_NAMES + ("nms", "soft_nms")
 

@@ -13,11 +13,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxfuse._runtime.executable_store import stored_executable
-from jaxfuse._proposals.grouping import ProposalGroups
-from jaxfuse._proposals.grouping_entry import group_batch_checked
 from jaxfuse._core.result_codes import RESULT_DTYPE, ResultCode, repr_with_code_names
 from jaxfuse._fusion.flat_closed_forms import GroupMoments, mean_excess, parameters_from_moments
+from jaxfuse._proposals.grouping import ProposalGroups
+from jaxfuse._proposals.grouping_entry import group_batch_checked
+from jaxfuse._runtime.executable_store import stored_executable
 
 
 class FusedProposals(NamedTuple):

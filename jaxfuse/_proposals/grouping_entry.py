@@ -60,8 +60,8 @@ from jaxfuse._proposals.grouping import (
     validate_proposals,
     validate_threshold,
 )
-from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
 from jaxfuse._proposals.parallel_grouping import parallel_group_batch
+from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
 
 METHODS = ("loop", "parallel")
 

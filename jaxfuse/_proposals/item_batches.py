@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
-from jaxfuse._proposals.proposal_lists import PaddedProposals
 from jaxfuse._core.padding import MERGE_PADDING_BUDGET, bucket_size, merged_buckets
+from jaxfuse._proposals.proposal_lists import PaddedProposals
 from jaxfuse.formats.activitynet import DetectionTable
 
 MIN_ITEM_SIZE = 16

@@ -77,8 +77,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxfuse._proposals.grouping import ProposalGroups, group_batch, segment_overlap
 from jaxfuse._core.rows import gather_rows, running_count
+from jaxfuse._proposals.grouping import ProposalGroups, group_batch, segment_overlap
 
 WORD_BITS = 32
 DEFAULT_MAX_ROUNDS = 24

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxfuse._core.interop import ArrayKind, array_kind, from_jax, is_traced
-from jaxfuse._proposals.fuse_proposals import FusedProposals, fuse_proposals
 from jaxfuse._core.padding import geometric_size
 from jaxfuse._core.validation import positive_int
+from jaxfuse._proposals.fuse_proposals import FusedProposals, fuse_proposals
 
 
 class PaddedProposals(NamedTuple):

@@ -32,16 +32,21 @@ from __future__ import annotations
 import concurrent.futures
 import inspect
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxfuse._proposals.grouping import raise_for_value_problems, validate_proposals, value_problems
 from jaxfuse._core.interop import ArrayKind, array_kind
-from jaxfuse._proposals.fuse_proposals import FusedProposals, check_method_options, fuse_proposals, resolve_fusion_settings
+from jaxfuse._proposals.fuse_proposals import (
+    FusedProposals,
+    check_method_options,
+    fuse_proposals,
+    resolve_fusion_settings,
+)
+from jaxfuse._proposals.grouping import raise_for_value_problems, validate_proposals, value_problems
 from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
 
 ITEMS_AXIS = "items"

@@ -11,9 +11,9 @@ import jax
 import numpy as np
 
 import jaxfuse
-from jaxfuse._runtime.compilation_cache import persistent_cache_disabled
 from jaxfuse._core.padding import bucket_size
 from jaxfuse._fusion.packing import pack_groups, unpack_groups
+from jaxfuse._runtime.compilation_cache import persistent_cache_disabled
 from jaxfuse.bench.data import RaggedMembers, request_stream
 from jaxfuse.bench.section import Section, format_fraction, format_seconds
 from jaxfuse.bench.sizes import TEMPERATURE, Sizes

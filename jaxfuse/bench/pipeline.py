@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -27,8 +27,8 @@ def _cas_items(proposals, videos: int, classes: int) -> list[tuple[np.ndarray, n
 def _jaxfuse_pipeline(cas: ThumosLikeCas):
     """CAS (numpy) -> proposals_from_cas -> pack_proposals -> fuse_proposals -> per-item fused detections."""
     from jaxfuse._detection.cas_proposals import proposals_from_cas
-    from jaxfuse._proposals.proposal_lists import pack_proposals, unpack_proposals
     from jaxfuse._proposals.fuse_proposals import fuse_proposals
+    from jaxfuse._proposals.proposal_lists import pack_proposals, unpack_proposals
 
     proposals = proposals_from_cas(cas.cas, CAS_THRESHOLDS, classes_last=True, length=cas.length)
     items = _cas_items(proposals, cas.cas.shape[0], cas.cas.shape[2])
@@ -57,8 +57,8 @@ def measure_pipeline(sizes: Sizes) -> Section:
     """End to end: CAS -> proposals -> grouped and fused detections, against the published loops; then mAP."""
     from jaxfuse._detection.cas_proposals import proposals_from_cas
     from jaxfuse._evaluation.evaluate import GroundTruth, evaluate_detections
-    from jaxfuse._proposals.proposal_lists import pack_proposals
     from jaxfuse._proposals.fuse_proposals import fuse_proposals
+    from jaxfuse._proposals.proposal_lists import pack_proposals
 
     cas = thumos_like_cas(sizes.cas_videos)
     videos, _, classes = cas.cas.shape

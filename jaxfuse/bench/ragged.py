@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 import jaxfuse
-from jaxfuse._fusion.packing import pack_groups, pack_ragged, unpack_groups
 from jaxfuse._fusion.fuse_ragged import fuse_ragged
+from jaxfuse._fusion.packing import pack_groups, pack_ragged, unpack_groups
 from jaxfuse.bench.baselines import numpy_closed_form, numpy_ragged_gaussian
 from jaxfuse.bench.data import RaggedMembers, skewed_ragged_members
 from jaxfuse.bench.section import Section, format_fraction, format_ratio, format_seconds

@@ -6,7 +6,6 @@ import dataclasses
 
 import numpy as np
 
-
 TEMPERATURE = 0.2  # the published evaluation temperature
 
 

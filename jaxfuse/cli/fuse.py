@@ -14,10 +14,10 @@ import math
 import signal
 import sys
 
-from jaxfuse._proposals.detection_file import DetectionFileError, fuse_detection_file
-from jaxfuse._proposals.grouping import OVERLAP_MEASURES
 from jaxfuse._core.settings import PRESETS
+from jaxfuse._proposals.detection_file import DetectionFileError, fuse_detection_file
 from jaxfuse._proposals.fuse_proposals import METHODS
+from jaxfuse._proposals.grouping import OVERLAP_MEASURES
 from jaxfuse.cli.wording import counted
 from jaxfuse.formats.output import STDOUT, OutputError
 

@@ -47,16 +47,17 @@ Where the results can differ from ActionFormer's, and why:
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxfuse._core.interop import is_torch_tensor, to_host
-from jaxfuse._proposals.actionformer_nms import select
 from jaxfuse._core.padding import bucket_size
 from jaxfuse._core.validation import choice, positive_scalar
+from jaxfuse._proposals.actionformer_nms import select
 from jaxfuse._runtime.compilation_cache import ensure_compilation_cache
 
 METHODS = ("soft_nms", "nms", "gaussian")

@@ -45,14 +45,13 @@ import numbers
 import operator
 import os
 import re
-from collections.abc import Mapping
-from typing import Any, Iterator, NamedTuple
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
 
 from jaxfuse.formats.json_diagnosis import NON_FINITE_NOTE, encoding_problem, non_finite_token
-
 
 
 @contextlib.contextmanager

@@ -8,9 +8,9 @@ import time
 import jax
 import numpy as np
 
+from jaxfuse._core.result_codes import ResultCode
 from jaxfuse._fusion.fuse_groups import compile_count, fuse_groups
 from jaxfuse._fusion.templates import TEMPLATES
-from jaxfuse._core.result_codes import ResultCode
 from jaxfuse.tools.synthetic import numpy_fuse, thumos_like_groups
 
 

@@ -22,7 +22,8 @@ import os
 import platform
 import sys
 import time
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import numpy as np

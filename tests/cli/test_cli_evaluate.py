@@ -8,9 +8,9 @@ import re
 import numpy as np
 import pytest
 
-from jaxfuse.cli import main
-from jaxfuse._evaluation.evaluate import ACTIVITYNET_THRESHOLDS, THUMOS14_THRESHOLDS
 from jaxfuse._evaluation.activitynet_json import evaluate_json
+from jaxfuse._evaluation.evaluate import ACTIVITYNET_THRESHOLDS, THUMOS14_THRESHOLDS
+from jaxfuse.cli import main
 
 CLASSES = ["BaseballPitch", "Diving", "HighJump", "Shotput"]
 

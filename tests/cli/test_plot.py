@@ -11,8 +11,8 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from jaxfuse.cli import main
 from jaxfuse._runtime import compilation_cache
+from jaxfuse.cli import main
 from jaxfuse.cli import plot as plot_command
 from jaxfuse.tools import timeline
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from jaxfuse import ResultCode
-from jaxfuse._detection.cas_proposals import CasProposals, max_runs_per_threshold, proposals_from_cas
 from jaxfuse._core.rows import running_count
+from jaxfuse._detection.cas_proposals import CasProposals, max_runs_per_threshold, proposals_from_cas
 
 PUBLISHED_THRESHOLDS = np.arange(0.001, 0.04, 0.002)
 

@@ -17,10 +17,10 @@ from jaxfuse._detection.detect import (
     detect,
     detect_videos,
 )
-from jaxfuse._evaluation.evaluate import Detections, GroundTruth, evaluate_detections
 from jaxfuse._evaluation.activitynet_json import evaluate_json, load_activitynet_json
-from jaxfuse._proposals.grouping import _group_batch_jit, group_batch_distinct, overlap_settings
+from jaxfuse._evaluation.evaluate import Detections, GroundTruth, evaluate_detections
 from jaxfuse._proposals.fuse_proposals import fuse_proposals
+from jaxfuse._proposals.grouping import _group_batch_jit, group_batch_distinct, overlap_settings
 
 # Most tests share this batch shape and select between 17 and 32 (video, class)
 # items, so that they share compiled programs (each new shape costs seconds).

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxfuse._evaluation import matching
+from jaxfuse._evaluation.activitynet_json import evaluate_json, load_activitynet_json
 from jaxfuse._evaluation.evaluate import (
     ACTIVITYNET_THRESHOLDS,
     THUMOS14_THRESHOLDS,
@@ -20,7 +21,6 @@ from jaxfuse._evaluation.evaluate import (
     GroundTruth,
     evaluate_detections,
 )
-from jaxfuse._evaluation.activitynet_json import evaluate_json, load_activitynet_json
 from jaxfuse.formats.activitynet import DetectionFileError, read_ground_truth, read_predictions
 
 # ---------------------------------------------------------------- reference loop

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import SHARED_GROUPS, SHARED_MEMBERS, fuse_in_shared_shape, random_groups
 
 import jaxfuse
 from jaxfuse import ResultCode
-from conftest import SHARED_GROUPS, SHARED_MEMBERS, fuse_in_shared_shape, random_groups
 
 DENSITIES = {
     "gaussian": jaxfuse.gaussian_density,

@@ -8,11 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import SHARED_COORDINATES, SHARED_GROUPS, SHARED_MEMBERS, fuse_in_shared_shape, random_groups, tolerance
 
 import jaxfuse
 from jaxfuse import ResultCode
 from jaxfuse._fusion.templates import TEMPLATE_NAMES
-from conftest import SHARED_COORDINATES, SHARED_GROUPS, SHARED_MEMBERS, fuse_in_shared_shape, random_groups, tolerance
 
 TEMPLATES = list(TEMPLATE_NAMES)
 CLOSED_FORMS = [name for name in TEMPLATES if name != "student_t"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from conftest import SHARED_COORDINATES, SHARED_GROUPS, SHARED_MEMBERS, pad_to_shared_shape
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -12,7 +13,6 @@ from hypothesis.extra import numpy as hnp
 import jaxfuse
 from jaxfuse import ResultCode
 from jaxfuse._fusion.templates import TEMPLATE_NAMES
-from conftest import SHARED_COORDINATES, SHARED_GROUPS, SHARED_MEMBERS, pad_to_shared_shape
 
 TEMPLATES = list(TEMPLATE_NAMES)
 MEMBERS = 6

@@ -517,8 +517,8 @@ def test_segment_form_result_codes_and_outputs_equal_fuse_groups(template, tempe
 
 def test_segment_form_reports_a_bad_traced_temperature_on_every_group():
     # fuse_ragged rejects a bad concrete temperature; the program itself (traced T) answers INVALID_OPTION.
+    from jaxfuse._fusion.flat_closed_forms import fuse_flat_members, host_inputs
     from jaxfuse._fusion.packing import member_layout
-    from jaxfuse._fusion.flat_closed_forms import host_inputs, fuse_flat_members
 
     rng = np.random.default_rng(63)
     sizes = np.array([3, 1, 4])

@@ -6,11 +6,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import (
+    SHARED_COORDINATES,
+    SHARED_GROUPS,
+    SHARED_MEMBERS,
+    fuse_in_shared_shape,
+    pad_to_shared_shape,
+    random_groups,
+)
 from scipy import optimize, special
 
 import jaxfuse
 from jaxfuse import ResultCode
-from conftest import SHARED_COORDINATES, SHARED_GROUPS, SHARED_MEMBERS, fuse_in_shared_shape, pad_to_shared_shape, random_groups
 
 
 def t_cross_entropy(location, log_scale, df, x, g):

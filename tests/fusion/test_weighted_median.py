@@ -35,7 +35,7 @@ def reference_quantile(x, g, mask, level):
     raise AssertionError("the largest real value always reaches the total")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _batched_quantiles():
     return jax.jit(jax.vmap(lambda x, g, m: weighted_quantiles(x, g, m, LEVELS)))
 

@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 import jaxfuse._proposals.detection_file as detection_file
 import jaxfuse._proposals.item_batches as item_batches
 import jaxfuse.formats.output as output_module
-from jaxfuse.cli import main
 from jaxfuse._proposals.detection_file import (
     DetectionFileError,
     batch_rows,
@@ -33,6 +32,7 @@ from jaxfuse._proposals.detection_file import (
     pack_items,
 )
 from jaxfuse._proposals.proposal_lists import pack_proposals
+from jaxfuse.cli import main
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -560,8 +560,9 @@ def test_top_k_and_min_score_cut_each_video_after_sorting(tmp_path):
 
 
 def test_soft_nms_options_reach_the_kernel(tmp_path):
-    from jaxfuse import fuse_proposals
     import jax
+
+    from jaxfuse import fuse_proposals
 
     entries = [{"label": "a", "score": q, "segment": [s, s + 10.0]} for s, q in ((0.0, 0.9), (3.0, 0.8), (6.0, 0.7), (40.0, 0.2))]
     data = {"results": {"v": entries}}

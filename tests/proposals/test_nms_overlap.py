@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import jaxfuse
-from jaxfuse.cli import main
 from jaxfuse._core.settings import resolve_settings
+from jaxfuse.cli import main
 
 # The batch shape of tests/proposals/test_proposals.py: the float32 programs are shared with it.
 ITEMS, SIZE = 6, 40

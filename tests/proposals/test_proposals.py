@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 import jaxfuse
 from jaxfuse import ResultCode
-from jaxfuse._proposals.proposal_lists import fuse_proposal_lists, pack_proposals, unpack_proposals
 from jaxfuse._proposals.fuse_proposals import METHODS, FusedProposals, fuse_proposals
+from jaxfuse._proposals.proposal_lists import fuse_proposal_lists, pack_proposals, unpack_proposals
 
 CONVENTIONS = [("candidate", True), ("candidate", False), ("iou", True), ("iou", False)]
 CONVENTION_IDS = ["candidate-discrete", "candidate-continuous", "iou-discrete", "iou-continuous"]

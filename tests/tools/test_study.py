@@ -8,8 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from jaxfuse.cli.main import main
 from jaxfuse._evaluation.evaluate import THUMOS14_THRESHOLDS
+from jaxfuse.cli.main import main
 from jaxfuse.tools import study
 from jaxfuse.tools.study import BASELINES, SENSITIVITY, SENSITIVITY_METHODS, TEMPLATES, run_study
 from jaxfuse.tools.videos import VideoParameters, synthetic_videos
