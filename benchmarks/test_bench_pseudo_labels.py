@@ -37,7 +37,7 @@ import numpy as np
 import pytest
 
 import jaxfuse
-from jaxfuse._labels.pseudo_labels import PUBLISHED_LEVELS, chain_rows
+from jaxfuse._labels.pseudo_labels import PUBLISHED_THRESHOLDS, chain_rows
 from jaxfuse.bench.published_labels import (
     published_fusion,
     published_proposals,
@@ -188,7 +188,7 @@ def test_bench_fallback_lanes(benchmark):
 
     def first_stage():
         items, _ = chain_rows(
-            *arrays, TEMPERATURE, 0.16, thresholds=PUBLISHED_LEVELS, max_classes=CHAIN_CLASSES, method="paint",
+            *arrays, TEMPERATURE, 0.16, thresholds=PUBLISHED_THRESHOLDS, max_classes=CHAIN_CLASSES, method="paint",
             **CHAIN_OPTIONS,
         )
         status = jnp.zeros(items.length.shape, jnp.int32)
