@@ -10,7 +10,8 @@ Steps (static shapes throughout, so it runs inside a caller's ``jit``):
    the batched dual simplex on their atom LPs (:mod:`jaxfuse._labels.interval_simplex`),
    each tier with its own lanes and pivot cap;
 4. components past the pivot cap (none on the published chain's data in the
-   benchmarks) go to the restarted PDHG of :mod:`jaxfuse._labels.pdhg` on their
+   benchmarks) get a second try in lanes that refactor ``B^-1`` every 16
+   pivots, then go to the restarted PDHG of :mod:`jaxfuse._labels.pdhg` on their
    atom LP (an interval LP too: rows are runs of consecutive atoms, bounds
    the atoms' widths), a few at a time; their items are flagged ``fallback``;
 5. atom values back to snippets by the right fill, all in one scatter.
@@ -115,17 +116,22 @@ def _capped(atoms: Atoms):
     return atoms.status[:, 0] == ResultCode.MAX_STEPS_REACHED
 
 
-def _fallback_list(status, capacity: int) -> TierList:
-    """The components past their tier's pivot cap (``status [B, R, 3]`` at their first rows), compacted."""
-    rows = status.shape[1]
-    capped = (status[..., 0] == ResultCode.MAX_STEPS_REACHED).reshape(-1)
-    position = jnp.where(capped, jnp.cumsum(capped, dtype=jnp.int32) - 1, capacity)
-    where = jnp.arange(capped.shape[0], dtype=jnp.int32)
+def _capped_list(components: Components, atoms: Atoms, capacity: int, larger_than: int | None = None) -> TierList:
+    """Components past their tier's pivot cap (and, with ``larger_than``, those of more rows), compacted."""
+    batch, rows = components.size.shape
+    member = atoms.status[:, 0].reshape(batch, rows) == ResultCode.MAX_STEPS_REACHED
+    if larger_than is not None:
+        member = member | (components.size > larger_than)
+    flat = member.reshape(-1)
+    position = jnp.where(flat, jnp.cumsum(flat, dtype=jnp.int32) - 1, capacity)
+    where = jnp.arange(flat.shape[0], dtype=jnp.int32)
 
     def listed(values):
         return jnp.zeros((capacity,), jnp.int32).at[position].set(values, mode="drop")
 
-    return TierList(listed(where // rows), listed(where % rows), jnp.zeros((capacity,), jnp.int32), jnp.sum(capped, dtype=jnp.int32))
+    return TierList(
+        listed(where // rows), listed(where % rows), listed(components.size.reshape(-1)), jnp.sum(flat, dtype=jnp.int32)
+    )
 
 
 def _pdhg_fallback(components: Components, listed: TierList, atoms: Atoms, *, max_steps: int, check_every: int, rtol,
@@ -197,7 +203,8 @@ def first_stage(breaks, target, valid, *, num_snippets: int, max_pivots: int | N
 
 def second_stage(progress: LPProgress, *, max_steps: int, check_every: int, rtol, atol,
                 max_pivots: int | None = None) -> LPProgress:
-    """Second stage: components of more than 16 rows by the simplex, then every component past its cap by PDHG.
+    """Second stage: the simplex on the components over 16 rows and those past a first-stage cap (lanes of ``R``
+    rows that refactor ``B^-1`` every few pivots), then PDHG on any still past the cap.
 
     Args:
         progress: the first stage's :class:`LPProgress`.
@@ -209,12 +216,14 @@ def second_stage(progress: LPProgress, *, max_steps: int, check_every: int, rtol
     """
     components, atoms = progress.components, progress.atoms
     batch, rows = components.target.shape
-    smallest = max((largest for _, largest, _ in tiers(batch, rows)), default=1) + 1
-    if smallest <= rows:
-        listed = tier_list(components, smallest, rows)
-        cap = pivot_cap(rows) if max_pivots is None else max_pivots
-        atoms = solve_tier(components, listed, atoms, max_rows=rows, lanes=_LARGE_TIER_LANES, max_steps=cap)
-    listed = _fallback_list(atoms.status.reshape(batch, rows, 3), max(1, batch * rows // 2))
+    largest = max((largest for _, largest, _ in tiers(batch, rows)), default=1)
+    capacity = max(1, batch * rows // 2)
+    # Components over the first stage's sizes, and those past a first-stage cap, in lanes of all R rows that
+    # rebuild B^-1 every few pivots (long pivot sequences lose precision, float32 most).
+    listed = _capped_list(components, atoms, capacity, larger_than=largest)
+    cap = pivot_cap(rows) if max_pivots is None else max_pivots
+    atoms = solve_tier(components, listed, atoms, max_rows=rows, lanes=_LARGE_TIER_LANES, max_steps=cap, refactor=True)
+    listed = _capped_list(components, atoms, capacity)
     in_list = jnp.arange(listed.item.shape[0]) < listed.count
     fallback = progress.fallback.at[jnp.where(in_list, listed.item, batch)].set(True, mode="drop")
     atoms = _pdhg_fallback(components, listed, atoms, max_steps=max_steps, check_every=check_every, rtol=rtol, atol=atol)

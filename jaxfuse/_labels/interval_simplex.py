@@ -51,7 +51,6 @@ class AtomLP(NamedTuple):
         upper: ``[N]`` atom widths.
         points: ``[4 K]`` int32 sorted breakpoints: atom ``j`` is ``[points[j], points[j + 1])``.
         item: int32 the component's item; first, size: its rows.
-        tolerance: bound violations up to this are rounding.
     """
 
     matrix: jax.Array
@@ -61,7 +60,6 @@ class AtomLP(NamedTuple):
     item: jax.Array
     first: jax.Array
     size: jax.Array
-    tolerance: jax.Array
 
 
 class Basis(NamedTuple):
@@ -82,10 +80,12 @@ class Basis(NamedTuple):
 class LaneState(NamedTuple):
     y: Basis
     step: jax.Array  # int32 pivots made
+    since: jax.Array  # int32 pivots since B^-1 was built or refactored (its rounding grows with them)
     diff: jax.Array  # largest bound violation of a basic variable
     result: jax.Array  # int32 ResultCode, once finished
     active: jax.Array  # bool, solving a component
     pending: jax.Array  # bool, finished and not yet stored
+    blocked: jax.Array  # bool, no column can enter: waiting for B^-1 to be refactored before giving up
 
 
 def atom_lp(components: Components, item, first, size, max_rows: int) -> AtomLP:
@@ -108,8 +108,7 @@ def atom_lp(components: Components, item, first, size, max_rows: int) -> AtomLP:
         - ((b[:, 0] <= x) & (x < b[:, 1])).astype(dtype)
         - ((b[:, 2] <= x) & (x < b[:, 3])).astype(dtype)
     )
-    tolerance = feasibility_tolerance(jnp.max(jnp.abs(target)) + jnp.max(width), dtype)
-    return AtomLP(matrix, target, width, points, item, first, size, tolerance)
+    return AtomLP(matrix, target, width, points, item, first, size)
 
 
 def initial_basis(lp: AtomLP) -> Basis:
@@ -131,38 +130,76 @@ def _one_hot(index, size: int, dtype):
     return (index[..., None] == jnp.arange(size, dtype=index.dtype)).astype(dtype)
 
 
-def solution_values(lp: AtomLP, basis: Basis):
-    """Atom values ``[N]`` of a basis, its basic values recomputed from ``B^-1`` (no rounding carried over from pivots)."""
+def refactored(lp: AtomLP, basis: Basis) -> Basis:
+    """``B^-1`` and the reduced costs afresh from the basic columns, dropping the rounding of the pivots' updates.
+
+    Kept as they were if ``B`` is numerically singular.
+    """
+    max_rows, num_atoms = lp.matrix.shape
+    dtype = lp.matrix.dtype
+    atom_columns = jnp.take(lp.matrix, jnp.minimum(basis.columns, num_atoms - 1), axis=1)
+    artificial_columns = _one_hot(basis.columns - num_atoms, max_rows, dtype).T  # column k: e_r for artificial r
+    inverse = jnp.linalg.inv(jnp.where(basis.columns[None, :] < num_atoms, atom_columns, artificial_columns))
+    reduced = 1 - ((basis.columns < num_atoms).astype(dtype) @ inverse) @ lp.matrix
+    reduced = jnp.where(basis.basic, 0, reduced)
+    usable = jnp.all(jnp.isfinite(inverse)) & jnp.all(jnp.isfinite(reduced))
+    return basis._replace(
+        inverse=jnp.where(usable, inverse, basis.inverse), reduced=jnp.where(usable, reduced, basis.reduced)
+    )
+
+
+def solution_values(lp: AtomLP, basis: Basis, since):
+    """Atom values ``[N]`` of a basis (basic ones from ``B^-1``), and whether they meet ``M z = q`` to rounding.
+
+    The rounding allowed on row ``r`` is 1,024 ulps (the most :func:`pivot`
+    accepts from a basis no column can leave) of ``|q_r| + sum_j |M_rj| m_j``,
+    ``m_j`` the value of a nonbasic atom or the magnitude ``|B^-1| (|q| +
+    |M| x_N)`` of a basic one (so it follows ``B``'s conditioning), growing
+    with the pivots ``since`` ``B^-1`` was built. After many pivots on an
+    ill-conditioned component the updates' rounding in ``B^-1`` can exceed it
+    (seen in float32 on dense adversarial rows: residuals of 1e-2).
+    """
+    dtype = lp.upper.dtype
     nonbasic = jnp.where(basis.basic | ~basis.at_upper, 0, lp.upper)
     basic_values = basis.inverse @ (lp.target - lp.matrix @ nonbasic)
-    selected = _one_hot(basis.columns, lp.upper.shape[0], lp.upper.dtype)
-    return nonbasic + jnp.clip(basic_values, 0, basis.upper) @ selected
+    basic_magnitude = jnp.abs(basis.inverse) @ (jnp.abs(lp.target) + jnp.abs(lp.matrix) @ nonbasic)
+    selected = _one_hot(basis.columns, lp.upper.shape[0], dtype)
+    values = nonbasic + jnp.clip(basic_values, 0, basis.upper) @ selected
+    magnitude = jnp.abs(lp.target) + jnp.abs(lp.matrix) @ (nonbasic + basic_magnitude @ selected)
+    rounding = _CLOSE * feasibility_tolerance(magnitude, dtype) * (1 + since.astype(dtype) / 4)
+    return values, jnp.all(jnp.abs(lp.matrix @ values - lp.target) <= rounding)
 
 
 def pivot(lp: AtomLP, state: LaneState):
-    """One dual simplex pivot of a lane: ``(state, optimal, infeasible)``.
+    """One dual simplex pivot of a lane: ``(state, optimal, infeasible, stuck)``.
 
     ``optimal`` refers to the basis before the pivot (which is then not
-    applied); ``infeasible`` means no column can enter. What the pivot reads
+    applied); ``infeasible``: no column can enter and a Farkas certificate
+    checks out; ``stuck``: no column can enter. What the pivot reads
     of the leaving row and of the entering column is gathered by one product
     each with a one-hot vector (per-lane gathers would each be a kernel).
     """
     basis = state.y
     max_rows, num_atoms = lp.matrix.shape
     dtype = lp.matrix.dtype
-    # Basic values afresh from B^-1 (no rounding carried over from earlier pivots into the optimality test).
+    # Basic values afresh from B^-1 (no rounding carried over from earlier pivots into the optimality test),
+    # each with the rounding it can carry: 16 ulps of the sum of its terms' magnitudes, and a quarter of that
+    # more for every pivot B^-1 went through since it was last refactored or built.
     nonbasic = jnp.where(basis.basic | ~basis.at_upper, 0, lp.upper)
     values = basis.inverse @ (lp.target - lp.matrix @ nonbasic)
+    magnitude = jnp.abs(basis.inverse) @ (jnp.abs(lp.target) + jnp.abs(lp.matrix) @ nonbasic)
+    rounding = feasibility_tolerance(magnitude, dtype) * (1 + state.since.astype(dtype) / 4)
     violation = jnp.maximum(-values, values - basis.upper)
-    leave = jnp.argmax(violation)
+    leave = jnp.argmax(violation - rounding)
     leave_row = _one_hot(leave, max_rows, dtype)
     # The leaving row of B^-1, and the leaving variable's value and column.
     row_data = jnp.concatenate(
-        [basis.inverse, jnp.stack([values, basis.columns.astype(dtype), violation], axis=1)], axis=1
+        [basis.inverse, jnp.stack([values, basis.columns.astype(dtype), violation - rounding], axis=1)], axis=1
     )
     row = leave_row @ row_data
-    rho, leaving_value, leaving_column, diff = row[:max_rows], *row[max_rows:]
-    optimal = diff <= lp.tolerance
+    rho, leaving_value, leaving_column, excess = row[:max_rows], *row[max_rows:]
+    diff = jnp.max(violation)
+    optimal = excess <= 0
     below = leaving_value < 0
 
     alpha = rho @ lp.matrix
@@ -173,7 +210,20 @@ def pivot(lp: AtomLP, state: LaneState):
     best = jnp.min(ratio)
     # Ties to the rightmost atom: HiGHS's vertex more often than the leftmost.
     enter = jnp.max(jnp.where(eligible & (ratio <= best + tiny * (1 + best)), jnp.arange(num_atoms), -1))
-    infeasible = ~optimal & (enter < 0)
+    # No column can enter. Within _CLOSE times the rounding estimate (which leaves out B^-1's conditioning) the
+    # basis is taken as optimal; its atoms are checked against M z = q when stored. Farther out, the leaving
+    # row y of B^-1 proves infeasibility if y q lies outside the range of y M z over the box (Farkas). That
+    # check holds for any y, so rounding in B^-1 cannot make a false proof; a lane without one is stuck
+    # (handed to the fallback like a lane past the pivot cap).
+    blocked = ~optimal & (enter < 0)
+    close = jnp.max(violation - _CLOSE * rounding) <= 0
+    optimal = optimal | (blocked & close)
+    stuck = blocked & ~close
+    reach = jnp.sum(jnp.abs(alpha) * lp.upper)
+    low, high = jnp.sum(jnp.minimum(alpha, 0) * lp.upper), jnp.sum(jnp.maximum(alpha, 0) * lp.upper)
+    aim = rho @ lp.target
+    margin = feasibility_tolerance(reach + jnp.abs(aim), dtype) * (1 + state.since.astype(dtype) / 4)
+    infeasible = stuck & ((aim < low - margin) | (aim > high + margin))
 
     entering = _one_hot(enter, num_atoms, dtype)
     column_data = jnp.concatenate(
@@ -195,7 +245,14 @@ def pivot(lp: AtomLP, state: LaneState):
         upper=jnp.where(lead, entering_upper, basis.upper),
         reduced=jnp.where(leaving, -dual_step, jnp.where(entering > 0, 0, basis.reduced - dual_step * alpha)),
     )
-    return state._replace(y=moved, step=state.step + 1, diff=diff), optimal, infeasible
+    return state._replace(y=moved, step=state.step + 1, since=state.since + 1, diff=diff), optimal, infeasible, stuck
+
+
+# How far past the rounding estimate of a basic value (16 ulps of its terms) a basis that no column can leave
+# is still taken as optimal: the estimate leaves out B^-1's conditioning.
+_CLOSE = 64
+# Pivots between two refactorizations of B^-1 (the published chain's components need at most 12).
+_REFACTOR_EVERY = 16
 
 
 class Atoms(NamedTuple):
@@ -236,21 +293,28 @@ def _where(mask, new, old):
 
 
 def _store_finished(atoms: Atoms, lp: AtomLP, state: LaneState, rows: int) -> Atoms:
-    """Store the lanes that finished since the last store (their basis is the final one)."""
-    values = jax.vmap(solution_values)(lp, state.y)
-    optimal = state.result == ResultCode.SUCCESSFUL
-    return store(atoms, lp, values, optimal, state.result, state.step, jnp.zeros_like(state.step), state.pending, rows)
+    """Store the lanes that finished since the last store (their basis is the final one).
+
+    An optimum whose atoms fail :func:`solution_values`'s check goes to the
+    fallback as if past the pivot cap.
+    """
+    values, met = jax.vmap(solution_values)(lp, state.y, state.since)
+    optimal = (state.result == ResultCode.SUCCESSFUL) & met
+    code = jnp.where((state.result == ResultCode.SUCCESSFUL) & ~optimal, ResultCode.MAX_STEPS_REACHED, state.result)
+    return store(atoms, lp, values, optimal, code, state.step, jnp.zeros_like(state.step), state.pending, rows)
 
 
 def solve_tier(components: Components, tier: TierList, atoms: Atoms, *, max_rows: int, lanes: int,
-               max_steps: int) -> Atoms:
+               max_steps: int, refactor: bool = False) -> Atoms:
     """Solve every component of ``tier`` (of at most ``max_rows`` rows) on ``lanes`` lanes; store them in ``atoms``.
 
-    Two nested loops: the outer one stores the lanes that finished and gives
-    idle lanes the next components of the queue; the inner one pivots until
-    a quarter of the lanes wait for a component (or none is left to pivot).
-    When the lanes outnumber the components, that is one refill and one
-    store.
+    Two nested loops: the outer one stores the lanes that finished, gives
+    idle lanes the next components of the queue and, with ``refactor``,
+    rebuilds the others' ``B^-1`` from their basic columns; the inner one
+    pivots until a quarter of the lanes wait for a component (or none is left
+    to pivot), at most ``_REFACTOR_EVERY`` times. When the lanes outnumber the
+    components and none needs more pivots than that (the published chain's),
+    that is one refill and one store.
     """
     rows = components.target.shape[1]
     capacity = tier.item.shape[0]
@@ -262,28 +326,39 @@ def solve_tier(components: Components, tier: TierList, atoms: Atoms, *, max_rows
     lp = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(build, zeros, zeros, zeros))
     state = LaneState(
         y=jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(jax.vmap(initial_basis), lp)),
-        step=zeros, diff=jnp.zeros((lanes,), lp.target.dtype), result=zeros, active=no, pending=no,
+        step=zeros, since=zeros, diff=jnp.zeros((lanes,), lp.target.dtype), result=zeros, active=no, pending=no,
+        blocked=no,
     )
     refill_at = max(1, lanes // 4)
 
     def pivots(carry):
         lp, state, next_component = carry
 
-        def more(state):
+        def more(counted):
+            count, state = counted
             idle = jnp.sum(~state.active, dtype=jnp.int32)
-            return jnp.any(state.active) & ((idle < refill_at) | (next_component >= tier.count))
+            waiting = (idle >= refill_at) & (next_component < tier.count)
+            return jnp.any(state.active & ~state.blocked) & ~waiting & (count < _REFACTOR_EVERY)
 
-        def step(state):
-            stepped, optimal, infeasible = jax.vmap(pivot)(lp, state)
-            done = state.active & (optimal | infeasible | (state.step >= max_steps))
+        def step(counted):
+            count, state = counted
+            return count + 1, pivot_all(state)
+
+        def pivot_all(state):
+            stepped, optimal, infeasible, stuck = jax.vmap(pivot)(lp, state)
+            working = state.active & ~state.blocked
+            # With refactoring, a lane stuck on an updated B^-1 tries again on a refactored one first.
+            retry = working & stuck & ~infeasible & (state.since > 0) if refactor else no
+            done = working & ~retry & (optimal | stuck | (state.step >= max_steps))
             code = jnp.where(
                 optimal, ResultCode.SUCCESSFUL,
                 jnp.where(infeasible, ResultCode.INFEASIBLE, ResultCode.MAX_STEPS_REACHED),
             )
             finished = state._replace(result=code.astype(jnp.int32), active=no, pending=state.pending | done)
-            return _where(state.active & ~done, stepped, finished)
+            state = _where(working & ~done & ~retry, stepped, _where(done, finished, state))
+            return state._replace(blocked=state.blocked | retry)
 
-        return jax.lax.while_loop(more, step, state)
+        return jax.lax.while_loop(more, step, (jnp.zeros((), jnp.int32), state))[1]
 
     def refill_and_solve(carry):
         lp, state, next_component, atoms = carry
@@ -294,11 +369,18 @@ def solve_tier(components: Components, tier: TierList, atoms: Atoms, *, max_rows
         safe = jnp.minimum(component, capacity - 1)
         fresh = build(tier.item[safe], tier.first[safe], tier.size[safe])
         start = LaneState(
-            y=jax.vmap(initial_basis)(fresh), step=zeros, diff=jnp.zeros_like(state.diff), result=zeros, active=take,
-            pending=no,
+            y=jax.vmap(initial_basis)(fresh), step=zeros, since=zeros, diff=jnp.zeros_like(state.diff), result=zeros,
+            active=take, pending=no, blocked=no,
         )
+        state = state._replace(pending=no)
+        if refactor:
+            continuing = state.active
+            state = state._replace(
+                y=_where(continuing, jax.vmap(refactored)(lp, state.y), state.y),
+                since=jnp.where(continuing, 0, state.since), blocked=no,
+            )
         lp = _where(take, fresh, lp)
-        state = _where(take, start, state._replace(pending=no))
+        state = _where(take, start, state)
         next_component = next_component + jnp.sum(take, dtype=jnp.int32)
         return lp, pivots((lp, state, next_component)), next_component, atoms
 

@@ -178,8 +178,7 @@ class _ItemRows(NamedTuple):
     nonfinite: jax.Array  # [V, C] bool: a NaN or inf in the CAS inside the video or in the video score
 
 
-@functools.partial(jax.jit, static_argnames=("thresholds", "max_classes", "max_proposals", "max_segments", "method"))
-def chain_rows(
+def _rows(
     cas, video_scores, length, temperature, class_threshold, *, thresholds, max_classes, max_proposals, max_segments,
     method,
 ):
@@ -246,8 +245,7 @@ def _no_status(item_length):
     return jnp.zeros(item_length.shape, jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("num_snippets", "method", "fallback", "max_steps", "check_every"))
-def chain_labels(items: _ItemRows, progress, rtol, atol, *, num_snippets, method, fallback, max_steps, check_every):
+def _labels(items: _ItemRows, progress, rtol, atol, *, num_snippets, method, fallback, max_steps, check_every):
     """Step 5's labels (from the exact solver's stages, or by ``"pdhg"``/``"paint"``) scattered to ``[V, L, C]``."""
     num_videos, max_classes = items.chosen.shape
     num_classes = items.passes.shape[1]
@@ -290,21 +288,55 @@ def chain_labels(items: _ItemRows, progress, rtol, atol, *, num_snippets, method
     )
 
 
+_ROW_OPTIONS = ("thresholds", "max_classes", "max_proposals", "max_segments", "method")
+_LABEL_OPTIONS = ("num_snippets", "method", "fallback", "max_steps", "check_every")
+chain_rows = jax.jit(_rows, static_argnames=_ROW_OPTIONS)
+chain_labels = jax.jit(_labels, static_argnames=_LABEL_OPTIONS)
+
+
+@functools.partial(jax.jit, static_argnames=_ROW_OPTIONS + ("fallback", "max_steps", "check_every"))
+def chain_in_one(
+    cas, video_scores, length, temperature, class_threshold, rtol, atol, *, thresholds, max_classes, max_proposals,
+    max_segments, method, fallback, max_steps, check_every,
+):
+    """The whole chain in one program, the LP's second stage left out: ``(rest, labels, items, progress)``.
+
+    The labels are final when ``rest`` (components the second stage would
+    have to solve: none on the published chain's data) is 0.
+    """
+    items, progress = _rows(
+        cas, video_scores, length, temperature, class_threshold, thresholds=thresholds, max_classes=max_classes,
+        max_proposals=max_proposals, max_segments=max_segments, method=method,
+    )
+    labels = _labels(
+        items, progress, rtol, atol, num_snippets=cas.shape[1], method=method, fallback=fallback, max_steps=max_steps,
+        check_every=check_every,
+    )
+    rest = progress.rest if progress is not None else jnp.zeros((), jnp.int32)
+    return rest, labels, items, progress
+
+
 def _pseudo_labels(
     cas, video_scores, length, temperature, class_threshold, rtol, atol, *, thresholds, max_classes, max_proposals,
     max_segments, method, fallback, max_steps, check_every,
 ) -> PseudoLabels:
-    """The chain as (at most) three programs: rows and the LP's first stage, its second stage when needed, labels."""
-    items, progress = chain_rows(
-        cas, video_scores, length, temperature, class_threshold, thresholds=thresholds, max_classes=max_classes,
-        max_proposals=max_proposals, max_segments=max_segments, method=method,
-    )
+    """The chain: in a caller's ``jit``, one program; eagerly one program, plus two when the LP's second stage has work."""
+    rows = {"thresholds": thresholds, "max_classes": max_classes, "max_proposals": max_proposals,
+            "max_segments": max_segments, "method": method}
+    labels = {"num_snippets": cas.shape[1], "method": method, "fallback": fallback, "max_steps": max_steps,
+              "check_every": check_every}
+    if not any(isinstance(x, jax.core.Tracer) for x in (cas, video_scores, length, temperature, class_threshold)):
+        rest, out, items, progress = chain_in_one(
+            cas, video_scores, length, temperature, class_threshold, rtol, atol, fallback=fallback,
+            max_steps=max_steps, check_every=check_every, **rows,
+        )
+        if method != "lp" or int(rest) == 0:
+            return out
+    else:
+        items, progress = chain_rows(cas, video_scores, length, temperature, class_threshold, **rows)
     if method == "lp":
         progress = finish_exact(progress, rtol, atol, max_steps=max_steps, check_every=check_every)
-    return chain_labels(
-        items, progress, rtol, atol, num_snippets=cas.shape[1], method=method, fallback=fallback, max_steps=max_steps,
-        check_every=check_every,
-    )
+    return chain_labels(items, progress, rtol, atol, **labels)
 
 
 def pseudo_labels(
