@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import functools
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -156,7 +158,7 @@ def group_result(fit_result, *, representable=True, finite=True, nonempty=True, 
 
 def keeps_outputs(result) -> jax.Array:
     """Whether a group with code ``result`` keeps its outputs (:data:`KEPT_RESULTS`); the others are zeroed."""
-    return (result == ResultCode.SUCCESSFUL) | (result == ResultCode.MAX_STEPS_REACHED)
+    return functools.reduce(operator.or_, (result == code for code in KEPT_RESULTS))
 
 
 def combine_results(*codes):

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfuse._core.interop import source_dtype, to_host, to_jax
+from jaxfuse._core.interop import is_traced, source_dtype, to_host, to_jax
 
 
 def float_dtype(x: Any, name: str) -> np.dtype:
@@ -101,7 +101,7 @@ def checked_length(length: Any, shape: tuple[int, ...], num_snippets: int, *, un
     """
     if length is None:
         return np.full(shape, num_snippets, np.int32)
-    if isinstance(length, jax.core.Tracer):
+    if is_traced(length):
         if not jnp.issubdtype(length.dtype, jnp.integer):
             raise TypeError(f"`length` must be an integer array, got dtype {length.dtype}")
         return jnp.broadcast_to(jnp.clip(length, 0, num_snippets).astype(jnp.int32), shape)
